@@ -1,0 +1,3 @@
+from cellmorphnet.cli.app import main
+
+main()

@@ -1,0 +1,105 @@
+"""The ``cellmorphnet`` command: global options, every subcommand registered here, and error handling.
+
+Every command is wrapped by ``_handle_errors``: a ``CellMorphNetError`` becomes a one-line message
+plus a hint and a non-zero exit; ``CELLMORPHNET_DEBUG=1`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cellmorphnet import __version__
+from cellmorphnet.cli import _output
+from cellmorphnet.errors import CellMorphNetError
+from cellmorphnet.paths import ENV_HOME
+
+app = typer.Typer(
+    name="cellmorphnet",
+    help="Blood-cell classification: fetch and prepare datasets, train, evaluate, run on folders, export.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _debug() -> bool:
+    return os.environ.get("CELLMORPHNET_DEBUG", "") not in ("", "0", "false")
+
+
+def _handle_errors(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except CellMorphNetError as e:
+            if _debug():
+                raise
+            _output.err.print(f"[bold red]Error:[/bold red] {e.message}", soft_wrap=True)
+            if e.hint:
+                _output.err.print(f"[dim]Hint:[/dim] {e.hint}", soft_wrap=True)
+            raise typer.Exit(e.exit_code) from None
+        except KeyboardInterrupt:
+            if _debug():
+                raise
+            _output.err.print("[yellow]Interrupted.[/yellow]")
+            raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, SystemExit):
+            raise
+        except Exception as e:  # a bug: still one line, the traceback behind the debug variable
+            if _debug():
+                raise
+            _output.err.print(
+                f"[bold red]Unexpected error:[/bold red] {type(e).__name__}: {e}. "
+                "Set CELLMORPHNET_DEBUG=1 to see the traceback, and please report it.",
+                soft_wrap=True,
+            )
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"cellmorphnet {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    ctx: typer.Context,
+    home: Annotated[
+        Path | None,
+        typer.Option(
+            "--home",
+            envvar=ENV_HOME,
+            help="Folder for downloads, prepared data and runs (default: your user data folder).",
+            show_default=False,
+        ),
+    ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
+    ] = False,
+) -> None:
+    from cellmorphnet.paths import home_dir
+
+    ctx.obj = {"home": home.expanduser().resolve() if home else home_dir()}
+
+
+def _register() -> None:
+    from cellmorphnet.cli import fetch, prepare, status
+
+    for module in (fetch, prepare, status):
+        app.command(module.NAME, help=module.__doc__)(_handle_errors(module.command))
+
+
+_register()
+
+
+def main() -> None:
+    app()

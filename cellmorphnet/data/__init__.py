@@ -1,0 +1,1 @@
+"""The data layer: registry, fetch (download / verify / import), prepare, and the prepared store."""

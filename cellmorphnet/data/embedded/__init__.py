@@ -1,0 +1,1 @@
+"""Package data: the embedded BloodMNIST-format sample (see ATTRIBUTION.md)."""

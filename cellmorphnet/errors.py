@@ -1,0 +1,38 @@
+"""The one exception hierarchy of cellmorphnet.
+
+Library code raises these; the CLI turns them into a one-line message plus a hint
+(see ``cellmorphnet.cli.app``). Anything else that escapes is a bug.
+"""
+
+from __future__ import annotations
+
+
+class CellMorphNetError(Exception):
+    """Base class: an expected failure with a message for the user and an optional hint."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+
+class DatasetNotFound(CellMorphNetError):
+    """An unknown dataset name, or a dataset that is not fetched or prepared yet."""
+
+
+class DownloadError(CellMorphNetError):
+    """A server could not be reached, refused the request, or sent the wrong thing."""
+
+
+class ChecksumMismatch(CellMorphNetError):
+    """A file's digest differs from the one pinned in the registry."""
+
+
+class InvalidData(CellMorphNetError):
+    """A file or folder does not have the layout, keys, shapes or counts expected."""
+
+
+class UnsafeArchive(CellMorphNetError):
+    """An archive member would be written outside its target folder."""

@@ -1,0 +1,72 @@
+"""Reading any microscope image as 8-bit RGB, and the crop policies shared by prepare and infer."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+from cellmorphnet.errors import InvalidData
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Convert any PIL mode (L, P, RGBA, I;16, I, F, CMYK...) to 8-bit RGB.
+
+    16-bit and float images are scaled by their own range, since PIL's plain conversion would clip
+    them to white.
+    """
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(arr.round().astype(np.uint8), mode="L")
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        img = Image.alpha_composite(background, rgba)
+    return img.convert("RGB")
+
+
+def load_rgb(path: Path) -> Image.Image:
+    """Open an image file fully as RGB, raising ``InvalidData`` with the reason if it cannot be read."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return to_rgb(img)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        reason = "not an image" if isinstance(e, UnidentifiedImageError) else str(e) or type(e).__name__
+        raise InvalidData(f"{path}: {reason}") from None
+
+
+def square_box(
+    box: tuple[float, float, float, float], width: int, height: int, margin: float = 0.0
+) -> tuple[int, int, int, int]:
+    """Grow ``(x0, y0, x1, y1)`` by ``margin`` (a fraction of its longer side) to a square, kept inside the image.
+
+    The square is shifted, not shrunk, to stay inside the image; only when the image itself is
+    smaller than the square is it clipped.
+    """
+    x0, y0, x1, y1 = box
+    side = max(x1 - x0, y1 - y0) * (1.0 + 2.0 * margin)
+    side = min(side, float(max(width, height)))
+    cx, cy = (x0 + x1) / 2.0, (y0 + y1) / 2.0
+    left = min(max(cx - side / 2.0, 0.0), max(width - side, 0.0))
+    top = min(max(cy - side / 2.0, 0.0), max(height - side, 0.0))
+    right, bottom = min(left + side, width), min(top + side, height)
+    return round(left), round(top), round(right), round(bottom)
+
+
+def centre_square(width: int, height: int, fraction: float = 1.0) -> tuple[int, int, int, int]:
+    """The centred square of side ``fraction * min(width, height)``."""
+    side = min(width, height) * fraction
+    left, top = (width - side) / 2.0, (height - side) / 2.0
+    return round(left), round(top), round(left + side), round(top + side)
+
+
+def crop_resize(img: Image.Image, box: tuple[int, int, int, int], size: int) -> np.ndarray:
+    """Crop ``box`` and resize to ``size`` x ``size`` (bicubic, as MedMNIST); return HxWx3 uint8."""
+    return np.asarray(img.crop(box).resize((size, size), Image.BICUBIC), dtype=np.uint8)

@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cellmorphnet.cli.app import app
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+PBC_28 = SHARED / "bloodmnist-pbc" / "bloodmnist_pbc.npz"
+PBC_64 = SHARED / "bloodmnist-pbc" / "bloodmnist_pbc_64.npz"
+PBC_TEST_IMAGES = SHARED / "bloodmnist-pbc" / "test_images"
+BCCD_ZIP = SHARED / "bccd" / "BCCD_Dataset-d272fb14cdff6e473fafeeeba32aba5f560e9e43.zip"
+
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch) -> Path:
+    """An isolated cellmorphnet home for one test."""
+    h = tmp_path / "home"
+    monkeypatch.setenv("CELLMORPHNET_HOME", str(h))
+    monkeypatch.delenv("CELLMORPHNET_DEBUG", raising=False)
+    monkeypatch.setenv("COLUMNS", "200")
+    return h
+
+
+class Result:
+    def __init__(self, r):
+        self.exit_code = r.exit_code
+        self.stdout = ANSI.sub("", r.stdout)
+        self.stderr = ANSI.sub("", r.stderr)
+        self.output = self.stdout + self.stderr
+        self.exception = r.exception
+
+    def __repr__(self) -> str:
+        return f"<exit {self.exit_code}>\n{self.output}"
+
+
+@pytest.fixture
+def cli(home):
+    """Run the real app in-process; returns a Result with stdout/stderr separated and ANSI stripped."""
+    runner = CliRunner()
+
+    def run(*args: str) -> Result:
+        r = runner.invoke(app, [str(a) for a in args], catch_exceptions=True)
+        res = Result(r)
+        # An uncaught exception means a traceback would reach the user.
+        if r.exception is not None and not isinstance(r.exception, SystemExit):
+            raise AssertionError(f"uncaught exception: {r.exception!r}\n{res.output}") from r.exception
+        return res
+
+    return run
+
+
+def assert_one_line_error(result: Result, *fragments: str) -> None:
+    """A failed command: non-zero exit, an 'Error:' line, no traceback, and each fragment in the output."""
+    assert result.exit_code != 0, result
+    assert "Traceback" not in result.output, result
+    assert "Error:" in result.stderr, result
+    flat = " ".join(result.output.split())
+    for f in fragments:
+        assert f in flat, (f, result)

@@ -1,0 +1,64 @@
+import subprocess
+import sys
+import time
+
+from conftest import assert_one_line_error
+
+
+def test_help_lists_commands(cli):
+    r = cli("--help")
+    assert r.exit_code == 0
+    for name in ("fetch", "prepare", "status"):
+        assert name in r.stdout
+
+
+def test_version(cli):
+    r = cli("--version")
+    assert r.exit_code == 0
+    assert r.stdout.startswith("cellmorphnet ")
+
+
+def test_help_and_status_do_not_import_torch():
+    code = (
+        "import sys, cellmorphnet.cli.app as a, cellmorphnet.cache as c; "
+        "print('torch' in sys.modules, 'timm' in sys.modules, 'medmnist' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["False", "False", "False"]
+
+
+def test_help_is_fast():
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "cellmorphnet", "--help"], capture_output=True, check=True)
+    assert time.perf_counter() - start < 3.0
+
+
+def test_unknown_dataset_lists_known_ones(cli):
+    r = cli("fetch", "nosuchset")
+    assert_one_line_error(r, "Unknown dataset 'nosuchset'", "bloodmnist", "bccd", "lisc", "sample")
+    r = cli("prepare", "nosuchset")
+    assert_one_line_error(r, "Unknown dataset 'nosuchset'")
+
+
+def test_missing_from_path(cli, tmp_path):
+    r = cli("fetch", "bccd", "--from", tmp_path / "nope.zip")
+    assert_one_line_error(r, "does not exist")
+
+
+def test_home_option_overrides_env(cli, tmp_path, home):
+    other = tmp_path / "other-home"
+    r = cli("--home", other, "prepare", "sample")
+    assert r.exit_code == 0, r
+    assert (other / "prepared" / "sample" / "28" / "manifest.json").exists()
+    assert not (home / "prepared").exists()
+
+
+def test_debug_variable_shows_traceback(cli, monkeypatch):
+    from cellmorphnet.errors import DatasetNotFound
+    from typer.testing import CliRunner
+
+    from cellmorphnet.cli.app import app
+
+    monkeypatch.setenv("CELLMORPHNET_DEBUG", "1")
+    r = CliRunner().invoke(app, ["fetch", "nosuchset"])
+    assert isinstance(r.exception, DatasetNotFound)
