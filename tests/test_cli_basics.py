@@ -54,10 +54,10 @@ def test_home_option_overrides_env(cli, tmp_path, home):
 
 
 def test_debug_variable_shows_traceback(cli, monkeypatch):
-    from cellmorphnet.errors import DatasetNotFound
     from typer.testing import CliRunner
 
     from cellmorphnet.cli.app import app
+    from cellmorphnet.errors import DatasetNotFound
 
     monkeypatch.setenv("CELLMORPHNET_DEBUG", "1")
     r = CliRunner().invoke(app, ["fetch", "nosuchset"])

@@ -70,7 +70,10 @@ def test_wrong_checksum_is_refused_and_removed(server, tmp_path):
 
 @pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "application/octet-stream"])
 def test_html_page_instead_of_file(server, tmp_path, content_type):
-    server.routes["/f.npz"] = (b"<!DOCTYPE html><html><body>Please log in</body></html>", {"content_type": content_type})
+    server.routes["/f.npz"] = (
+        b"<!DOCTYPE html><html><body>Please log in</body></html>",
+        {"content_type": content_type},
+    )
     dest = tmp_path / "f.npz"
     with pytest.raises(DownloadError, match="HTML page"):
         download(f"{server.base}/f.npz", dest)

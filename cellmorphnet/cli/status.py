@@ -31,10 +31,14 @@ def command(ctx: typer.Context, json: JsonFlag = False) -> None:
         if d.get("partial_downloads"):
             fetched += f" (partial download: {sum(p['bytes'] for p in d['partial_downloads']):,} bytes)"
         verified = "—" if not d["fetched"] else ("yes" if d["verified"] else "[yellow]NO[/yellow]")
-        prepared = "; ".join(
-            f"{size} px: " + " / ".join(f"{n:,}" for n in p["counts"].values())
-            + ("" if p["verified"] else " [yellow](unverified)[/yellow]")
-            for size, p in d["prepared"].items()
-        ) or "—"
+        prepared = (
+            "; ".join(
+                f"{size} px: "
+                + " / ".join(f"{n:,}" for n in p["counts"].values())
+                + ("" if p["verified"] else " [yellow](unverified)[/yellow]")
+                for size, p in d["prepared"].items()
+            )
+            or "—"
+        )
         table.add_row(d["name"], fetched, verified, prepared)
     _output.out.print(table)

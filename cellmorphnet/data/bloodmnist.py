@@ -65,7 +65,8 @@ def validate_npz(path: Path, size: int, n_classes: int) -> dict[str, store.Split
                 raise InvalidData(f"{path.name}: {s}_labels has dtype {labels.dtype}, expected integers.")
             if len(labels) and (labels.min() < 0 or labels.max() >= n_classes):
                 raise InvalidData(
-                    f"{path.name}: {s}_labels range from {labels.min()} to {labels.max()}, expected 0 to {n_classes - 1}."
+                    f"{path.name}: {s}_labels range from {labels.min()} to {labels.max()}, "
+                    f"expected 0 to {n_classes - 1}."
                 )
             out[s] = store.Split(images, labels.astype(np.int64))
     return out

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import socket
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -70,7 +69,7 @@ def download(
             # The server has nothing past our offset: the .part is complete; verify it below.
             return _finish(part, dest, md5, url)
         raise DownloadError(f"{url} answered HTTP {e.code} {e.reason}.", hint=manual_hint) from None
-    except (urllib.error.URLError, socket.timeout, ConnectionError, OSError) as e:
+    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as e:
         reason = getattr(e, "reason", e)
         raise DownloadError(f"Could not reach {url} ({reason}).", hint=manual_hint) from None
 
@@ -103,7 +102,7 @@ def download(
                     done += len(chunk)
                     if progress:
                         progress(done, total)
-        except (socket.timeout, ConnectionError, OSError) as e:
+        except (TimeoutError, ConnectionError, OSError) as e:
             if isinstance(e, DownloadError):
                 raise
             raise DownloadError(

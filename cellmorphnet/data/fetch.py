@@ -68,9 +68,7 @@ def fetch(
 ) -> list[FetchResult]:
     """Fetch or import one dataset. See ``cellmorphnet fetch --help`` for the behaviour."""
     if name.startswith(registry.FOLDER_PREFIX):
-        raise DatasetNotFound(
-            "A folder dataset needs no fetch.", hint=f"Run: cellmorphnet prepare {name}"
-        )
+        raise DatasetNotFound("A folder dataset needs no fetch.", hint=f"Run: cellmorphnet prepare {name}")
     registry.get_info(name)
     if source is not None:
         source = Path(source).expanduser()

@@ -40,7 +40,14 @@ def mask_box(mask_path: Path) -> tuple[int, int, int, int] | None:
 
 
 def build(
-    name: str, *, home: Path | None, size: int, seed: int, progress=None, include_mixt: bool = False, margin: float = 0.15
+    name: str,
+    *,
+    home: Path | None,
+    size: int,
+    seed: int,
+    progress=None,
+    include_mixt: bool = False,
+    margin: float = 0.15,
 ) -> Built:
     root, _ = _root(home)
     class_dirs = dict(registry.get_info("lisc").extra["class_dirs"])

@@ -47,5 +47,5 @@ def build(name: str, *, home: Path | None, size: int, seed: int, progress=None) 
             "resize": "bicubic",
             "stored_size": stored,
         },
-        split_policy="100 cells per class: 64 train and 12 val from the PBC train/val splits, 24 test from its test split",
+        split_policy="per class 64 train and 12 val from the PBC train/val splits, 24 test from its test split",
     )

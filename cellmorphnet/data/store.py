@@ -99,7 +99,9 @@ def load_split(name: str, size: int, split: str, home: Path | None = None, mmap:
         images = np.load(target / f"{split}_images.npy", mmap_mode=mode)
         labels = np.load(target / f"{split}_labels.npy", mmap_mode=mode)
     except (OSError, ValueError) as e:
-        raise InvalidData(f"Prepared {name} ({size} px) is damaged: {e}", hint=f"Run: cellmorphnet prepare {name} --force") from None
+        raise InvalidData(
+            f"Prepared {name} ({size} px) is damaged: {e}", hint=f"Run: cellmorphnet prepare {name} --force"
+        ) from None
     return Split(images, labels)
 
 
