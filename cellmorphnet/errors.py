@@ -36,3 +36,15 @@ class InvalidData(CellMorphNetError):
 
 class UnsafeArchive(CellMorphNetError):
     """An archive member would be written outside its target folder."""
+
+
+class CheckpointError(CellMorphNetError):
+    """A weights file or checkpoint is missing, unsafe, damaged or does not fit the model."""
+
+
+class RunError(CellMorphNetError):
+    """A run folder is missing, in use by another process, or inconsistent."""
+
+
+class ConfigError(CellMorphNetError):
+    """A configuration file or option value is invalid."""

@@ -8,7 +8,7 @@ from conftest import assert_one_line_error
 def test_help_lists_commands(cli):
     r = cli("--help")
     assert r.exit_code == 0
-    for name in ("fetch", "prepare", "status"):
+    for name in ("fetch", "prepare", "train", "status"):
         assert name in r.stdout
 
 
@@ -49,7 +49,7 @@ def test_home_option_overrides_env(cli, tmp_path, home):
     other = tmp_path / "other-home"
     r = cli("--home", other, "prepare", "sample")
     assert r.exit_code == 0, r
-    assert (other / "prepared" / "sample" / "28" / "manifest.json").exists()
+    assert (other / "prepared" / "sample" / "64" / "manifest.json").exists()
     assert not (home / "prepared").exists()
 
 

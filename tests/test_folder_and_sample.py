@@ -75,7 +75,7 @@ def test_sample_is_small_real_and_complete(cli, home):
     assert (path.parent / "ATTRIBUTION.md").read_text().count("CC BY 4.0") >= 1
     r = cli("fetch", "sample")
     assert r.exit_code == 0 and "embedded" in r.stderr
-    [out] = json.loads(cli("prepare", "sample", "--json").stdout)
+    [out] = json.loads(cli("prepare", "sample", "--size", "28", "--json").stdout)
     assert out["size"] == 28 and len(out["classes"]) == 8
     for split in ("train", "val", "test"):
         assert all(n > 0 for n in out["counts"][split]["per_class"])
@@ -83,10 +83,14 @@ def test_sample_is_small_real_and_complete(cli, home):
     assert images.dtype == np.uint8 and images.std() > 20
 
 
-def test_sample_at_a_smaller_size_and_refuses_larger(cli):
+def test_sample_default_size_other_sizes_and_limit(cli, home):
+    [out] = json.loads(cli("prepare", "sample", "--json").stdout)
+    assert out["size"] == 64  # upscaled from the stored 28 px: EfficientNet trains far better at 64
+    stored = np.load(home / "prepared" / "sample" / "64" / "val_images.npy")
+    assert stored.shape == (96, 64, 64, 3)
     [out] = json.loads(cli("prepare", "sample", "--size", "16", "--json").stdout)
     assert out["size"] == 16
-    assert_one_line_error(cli("prepare", "sample", "--size", "64"), "stored at 28 px")
+    assert_one_line_error(cli("prepare", "sample", "--size", "200"), "112 px or smaller")
 
 
 def test_status_on_empty_home(cli, home):

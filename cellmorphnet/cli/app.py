@@ -92,9 +92,9 @@ def root(
 
 
 def _register() -> None:
-    from cellmorphnet.cli import fetch, prepare, status
+    from cellmorphnet.cli import fetch, prepare, status, train
 
-    for module in (fetch, prepare, status):
+    for module in (fetch, prepare, train, status):
         app.command(module.NAME, help=module.__doc__)(_handle_errors(module.command))
 
 

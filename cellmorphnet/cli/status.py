@@ -1,6 +1,13 @@
-"""Show what is in the cache: each dataset, fetched or not, verified or not, prepared at which sizes."""
+"""Show how a run is going (the latest by default) and what is in the cache.
+
+Works while another process is training: the run's heartbeat says whether it is alive. --watch
+refreshes until the run ends.
+"""
 
 from __future__ import annotations
+
+import time
+from typing import Annotated, Any
 
 import typer
 
@@ -8,18 +15,87 @@ from cellmorphnet.cli import _output
 from cellmorphnet.cli._options import JsonFlag, home_of
 
 NAME = "status"
+SPARKS = "▁▂▃▄▅▆▇█"
+STATE_STYLE = {"running": "bold cyan", "finished": "green", "early-stopped": "green", "interrupted": "yellow"}
 
 
-def command(ctx: typer.Context, json: JsonFlag = False) -> None:
+def sparkline(values: list[float], width: int = 40) -> str:
+    """A one-line plot of ``values`` (the last ``width`` of them)."""
+    vals = [v for v in values if v is not None][-width:]
+    if not vals:
+        return ""
+    lo, hi = min(vals), max(vals)
+    span = (hi - lo) or 1.0
+    return "".join(SPARKS[min(len(SPARKS) - 1, int((v - lo) / span * (len(SPARKS) - 1) + 0.5))] for v in vals)
+
+
+def _fmt_time(seconds: float | None) -> str:
+    from cellmorphnet.cli._train_view import _fmt_time as fmt
+
+    return fmt(seconds)
+
+
+def _pct(v: float | None) -> str:
+    return "—" if v is None else f"{v:.1%}"
+
+
+def run_renderable(st: dict[str, Any]):
+    from rich.console import Group
     from rich.table import Table
 
-    from cellmorphnet.cache import cache_status
+    style = STATE_STYLE.get(st["state"], "red")
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="dim")
+    head.add_column()
+    state = f"[{style}]{st['state']}[/{style}]" + (f" ({st['reason']})" if st.get("reason") else "")
+    head.add_row("run", f"[bold]{st['name']}[/bold]  {st['run']}")
+    head.add_row("state", state)
+    head.add_row("datasets", ", ".join(st["datasets"]) + (f" on {st['device']}" if st.get("device") else ""))
+    epochs = f"{st['epochs_done']} of {st['epochs_planned']}"
+    if st["state"] == "running" and st.get("batches"):
+        epochs += f" (epoch {st['current_epoch'] + 1}: batch {st['batch']}/{st['batches']})"
+    head.add_row("epochs", epochs)
+    best = "—" if st["best_val_f1"] is None else f"{st['best_val_f1']:.4f} (epoch {st['best_epoch']})"
+    head.add_row("best val macro-F1", best)
+    head.add_row("train / val accuracy", f"{_pct(st['train_acc'])} / {_pct(st['val_acc'])}")
+    head.add_row("last epoch", _fmt_time(st["last_epoch_time"]))
+    if st["state"] == "running":
+        head.add_row("time left", _fmt_time(st["eta_seconds"]))
+    curves = st["curves"]
+    for key, label in (("train_loss", "train loss"), ("val_loss", "val loss"), ("val_f1", "val F1")):
+        if curves.get(key):
+            head.add_row(label, f"{sparkline(curves[key])}  {curves[key][-1]:.4f}")
+    parts = [head]
+    if st["per_class_f1_at_best"]:
+        table = Table(title="Per-class validation F1 at the best epoch", title_justify="left")
+        table.add_column("class")
+        table.add_column("F1", justify="right")
+        table.add_column("")
+        for c, f in st["per_class_f1_at_best"].items():
+            table.add_row(c, f"{f:.3f}", "█" * round(f * 20))
+        parts.append(table)
+    return Group(*parts)
 
-    data = {"cache": cache_status(home_of(ctx))}
-    if json:
-        _output.print_json(data)
-        return
-    cache = data["cache"]
+
+def runs_table(rows: list[dict[str, Any]]):
+    from rich.table import Table
+
+    table = Table(title="Runs")
+    for col in ("run", "state", "datasets", "epochs", "best val F1"):
+        table.add_column(col)
+    for st in rows:
+        style = STATE_STYLE.get(st["state"], "red")
+        best = "—" if st["best_val_f1"] is None else f"{st['best_val_f1']:.4f}"
+        table.add_row(
+            st["name"], f"[{style}]{st['state']}[/{style}]", ", ".join(st["datasets"]),
+            f"{st['epochs_done']}/{st['epochs_planned']}", best,
+        )  # fmt: skip
+    return table
+
+
+def cache_table(cache: dict[str, Any]):
+    from rich.table import Table
+
     table = Table(title=f"Datasets in {cache['home']}")
     for col in ("dataset", "fetched", "verified", "prepared (size: train / val / test)"):
         table.add_column(col)
@@ -31,14 +107,51 @@ def command(ctx: typer.Context, json: JsonFlag = False) -> None:
         if d.get("partial_downloads"):
             fetched += f" (partial download: {sum(p['bytes'] for p in d['partial_downloads']):,} bytes)"
         verified = "—" if not d["fetched"] else ("yes" if d["verified"] else "[yellow]NO[/yellow]")
-        prepared = (
-            "; ".join(
-                f"{size} px: "
-                + " / ".join(f"{n:,}" for n in p["counts"].values())
-                + ("" if p["verified"] else " [yellow](unverified)[/yellow]")
-                for size, p in d["prepared"].items()
-            )
-            or "—"
-        )
+        prepared = "; ".join(
+            f"{size} px: " + " / ".join(f"{n:,}" for n in p["counts"].values())
+            + ("" if p["verified"] else " [yellow](unverified)[/yellow]")
+            for size, p in d["prepared"].items()
+        ) or "—"  # fmt: skip
         table.add_row(d["name"], fetched, verified, prepared)
-    _output.out.print(table)
+    return table
+
+
+def command(
+    ctx: typer.Context,
+    run: Annotated[str | None, typer.Argument(help="A run name or folder. [default: the latest run]")] = None,
+    watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until the run stops.")] = False,
+    interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 2.0,
+    json: JsonFlag = False,
+) -> None:
+    from cellmorphnet import runs
+    from cellmorphnet.cache import cache_status
+
+    home = home_of(ctx)
+    all_runs = runs.list_runs(home)
+    target = runs.resolve_run(run, home) if (run is not None or all_runs) else None
+    if json:
+        _output.print_json(
+            {
+                "run": runs.read_status(target) if target else None,
+                "runs": [runs.read_status(r) for r in all_runs],
+                "cache": cache_status(home),
+            }
+        )
+        return
+    if watch and target is not None:
+        from rich.live import Live
+
+        with Live(run_renderable(runs.read_status(target)), console=_output.out, auto_refresh=False) as live:
+            while True:
+                st = runs.read_status(target)
+                live.update(run_renderable(st), refresh=True)
+                if st["state"] != "running":
+                    break
+                time.sleep(interval)
+        return
+    if target is not None:
+        _output.out.print(run_renderable(runs.read_status(target)))
+    if run is None:
+        if len(all_runs) > 1:
+            _output.out.print(runs_table([runs.read_status(r) for r in all_runs[-10:]]))
+        _output.out.print(cache_table(cache_status(home)))

@@ -1,0 +1,108 @@
+"""How training looks in a terminal: a rich progress bar per epoch and a one-line row per epoch.
+
+Without a terminal, plain lines. This only renders the events that ``training.loop.fit`` emits.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cellmorphnet.cli import _output
+
+
+def _fmt_time(seconds: float | None) -> str:
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+class TrainView:
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.console = _output.err
+        self.tty = self.console.is_terminal
+        self.progress = None
+        self.task = None
+        self.epochs = 0
+        self.epoch_times: list[float] = []
+
+    def event(self, kind: str, **data: Any) -> None:
+        if self.quiet:
+            return
+        getattr(self, f"_on_{kind}")(**data)
+
+    def _on_start(self, run_dir, resolved, start_epoch, epochs, resumed) -> None:
+        self.epochs = epochs
+        what = "Resuming" if resumed else "Training"
+        classes = ", ".join(resolved["classes"])
+        self.console.print(
+            f"{what} [bold]{run_dir.name}[/bold] on {resolved['device']} ({resolved['precision']} precision), "
+            f"{resolved['image_size']} px, {len(resolved['classes'])} classes: {classes}"
+        )
+        self.console.print(f"Run folder: {run_dir}")
+        if start_epoch:
+            self.console.print(f"Continuing after epoch {start_epoch} of {epochs}.")
+        self.console.print(
+            f"{'epoch':>7} {'stage':>5} {'train loss':>10} {'acc':>6} {'val loss':>9} {'acc':>6} {'F1':>6} "
+            f"{'time':>6} {'img/s':>7}"
+        )
+
+    def _on_epoch_start(self, epoch, stage, batches) -> None:
+        if not self.tty:
+            return
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn(f"epoch {epoch + 1}/{self.epochs} [{stage}]"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[stats]}"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=True,
+        )
+        self.progress.start()
+        self.task = self.progress.add_task("train", total=batches, stats="")
+
+    def _on_batch(self, epoch, batch, batches, loss, acc, images_per_s) -> None:
+        if self.progress is not None:
+            stats = f"loss {loss:.3f} acc {acc:.3f} {images_per_s:.0f} img/s"
+            self.progress.update(self.task, completed=batch, stats=stats)
+
+    def _on_epoch_end(self, record, improved, best_f1, best_epoch) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+        self.epoch_times.append(record["epoch_time"])
+        star = " *" if improved else ""
+        self.console.print(
+            f"{record['epoch']:>3}/{self.epochs:<3} {record['stage']:>5} {record['train_loss']:>10.4f} "
+            f"{record['train_acc']:>6.3f} {record['val_loss']:>9.4f} {record['val_acc']:>6.3f} "
+            f"{record['val_f1']:>6.3f} {_fmt_time(record['epoch_time']):>6} {record['images_per_s']:>7.0f}{star}"
+        )
+
+    def _on_end(self, summary) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+    def finish(self, summary: dict[str, Any]) -> None:
+        state = summary["state"]
+        best = summary.get("best_val_f1")
+        best_text = (
+            f"best validation macro-F1 {best:.4f} at epoch {summary['best_epoch']}"
+            if best is not None
+            else "no epoch finished"
+        )
+        colour = {"finished": "green", "early-stopped": "green", "interrupted": "yellow"}.get(state, "red")
+        self.console.print(
+            f"[{colour}]{state}[/{colour}] after {summary['epochs_done']}/{summary['epochs_planned']} epochs "
+            f"({_fmt_time(summary.get('wall_time_s'))}); {best_text}."
+        )
+        if state == "interrupted":
+            self.console.print(f"Resume with: cellmorphnet train --resume {summary['run_dir']}")
+        else:
+            self.console.print(f"Best model: {summary['run_dir']}/checkpoints/best.pt")

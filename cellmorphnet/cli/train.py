@@ -1,0 +1,125 @@
+"""Train a blood-cell classifier (EfficientNet-Lite0 with ImageNet weights by default).
+
+AdamW with warmup and cosine decay, gradient accumulation, mixed precision on GPUs, progressive
+unfreezing, gradient clipping and early stopping on validation macro-F1. Checkpoints every epoch;
+Ctrl-C stops cleanly and --resume continues. Flags override a --config TOML file.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cellmorphnet.cli import _output
+from cellmorphnet.cli._options import home_of
+
+NAME = "train"
+
+
+def _csv(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def command(
+    ctx: typer.Context,
+    datasets: Annotated[
+        str | None,
+        typer.Option(
+            "--datasets", "-d", help="Comma-separated: sample, bloodmnist, bccd, lisc, folder:PATH. [default: sample]"
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option("--config", help="A TOML file with keys named like these flags.")
+    ] = None,
+    name: Annotated[str | None, typer.Option("--name", help="Run name under the home's runs/ folder.")] = None,
+    run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run folder anywhere (instead of --name).")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="Continue this run (a name or a folder).")] = None,
+    model: Annotated[
+        str | None, typer.Option("--model", help="timm architecture. [default: tf_efficientnet_lite0]")
+    ] = None,
+    weights: Annotated[Path | None, typer.Option("--weights", help="Start from this state dict file.")] = None,
+    pretrained: Annotated[
+        bool | None, typer.Option("--pretrained/--no-pretrained", help="ImageNet weights. [default: pretrained]")
+    ] = None,
+    image_size: Annotated[
+        int | None, typer.Option("--image-size", help="Network input size. [default: the prepared data size]")
+    ] = None,
+    data_size: Annotated[int | None, typer.Option("--data-size", help="Prepared size to train from.")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="[default: 50]")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="[default: 32]")] = None,
+    accum_steps: Annotated[
+        int | None, typer.Option("--accum-steps", help="Batches per optimizer step. [default: 2]")
+    ] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate. [default: 1e-4]")] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="[default: 1e-4]")] = None,
+    warmup_epochs: Annotated[float | None, typer.Option("--warmup-epochs", help="[default: 1]")] = None,
+    grad_clip: Annotated[
+        float | None, typer.Option("--grad-clip", help="Max gradient norm, 0 = off. [default: 1.0]")
+    ] = None,
+    label_smoothing: Annotated[float | None, typer.Option("--label-smoothing", help="[default: 0]")] = None,
+    class_weights: Annotated[
+        bool | None, typer.Option("--class-weights/--no-class-weights", help="Inverse-frequency loss weights.")
+    ] = None,
+    amp: Annotated[str | None, typer.Option("--amp", help="auto, bf16, fp16 or off. [default: auto]")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cuda, mps or cpu. [default: auto]")] = None,
+    unfreeze_epochs: Annotated[
+        str | None,
+        typer.Option(
+            "--unfreeze-epochs", help="Head only until A, top half of the backbone until B: 'A,B'. [default: 5,10]"
+        ),
+    ] = None,
+    patience: Annotated[int | None, typer.Option("--patience", help="Early-stopping patience. [default: 10]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="[default: 42]")] = None,
+    channels_last: Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", hidden=True)] = None,
+    limit_batches: Annotated[
+        int | None, typer.Option("--limit-batches", help="Cap batches per epoch (quick checks).")
+    ] = None,
+    json: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON.")] = False,
+) -> None:
+    from cellmorphnet import runs
+    from cellmorphnet._io import read_json
+    from cellmorphnet.errors import ConfigError
+    from cellmorphnet.training.config import TrainConfig, load_toml, resolve
+
+    home = home_of(ctx)
+    try:
+        unfreeze = [int(v) for v in _csv(unfreeze_epochs)] if unfreeze_epochs else None
+    except ValueError:
+        raise ConfigError("--unfreeze-epochs takes two numbers, e.g. 5,10.") from None
+    flags = {
+        "datasets": _csv(datasets), "model": model, "weights": str(weights) if weights else None,
+        "pretrained": pretrained, "image_size": image_size, "data_size": data_size, "epochs": epochs,
+        "batch_size": batch_size, "accum_steps": accum_steps, "lr": lr, "weight_decay": weight_decay,
+        "warmup_epochs": warmup_epochs, "grad_clip": grad_clip, "label_smoothing": label_smoothing,
+        "class_weights": class_weights, "amp": amp, "device": device, "unfreeze_epochs": unfreeze,
+        "patience": patience, "seed": seed, "channels_last": channels_last, "limit_batches": limit_batches,
+    }  # fmt: skip
+    if resume:
+        target = runs.resolve_run(resume, home)
+        saved = read_json(target / runs.CONFIG)["config"]
+        extendable = {k: v for k, v in flags.items() if k in ("epochs", "patience", "limit_batches") and v is not None}
+        ignored = sorted(k for k, v in flags.items() if v is not None and k not in extendable)
+        if ignored:
+            _output.warn(f"--resume keeps the run's own settings; ignoring {', '.join(ignored)}.")
+        cfg = TrainConfig.from_dict({**saved, **extendable}).validate()
+    else:
+        file_values = load_toml(config) if config else {}
+        cfg = resolve(file_values, flags)
+        target = run_dir.expanduser().resolve() if run_dir else runs.new_run_dir(home, name, cfg.datasets)
+
+    from cellmorphnet.cli._train_view import TrainView
+    from cellmorphnet.training.loop import fit
+
+    view = TrainView(quiet=json)
+    start = time.perf_counter()
+    summary = fit(cfg, target, home=home, resume=bool(resume), events=view.event)
+    summary["wall_time_s"] = round(time.perf_counter() - start, 1)
+    if json:
+        _output.print_json(summary)
+    else:
+        view.finish(summary)
+    if summary["state"] == "interrupted":
+        raise typer.Exit(130)

@@ -1,0 +1,205 @@
+"""Batches from prepared arrays, with augmentation applied to whole batches of tensors.
+
+The prepared uint8 arrays are held in memory (on the training device where there is one). Each
+batch is gathered by index, then one ``affine_grid``/``grid_sample`` call applies flips, rotation,
+translation, scale *and* the resize to the network's input size; colour jitter and normalisation
+follow as tensor arithmetic. No PIL image is touched per sample, so the data path stays cheap next
+to the model.
+
+A batch holds samples of one dataset (datasets may be stored at different sizes); batches of all
+datasets are shuffled together. The order and the augmentation of epoch ``e`` depend only on
+``(seed, e)``, so a resumed run sees exactly the batches an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    hflip: float = 0.5  # probability of a horizontal flip
+    vflip: float = 0.5  # probability of a vertical flip
+    rotation: float = 45.0  # maximum rotation, degrees either way
+    translate: float = 0.1  # maximum shift, as a fraction of the image size
+    scale: tuple[float, float] = (0.9, 1.1)  # zoom range
+    brightness: float = 0.2  # colour jitter strengths (factor range 1 ± value)
+    contrast: float = 0.2
+    saturation: float = 0.2
+
+
+@dataclass
+class Batch:
+    dataset: str  # which dataset its samples come from
+    images: torch.Tensor  # (B, 3, H, W) float, normalised
+    labels: torch.Tensor  # (B,) local labels of that dataset
+    target_ids: torch.Tensor  # (B,) row of the run's target table (see Taxonomy / losses)
+
+
+class DeviceArrays:
+    """One split of one dataset as uint8 NHWC tensors on ``device``, plus labels."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device) -> None:
+        self.images = torch.from_numpy(np.array(images, dtype=np.uint8, order="C")).to(
+            device
+        )  # a copy: mmaps are read-only
+        self.labels_cpu = torch.from_numpy(np.array(labels, dtype=np.int64))
+        self.labels = self.labels_cpu.to(device)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def _to_float_nchw(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (x - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def resize_batch(x: torch.Tensor, size: int) -> torch.Tensor:
+    """Resize an NCHW float batch to ``size`` (bilinear; antialiased when shrinking)."""
+    if x.shape[-1] == size and x.shape[-2] == size:
+        return x
+    shrink = x.shape[-1] > size
+    return F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=shrink)
+
+
+def augment_params(n: int, cfg: AugmentConfig, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Draw the random parameters of ``n`` samples on the CPU generator (cheap, device independent)."""
+
+    def uniform(lo: float, hi: float) -> torch.Tensor:
+        return torch.rand(n, generator=generator) * (hi - lo) + lo
+
+    return {
+        "hflip": torch.rand(n, generator=generator) < cfg.hflip,
+        "vflip": torch.rand(n, generator=generator) < cfg.vflip,
+        "angle": uniform(-cfg.rotation, cfg.rotation) * math.pi / 180.0,
+        "scale": uniform(*cfg.scale),
+        "tx": uniform(-cfg.translate, cfg.translate) * 2.0,  # affine_grid coordinates span [-1, 1]
+        "ty": uniform(-cfg.translate, cfg.translate) * 2.0,
+        "brightness": uniform(1 - cfg.brightness, 1 + cfg.brightness),
+        "contrast": uniform(1 - cfg.contrast, 1 + cfg.contrast),
+        "saturation": uniform(1 - cfg.saturation, 1 + cfg.saturation),
+    }
+
+
+def augment_batch(x: torch.Tensor, size: int, params: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Geometric and colour augmentation of an NCHW float batch in [0, 1], output at ``size``."""
+    p = {k: v.to(x.device) for k, v in params.items()}
+    n = x.shape[0]
+    cos, sin = torch.cos(p["angle"]), torch.sin(p["angle"])
+    # The grid maps output to input coordinates: dividing by the scale zooms in for scale > 1.
+    fx = torch.where(p["hflip"], -1.0, 1.0) / p["scale"]
+    fy = torch.where(p["vflip"], -1.0, 1.0) / p["scale"]
+    theta = torch.stack(
+        [
+            torch.stack([cos * fx, -sin * fy, p["tx"]], dim=1),
+            torch.stack([sin * fx, cos * fy, p["ty"]], dim=1),
+        ],
+        dim=1,
+    ).to(x.dtype)
+    grid = F.affine_grid(theta, [n, 3, size, size], align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    gray_w = torch.tensor([0.299, 0.587, 0.114], device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
+    x = x * p["brightness"].view(n, 1, 1, 1)
+    mean = (x * gray_w).sum(1, keepdim=True).mean(dim=(2, 3), keepdim=True)
+    x = (x - mean) * p["contrast"].view(n, 1, 1, 1) + mean
+    gray = (x * gray_w).sum(1, keepdim=True)
+    x = (x - gray) * p["saturation"].view(n, 1, 1, 1) + gray
+    return x.clamp_(0.0, 1.0)
+
+
+class BatchLoader:
+    """Yield ``Batch`` objects over one split of several datasets.
+
+    Args:
+        parts: ``{dataset: DeviceArrays}``.
+        target_offset: ``{dataset: first row in the run's target table}``.
+        batch_size: samples per batch (the last batch of each dataset may be smaller).
+        image_size: the network's input size.
+        mean, std: normalisation, from the model's config.
+        train: shuffle and augment when True; fixed order, plain resize when False.
+        augment: augmentation settings (train only).
+        seed: base seed; epoch ``e`` uses ``seed * 1000 + e``.
+        limit_batches: stop after this many batches (quick runs and tests).
+    """
+
+    def __init__(
+        self,
+        parts: dict[str, DeviceArrays],
+        target_offset: dict[str, int],
+        batch_size: int,
+        image_size: int,
+        mean: list[float],
+        std: list[float],
+        *,
+        train: bool,
+        augment: AugmentConfig | None = None,
+        seed: int = 42,
+        limit_batches: int | None = None,
+    ) -> None:
+        self.parts = parts
+        self.target_offset = target_offset
+        self.batch_size = batch_size
+        self.image_size = image_size
+        device = next(iter(parts.values())).images.device
+        self.mean = torch.tensor(mean, device=device)
+        self.std = torch.tensor(std, device=device)
+        self.train = train
+        self.augment = augment or AugmentConfig()
+        self.seed = seed
+        self.limit_batches = limit_batches
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def plan(self) -> list[tuple[str, torch.Tensor]]:
+        """The epoch's batches as ``(dataset, indices)``: shuffled with the epoch's seed when training."""
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch)
+        batches = []
+        for name, arr in self.parts.items():
+            order = torch.randperm(len(arr), generator=g) if self.train else torch.arange(len(arr))
+            batches += [(name, idx) for idx in order.split(self.batch_size)]
+        if self.train:
+            batches = [batches[i] for i in torch.randperm(len(batches), generator=g).tolist()]
+        if self.limit_batches is not None:
+            batches = batches[: self.limit_batches]
+        return batches
+
+    def __len__(self) -> int:
+        n = sum(math.ceil(len(a) / self.batch_size) for a in self.parts.values())
+        return min(n, self.limit_batches) if self.limit_batches is not None else n
+
+    def num_samples(self) -> int:
+        return sum(len(idx) for _, idx in self.plan())
+
+    def __iter__(self):
+        return self.batches(self.plan())
+
+    def batches(self, plan: list[tuple[str, torch.Tensor]]):
+        """Materialise the planned batches in order (augmenting when training)."""
+        g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch + 500_000)
+        for name, idx in plan:
+            arr = self.parts[name]
+            idx_dev = idx.to(arr.images.device)
+            x = _to_float_nchw(arr.images.index_select(0, idx_dev))
+            if self.train:
+                x = augment_batch(x, self.image_size, augment_params(len(idx), self.augment, g))
+            else:
+                x = resize_batch(x, self.image_size)
+            labels = arr.labels.index_select(0, idx_dev)
+            yield Batch(name, normalise(x, self.mean, self.std), labels, labels + self.target_offset[name])
+
+
+def eval_transform(images_uint8_nhwc: torch.Tensor, image_size: int, mean, std) -> torch.Tensor:
+    """The evaluation transform (what ``BatchLoader`` does with ``train=False``), for one batch."""
+    x = resize_batch(_to_float_nchw(images_uint8_nhwc), image_size)
+    return normalise(x, torch.as_tensor(mean, device=x.device), torch.as_tensor(std, device=x.device))

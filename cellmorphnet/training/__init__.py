@@ -1,0 +1,1 @@
+"""The training engine: config, loop, schedules, checkpoints and history."""

@@ -1,0 +1,104 @@
+"""The training configuration: one typed dataclass, saved in the run folder and in every checkpoint."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cellmorphnet.errors import ConfigError
+
+
+@dataclass
+class TrainConfig:
+    datasets: list[str] = field(default_factory=lambda: ["sample"])  # datasets trained on together
+    data_size: int | None = None  # prepared size to read (default: the image size if prepared, else the largest)
+    model: str = "tf_efficientnet_lite0"  # timm architecture
+    pretrained: bool = True  # packaged ImageNet weights (EfficientNet-Lite0 only)
+    weights: str | None = None  # a state dict file to start from instead
+    image_size: int | None = None  # the network's input size (default: the prepared data size)
+    epochs: int = 50  # planned epochs
+    batch_size: int = 32  # samples per forward pass
+    accum_steps: int = 2  # forward passes per optimizer step (effective batch = batch_size * accum_steps)
+    lr: float = 1e-4  # peak AdamW learning rate
+    weight_decay: float = 1e-4  # AdamW weight decay (not applied to norm and bias parameters)
+    warmup_epochs: float = 1.0  # linear warmup before the cosine decay
+    min_lr_ratio: float = 0.01  # the cosine ends at lr * min_lr_ratio
+    grad_clip: float = 1.0  # max gradient norm (0 disables)
+    label_smoothing: float = 0.0  # cross-entropy label smoothing
+    class_weights: bool = False  # weight the loss by inverse class frequency (imbalanced data)
+    amp: str = "auto"  # mixed precision: auto (CUDA bf16/fp16, MPS fp16, CPU off), bf16, fp16 or off
+    device: str = "auto"  # auto (CUDA, then MPS, then CPU), cuda, mps or cpu
+    unfreeze_epochs: list[int] = field(default_factory=lambda: [5, 10])  # head only until [0], top half until [1]
+    patience: int = 10  # early stopping: epochs without a better validation macro-F1
+    seed: int = 42  # seeds data order, augmentation and initialisation
+    drop_rate: float | None = None  # dropout before the classifier (model default if unset)
+    channels_last: bool = False  # channels-last memory format (can help on GPUs)
+    limit_batches: int | None = None  # cap batches per epoch (quick checks)
+    eval_batch_size: int = 256  # batch size for validation
+
+    def validate(self) -> TrainConfig:
+        if not self.datasets:
+            raise ConfigError("No dataset given.", hint="Use --datasets sample, or bloodmnist,bccd,...")
+        checks = [
+            (self.epochs >= 1, "epochs must be at least 1"),
+            (self.batch_size >= 1, "batch-size must be at least 1"),
+            (self.accum_steps >= 1, "accum-steps must be at least 1"),
+            (self.lr > 0, "lr must be positive"),
+            (self.weight_decay >= 0, "weight-decay must not be negative"),
+            (0 <= self.label_smoothing < 1, "label-smoothing must be in [0, 1)"),
+            (self.amp in ("auto", "bf16", "fp16", "off"), "amp must be auto, bf16, fp16 or off"),
+            (self.device in ("auto", "cuda", "mps", "cpu") or self.device.startswith("cuda:"), "unknown device"),
+            (
+                len(self.unfreeze_epochs) == 2 and self.unfreeze_epochs[0] <= self.unfreeze_epochs[1],
+                "unfreeze-epochs takes two ascending numbers, e.g. 5,10",
+            ),
+            (self.patience >= 1, "patience must be at least 1"),
+            (self.image_size is None or 16 <= self.image_size <= 1024, "image-size must be 16 to 1024"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(f"Invalid configuration: {message}.")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(
+                f"Unknown configuration key(s): {', '.join(unknown)}.", hint=f"Known: {', '.join(sorted(known))}."
+            )
+        return cls(**data)
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML config; keys are named like the flags (``batch-size`` or ``batch_size``)."""
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"Config file {path} does not exist.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"Config file {path} is not valid TOML ({e}).") from None
+    data = {k.replace("-", "_"): v for k, v in raw.items()}
+    if isinstance(data.get("datasets"), str):
+        data["datasets"] = [d.strip() for d in data["datasets"].split(",") if d.strip()]
+    return data
+
+
+def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> TrainConfig:
+    """Defaults, then the config file, then flags given on the command line (``None`` = not given)."""
+    merged = {**file_values, **{k: v for k, v in flag_values.items() if v is not None}}
+    try:
+        return TrainConfig.from_dict(merged).validate()
+    except TypeError as e:
+        raise ConfigError(f"Invalid configuration: {e}.") from None

@@ -1,0 +1,130 @@
+"""train and status through the real command line, including a training process running beside us."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import torch
+from conftest import assert_one_line_error
+
+from cellmorphnet.training import checkpoint
+
+QUICK = ["--model", "test_efficientnet", "--no-pretrained", "--batch-size", "8", "--accum-steps", "1",
+         "--limit-batches", "2", "--data-size", "28"]  # fmt: skip
+
+
+def test_train_on_sample_writes_a_complete_run_folder(cli, home):
+    r = cli("train", "--datasets", "sample", "--name", "quick", "--epochs", "2", *QUICK)
+    assert r.exit_code == 0, r
+    run = home / "runs" / "quick"
+    assert "finished after 2/2 epochs" in r.stderr
+    assert "Run folder:" in r.stderr and "cpu" in r.stderr
+    for f in ("config.json", "history.json", "train.log", "checkpoints/last.pt", "checkpoints/best.pt"):
+        assert (run / f).exists(), f
+    config = json.loads((run / "config.json").read_text())
+    assert config["config"]["epochs"] == 2 and config["resolved"]["image_size"] == 28
+    assert config["resolved"]["datasets"]["sample"]["checksum"].startswith("sha256:")
+    assert config["versions"]["torch"] == torch.__version__
+    history = json.loads((run / "history.json").read_text())
+    # the original design's monitoring snippet
+    assert len(history["train_loss"]) == 2
+    assert max(history["val_f1"]) <= 1.0
+    assert 0.0 <= history["train_acc"][-1] <= 1.0
+    for key in ("val_loss", "val_acc", "val_f1_per_class", "lr", "epoch_time", "images_per_s"):
+        assert len(history[key]) == 2, key
+    state = checkpoint.load(run / "checkpoints" / "last.pt")
+    for key in ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "early_stopping", "config", "class_names"):
+        assert key in state, key
+
+    st = cli("status", "quick", "--json")
+    data = json.loads(st.stdout)["run"]
+    assert data["state"] == "finished" and data["epochs_done"] == 2 and data["epochs_planned"] == 2
+    human = cli("status")
+    assert "finished" in human.stdout and "Per-class validation F1" in human.stdout
+    assert "Datasets in" in human.stdout  # the cache listing stays
+
+
+def test_config_file_and_flag_precedence(cli, home, tmp_path):
+    cfg = tmp_path / "train.toml"
+    cfg.write_text('datasets = "sample"\nepochs = 3\nlr = 0.005\nbatch-size = 8\n')
+    r = cli("train", "--config", cfg, "--epochs", "1", "--name", "cfg", "--model", "test_efficientnet",
+            "--no-pretrained", "--limit-batches", "1", "--data-size", "28")  # fmt: skip
+    assert r.exit_code == 0, r
+    saved = json.loads((home / "runs" / "cfg" / "config.json").read_text())["config"]
+    assert saved["epochs"] == 1 and saved["lr"] == 0.005 and saved["batch_size"] == 8
+    bad = tmp_path / "bad.toml"
+    bad.write_text("epochz = 3\n")
+    assert_one_line_error(cli("train", "--config", bad), "Unknown configuration key(s): epochz")
+    assert_one_line_error(cli("train", "--epochs", "0"), "epochs must be at least 1")
+    assert_one_line_error(cli("train", "--datasets", "bccd"), "BCCD is not fetched")
+    assert_one_line_error(cli("train", "--resume", "nope"), "No run 'nope'")
+    assert_one_line_error(cli("status", "nope"), "No run 'nope'")
+
+
+def _spawn_training(home, name, epochs=500):
+    env = {**os.environ, "CELLMORPHNET_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    args = [sys.executable, "-m", "cellmorphnet", "train", "--datasets", "sample", "--name", name,
+            "--epochs", str(epochs), *QUICK]  # fmt: skip
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _status(cli, name):
+    return json.loads(cli("status", name, "--json").stdout)["run"]
+
+
+def _wait_for(predicate, timeout=90):
+    end = time.time() + timeout
+    while time.time() < end:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.3)
+    raise AssertionError("timed out")
+
+
+def test_status_of_a_running_then_killed_run_and_in_use_refusal(cli, home):
+    proc = _spawn_training(home, "live")
+    try:
+        _wait_for(lambda: (home / "runs" / "live" / "history.json").exists())
+        st = _status(cli, "live")
+        assert st["state"] == "running", st
+        assert st["epochs_done"] >= 1 and st["epochs_planned"] == 500
+        assert st["eta_seconds"] is not None and st["best_val_f1"] is not None
+        human = cli("status", "live")
+        assert "running" in human.stdout and "time left" in human.stdout
+
+        # a second training into the same folder is refused while the first runs
+        r = cli("train", "--datasets", "sample", "--run-dir", home / "runs" / "live", "--epochs", "1", *QUICK)
+        assert_one_line_error(r, "in use by another training process")
+
+        proc.kill()
+        proc.wait(timeout=30)
+        st = _status(cli, "live")
+        assert st["state"] == "crashed" and "gone" in st["reason"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def test_ctrl_c_saves_and_exits_cleanly_then_resumes(cli, home):
+    proc = _spawn_training(home, "sigint", epochs=500)
+    try:
+        _wait_for(lambda: (home / "runs" / "sigint" / "history.json").exists())
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err and "--resume" in err
+    st = _status(cli, "sigint")
+    assert st["state"] == "interrupted"
+    done = st["epochs_done"]
+    state = checkpoint.load(home / "runs" / "sigint" / "checkpoints" / "last.pt")
+    assert state["epoch"] == done
+    r = cli("train", "--resume", "sigint", "--epochs", str(done + 1))
+    assert r.exit_code == 0, r
+    assert _status(cli, "sigint")["epochs_done"] == done + 1
