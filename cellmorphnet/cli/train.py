@@ -73,7 +73,10 @@ def command(
     ] = None,
     patience: Annotated[int | None, typer.Option("--patience", help="Early-stopping patience. [default: 10]")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="[default: 42]")] = None,
-    channels_last: Annotated[bool | None, typer.Option("--channels-last/--no-channels-last", hidden=True)] = None,
+    channels_last: Annotated[
+        bool | None,
+        typer.Option("--channels-last/--no-channels-last", help="Channels-last memory layout. [default: on]"),
+    ] = None,
     limit_batches: Annotated[
         int | None, typer.Option("--limit-batches", help="Cap batches per epoch (quick checks).")
     ] = None,
@@ -107,7 +110,10 @@ def command(
         cfg = TrainConfig.from_dict({**saved, **extendable}).validate()
     else:
         file_values = load_toml(config) if config else {}
-        cfg = resolve(file_values, flags)
+        cfg, recipe = resolve(file_values, flags)
+        if recipe and not json:
+            settings = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in recipe.items())
+            _output.info(f"Using the quick recipe for {cfg.datasets[0]} ({settings}); flags override it.")
         target = run_dir.expanduser().resolve() if run_dir else runs.new_run_dir(home, name, cfg.datasets)
 
     from cellmorphnet.cli._train_view import TrainView

@@ -128,7 +128,8 @@ class BatchLoader:
         train: shuffle and augment when True; fixed order, plain resize when False.
         augment: augmentation settings (train only).
         seed: base seed; epoch ``e`` uses ``seed * 1000 + e``.
-        limit_batches: stop after this many batches (quick runs and tests).
+        limit_batches: stop after this many batches (quick checks and tests).
+        channels_last: hand out batches in channels-last memory layout (for a channels-last model).
     """
 
     def __init__(
@@ -144,6 +145,7 @@ class BatchLoader:
         augment: AugmentConfig | None = None,
         seed: int = 42,
         limit_batches: int | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.parts = parts
         self.target_offset = target_offset
@@ -156,6 +158,9 @@ class BatchLoader:
         self.augment = augment or AugmentConfig()
         self.seed = seed
         self.limit_batches = limit_batches
+        # The batch's layout must match the model's: a mismatch makes every convolution reorder its
+        # input, which cost a third of the training speed on the CPU (docs/benchmarks.md).
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -196,7 +201,8 @@ class BatchLoader:
             else:
                 x = resize_batch(x, self.image_size)
             labels = arr.labels.index_select(0, idx_dev)
-            yield Batch(name, normalise(x, self.mean, self.std), labels, labels + self.target_offset[name])
+            x = normalise(x, self.mean, self.std).contiguous(memory_format=self.memory_format)
+            yield Batch(name, x, labels, labels + self.target_offset[name])
 
 
 def eval_transform(images_uint8_nhwc: torch.Tensor, image_size: int, mean, std) -> torch.Tensor:

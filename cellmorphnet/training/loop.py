@@ -57,7 +57,7 @@ class Precision:
 
     @property
     def name(self) -> str:
-        return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[self.dtype]
+        return {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[self.dtype]
 
 
 def pick_precision(device: torch.device, amp: str) -> Precision:
@@ -215,9 +215,8 @@ def train_one_epoch(
             )
         for _ in group:
             batch = next(batches)
-            x = batch.images.contiguous(memory_format=torch.channels_last) if cfg.channels_last else batch.images
             with autocast(device, precision):
-                logits = model(x)
+                logits = model(batch.images)
             per_sample = coarse_cross_entropy(logits, batch.target_ids, data.target_table, cfg.label_smoothing)
             if data.class_weights is not None:
                 per_sample = per_sample * data.class_weights.index_select(0, batch.target_ids)
@@ -393,11 +392,12 @@ def _fit_locked(cfg: TrainConfig, run_dir: Path, home: Path | None, resume: bool
     image_size = cfg.image_size or max(data.data_sizes.values())
     train_loader = BatchLoader(
         data.train, data.target_offset, cfg.batch_size, image_size, norm["mean"], norm["std"],
-        train=True, seed=cfg.seed, limit_batches=cfg.limit_batches,
+        train=True, seed=cfg.seed, limit_batches=cfg.limit_batches, channels_last=cfg.channels_last,
     )  # fmt: skip
     val_loader = BatchLoader(
-        data.val, data.target_offset, cfg.eval_batch_size, image_size, norm["mean"], norm["std"], train=False
-    )
+        data.val, data.target_offset, cfg.eval_batch_size, image_size, norm["mean"], norm["std"], train=False,
+        channels_last=cfg.channels_last,
+    )  # fmt: skip
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accum_steps)
     optimizer = _optimizer(model, cfg)
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -1,0 +1,85 @@
+"""Accuracy on this machine: one full training on the rebuilt BloodMNIST (PBC) arrays, then the test split.
+
+    python benchmarks/accuracy.py --size 64 --epochs 25 --lr 5e-4 --unfreeze-epochs 1,2 --json
+
+Imports ../shared/data/bloodmnist-pbc (unverified: it is a rebuild, not the official file) into a
+temporary home, prepares it, trains with cellmorphnet's own loop (train flags pass through) and
+evaluates the best checkpoint on the test split: accuracy, macro-F1, per-class F1, wall time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED, emit, header  # noqa: E402
+
+FILES = {28: "bloodmnist_pbc.npz", 64: "bloodmnist_pbc_64.npz"}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--size", type=int, default=64, choices=sorted(FILES))
+    ap.add_argument("--epochs", type=int, default=25)
+    ap.add_argument("--lr", type=float, default=5e-4)
+    ap.add_argument("--unfreeze-epochs", default="1,2")
+    ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--home", type=Path, default=None, help="keep the run here instead of a temporary folder")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    from sklearn.metrics import accuracy_score, f1_score
+
+    from cellmorphnet.data.fetch import fetch
+    from cellmorphnet.data.prepare import prepare
+    from cellmorphnet.evaluation.predict import load_run_model, predict_split
+    from cellmorphnet.training.config import TrainConfig
+    from cellmorphnet.training.loop import fit
+
+    result = header("python benchmarks/accuracy.py " + " ".join(sys.argv[1:]))
+    with tempfile.TemporaryDirectory() as tmp:
+        home = args.home or Path(tmp)
+        fetch("bloodmnist", home=home, source=SHARED / "bloodmnist-pbc" / FILES[args.size], allow_unverified=True)
+        prepare("bloodmnist", home=home, size=args.size)
+        cfg = TrainConfig(
+            datasets=["bloodmnist"], data_size=args.size, image_size=args.image_size, epochs=args.epochs, lr=args.lr,
+            unfreeze_epochs=[int(v) for v in args.unfreeze_epochs.split(",")], label_smoothing=args.label_smoothing,
+        ).validate()  # fmt: skip
+
+        def progress(kind, **data):
+            if kind == "epoch_end":
+                r = data["record"]
+                line = f"epoch {r['epoch']}: val acc {r['val_acc']:.4f} f1 {r['val_f1']:.4f} "
+                line += f"({r['epoch_time']:.0f} s, {r['images_per_s']:.0f} img/s)"
+                print(line, file=sys.stderr, flush=True)
+
+        start = time.perf_counter()
+        summary = fit(cfg, home / "runs" / "accuracy", home=home, events=progress)
+        train_wall = time.perf_counter() - start
+        rm = load_run_model(home / "runs" / "accuracy", "best")
+        out = predict_split(rm, "test", home)["bloodmnist"]
+        pred = out["probs"].argmax(1)
+        classes = rm.resolved["taxonomy"]["local_classes"]["bloodmnist"]
+        per_class = f1_score(out["labels"], pred, average=None, labels=list(range(len(classes))))
+        result.update(
+            config=cfg.to_dict(),
+            summary=summary,
+            train_wall_time_s=round(train_wall, 1),
+            best_epoch=rm.epoch,
+            test_accuracy=float(accuracy_score(out["labels"], pred)),
+            test_macro_f1=float(f1_score(out["labels"], pred, average="macro")),
+            test_per_class_f1={c: round(float(f), 4) for c, f in zip(classes, per_class, strict=True)},
+            test_n=int(len(pred)),
+        )
+    print(f"test accuracy {result['test_accuracy']:.4f}, macro-F1 {result['test_macro_f1']:.4f}, "
+          f"training {train_wall / 60:.1f} min", file=sys.stderr)  # fmt: skip
+    emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()

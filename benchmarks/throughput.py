@@ -1,0 +1,206 @@
+"""Training throughput: cellmorphnet's step vs a naive MedMNIST-style pipeline vs the model-only ceiling.
+
+    python benchmarks/throughput.py [--configs 28:28,64:64,28:224] [--steps 8] [--repeats 3] [--json]
+
+All three use the same model (tf_efficientnet_lite0, ImageNet weights), batch size, optimizer (AdamW)
+and loss, in one process:
+  (a) cellmorphnet: prepared uint8 arrays in memory, batch augmentation on tensors (BatchLoader) and
+      cellmorphnet's train_one_epoch;
+  (b) naive: medmnist's BloodMNIST dataset class with per-sample PIL/torchvision transforms through a
+      DataLoader with 2 workers (as MedMNIST's experiment code and most tutorials do);
+  (c) ceiling: the same model stepping on tensors already in memory, no augmentation.
+Each pipeline runs ``repeats`` timed windows of ``steps`` optimizer steps after a warm-up window;
+the figure is the median images/s over the windows. Data: ../shared/data/bloodmnist-pbc.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from _common import SHARED, emit, header  # noqa: E402
+
+from cellmorphnet.data.loader import BatchLoader, DeviceArrays  # noqa: E402
+from cellmorphnet.data.taxonomy import Taxonomy  # noqa: E402
+from cellmorphnet.model import create_model, data_config  # noqa: E402
+from cellmorphnet.training import loop  # noqa: E402
+from cellmorphnet.training.config import TrainConfig  # noqa: E402
+
+FILES = {28: "bloodmnist_pbc.npz", 64: "bloodmnist_pbc_64.npz"}
+CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
+
+
+def fresh_model(device, channels_last):
+    torch.manual_seed(0)
+    model = create_model("tf_efficientnet_lite0", num_classes=8, pretrained=True).to(device).train()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=1e-4)
+    return model, opt
+
+
+def memory_format(channels_last):
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
+def time_windows(run_window, steps: int, repeats: int, batch: int) -> list[float]:
+    run_window(steps)  # warm-up
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run_window(steps)
+        rates.append(steps * batch / (time.perf_counter() - start))
+    return rates
+
+
+def bench_cellmorphnet(images, labels, image_size, batch, steps, repeats, device, amp="off", channels_last=True):
+    model, opt = fresh_model(device, channels_last)
+    norm = data_config(model)
+    tax = Taxonomy.build({"bloodmnist": CLASSES})
+    data = loop.TrainData(
+        tax, {"bloodmnist": images.shape[1]}, {}, tax.target_matrix("bloodmnist").to(device), {"bloodmnist": 0},
+        {"bloodmnist": DeviceArrays(images, labels, device)}, {}, None,
+    )  # fmt: skip
+    cfg = TrainConfig(batch_size=batch, accum_steps=1, amp=amp, channels_last=channels_last)
+    precision = loop.pick_precision(device, amp)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
+    state = {"epoch": 0}
+
+    def window(steps):
+        loader = BatchLoader(data.train, data.target_offset, batch, image_size, norm["mean"], norm["std"],
+                             train=True, limit_batches=steps, channels_last=channels_last)  # fmt: skip
+        loader.set_epoch(state["epoch"])
+        state["epoch"] += 1
+        loop.train_one_epoch(model, loader, opt, sched, None, device, precision, cfg, data)
+
+    return time_windows(window, steps, repeats, batch)
+
+
+def bench_naive(root: Path, data_size, image_size, batch, steps, repeats, device, channels_last=False):
+    import torchvision.transforms as T
+    from medmnist import BloodMNIST
+
+    model, opt = fresh_model(device, channels_last)
+    norm = data_config(model)
+    tf = [
+        T.RandomHorizontalFlip(), T.RandomVerticalFlip(), T.RandomRotation(45),
+        T.ColorJitter(0.2, 0.2, 0.2), T.RandomAffine(0, translate=(0.1, 0.1), scale=(0.9, 1.1)),
+    ]  # fmt: skip
+    if image_size != data_size:
+        tf.append(T.Resize(image_size))
+    tf += [T.ToTensor(), T.Normalize(norm["mean"], norm["std"])]
+    ds = BloodMNIST(split="train", root=str(root), size=data_size, transform=T.Compose(tf), download=False)
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch, shuffle=True, num_workers=2, drop_last=True,
+                                     persistent_workers=True)  # fmt: skip
+    it = {"it": iter(dl)}
+
+    def next_batch():
+        try:
+            return next(it["it"])
+        except StopIteration:
+            it["it"] = iter(dl)
+            return next(it["it"])
+
+    def window(steps):
+        for _ in range(steps):
+            x, y = next_batch()
+            x, y = x.to(device).contiguous(memory_format=memory_format(channels_last)), y.view(-1).long().to(device)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return time_windows(window, steps, repeats, batch)
+
+
+def bench_ceiling(image_size, batch, steps, repeats, device, channels_last=True):
+    model, opt = fresh_model(device, channels_last)
+    x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(
+        memory_format=memory_format(channels_last)
+    )
+    y = torch.randint(0, 8, (batch,), device=device)
+
+    def window(steps):
+        for _ in range(steps):
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    return time_windows(window, steps, repeats, batch)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default="28:28,64:64,28:224", help="data:image sizes")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--device", default="auto")
+    ap.add_argument(
+        "--extra", action="store_true", help="also time (a) and (c) without channels-last, and (a) with bf16"
+    )
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    device = loop.pick_device(args.device)
+    result = header("python benchmarks/throughput.py " + " ".join(sys.argv[1:]))
+    result["device"] = str(device)
+    result["rows"] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        for size, name in FILES.items():  # medmnist expects its own file names
+            (root / ("bloodmnist.npz" if size == 28 else f"bloodmnist_{size}.npz")).symlink_to(
+                SHARED / "bloodmnist-pbc" / name
+            )
+        for pair in args.configs.split(","):
+            data_size, image_size = (int(v) for v in pair.split(":"))
+            with np.load(SHARED / "bloodmnist-pbc" / FILES[data_size]) as d:
+                images, labels = d["train_images"], d["train_labels"].reshape(-1)
+            steps = args.steps if image_size <= 64 else max(2, args.steps // 4)
+            row = {"data_size": data_size, "image_size": image_size, "batch_size": args.batch_size, "steps": steps}
+            common = (args.batch_size, steps, args.repeats, device)
+            runs = {
+                # (a) as cellmorphnet trains by default (channels-last)
+                "cellmorphnet": partial(bench_cellmorphnet, images, labels, image_size, *common),
+                # (b) as tutorials do it (default memory layout), and the same with channels-last
+                "naive": partial(bench_naive, root, data_size, image_size, *common),
+                "naive_channels_last": partial(bench_naive, root, data_size, image_size, *common, channels_last=True),
+                # (c) the same model as (a) on tensors already in memory
+                "ceiling": partial(bench_ceiling, image_size, *common),
+            }
+            if args.extra:
+                runs["ceiling_contiguous"] = partial(bench_ceiling, image_size, *common, channels_last=False)
+                runs["cellmorphnet_contiguous"] = partial(
+                    bench_cellmorphnet, images, labels, image_size, *common, channels_last=False
+                )
+                runs["cellmorphnet_bf16"] = partial(bench_cellmorphnet, images, labels, image_size, *common, amp="bf16")
+            for key, fn in runs.items():
+                rates = fn()
+                row[key] = {"median_images_per_s": statistics.median(rates), "windows": rates}
+                print(f"{data_size}->{image_size} {key}: {statistics.median(rates):.1f} img/s", file=sys.stderr)
+            a = row["cellmorphnet"]["median_images_per_s"]
+            row["a_over_b"] = a / row["naive"]["median_images_per_s"]
+            row["a_over_b_channels_last"] = a / row["naive_channels_last"]["median_images_per_s"]
+            row["a_over_c"] = a / row["ceiling"]["median_images_per_s"]
+            print(f"{data_size}->{image_size}: (a)/(b) = {row['a_over_b']:.2f}, (a)/(b, channels-last) = "
+                  f"{row['a_over_b_channels_last']:.2f}, (a)/(c) = {row['a_over_c']:.2f}", file=sys.stderr)  # fmt: skip
+            result["rows"].append(row)
+    emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation of trained runs: predictions on prepared splits, metrics and reports."""
