@@ -9,8 +9,9 @@ and loss, in one process:
   (b) naive: medmnist's BloodMNIST dataset class with per-sample PIL/torchvision transforms through a
       DataLoader with 2 workers (as MedMNIST's experiment code and most tutorials do);
   (c) ceiling: the same model stepping on tensors already in memory, no augmentation.
-Each pipeline runs ``repeats`` timed windows of ``steps`` optimizer steps after a warm-up window;
-the figure is the median images/s over the windows. Data: ../shared/data/bloodmnist-pbc.
+Each pipeline gets a warm-up window, then ``repeats`` timed windows of ``steps`` optimizer steps,
+taken round-robin across the pipelines; the figure is the median images/s over its windows.
+Data: ../shared/data/bloodmnist-pbc.
 """
 
 from __future__ import annotations
@@ -51,17 +52,21 @@ def memory_format(channels_last):
     return torch.channels_last if channels_last else torch.contiguous_format
 
 
-def time_windows(run_window, steps: int, repeats: int, batch: int) -> list[float]:
-    run_window(steps)  # warm-up
-    rates = []
+def time_interleaved(windows: dict, steps: int, repeats: int, batch: int) -> dict[str, list[float]]:
+    """Warm every pipeline up, then time them round-robin, so that drift in the machine's load (it is
+    shared) lands on all of them alike rather than on whichever ran last."""
+    for window in windows.values():
+        window(steps)
+    rates: dict[str, list[float]] = {k: [] for k in windows}
     for _ in range(repeats):
-        start = time.perf_counter()
-        run_window(steps)
-        rates.append(steps * batch / (time.perf_counter() - start))
+        for key, window in windows.items():
+            start = time.perf_counter()
+            window(steps)
+            rates[key].append(steps * batch / (time.perf_counter() - start))
     return rates
 
 
-def bench_cellmorphnet(images, labels, image_size, batch, steps, repeats, device, amp="off", channels_last=True):
+def bench_cellmorphnet(images, labels, image_size, batch, device, amp="off", channels_last=True):
     model, opt = fresh_model(device, channels_last)
     norm = data_config(model)
     tax = Taxonomy.build({"bloodmnist": CLASSES})
@@ -81,10 +86,10 @@ def bench_cellmorphnet(images, labels, image_size, batch, steps, repeats, device
         state["epoch"] += 1
         loop.train_one_epoch(model, loader, opt, sched, None, device, precision, cfg, data)
 
-    return time_windows(window, steps, repeats, batch)
+    return window
 
 
-def bench_naive(root: Path, data_size, image_size, batch, steps, repeats, device, channels_last=False):
+def bench_naive(root: Path, data_size, image_size, batch, device, channels_last=False):
     import torchvision.transforms as T
     from medmnist import BloodMNIST
 
@@ -121,10 +126,10 @@ def bench_naive(root: Path, data_size, image_size, batch, steps, repeats, device
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    return time_windows(window, steps, repeats, batch)
+    return window
 
 
-def bench_ceiling(image_size, batch, steps, repeats, device, channels_last=True):
+def bench_ceiling(image_size, batch, device, channels_last=True):
     model, opt = fresh_model(device, channels_last)
     x = torch.randn(batch, 3, image_size, image_size, device=device).contiguous(
         memory_format=memory_format(channels_last)
@@ -141,14 +146,14 @@ def bench_ceiling(image_size, batch, steps, repeats, device, channels_last=True)
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    return time_windows(window, steps, repeats, batch)
+    return window
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--configs", default="28:28,64:64,28:224", help="data:image sizes")
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--device", default="auto")
     ap.add_argument(
@@ -172,7 +177,7 @@ def main() -> None:
                 images, labels = d["train_images"], d["train_labels"].reshape(-1)
             steps = args.steps if image_size <= 64 else max(2, args.steps // 4)
             row = {"data_size": data_size, "image_size": image_size, "batch_size": args.batch_size, "steps": steps}
-            common = (args.batch_size, steps, args.repeats, device)
+            common = (args.batch_size, device)
             runs = {
                 # (a) as cellmorphnet trains by default (channels-last)
                 "cellmorphnet": partial(bench_cellmorphnet, images, labels, image_size, *common),
@@ -188,10 +193,11 @@ def main() -> None:
                     bench_cellmorphnet, images, labels, image_size, *common, channels_last=False
                 )
                 runs["cellmorphnet_bf16"] = partial(bench_cellmorphnet, images, labels, image_size, *common, amp="bf16")
-            for key, fn in runs.items():
-                rates = fn()
+            windows = {key: make() for key, make in runs.items()}
+            for key, rates in time_interleaved(windows, steps, args.repeats, args.batch_size).items():
                 row[key] = {"median_images_per_s": statistics.median(rates), "windows": rates}
                 print(f"{data_size}->{image_size} {key}: {statistics.median(rates):.1f} img/s", file=sys.stderr)
+            del windows
             a = row["cellmorphnet"]["median_images_per_s"]
             row["a_over_b"] = a / row["naive"]["median_images_per_s"]
             row["a_over_b_channels_last"] = a / row["naive_channels_last"]["median_images_per_s"]

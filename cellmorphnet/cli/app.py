@@ -92,9 +92,10 @@ def root(
 
 
 def _register() -> None:
-    from cellmorphnet.cli import fetch, prepare, status, train
+    from cellmorphnet.cli import eval as eval_cmd
+    from cellmorphnet.cli import export, fetch, infer, prepare, status, train
 
-    for module in (fetch, prepare, train, status):
+    for module in (fetch, prepare, train, status, eval_cmd, infer, export):
         app.command(module.NAME, help=module.__doc__)(_handle_errors(module.command))
 
 

@@ -1,0 +1,102 @@
+"""Evaluate a run: per-class metrics, confusion matrix, calibration and the generalisation gap.
+
+Uses the run's best checkpoint on a prepared split (test by default), each dataset in its own label
+space. Prints tables, checks the original design's success criteria, and writes metrics.json and
+PNG plots (confusion matrix, per-class F1, reliability diagram).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cellmorphnet.cli import _output
+from cellmorphnet.cli._options import JsonFlag, home_of
+
+NAME = "eval"
+
+
+def command(
+    ctx: typer.Context,
+    run: Annotated[str | None, typer.Argument(help="A run name or folder. [default: the latest run]")] = None,
+    split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
+    datasets: Annotated[
+        str | None, typer.Option("--datasets", help="Comma-separated subset of the run's datasets.")
+    ] = None,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Folder for metrics.json and plots. [default: RUN/eval/SPLIT]")
+    ] = None,
+    json: JsonFlag = False,
+) -> None:
+    from cellmorphnet import runs
+    from cellmorphnet.errors import ConfigError
+    from cellmorphnet.evaluation.report import evaluate_run, write_report
+
+    if split not in ("test", "val"):
+        raise ConfigError(f"--split must be test or val, not '{split}'.")
+    if checkpoint not in ("best", "last"):
+        raise ConfigError(f"--checkpoint must be best or last, not '{checkpoint}'.")
+    home = home_of(ctx)
+    run_dir = runs.resolve_run(run, home)
+    subset = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
+    report = evaluate_run(run_dir, home=home, split=split, datasets=subset, which=checkpoint)
+    out_dir = out or run_dir / "eval" / split
+    files = write_report(report, out_dir)
+    if json:
+        _output.print_json(report)
+        return
+    _show(report)
+    _output.info(f"Wrote {len(files)} files to {out_dir}")
+
+
+def _show(report) -> None:
+    from rich.table import Table
+
+    split = report["split"]
+    for name, entry in report["datasets"].items():
+        m = entry["metrics"]
+        head = Table(title=f"{name}: {split} split ({m['n']:,} images), checkpoint of epoch {report['epoch']}",
+                     title_justify="left")  # fmt: skip
+        for col in ("accuracy", "balanced acc.", "macro-F1", "macro AUC (OvR)", "ECE"):
+            head.add_column(col, justify="right")
+        auc = "—" if m["macro_auc_ovr"] is None else f"{m['macro_auc_ovr']:.4f}"
+        head.add_row(
+            f"{m['accuracy']:.4f}", f"{m['balanced_accuracy']:.4f}", f"{m['macro_f1']:.4f}", auc, f"{m['ece']:.4f}"
+        )
+        _output.out.print(head)
+
+        per = Table(title="Per class", title_justify="left")
+        for col in ("class", "precision", "recall", "F1", "support"):
+            per.add_column(col, justify="left" if col == "class" else "right")
+        for c, v in m["per_class"].items():
+            style = "" if v["f1"] >= 0.8 else ("yellow" if v["f1"] > 0.75 else "red")
+            per.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"[{style}]{v['f1']:.3f}[/{style}]" if style
+                        else f"{v['f1']:.3f}", f"{v['support']:,}")  # fmt: skip
+        _output.out.print(per)
+
+        cm = Table(title="Confusion matrix (rows: true, columns: predicted)", title_justify="left")
+        cm.add_column("")
+        short = [c[:8] for c in m["classes"]]
+        for c in short:
+            cm.add_column(c, justify="right")
+        for c, row in zip(short, m["confusion_matrix"], strict=True):
+            cm.add_row(c, *(f"[bold]{v}[/bold]" if i == short.index(c) else str(v) for i, v in enumerate(row)))
+        _output.out.print(cm)
+
+        if "generalisation_gap" in entry:
+            gap = entry["generalisation_gap"]
+            _output.out.print(
+                f"Generalisation gap: validation macro-F1 {entry['val_metrics']['macro_f1']:.4f} − test "
+                f"{m['macro_f1']:.4f} = {gap * 100:+.2f} points"
+            )
+        crit = Table(title="Success criteria (original design)", title_justify="left")
+        crit.add_column("criterion")
+        crit.add_column("value", justify="right")
+        crit.add_column("")
+        for row in entry["criteria"]:
+            value = "—" if row["value"] is None else f"{row['value']:.4f}"
+            crit.add_row(row["criterion"], value, "[green]PASS[/green]" if row["pass"] else "[red]FAIL[/red]")
+        _output.out.print(crit)

@@ -1,0 +1,132 @@
+"""Export a run's best model to ONNX or CoreML, check it, and optionally time it.
+
+ONNX is verified with onnxruntime against PyTorch on real images of the run's test split. CoreML
+packages convert on any OS; predictions (and so --benchmark) need macOS, and on other systems the
+saved package's spec is validated instead.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cellmorphnet.cli import _output
+from cellmorphnet.cli._options import JsonFlag, home_of
+
+NAME = "export"
+
+
+def command(
+    ctx: typer.Context,
+    run: Annotated[str | None, typer.Argument(help="A run name or folder. [default: the latest run]")] = None,
+    format: Annotated[str, typer.Option("--format", "-f", help="onnx or coreml.")] = "onnx",
+    quantize: Annotated[str | None, typer.Option("--quantize", help="CoreML: fp16 or int8.")] = None,
+    all_variants: Annotated[
+        bool, typer.Option("--all", help="CoreML: write fp32, fp16 and int8 and compare them.")
+    ] = False,
+    benchmark: Annotated[bool, typer.Option("--benchmark", help="Time the export (CoreML: macOS only).")] = False,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Output file or folder. [default: RUN/export/]")
+    ] = None,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+    json: JsonFlag = False,
+) -> None:
+    from cellmorphnet import export, runs
+    from cellmorphnet.errors import ConfigError
+    from cellmorphnet.evaluation.predict import load_run_model
+
+    if format not in ("onnx", "coreml"):
+        raise ConfigError(f"--format must be onnx or coreml, not '{format}'.")
+    if format == "onnx" and (quantize or all_variants):
+        raise ConfigError("--quantize and --all apply to CoreML only.")
+    home = home_of(ctx)
+    run_dir = runs.resolve_run(run, home)
+    rm = load_run_model(run_dir, checkpoint)
+    images = _real_images(rm, home)
+    result: dict = {"run": str(run_dir), "format": format}
+    if format == "onnx":
+        path = out or run_dir / "export" / f"{run_dir.name}.onnx"
+        with _output.err.status("Exporting to ONNX…"):
+            export.export_onnx(rm, path)
+            check = export.verify_onnx(rm, path, images)
+        result.update(path=str(path), size_bytes=path.stat().st_size, verification=check)
+        if check["top1_agreement"] < 1.0 or check["max_abs_diff"] > 1e-3:
+            raise export.ExportError(
+                f"The ONNX model disagrees with PyTorch (max difference {check['max_abs_diff']:.2e}, "
+                f"top-1 agreement {check['top1_agreement']:.1%}); {path} was kept for inspection."
+            )
+        if benchmark:
+            with _output.err.status("Timing PyTorch and onnxruntime…"):
+                result["benchmark"] = export.benchmark_onnx(rm, path)
+    else:
+        variants = ["fp32", "fp16", "int8"] if all_variants else [quantize or "fp32"]
+        folder = out if (out and (all_variants or out.suffix != ".mlpackage")) else None
+        result["variants"] = []
+        for v in variants:
+            if folder is not None or out is None:
+                path = (folder or run_dir / "export") / f"{run_dir.name}-{v}.mlpackage"
+            else:
+                path = out
+            with _output.err.status(f"Converting to CoreML ({v})…"):
+                export.export_coreml(rm, path, None if v == "fp32" else v)
+                spec = export.coreml_spec_summary(path)
+            entry = {"variant": v, "path": str(path), "spec": spec}
+            if benchmark or all_variants:
+                if export.coreml_can_predict():
+                    entry["benchmark"] = export.benchmark_coreml(rm, path, images)
+                else:
+                    entry["benchmark"] = None
+            result["variants"].append(entry)
+        if (benchmark or all_variants) and not export.coreml_can_predict():
+            result["note"] = "CoreML predictions need macOS: the packages' specs were validated, latency not measured."
+    if json:
+        _output.print_json(result)
+        return
+    _show(result)
+
+
+def _real_images(rm, home):
+    """Up to 64 real preprocessed images from the run's first dataset's test split (for checks)."""
+    from cellmorphnet.data import store
+
+    name = next(iter(rm.resolved["data_sizes"]))
+    split = store.load_split(name, rm.resolved["data_sizes"][name], "test", home)
+    return split.images[:64].copy()
+
+
+def _show(result) -> None:
+    from rich.table import Table
+
+    if result["format"] == "onnx":
+        v = result["verification"]
+        _output.info(f"ONNX model: {result['path']} ({result['size_bytes'] / 1e6:.1f} MB)")
+        _output.info(
+            f"Verified on {v['images']} real images: max |ONNX − PyTorch| = {v['max_abs_diff']:.2e}, "
+            f"top-1 agreement {v['top1_agreement']:.1%}"
+        )
+        b = result.get("benchmark")
+        if b:
+            t = Table(title=f"Speed on this machine ({b['image_size']} px)", title_justify="left")
+            for col in ("runtime", "latency, batch 1 (ms)", "throughput, batch 32 (img/s)"):
+                t.add_column(col, justify="right")
+            t.add_row("PyTorch", f"{b['pytorch_latency_ms']:.1f}", f"{b['pytorch_images_per_s']:.0f}")
+            t.add_row("onnxruntime", f"{b['onnxruntime_latency_ms']:.1f}", f"{b['onnxruntime_images_per_s']:.0f}")
+            _output.out.print(t)
+        return
+    t = Table(title="CoreML packages", title_justify="left")
+    for col in ("variant", "size (MB)", "input", "classes", "latency (ms)", "top-1 agreement", "path"):
+        t.add_column(col)
+    for e in result["variants"]:
+        s = e["spec"]
+        inp = s["inputs"][0]
+        b = e.get("benchmark")
+        t.add_row(
+            e["variant"], f"{s['size_bytes'] / 1e6:.2f}", f"{inp['type']} {inp['width']}x{inp['height']}",
+            str(len(s["class_labels"])), f"{b['latency_ms']:.1f}" if b else "macOS only",
+            f"{b['top1_agreement']:.1%}" if b else "macOS only", e["path"],
+        )  # fmt: skip
+    _output.out.print(t)
+    if result.get("note"):
+        _output.warn(result["note"])

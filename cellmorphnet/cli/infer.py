@@ -1,0 +1,152 @@
+"""Classify microscope images: any mix of files and folders (searched recursively).
+
+Rebuilds the run's preprocessing (centre crop and resizes as the training arrays were made),
+decodes images in parallel with the model, and writes one row per image (CSV or JSON). Unreadable
+files are listed with the reason and skipped; the exit code is 3 when any were.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cellmorphnet.cli import _output
+from cellmorphnet.cli._options import home_of
+
+NAME = "infer"
+EXIT_SOME_SKIPPED = 3
+
+
+def command(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="A run name or folder, or 'latest'.")],
+    paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.", show_default=False)],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write results to FILE.csv or FILE.json.")] = None,
+    top_k: Annotated[int, typer.Option("--top-k", help="How many classes to list per image.")] = 3,
+    gradcam: Annotated[
+        Path | None, typer.Option("--gradcam", help="Write a Grad-CAM overlay PNG per image here.")
+    ] = None,
+    sort_into: Annotated[
+        Path | None, typer.Option("--sort-into", help="Copy (never move) each image into DIR/<predicted class>/.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
+    workers: Annotated[int, typer.Option("--workers", help="Decoding threads.")] = 2,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+    crop_fraction: Annotated[
+        float | None,
+        typer.Option("--crop-fraction", help="Override the run's centre-crop fraction (1.0 = whole square)."),
+    ] = None,
+) -> None:
+    from rich.table import Table
+
+    from cellmorphnet import runs
+    from cellmorphnet.errors import ConfigError, InvalidData
+    from cellmorphnet.evaluation.predict import load_run_model
+    from cellmorphnet.inference import collect_files, inference_policy, predict_files, write_results
+    from cellmorphnet.inference import sort_into as copy_sorted
+
+    if batch_size < 1 or top_k < 1:
+        raise ConfigError("--batch-size and --top-k must be at least 1.")
+    home = home_of(ctx)
+    run_dir = runs.resolve_run(None if run == "latest" else run, home)
+    files, missing = collect_files(paths)
+    if not files:
+        if missing:
+            raise InvalidData(
+                f"{missing[0][0]} does not exist."
+                if len(missing) == 1
+                else f"None of the {len(missing)} paths exist: {', '.join(str(m) for m, _ in missing)}."
+            )
+        raise InvalidData("No image files found in the given paths.", hint="Images end in .jpg, .png, .bmp or .tif.")
+    rm = load_run_model(run_dir, checkpoint)
+    policy = dict(inference_policy(rm.resolved))
+    if crop_fraction is not None:
+        if not 0 < crop_fraction <= 1:
+            raise ConfigError("--crop-fraction must be in (0, 1].")
+        policy["centre_crop_fraction"] = crop_fraction
+    classes = list(rm.resolved["classes"])
+    channels_last = bool(rm.config.get("config", {}).get("channels_last"))
+    with _output.progress("Classifying") as cb:
+        preds, kept = predict_files(
+            rm.model, classes, policy, files, batch_size=batch_size, top_k=top_k, workers=workers,
+            channels_last=channels_last, on_batch=cb, keep_inputs=gradcam is not None,
+        )  # fmt: skip
+    from cellmorphnet.inference import Prediction
+
+    preds += [Prediction(p, error=reason) for p, reason in missing]
+    ok = [p for p in preds if not p.error]
+    skipped = [p for p in preds if p.error]
+    counts = Counter(p.predicted for p in ok)
+    summary = {
+        "run": str(run_dir),
+        "checkpoint": str(rm.checkpoint),
+        "policy": policy,
+        "images": len(preds),
+        "predicted": len(ok),
+        "skipped": len(skipped),
+        "class_counts": {c: counts.get(c, 0) for c in classes},
+    }
+    if out is not None:
+        write_results(preds, out, summary)
+    if gradcam is not None and ok:
+        _write_gradcams(rm, policy, ok, kept, gradcam, channels_last)
+    if sort_into is not None:
+        n = copy_sorted(ok, sort_into)
+        _output.info(f"Copied {n} images into {sort_into}/<class>/ (the originals are untouched).")
+
+    table = Table(title=f"Predictions ({len(ok)} images) with {run_dir.name}", title_justify="left")
+    table.add_column("class")
+    table.add_column("images", justify="right")
+    table.add_column("share", justify="right")
+    for c in classes:
+        n = counts.get(c, 0)
+        table.add_row(c, f"{n:,}", f"{n / max(len(ok), 1):.1%}")
+    _output.out.print(table)
+    if out is None and ok:
+        for p in ok[:20]:
+            _output.out.print(f"{p.path}  {p.predicted}  {p.confidence:.3f}")
+        if len(ok) > 20:
+            _output.out.print(f"… {len(ok) - 20} more; use --out FILE.csv for all of them.")
+    if out is not None:
+        _output.info(f"Wrote {out}")
+    if skipped:
+        rep = Table(title=f"Skipped files ({len(skipped)})", title_justify="left")
+        rep.add_column("file")
+        rep.add_column("reason")
+        for p in skipped:
+            rep.add_row(str(p.path), p.error)
+        _output.err.print(rep)
+        if not ok:
+            raise InvalidData(f"None of the {len(preds)} files could be read; see the skipped-files report above.")
+        _output.err.print(f"[yellow]Skipped {len(skipped)} of {len(preds)} files[/yellow]; the others were classified.")
+        raise typer.Exit(EXIT_SOME_SKIPPED)
+
+
+def _write_gradcams(rm, policy, preds, kept, folder: Path, channels_last: bool) -> None:
+    import numpy as np
+    import torch
+
+    from cellmorphnet.data.loader import eval_transform
+    from cellmorphnet.gradcam import gradcam, save_overlay
+    from cellmorphnet.imaging import centre_square, load_rgb
+
+    names: dict[str, int] = {}
+    with _output.progress("Grad-CAM") as cb:
+        for i, p in enumerate(preds):
+            x = eval_transform(
+                torch.from_numpy(kept[p.path][None]), policy["image_size"], policy["mean"], policy["std"]
+            )
+            if channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            cam, _ = gradcam(rm.model, x)
+            img = load_rgb(p.path)
+            crop = np.asarray(img.crop(centre_square(*img.size, policy["centre_crop_fraction"])))
+            stem = p.path.stem
+            names[stem] = names.get(stem, 0) + 1
+            name = f"{stem}_gradcam.png" if names[stem] == 1 else f"{stem}-{names[stem]}_gradcam.png"
+            save_overlay(folder / name, crop, cam[0], f"{p.predicted} {p.confidence:.2f}")
+            cb(i + 1, len(preds))
+    _output.info(f"Wrote {len(preds)} Grad-CAM overlays to {folder}")

@@ -1,0 +1,174 @@
+"""eval, infer and Grad-CAM on a tiny trained run and the real PBC test JPEGs."""
+
+import csv
+import hashlib
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import PBC_TEST_IMAGES, assert_one_line_error
+from PIL import Image
+
+from cellmorphnet.evaluation.metrics import classification_metrics, expected_calibration_error, success_criteria
+
+QUICK = ["--model", "test_efficientnet", "--no-pretrained", "--batch-size", "16", "--accum-steps", "1",
+         "--limit-batches", "4", "--data-size", "28"]  # fmt: skip
+
+
+# --- metrics on hand-checked numbers -------------------------------------------------------------
+
+
+def test_metrics_on_a_hand_checked_confusion_matrix():
+    # 3 classes; true/pred pairs chosen so the confusion matrix is [[2,1,0],[0,3,0],[1,0,1]]
+    labels = np.array([0, 0, 0, 1, 1, 1, 2, 2])
+    pred = np.array([0, 0, 1, 1, 1, 1, 0, 2])
+    probs = np.full((8, 3), 0.1)
+    probs[np.arange(8), pred] = 0.8
+    m = classification_metrics(labels, probs, ["a", "b", "c"])
+    assert m["confusion_matrix"] == [[2, 1, 0], [0, 3, 0], [1, 0, 1]]
+    assert m["accuracy"] == pytest.approx(6 / 8)
+    # precision a = 2/3, recall a = 2/3; b: 3/4, 1; c: 1, 1/2
+    assert m["per_class"]["a"]["precision"] == pytest.approx(2 / 3)
+    assert m["per_class"]["b"]["recall"] == pytest.approx(1.0)
+    assert m["per_class"]["c"]["recall"] == pytest.approx(0.5)
+    f1 = [2 / 3, 2 * 0.75 * 1 / 1.75, 2 * 1 * 0.5 / 1.5]
+    assert m["macro_f1"] == pytest.approx(np.mean(f1))
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 + 0.5) / 3)
+    assert m["per_class"]["b"]["support"] == 3
+    assert 0.0 <= m["macro_auc_ovr"] <= 1.0
+    # every prediction has confidence 0.8/1.0 = 0.8 and 6 of 8 are right: ECE = |0.75 - 0.8|
+    assert m["ece"] == pytest.approx(0.05)
+
+
+def test_ece_is_zero_when_confidence_matches_accuracy():
+    probs = np.array([[0.5, 0.5]] * 4)
+    ece, _ = expected_calibration_error(probs, np.array([0, 1, 0, 1]))
+    assert ece == pytest.approx(0.0)
+
+
+def test_success_criteria():
+    rows = success_criteria(0.91, {"a": 0.95, "b": 0.78}, 0.88)
+    verdict = {r["criterion"].split(" (")[0]: r["pass"] for r in rows}
+    assert verdict["validation macro-F1 > 85%"] and verdict["validation macro-F1 ≥ 90%"]
+    assert not verdict["validation macro-F1 ≥ 93%"]
+    assert verdict["every class F1 > 75%"] and not verdict["every class F1 ≥ 80%"]
+    assert not rows[-1]["pass"] and rows[-1]["value"] == pytest.approx(0.03)
+
+
+# --- a trained run for the command tests ------------------------------------------------------------
+
+
+@pytest.fixture
+def trained(cli, home):
+    r = cli("train", "--datasets", "sample", "--name", "t", "--epochs", "1", *QUICK)
+    assert r.exit_code == 0, r
+    return home / "runs" / "t"
+
+
+def test_eval_writes_metrics_and_plots(cli, trained):
+    r = cli("eval", "t", "--json")
+    assert r.exit_code == 0, r
+    report = json.loads(r.stdout)
+    entry = report["datasets"]["sample"]
+    assert entry["metrics"]["n"] == 192 and len(entry["metrics"]["confusion_matrix"]) == 8
+    assert "generalisation_gap" in entry and len(entry["criteria"]) == 6
+    out = trained / "eval" / "test"
+    assert json.loads((out / "metrics.json").read_text())["split"] == "test"
+    for name in ("sample_test_confusion.png", "sample_test_per_class_f1.png", "sample_test_reliability.png"):
+        with Image.open(out / name) as im:
+            assert im.size[0] > 200
+    human = cli("eval", "--split", "val")
+    assert human.exit_code == 0 and "Success criteria" in human.stdout
+    assert "PASS" in human.stdout or "FAIL" in human.stdout
+    assert_one_line_error(cli("eval", "t", "--split", "train"), "--split must be test or val")
+
+
+@pytest.fixture
+def messy_folder(tmp_path):
+    root = tmp_path / "images"
+    good = []
+    for cls in ("eosinophil", "platelet"):
+        (root / cls).mkdir(parents=True)
+        for p in sorted((PBC_TEST_IMAGES / cls).glob("*.jpg"))[:4]:
+            shutil.copy(p, root / cls / p.name)
+            good.append(root / cls / p.name)
+    nested = root / "deeper" / "still"
+    nested.mkdir(parents=True)
+    raw = sorted((PBC_TEST_IMAGES / "neutrophil").glob("*.jpg"))[0].read_bytes()
+    (nested / "cut.jpg").write_bytes(raw[: len(raw) // 3])
+    (nested / "zero.jpg").write_bytes(b"")
+    (nested / "text.png").write_text("hello, I am not a PNG")
+    arr16 = (np.linspace(0, 65535, 96 * 96).reshape(96, 96)).astype(np.uint16)
+    Image.fromarray(arr16).save(nested / "deep16.png")
+    Image.new("RGBA", (120, 100), (180, 60, 140, 200)).save(nested / "alpha.png")
+    Image.new("P", (90, 90)).save(nested / "palette.bmp")
+    Image.new("L", (90, 90), 128).save(nested / "gray.tif")
+    good += [nested / "deep16.png", nested / "alpha.png", nested / "palette.bmp", nested / "gray.tif"]
+    bad = {"cut.jpg", "zero.jpg", "text.png"}
+    return root, good, bad
+
+
+def test_infer_over_messy_folder(cli, trained, messy_folder, tmp_path):
+    root, good, bad = messy_folder
+    before = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    out = tmp_path / "preds.csv"
+    sorted_dir = tmp_path / "sorted"
+    r = cli("infer", "t", root, "--out", out, "--top-k", "3", "--sort-into", sorted_dir, "--gradcam", tmp_path / "cams")
+    assert r.exit_code == 3, r  # some files skipped, the rest classified
+    assert "Skipped 3 of" in r.stderr
+    rows = list(csv.DictReader(out.open()))
+    by_name = {os.path.basename(row["path"]): row for row in rows}
+    assert len(rows) == len(good) + len(bad)
+    for p in good:
+        row = by_name[p.name]
+        assert row["status"] == "ok" and row["predicted"] and 0 < float(row["confidence"]) <= 1
+        assert row["top3"] and float(row["top1_probability"]) >= float(row["top2_probability"])
+    for name in bad:
+        assert by_name[name]["status"] == "skipped" and by_name[name]["error"]
+    assert "0 bytes" in by_name["zero.jpg"]["error"]
+    # --sort-into copies and leaves the sources untouched
+    after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
+    assert after == before
+    copied = [p for p in sorted_dir.rglob("*") if p.is_file()]
+    assert len(copied) == len(good)
+    # Grad-CAM: one overlay per classified image
+    cams = sorted((tmp_path / "cams").glob("*.png"))
+    assert len(cams) == len(good)
+
+
+def test_infer_json_and_errors(cli, trained, tmp_path):
+    img = sorted((PBC_TEST_IMAGES / "platelet").glob("*.jpg"))[0]
+    out = tmp_path / "one.json"
+    r = cli("infer", "t", img, "--out", out)
+    assert r.exit_code == 0, r
+    data = json.loads(out.read_text())
+    assert data["summary"]["predicted"] == 1 and data["predictions"][0]["status"] == "ok"
+    assert data["summary"]["policy"]["centre_crop_fraction"] == pytest.approx(200 / 360)
+    assert_one_line_error(cli("infer", "t", tmp_path / "nothing-here"), "nothing-here does not exist")
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "a.jpg").write_bytes(b"not a jpeg")
+    r = cli("infer", "t", tmp_path / "junk")
+    assert_one_line_error(r, "None of the 1 files could be read")
+    assert "a.jpg" in r.stderr
+    (tmp_path / "empty").mkdir()
+    assert_one_line_error(cli("infer", "t", tmp_path / "empty"), "No image files found")
+    assert_one_line_error(cli("infer", "t", img, "--out", tmp_path / "x.txt"), "--out must end in .csv or .json")
+
+
+def test_gradcam_shape_and_not_constant():
+    from cellmorphnet.gradcam import gradcam, overlay
+    from cellmorphnet.model import create_model
+
+    torch.manual_seed(0)
+    model = create_model("tf_efficientnet_lite0", num_classes=8, pretrained=True).eval()
+    first = sorted((PBC_TEST_IMAGES / "eosinophil").glob("*.jpg"))[0]
+    img = np.asarray(Image.open(first).convert("RGB").resize((64, 64)))
+    x = (torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255 - 0.5) / 0.5
+    cam, idx = gradcam(model, x.repeat(2, 1, 1, 1))
+    assert cam.shape == (2, 64, 64) and idx.shape == (2,)
+    assert cam.min() >= 0 and cam.max() <= 1 and cam.std() > 0.01
+    over = overlay(img, cam[0])
+    assert over.shape == (256, 256, 3) and over.dtype == np.uint8

@@ -1,0 +1,62 @@
+"""export: ONNX parity with PyTorch on real images, and the CoreML package's spec."""
+
+import json
+import platform
+
+import onnx
+import pytest
+from conftest import assert_one_line_error
+
+QUICK = ["--model", "test_efficientnet", "--no-pretrained", "--batch-size", "16", "--accum-steps", "1",
+         "--limit-batches", "2", "--data-size", "28"]  # fmt: skip
+
+
+@pytest.fixture
+def trained(cli, home):
+    r = cli("train", "--datasets", "sample", "--name", "x", "--epochs", "1", *QUICK)
+    assert r.exit_code == 0, r
+    return home / "runs" / "x"
+
+
+def test_onnx_export_matches_pytorch(cli, trained, tmp_path):
+    out = tmp_path / "model.onnx"
+    r = cli("export", "x", "--format", "onnx", "--out", out, "--benchmark", "--json")
+    assert r.exit_code == 0, r
+    result = json.loads(r.stdout)
+    check = result["verification"]
+    assert check["images"] == 64 and check["top1_agreement"] == 1.0 and check["max_abs_diff"] < 1e-4
+    b = result["benchmark"]
+    assert b["pytorch_latency_ms"] > 0 and b["onnxruntime_images_per_s"] > 0
+    model = onnx.load(str(out))
+    meta = {p.key: p.value for p in model.metadata_props}
+    assert meta["classes"].split(",")[0] == "basophil" and meta["input_size"] == "28"
+    assert [i.name for i in model.graph.input] == ["image"]
+    human = cli("export", "x", "--format", "onnx", "--out", out)
+    assert "top-1 agreement 100.0%" in " ".join(human.stderr.split())
+
+
+def test_export_option_errors(cli, trained):
+    assert_one_line_error(cli("export", "x", "--format", "tflite"), "--format must be onnx or coreml")
+    assert_one_line_error(cli("export", "x", "--format", "onnx", "--quantize", "int8"), "CoreML only")
+
+
+def test_coreml_package_spec(cli, trained, tmp_path):
+    pytest.importorskip("coremltools", reason="the coreml extra is not installed")
+    r = cli("export", "x", "--format", "coreml", "--all", "--out", tmp_path / "cm", "--json")
+    assert r.exit_code == 0, r
+    result = json.loads(r.stdout)
+    assert [v["variant"] for v in result["variants"]] == ["fp32", "fp16", "int8"]
+    for v in result["variants"]:
+        spec = v["spec"]
+        assert spec["type"] == "mlProgram"
+        assert spec["inputs"][0]["type"] == "imageType" and spec["inputs"][0]["width"] == 28
+        assert spec["predicted_feature"] == "classLabel"
+        assert spec["class_labels"][:2] == ["basophil", "eosinophil"] and len(spec["class_labels"]) == 8
+        assert spec["metadata"]["input_size"] == "28" and "centre crop" in spec["metadata"]["preprocessing"]
+    sizes = {v["variant"]: v["spec"]["size_bytes"] for v in result["variants"]}
+    assert sizes["int8"] < sizes["fp32"]
+    if platform.system() != "Darwin":
+        assert "need macOS" in result["note"]
+        assert all(v["benchmark"] is None for v in result["variants"])
+    else:  # pragma: no cover - runs on macOS only
+        assert all(v["benchmark"]["top1_agreement"] > 0.9 for v in result["variants"])
