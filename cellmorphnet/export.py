@@ -50,7 +50,12 @@ def metadata(rm) -> dict[str, str]:
         "classes": ",".join(rm.resolved["classes"]),
         "input_size": str(rm.resolved["image_size"]),
         "preprocessing": (
-            f"centre crop {policy['centre_crop_fraction']:.4f} of the shorter side, bicubic resize through "
+            (
+                f"centre crop {policy['centre_crop_px']} px"
+                if policy.get("centre_crop_px")
+                else f"centre crop {policy['centre_crop_fraction']:.4f} of the shorter side"
+            )
+            + ", bicubic resize through "
             f"{policy['resize_chain']}, then bilinear to {policy['image_size']} px; RGB scaled to [0, 1]"
         ),
         "licence": "model: MIT (cellmorphnet); training data licences: see the run's config.json",

@@ -60,11 +60,18 @@ def square_box(
     return round(left), round(top), round(right), round(bottom)
 
 
-def centre_square(width: int, height: int, fraction: float = 1.0) -> tuple[int, int, int, int]:
-    """The centred square of side ``fraction * min(width, height)``."""
-    side = min(width, height) * fraction
-    left, top = (width - side) / 2.0, (height - side) / 2.0
-    return round(left), round(top), round(left + side), round(top + side)
+def centre_square(
+    width: int, height: int, fraction: float = 1.0, pixels: int | None = None
+) -> tuple[int, int, int, int]:
+    """The centred square of side ``pixels`` (at most the shorter side), else ``round(fraction * shorter side)``.
+
+    Offsets are rounded down. That is how MedMNIST cut BloodMNIST from the PBC images (a 200 px
+    square starting at (80, 81) of a 360x363 image): it reproduces the stored arrays exactly.
+    """
+    shorter = min(width, height)
+    side = min(pixels, shorter) if pixels else max(1, round(shorter * fraction))
+    left, top = (width - side) // 2, (height - side) // 2
+    return left, top, left + side, top + side
 
 
 def crop_resize(img: Image.Image, box: tuple[int, int, int, int], size: int) -> np.ndarray:

@@ -3,8 +3,9 @@
 The inference policy (how a full-size image becomes what the network saw in training) is derived
 from the preprocessing of the run's first dataset and stored in the run's config at training time:
 
-1. centre square crop of ``centre_crop_fraction`` of the shorter side (PBC/BloodMNIST: 200 of 360 px,
-   as MedMNIST made its arrays; cell crops and folders: the whole square);
+1. centre square crop: ``centre_crop_px`` pixels where the data was made that way (PBC/BloodMNIST:
+   200 px, as MedMNIST made its arrays), else ``centre_crop_fraction`` of the shorter side (cell
+   crops and folders: 1.0, the whole square);
 2. bicubic resizes through ``resize_chain`` (e.g. [28, 64] for the sample: stored at 28 px,
    prepared at 64), exactly as prepare made the training arrays;
 3. the evaluation transform of training: resize to the network's input size and normalise.
@@ -40,6 +41,7 @@ def inference_policy(resolved: dict[str, Any], dataset: str | None = None) -> di
     chain = [stored, size] if stored != size else [size]
     return {
         "dataset": name,
+        "centre_crop_px": pre.get("centre_crop_px"),
         "centre_crop_fraction": float(pre.get("centre_crop_fraction", 1.0)),
         "resize_chain": chain,
         "resize": "bicubic",
@@ -53,7 +55,7 @@ def preprocess(img, policy: dict[str, Any]) -> np.ndarray:
     """A PIL RGB image to the uint8 array prepare would have stored (HxWx3 at the last chain size)."""
     from PIL import Image
 
-    box = centre_square(*img.size, policy["centre_crop_fraction"])
+    box = centre_square(*img.size, policy["centre_crop_fraction"], policy.get("centre_crop_px"))
     out = img.crop(box)
     for s in policy["resize_chain"]:
         out = out.resize((s, s), Image.BICUBIC)

@@ -146,7 +146,7 @@ def test_infer_json_and_errors(cli, trained, tmp_path):
     assert r.exit_code == 0, r
     data = json.loads(out.read_text())
     assert data["summary"]["predicted"] == 1 and data["predictions"][0]["status"] == "ok"
-    assert data["summary"]["policy"]["centre_crop_fraction"] == pytest.approx(200 / 360)
+    assert data["summary"]["policy"]["centre_crop_px"] == 200
     assert_one_line_error(cli("infer", "t", tmp_path / "nothing-here"), "nothing-here does not exist")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a.jpg").write_bytes(b"not a jpeg")
@@ -172,3 +172,26 @@ def test_gradcam_shape_and_not_constant():
     assert cam.min() >= 0 and cam.max() <= 1 and cam.std() > 0.01
     over = overlay(img, cam[0])
     assert over.shape == (256, 256, 3) and over.dtype == np.uint8
+
+
+def test_inference_policy_reproduces_the_training_arrays_exactly():
+    """The PBC JPEGs through infer's preprocessing give the very arrays BloodMNIST stores for them."""
+    import csv as csv_module
+
+    from conftest import PBC_28, PBC_64, SHARED
+
+    from cellmorphnet.imaging import load_rgb
+    from cellmorphnet.inference import preprocess
+
+    index = {}
+    with open(SHARED / "bloodmnist-pbc" / "bloodmnist_pbc_index.csv") as f:
+        for row in csv_module.DictReader(f):
+            if row["split"] == "test":
+                index[row["source_path"].rsplit("/", 1)[-1]] = int(row["index"])
+    files = sorted(PBC_TEST_IMAGES.glob("*/*.jpg"))
+    with np.load(PBC_28) as d28, np.load(PBC_64) as d64:
+        for size, arrays in ((28, d28["test_images"]), (64, d64["test_images"])):
+            for path in files:
+                policy = {"centre_crop_px": 200, "centre_crop_fraction": 200 / 360, "resize_chain": [size]}
+                got = preprocess(load_rgb(path), policy)
+                assert np.array_equal(got, arrays[index[path.name]]), (size, path.name)

@@ -67,6 +67,7 @@ def command(
         if not 0 < crop_fraction <= 1:
             raise ConfigError("--crop-fraction must be in (0, 1].")
         policy["centre_crop_fraction"] = crop_fraction
+        policy["centre_crop_px"] = None
     classes = list(rm.resolved["classes"])
     channels_last = bool(rm.config.get("config", {}).get("channels_last"))
     with _output.progress("Classifying") as cb:
@@ -143,7 +144,8 @@ def _write_gradcams(rm, policy, preds, kept, folder: Path, channels_last: bool) 
                 x = x.contiguous(memory_format=torch.channels_last)
             cam, _ = gradcam(rm.model, x)
             img = load_rgb(p.path)
-            crop = np.asarray(img.crop(centre_square(*img.size, policy["centre_crop_fraction"])))
+            box = centre_square(*img.size, policy["centre_crop_fraction"], policy.get("centre_crop_px"))
+            crop = np.asarray(img.crop(box))
             stem = p.path.stem
             names[stem] = names.get(stem, 0) + 1
             name = f"{stem}_gradcam.png" if names[stem] == 1 else f"{stem}-{names[stem]}_gradcam.png"

@@ -83,6 +83,7 @@ def build(name: str, *, home: Path | None, size: int, seed: int, progress=None) 
         preprocessing={
             "source": "MedMNIST npz",
             "crop": "centre 200x200 of the ~360x363 PBC image",
+            "centre_crop_px": 200,
             "centre_crop_fraction": 200 / 360,
             "resize": "bicubic",
         },

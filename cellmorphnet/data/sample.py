@@ -43,6 +43,7 @@ def build(name: str, *, home: Path | None, size: int, seed: int, progress=None) 
         preprocessing={
             "source": "embedded PBC sample (BloodMNIST format)",
             "crop": "centre 200x200 of the ~360x363 PBC image",
+            "centre_crop_px": 200,
             "centre_crop_fraction": 200 / 360,
             "resize": "bicubic",
             "stored_size": stored,  # larger sizes are bicubic upscales of the stored 28 px cells

@@ -24,6 +24,7 @@ from cellmorphnet.data import store
 from cellmorphnet.data.loader import BatchLoader, DeviceArrays
 from cellmorphnet.data.taxonomy import Taxonomy
 from cellmorphnet.errors import CheckpointError, ConfigError, RunError
+from cellmorphnet.inference import inference_policy
 from cellmorphnet.model import create_model, data_config
 from cellmorphnet.training import checkpoint, schedule
 from cellmorphnet.training.config import TrainConfig
@@ -430,6 +431,8 @@ def _fit_locked(cfg: TrainConfig, run_dir: Path, home: Path | None, resume: bool
         },
         "steps_per_epoch": steps_per_epoch,
     }
+    # How infer must turn a new full-size image into what this network saw (see inference.py).
+    resolved["inference"] = inference_policy(resolved)
     history = _empty_history()
     start_epoch, best_f1, best_epoch, bad_epochs = 0, -1.0, None, 0
     if state is not None:
