@@ -214,7 +214,8 @@ def read_status(run_dir: Path) -> dict[str, Any]:
     last_time = epoch_times[-1] if epoch_times else None
     eta = None
     if state == "running" and epoch_times:
-        mean_time = sum(epoch_times[-3:]) / len(epoch_times[-3:])
+        # The last epoch is the best guess: earlier ones may have trained only the head (much faster).
+        mean_time = epoch_times[-1]
         frac = 0.0
         if hb.get("batches"):
             frac = min(1.0, hb.get("batch", 0) / hb["batches"])
