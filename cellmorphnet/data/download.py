@@ -69,7 +69,7 @@ def download(
             # The server has nothing past our offset: the .part is complete; verify it below.
             return _finish(part, dest, md5, url)
         raise DownloadError(f"{url} answered HTTP {e.code} {e.reason}.", hint=manual_hint) from None
-    except (TimeoutError, urllib.error.URLError, ConnectionError, OSError) as e:
+    except OSError as e:  # URLError, timeouts and refused connections
         reason = getattr(e, "reason", e)
         raise DownloadError(f"Could not reach {url} ({reason}).", hint=manual_hint) from None
 
@@ -102,9 +102,7 @@ def download(
                     done += len(chunk)
                     if progress:
                         progress(done, total)
-        except (TimeoutError, ConnectionError, OSError) as e:
-            if isinstance(e, DownloadError):
-                raise
+        except OSError as e:  # timeouts and resets are OSErrors; DownloadError is not, so it passes
             raise DownloadError(
                 f"The connection to {url} broke after {done:,} bytes ({e}). Run the same command again to resume.",
                 hint=manual_hint,
