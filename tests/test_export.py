@@ -41,7 +41,6 @@ def test_export_option_errors(cli, trained):
 
 
 def test_coreml_package_spec(cli, trained, tmp_path):
-    pytest.importorskip("coremltools", reason="the coreml extra is not installed")
     r = cli("export", "x", "--format", "coreml", "--all", "--out", tmp_path / "cm", "--json")
     assert r.exit_code == 0, r
     result = json.loads(r.stdout)

@@ -1,0 +1,51 @@
+"""Reference latency: one image at a time through EfficientNet-Lite0, PyTorch and onnxruntime, on this CPU.
+
+    python benchmarks/latency.py [--sizes 64,224] [--repeats 50] [--json]
+
+The original design targets under 50 ms per image on an Apple M2. Latency does not depend on the
+weights, so this uses the ImageNet-initialised model with an 8-class head, exported exactly as
+``cellmorphnet export --format onnx`` does (normalisation and softmax inside).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import emit, header  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="64,224")
+    ap.add_argument("--repeats", type=int, default=50)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    from cellmorphnet import export
+    from cellmorphnet.evaluation.predict import RunModel
+    from cellmorphnet.model import create_model, data_config
+
+    result = header("python benchmarks/latency.py " + " ".join(sys.argv[1:]))
+    result["rows"] = []
+    for size in (int(s) for s in args.sizes.split(",")):
+        model = create_model("tf_efficientnet_lite0", num_classes=8, pretrained=True).eval()
+        norm = data_config(model)
+        resolved = {"image_size": size, "mean": norm["mean"], "std": norm["std"], "classes": [str(i) for i in range(8)],
+                    "data_sizes": {"x": size}, "datasets": {"x": {"size": size, "preprocessing": {}}}}  # fmt: skip
+        rm = RunModel(model, {"config": {}}, resolved, 0, Path("none"))
+        with tempfile.TemporaryDirectory() as tmp:
+            path = export.export_onnx(rm, Path(tmp) / "m.onnx")
+            row = export.benchmark_onnx(rm, path, repeats=args.repeats)
+        result["rows"].append(row)
+        print(f"{size} px: PyTorch {row['pytorch_latency_ms']:.1f} ms, onnxruntime {row['onnxruntime_latency_ms']:.1f} ms "
+              f"at batch 1; batch 32: {row['pytorch_images_per_s']:.0f} / {row['onnxruntime_images_per_s']:.0f} img/s",
+              file=sys.stderr)  # fmt: skip
+    emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()
