@@ -41,9 +41,10 @@ def main() -> None:
             path = export.export_onnx(rm, Path(tmp) / "m.onnx")
             row = export.benchmark_onnx(rm, path, repeats=args.repeats)
         result["rows"].append(row)
-        print(f"{size} px: PyTorch {row['pytorch_latency_ms']:.1f} ms, onnxruntime {row['onnxruntime_latency_ms']:.1f} ms "
-              f"at batch 1; batch 32: {row['pytorch_images_per_s']:.0f} / {row['onnxruntime_images_per_s']:.0f} img/s",
-              file=sys.stderr)  # fmt: skip
+        line = f"{size} px, batch 1: PyTorch {row['pytorch_latency_ms']:.1f} ms, "
+        line += f"onnxruntime {row['onnxruntime_latency_ms']:.1f} ms; batch 32: {row['pytorch_images_per_s']:.0f} / "
+        line += f"{row['onnxruntime_images_per_s']:.0f} img/s"
+        print(line, file=sys.stderr)
     emit(result, args.json)
 
 
