@@ -48,6 +48,15 @@ def fresh_model(device, channels_last):
     return model, opt
 
 
+def plain_step(model, opt, x, y) -> None:
+    """One optimizer step as a hand-written loop does it: cross-entropy, backward, clipping, AdamW."""
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
 def memory_format(channels_last):
     return torch.channels_last if channels_last else torch.contiguous_format
 
@@ -117,12 +126,8 @@ def bench_naive(root: Path, data_size, image_size, batch, device, channels_last=
     def window(steps):
         for _ in range(steps):
             x, y = next_batch()
-            x, y = x.to(device).contiguous(memory_format=memory_format(channels_last)), y.view(-1).long().to(device)
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            x = x.to(device).contiguous(memory_format=memory_format(channels_last))
+            plain_step(model, opt, x, y.view(-1).long().to(device))
         if device.type == "cuda":
             torch.cuda.synchronize()
 
@@ -138,11 +143,7 @@ def bench_ceiling(image_size, batch, device, channels_last=True):
 
     def window(steps):
         for _ in range(steps):
-            loss = torch.nn.functional.cross_entropy(model(x), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            plain_step(model, opt, x, y)
         if device.type == "cuda":
             torch.cuda.synchronize()
 

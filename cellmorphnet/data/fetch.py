@@ -189,6 +189,13 @@ def _unpack(src: Path, target: Path) -> Path:
     return safe_extract(src, target)
 
 
+def _promote(checked: Path, final: Path) -> Path:
+    """Move a verified folder into its place in the cache, replacing what was there."""
+    shutil.rmtree(final, ignore_errors=True)
+    checked.rename(final)
+    return final
+
+
 def _find_dir(root: Path, predicate: Callable[[Path], bool], what: str) -> Path:
     candidates = [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
     for c in candidates:
@@ -226,9 +233,7 @@ def _fetch_bccd(home, source, allow_unverified, force, progress) -> FetchResult:
                 f"BCCD content does not match commit {info.extra['commit'][:7]}: {'; '.join(problems)}.",
                 hint="Import the archive of the pinned commit, or accept this one with --allow-unverified.",
             )
-        final = folder / "unpacked"
-        shutil.rmtree(final, ignore_errors=True)
-        bccd.rename(final)
+        final = _promote(bccd, folder / "unpacked")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     record = {
@@ -282,9 +287,7 @@ def _fetch_lisc(home, source, allow_unverified, force, progress) -> FetchResult:
     try:
         root = _find_dir(staging, lambda p: (p / "Main Dataset").is_dir(), "'Main Dataset'")
         counts = lisc_layout(root)
-        final = folder / "unpacked"
-        shutil.rmtree(final, ignore_errors=True)
-        root.rename(final)
+        final = _promote(root, folder / "unpacked")
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     record = {
