@@ -14,9 +14,6 @@ datasets are shuffled together. The order and the augmentation of epoch ``e`` de
 from __future__ import annotations
 
 import math
-import queue
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -206,45 +203,6 @@ class BatchLoader:
             labels = arr.labels.index_select(0, idx_dev)
             x = normalise(x, self.mean, self.std).contiguous(memory_format=self.memory_format)
             yield Batch(name, x, labels, labels + self.target_offset[name])
-
-
-def prefetch(batches: Iterator[Batch], depth: int = 1) -> Iterator[Batch]:
-    """Build the next batch in a background thread while the caller trains on the current one.
-
-    Tensor operations release the GIL, so gathering and augmenting batch *i+1* overlaps the model's
-    work on batch *i*. Batches come out in the same order, so results do not change.
-    """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    done = object()
-    stop = threading.Event()
-
-    def produce() -> None:
-        try:
-            for b in batches:
-                if stop.is_set():
-                    return
-                q.put(b)
-            q.put(done)
-        except BaseException as e:  # hand the error to the consumer, which re-raises it
-            q.put(e)
-
-    thread = threading.Thread(target=produce, name="cellmorphnet-prefetch", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item = q.get()
-            if item is done:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
-    finally:
-        stop.set()
-        while thread.is_alive():  # unblock a producer waiting on a full queue
-            try:
-                q.get_nowait()
-            except queue.Empty:
-                thread.join(timeout=0.05)
 
 
 def eval_transform(images_uint8_nhwc: torch.Tensor, image_size: int, mean, std) -> torch.Tensor:

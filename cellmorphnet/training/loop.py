@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from cellmorphnet import __version__, runs
 from cellmorphnet._io import write_json
 from cellmorphnet.data import store
-from cellmorphnet.data.loader import BatchLoader, DeviceArrays, prefetch
+from cellmorphnet.data.loader import BatchLoader, DeviceArrays
 from cellmorphnet.data.taxonomy import Taxonomy
 from cellmorphnet.errors import CheckpointError, ConfigError, RunError
 from cellmorphnet.inference import inference_policy
@@ -202,7 +202,9 @@ def train_one_epoch(
     start = time.perf_counter()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer.zero_grad(set_to_none=True)
-    batches = prefetch(loader.batches(plan))
+    # Batches are built in this thread on purpose: a prefetching thread competed with the model's
+    # own threads and cut throughput by 30-45 % on a 2-core CPU (docs/benchmarks.md).
+    batches = loader.batches(plan)
     i = 0
     for group in groups:
         if data.class_weights is None:
