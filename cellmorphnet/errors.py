@@ -46,5 +46,9 @@ class RunError(CellMorphNetError):
     """A run folder is missing, in use by another process, or inconsistent."""
 
 
+class ExportError(CellMorphNetError):
+    """An export failed or its verification did not pass."""
+
+
 class ConfigError(CellMorphNetError):
     """A configuration file or option value is invalid."""

@@ -17,11 +17,7 @@ from typing import Any
 import numpy as np
 
 from cellmorphnet import __version__
-from cellmorphnet.errors import CellMorphNetError, ConfigError
-
-
-class ExportError(CellMorphNetError):
-    """An export failed or its verification did not pass."""
+from cellmorphnet.errors import ConfigError
 
 
 def _wrapped(rm):

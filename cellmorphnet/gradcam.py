@@ -78,3 +78,33 @@ def save_overlay(path: Path, image: np.ndarray, cam: np.ndarray, label: str | No
     with atomic_path(path) as tmp:
         out.save(tmp, format="PNG")
     return path
+
+
+def write_gradcams(model, policy, preds, arrays, folder: Path, *, channels_last: bool = False, progress=None):
+    """One overlay PNG per prediction: the centre crop of the original image beside its Grad-CAM.
+
+    ``arrays`` maps each path to the preprocessed array the model saw (``predict_files(keep_inputs=True)``).
+    Returns the files written.
+    """
+    import torch
+
+    from cellmorphnet.data.loader import eval_transform
+    from cellmorphnet.imaging import centre_square, load_rgb
+
+    written, seen = [], {}
+    for i, p in enumerate(preds):
+        x = eval_transform(torch.from_numpy(arrays[p.path][None]), policy["image_size"], policy["mean"], policy["std"])
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        cam, _ = gradcam(model, x)
+        img = load_rgb(p.path)
+        crop = np.asarray(
+            img.crop(centre_square(*img.size, policy["centre_crop_fraction"], policy.get("centre_crop_px")))
+        )
+        seen[p.path.stem] = seen.get(p.path.stem, 0) + 1
+        suffix = "" if seen[p.path.stem] == 1 else f"-{seen[p.path.stem]}"
+        written.append(save_overlay(folder / f"{p.path.stem}{suffix}_gradcam.png", crop, cam[0],
+                                    f"{p.predicted} {p.confidence:.2f}"))  # fmt: skip
+        if progress:
+            progress(i + 1, len(preds))
+    return written

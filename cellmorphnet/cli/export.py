@@ -34,7 +34,7 @@ def command(
     json: JsonFlag = False,
 ) -> None:
     from cellmorphnet import export, runs
-    from cellmorphnet.errors import ConfigError
+    from cellmorphnet.errors import ConfigError, ExportError
     from cellmorphnet.evaluation.predict import load_run_model
 
     if format not in ("onnx", "coreml"):
@@ -53,7 +53,7 @@ def command(
             check = export.verify_onnx(rm, path, images)
         result.update(path=str(path), size_bytes=path.stat().st_size, verification=check)
         if check["top1_agreement"] < 1.0 or check["max_abs_diff"] > 1e-3:
-            raise export.ExportError(
+            raise ExportError(
                 f"The ONNX model disagrees with PyTorch (max difference {check['max_abs_diff']:.2e}, "
                 f"top-1 agreement {check['top1_agreement']:.1%}); {path} was kept for inspection."
             )

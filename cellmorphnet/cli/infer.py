@@ -45,7 +45,7 @@ def command(
     from cellmorphnet import runs
     from cellmorphnet.errors import ConfigError, InvalidData
     from cellmorphnet.evaluation.predict import load_run_model
-    from cellmorphnet.inference import collect_files, inference_policy, predict_files, write_results
+    from cellmorphnet.inference import Prediction, collect_files, inference_policy, predict_files, write_results
     from cellmorphnet.inference import sort_into as copy_sorted
 
     if batch_size < 1 or top_k < 1:
@@ -75,8 +75,6 @@ def command(
             rm.model, classes, policy, files, batch_size=batch_size, top_k=top_k, workers=workers,
             channels_last=channels_last, on_batch=cb, keep_inputs=gradcam is not None,
         )  # fmt: skip
-    from cellmorphnet.inference import Prediction
-
     preds += [Prediction(p, error=reason) for p, reason in missing]
     ok = [p for p in preds if not p.error]
     skipped = [p for p in preds if p.error]
@@ -93,7 +91,11 @@ def command(
     if out is not None:
         write_results(preds, out, summary)
     if gradcam is not None and ok:
-        _write_gradcams(rm, policy, ok, kept, gradcam, channels_last)
+        from cellmorphnet.gradcam import write_gradcams
+
+        with _output.progress("Grad-CAM") as cb:
+            written = write_gradcams(rm.model, policy, ok, kept, gradcam, channels_last=channels_last, progress=cb)
+        _output.info(f"Wrote {len(written)} Grad-CAM overlays to {gradcam}")
     if sort_into is not None:
         n = copy_sorted(ok, sort_into)
         _output.info(f"Copied {n} images into {sort_into}/<class>/ (the originals are untouched).")
@@ -124,31 +126,3 @@ def command(
             raise InvalidData(f"None of the {len(preds)} files could be read; see the skipped-files report above.")
         _output.err.print(f"[yellow]Skipped {len(skipped)} of {len(preds)} files[/yellow]; the others were classified.")
         raise typer.Exit(EXIT_SOME_SKIPPED)
-
-
-def _write_gradcams(rm, policy, preds, kept, folder: Path, channels_last: bool) -> None:
-    import numpy as np
-    import torch
-
-    from cellmorphnet.data.loader import eval_transform
-    from cellmorphnet.gradcam import gradcam, save_overlay
-    from cellmorphnet.imaging import centre_square, load_rgb
-
-    names: dict[str, int] = {}
-    with _output.progress("Grad-CAM") as cb:
-        for i, p in enumerate(preds):
-            x = eval_transform(
-                torch.from_numpy(kept[p.path][None]), policy["image_size"], policy["mean"], policy["std"]
-            )
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
-            cam, _ = gradcam(rm.model, x)
-            img = load_rgb(p.path)
-            box = centre_square(*img.size, policy["centre_crop_fraction"], policy.get("centre_crop_px"))
-            crop = np.asarray(img.crop(box))
-            stem = p.path.stem
-            names[stem] = names.get(stem, 0) + 1
-            name = f"{stem}_gradcam.png" if names[stem] == 1 else f"{stem}-{names[stem]}_gradcam.png"
-            save_overlay(folder / name, crop, cam[0], f"{p.predicted} {p.confidence:.2f}")
-            cb(i + 1, len(preds))
-    _output.info(f"Wrote {len(preds)} Grad-CAM overlays to {folder}")
