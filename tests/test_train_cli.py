@@ -45,6 +45,13 @@ def test_train_on_sample_writes_a_complete_run_folder(cli, home):
     human = cli("status")
     assert "finished" in human.stdout and "Per-class validation F1" in human.stdout
     assert "Datasets in" in human.stdout  # the cache listing stays
+    watched = cli("status", "quick", "--watch", "--interval", "0.1")  # a finished run: one frame, then done
+    assert watched.exit_code == 0 and "finished" in watched.stdout
+
+
+def test_help_shows_defaults(cli):
+    out = " ".join(cli("train", "--help").stdout.split())
+    assert "(default: 50)" in out and "(default: 1e-4)" in out
 
 
 def test_config_file_and_flag_precedence(cli, home, tmp_path):

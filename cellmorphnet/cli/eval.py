@@ -20,14 +20,14 @@ NAME = "eval"
 
 def command(
     ctx: typer.Context,
-    run: Annotated[str | None, typer.Argument(help="A run name or folder. [default: the latest run]")] = None,
+    run: Annotated[str | None, typer.Argument(help="A run name or folder. (default: the latest run)")] = None,
     split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
     datasets: Annotated[
         str | None, typer.Option("--datasets", help="Comma-separated subset of the run's datasets.")
     ] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
     out: Annotated[
-        Path | None, typer.Option("--out", help="Folder for metrics.json and plots. [default: RUN/eval/SPLIT]")
+        Path | None, typer.Option("--out", help="Folder for metrics.json and plots. (default: RUN/eval/SPLIT)")
     ] = None,
     json: JsonFlag = False,
 ) -> None:

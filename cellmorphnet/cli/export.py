@@ -20,7 +20,7 @@ NAME = "export"
 
 def command(
     ctx: typer.Context,
-    run: Annotated[str | None, typer.Argument(help="A run name or folder. [default: the latest run]")] = None,
+    run: Annotated[str | None, typer.Argument(help="A run name or folder. (default: the latest run)")] = None,
     format: Annotated[str, typer.Option("--format", "-f", help="onnx or coreml.")] = "onnx",
     quantize: Annotated[str | None, typer.Option("--quantize", help="CoreML: fp16 or int8.")] = None,
     all_variants: Annotated[
@@ -28,7 +28,7 @@ def command(
     ] = False,
     benchmark: Annotated[bool, typer.Option("--benchmark", help="Time the export (CoreML: macOS only).")] = False,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output file or folder. [default: RUN/export/]")
+        Path | None, typer.Option("--out", "-o", help="Output file or folder. (default: RUN/export/)")
     ] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
     json: JsonFlag = False,

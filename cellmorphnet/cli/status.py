@@ -118,7 +118,7 @@ def cache_table(cache: dict[str, Any]):
 
 def command(
     ctx: typer.Context,
-    run: Annotated[str | None, typer.Argument(help="A run name or folder. [default: the latest run]")] = None,
+    run: Annotated[str | None, typer.Argument(help="A run name or folder. (default: the latest run)")] = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until the run stops.")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 2.0,
     json: JsonFlag = False,

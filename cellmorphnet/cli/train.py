@@ -28,7 +28,7 @@ def command(
     datasets: Annotated[
         str | None,
         typer.Option(
-            "--datasets", "-d", help="Comma-separated: sample, bloodmnist, bccd, lisc, folder:PATH. [default: sample]"
+            "--datasets", "-d", help="Comma-separated: sample, bloodmnist, bccd, lisc, folder:PATH. (default: sample)"
         ),
     ] = None,
     config: Annotated[
@@ -38,44 +38,44 @@ def command(
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run folder anywhere (instead of --name).")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue this run (a name or a folder).")] = None,
     model: Annotated[
-        str | None, typer.Option("--model", help="timm architecture. [default: tf_efficientnet_lite0]")
+        str | None, typer.Option("--model", help="timm architecture. (default: tf_efficientnet_lite0)")
     ] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="Start from this state dict file.")] = None,
     pretrained: Annotated[
-        bool | None, typer.Option("--pretrained/--no-pretrained", help="ImageNet weights. [default: pretrained]")
+        bool | None, typer.Option("--pretrained/--no-pretrained", help="ImageNet weights. (default: pretrained)")
     ] = None,
     image_size: Annotated[
-        int | None, typer.Option("--image-size", help="Network input size. [default: the prepared data size]")
+        int | None, typer.Option("--image-size", help="Network input size. (default: the prepared data size)")
     ] = None,
     data_size: Annotated[int | None, typer.Option("--data-size", help="Prepared size to train from.")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="[default: 50]")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="[default: 32]")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="(default: 50)")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="(default: 32)")] = None,
     accum_steps: Annotated[
-        int | None, typer.Option("--accum-steps", help="Batches per optimizer step. [default: 2]")
+        int | None, typer.Option("--accum-steps", help="Batches per optimizer step. (default: 2)")
     ] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate. [default: 1e-4]")] = None,
-    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="[default: 1e-4]")] = None,
-    warmup_epochs: Annotated[float | None, typer.Option("--warmup-epochs", help="[default: 1]")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate. (default: 1e-4)")] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="(default: 1e-4)")] = None,
+    warmup_epochs: Annotated[float | None, typer.Option("--warmup-epochs", help="(default: 1)")] = None,
     grad_clip: Annotated[
-        float | None, typer.Option("--grad-clip", help="Max gradient norm, 0 = off. [default: 1.0]")
+        float | None, typer.Option("--grad-clip", help="Max gradient norm, 0 = off. (default: 1.0)")
     ] = None,
-    label_smoothing: Annotated[float | None, typer.Option("--label-smoothing", help="[default: 0]")] = None,
+    label_smoothing: Annotated[float | None, typer.Option("--label-smoothing", help="(default: 0)")] = None,
     class_weights: Annotated[
         bool | None, typer.Option("--class-weights/--no-class-weights", help="Inverse-frequency loss weights.")
     ] = None,
-    amp: Annotated[str | None, typer.Option("--amp", help="auto, bf16, fp16 or off. [default: auto]")] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cuda, mps or cpu. [default: auto]")] = None,
+    amp: Annotated[str | None, typer.Option("--amp", help="auto, bf16, fp16 or off. (default: auto)")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cuda, mps or cpu. (default: auto)")] = None,
     unfreeze_epochs: Annotated[
         str | None,
         typer.Option(
-            "--unfreeze-epochs", help="Head only until A, top half of the backbone until B: 'A,B'. [default: 5,10]"
+            "--unfreeze-epochs", help="Head only until A, top half of the backbone until B: 'A,B'. (default: 5,10)"
         ),
     ] = None,
-    patience: Annotated[int | None, typer.Option("--patience", help="Early-stopping patience. [default: 10]")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="[default: 42]")] = None,
+    patience: Annotated[int | None, typer.Option("--patience", help="Early-stopping patience. (default: 10)")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="(default: 42)")] = None,
     channels_last: Annotated[
         bool | None,
-        typer.Option("--channels-last/--no-channels-last", help="Channels-last memory layout. [default: on]"),
+        typer.Option("--channels-last/--no-channels-last", help="Channels-last memory layout. (default: on)"),
     ] = None,
     limit_batches: Annotated[
         int | None, typer.Option("--limit-batches", help="Cap batches per epoch (quick checks).")
