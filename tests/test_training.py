@@ -269,3 +269,33 @@ def test_loader_is_deterministic_per_epoch():
     assert first[0].shape == (8, 3, 24, 24)
     loader.set_epoch(5)
     assert not torch.equal(next(iter(loader)).images, first[0])
+
+
+def test_class_weights_are_inverse_frequency_and_neutral_on_balanced_data(home, tmp_path):
+    import shutil
+
+    from conftest import PBC_TEST_IMAGES
+
+    # imbalanced folder dataset: 12 eosinophils, 4 platelets
+    root = tmp_path / "cells"
+    for cls, n in (("eosinophil", 12), ("platelet", 4)):
+        (root / cls).mkdir(parents=True)
+        for p in sorted((PBC_TEST_IMAGES / cls).glob("*.jpg"))[:n]:
+            shutil.copy(p, root / cls / p.name)
+    name = f"folder:{root}"
+    prepare(name, home=home, size=16)
+    cfg = TrainConfig(datasets=[name], class_weights=True, **{**TINY}).validate()
+    data = loop.load_data(cfg, home, torch.device("cpu"))
+    counts = torch.bincount(data.train[name].labels_cpu, minlength=2).float()
+    expected = counts.sum() / (2 * counts)
+    assert torch.allclose(data.class_weights, expected)
+    assert data.class_weights[1] > data.class_weights[0]  # the rare class weighs more
+
+    # balanced sample: every weight is 1, so training is identical with and without weighting
+    prepare("sample", home=home, size=28)
+    a = loop.fit(_tiny_cfg(epochs=1, limit_batches=2, class_weights=True), home / "runs" / "w", home=home)
+    b = loop.fit(_tiny_cfg(epochs=1, limit_batches=2), home / "runs" / "nw", home=home)
+    wa = checkpoint.load(home / "runs" / "w" / "checkpoints" / "last.pt")["model"]
+    wb = checkpoint.load(home / "runs" / "nw" / "checkpoints" / "last.pt")["model"]
+    assert a["state"] == b["state"] == "finished"
+    assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)

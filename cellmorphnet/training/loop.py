@@ -205,14 +205,15 @@ def train_one_epoch(
     # Batches are built in this thread on purpose: a prefetching thread competed with the model's
     # own threads and cut throughput by 30-45 % on a 2-core CPU (docs/benchmarks.md).
     batches = loader.batches(plan)
+    weights_cpu = data.class_weights.cpu() if data.class_weights is not None else None
     i = 0
     for group in groups:
-        if data.class_weights is None:
+        if weights_cpu is None:
             norm = float(sum(len(idx) for _, idx in group))
-        else:
+        else:  # from the CPU copies: no device round trip
             norm = float(
                 sum(
-                    data.class_weights[data.train[name].labels_cpu[idx] + data.target_offset[name]].sum().item()
+                    weights_cpu[data.train[name].labels_cpu[idx] + data.target_offset[name]].sum()
                     for name, idx in group
                 )
             )
@@ -221,9 +222,10 @@ def train_one_epoch(
             with autocast(device, precision):
                 logits = model(batch.images)
             per_sample = coarse_cross_entropy(logits, batch.target_ids, data.target_table, cfg.label_smoothing)
+            weighted = per_sample
             if data.class_weights is not None:
-                per_sample = per_sample * data.class_weights.index_select(0, batch.target_ids)
-            loss = per_sample.sum() / norm
+                weighted = per_sample * data.class_weights.index_select(0, batch.target_ids)
+            loss = weighted.sum() / norm
             if scaler is not None:
                 scaler.scale(loss).backward()
             else:
