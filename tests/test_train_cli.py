@@ -134,4 +134,7 @@ def test_ctrl_c_saves_and_exits_cleanly_then_resumes(cli, home):
     assert state["epoch"] == done
     r = cli("train", "--resume", "sigint", "--epochs", str(done + 1))
     assert r.exit_code == 0, r
-    assert _status(cli, "sigint")["epochs_done"] == done + 1
+    st = _status(cli, "sigint")
+    assert st["epochs_done"] == done + 1 and st["epochs_planned"] == done + 1 and st["state"] == "finished"
+    saved = json.loads((home / "runs" / "sigint" / "config.json").read_text())
+    assert saved["config"]["epochs"] == done + 1

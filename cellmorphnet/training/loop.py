@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from cellmorphnet import __version__, runs
-from cellmorphnet._io import write_json
+from cellmorphnet._io import read_json, write_json
 from cellmorphnet.data import store
 from cellmorphnet.data.loader import BatchLoader, DeviceArrays
 from cellmorphnet.data.taxonomy import Taxonomy
@@ -454,6 +454,11 @@ def _fit_locked(cfg: TrainConfig, run_dir: Path, home: Path | None, resume: bool
         best_f1, best_epoch, bad_epochs = stop["best_f1"], stop["best_epoch"], stop["bad_epochs"]
         saved = state.get("history") or {}
         history = {k: list(saved.get(k, []))[:start_epoch] for k in _empty_history()}
+        config_file = run_dir / runs.CONFIG
+        if config_file.exists():  # a resume may extend --epochs or --patience: keep config.json truthful
+            saved_config = read_json(config_file)
+            if saved_config.get("config") != cfg.to_dict():
+                write_json(config_file, {**saved_config, "config": cfg.to_dict(), "resumed": runs.now_iso()})
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json(
