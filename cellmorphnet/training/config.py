@@ -35,7 +35,7 @@ class TrainConfig:
     patience: int = 10  # early stopping: epochs without a better validation macro-F1
     seed: int = 42  # seeds data order, augmentation and initialisation
     drop_rate: float | None = None  # dropout before the classifier (model default if unset)
-    channels_last: bool = True  # channels-last memory layout: 1.5-2x faster on this CPU (docs/benchmarks.md)
+    channels_last: bool = True  # channels-last memory layout: 1.4-2.2x faster on a 2-core CPU (docs/benchmarks.md)
     limit_batches: int | None = None  # cap batches per epoch (quick checks)
     eval_batch_size: int = 256  # batch size for validation
 
