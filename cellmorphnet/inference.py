@@ -100,12 +100,11 @@ class Prediction:
 
 def _load(path: Path, policy: dict[str, Any]) -> tuple[np.ndarray | None, str | None]:
     try:
+        if path.stat().st_size == 0:
+            return None, "empty file (0 bytes)"
         return preprocess(load_rgb(path), policy), None
     except InvalidData as e:
-        reason = e.message.split(": ", 1)[-1]
-        if path.stat().st_size == 0 if path.exists() else False:
-            reason = "empty file (0 bytes)"
-        return None, reason
+        return None, e.message.split(": ", 1)[-1]
     except PermissionError:
         return None, "permission denied"
     except OSError as e:

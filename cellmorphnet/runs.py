@@ -39,12 +39,22 @@ def is_run_dir(path: Path) -> bool:
 
 
 def list_runs(home: Path | None = None) -> list[Path]:
-    """Run folders under the home's ``runs/``, oldest first (by creation time in config or folder mtime)."""
+    """Run folders under the home's ``runs/``, oldest first by the creation time in ``config.json``.
+
+    (Not by file times: a resume rewrites ``config.json`` and must not make an old run the latest.)
+    """
     root = paths.runs_dir(home)
     if not root.is_dir():
         return []
+
+    def created(p: Path) -> str:
+        try:
+            return str(read_json(p / CONFIG).get("created", ""))
+        except (OSError, ValueError):
+            return ""
+
     runs = [p for p in root.iterdir() if p.is_dir() and is_run_dir(p)]
-    return sorted(runs, key=lambda p: (p / CONFIG).stat().st_mtime if (p / CONFIG).exists() else p.stat().st_mtime)
+    return sorted(runs, key=lambda p: (created(p), p.name))
 
 
 def resolve_run(run: str | Path | None, home: Path | None = None) -> Path:

@@ -138,3 +138,16 @@ def test_ctrl_c_saves_and_exits_cleanly_then_resumes(cli, home):
     assert st["epochs_done"] == done + 1 and st["epochs_planned"] == done + 1 and st["state"] == "finished"
     saved = json.loads((home / "runs" / "sigint" / "config.json").read_text())
     assert saved["config"]["epochs"] == done + 1
+
+
+def test_latest_run_is_the_newest_created_even_after_an_older_one_is_resumed(home):
+    from cellmorphnet import runs
+
+    for name, created in (("old", "2026-01-01T00:00:00+00:00"), ("new", "2026-02-01T00:00:00+00:00")):
+        (home / "runs" / name).mkdir(parents=True)
+        (home / "runs" / name / "config.json").write_text(json.dumps({"created": created}))
+    # a resume rewrites the old run's config.json last; it must not become the latest
+    (home / "runs" / "old" / "config.json").write_text(
+        json.dumps({"created": "2026-01-01T00:00:00+00:00", "resumed": "2026-03-01T00:00:00+00:00"})
+    )
+    assert runs.resolve_run(None, home).name == "new"

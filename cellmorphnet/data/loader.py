@@ -45,9 +45,8 @@ class DeviceArrays:
     """One split of one dataset as uint8 NHWC tensors on ``device``, plus labels."""
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, device: torch.device) -> None:
-        self.images = torch.from_numpy(np.array(images, dtype=np.uint8, order="C")).to(
-            device
-        )  # a copy: mmaps are read-only
+        # np.array copies: the prepared arrays are read-only memory maps, which torch will not wrap.
+        self.images = torch.from_numpy(np.array(images, dtype=np.uint8, order="C")).to(device)
         self.labels_cpu = torch.from_numpy(np.array(labels, dtype=np.int64))
         self.labels = self.labels_cpu.to(device)
 
@@ -182,9 +181,6 @@ class BatchLoader:
     def __len__(self) -> int:
         n = sum(math.ceil(len(a) / self.batch_size) for a in self.parts.values())
         return min(n, self.limit_batches) if self.limit_batches is not None else n
-
-    def num_samples(self) -> int:
-        return sum(len(idx) for _, idx in self.plan())
 
     def __iter__(self):
         return self.batches(self.plan())
