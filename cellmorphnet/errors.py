@@ -46,6 +46,10 @@ class RunError(CellMorphNetError):
     """A run folder is missing, in use by another process, or inconsistent."""
 
 
+class DataChanged(RunError):
+    """The prepared data differs from what a run was trained on (seed, classes, source, content)."""
+
+
 class ExportError(CellMorphNetError):
     """An export failed or its verification did not pass."""
 

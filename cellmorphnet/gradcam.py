@@ -93,13 +93,14 @@ def write_gradcams(model, policy, preds, arrays, folder: Path, *, channels_last:
 
     written, seen = [], {}
     for i, p in enumerate(preds):
-        x = eval_transform(torch.from_numpy(arrays[p.path][None]), policy["image_size"], policy["mean"], policy["std"])
+        x = eval_transform(torch.from_numpy(arrays[p.path][None]), policy.image_size, policy.mean, policy.std)
+        x = x.to(next(model.parameters()).device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         cam, _ = gradcam(model, x)
         img = load_rgb(p.path)
         crop = np.asarray(
-            img.crop(centre_square(*img.size, policy["centre_crop_fraction"], policy.get("centre_crop_px")))
+            img.crop(centre_square(*img.size, policy.centre_crop_fraction, policy.centre_crop_px))
         )
         seen[p.path.stem] = seen.get(p.path.stem, 0) + 1
         suffix = "" if seen[p.path.stem] == 1 else f"-{seen[p.path.stem]}"

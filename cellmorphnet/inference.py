@@ -1,7 +1,8 @@
 """Predict over files and folders with a trained run, rebuilding its exact preprocessing.
 
 The inference policy (how a full-size image becomes what the network saw in training) is derived
-from the preprocessing of the run's first dataset and stored in the run's config at training time:
+from the preprocessing of the run's first dataset and stored in the run record at training time
+(``record.InferencePolicy``):
 
 1. centre square crop: ``centre_crop_px`` pixels where the data was made that way (PBC/BloodMNIST:
    200 px, as MedMNIST made its arrays), else ``centre_crop_fraction`` of the shorter side (cell
@@ -27,37 +28,16 @@ import numpy as np
 
 from cellmorphnet.errors import InvalidData
 from cellmorphnet.imaging import IMAGE_SUFFIXES, centre_square, load_rgb
+from cellmorphnet.record import InferencePolicy
 
 
-def inference_policy(resolved: dict[str, Any], dataset: str | None = None) -> dict[str, Any]:
-    """The preprocessing policy for new images, from a run's resolved config (stored there at training time)."""
-    if "inference" in resolved and dataset is None:
-        return resolved["inference"]
-    name = dataset or next(iter(resolved["data_sizes"]))
-    info = resolved["datasets"][name]
-    pre = info.get("preprocessing", {})
-    size = int(info["size"])
-    stored = int(pre.get("stored_size", size))
-    chain = [stored, size] if stored != size else [size]
-    return {
-        "dataset": name,
-        "centre_crop_px": pre.get("centre_crop_px"),
-        "centre_crop_fraction": float(pre.get("centre_crop_fraction", 1.0)),
-        "resize_chain": chain,
-        "resize": "bicubic",
-        "image_size": int(resolved["image_size"]),
-        "mean": resolved["mean"],
-        "std": resolved["std"],
-    }
-
-
-def preprocess(img, policy: dict[str, Any]) -> np.ndarray:
+def preprocess(img, policy: InferencePolicy) -> np.ndarray:
     """A PIL RGB image to the uint8 array prepare would have stored (HxWx3 at the last chain size)."""
     from PIL import Image
 
-    box = centre_square(*img.size, policy["centre_crop_fraction"], policy.get("centre_crop_px"))
+    box = centre_square(*img.size, policy.centre_crop_fraction, policy.centre_crop_px)
     out = img.crop(box)
-    for s in policy["resize_chain"]:
+    for s in policy.resize_chain:
         out = out.resize((s, s), Image.BICUBIC)
     return np.asarray(out, dtype=np.uint8)
 
@@ -98,7 +78,7 @@ class Prediction:
         }
 
 
-def _load(path: Path, policy: dict[str, Any]) -> tuple[np.ndarray | None, str | None]:
+def _load(path: Path, policy: InferencePolicy) -> tuple[np.ndarray | None, str | None]:
     try:
         if path.stat().st_size == 0:
             return None, "empty file (0 bytes)"
@@ -111,7 +91,7 @@ def _load(path: Path, policy: dict[str, Any]) -> tuple[np.ndarray | None, str | 
         return None, f"cannot read ({e.strerror or e})"
 
 
-def _prefetched(files: list[Path], policy: dict[str, Any], workers: int, window: int) -> Iterator:
+def _prefetched(files: list[Path], policy: InferencePolicy, workers: int, window: int) -> Iterator:
     """Decode ``files`` in a thread pool, at most ``window`` ahead of the consumer, in order."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = []
@@ -131,7 +111,7 @@ def _prefetched(files: list[Path], policy: dict[str, Any], workers: int, window:
 def predict_files(
     model,
     classes: list[str],
-    policy: dict[str, Any],
+    policy: InferencePolicy,
     files: list[Path],
     *,
     batch_size: int = 64,
@@ -159,7 +139,7 @@ def predict_files(
         if not batch_arrays:
             return
         x = torch.from_numpy(np.stack(batch_arrays)).to(dev)
-        x = eval_transform(x, policy["image_size"], policy["mean"], policy["std"]).contiguous(memory_format=fmt)
+        x = eval_transform(x, policy.image_size, policy.mean, policy.std).contiguous(memory_format=fmt)
         with torch.no_grad():
             probs = model(x).float().softmax(1).cpu()
         values, indices = probs.topk(k, dim=1)

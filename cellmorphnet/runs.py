@@ -18,7 +18,7 @@ from typing import Any
 
 from cellmorphnet import paths
 from cellmorphnet._io import read_json, write_json
-from cellmorphnet.errors import RunError
+from cellmorphnet.errors import CellMorphNetError, RunError
 
 HEARTBEAT = "heartbeat.json"
 HISTORY = "history.json"
@@ -208,15 +208,19 @@ def _classify(hb: dict[str, Any]) -> tuple[str, str | None]:
 
 def read_status(run_dir: Path) -> dict[str, Any]:
     """Everything ``cellmorphnet status RUN`` shows, as a JSON-ready dict."""
+    from cellmorphnet.record import RunRecord
+
     hb = read_heartbeat(run_dir) or {}
-    config = read_json(run_dir / CONFIG) if (run_dir / CONFIG).exists() else {}
+    try:
+        record = RunRecord.load(run_dir)
+    except CellMorphNetError:  # status shows what it can of a damaged or foreign run folder
+        record = None
     try:
         history = read_json(run_dir / HISTORY) if (run_dir / HISTORY).exists() else {}
     except ValueError:
         history = {}
     state, reason = _classify(hb) if hb else ("unknown", "no heartbeat")
-    cfg = config.get("config", {})
-    planned = int(hb.get("epochs_planned") or cfg.get("epochs") or 0)
+    planned = int(hb.get("epochs_planned") or (record.config.epochs if record else 0))
     done = len(history.get("train_loss", []))
     val_f1 = history.get("val_f1", [])
     best_i = max(range(len(val_f1)), key=lambda i: val_f1[i]) if val_f1 else None
@@ -238,8 +242,9 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         "name": run_dir.name,
         "state": state,
         "reason": reason,
-        "datasets": cfg.get("datasets", []),
-        "device": config.get("resolved", {}).get("device"),
+        "datasets": list(record.config.datasets) if record else [],
+        "device": (record.resumed[-1]["device"] if record.resumed and "device" in record.resumed[-1]
+                   else record.device) if record else None,
         "epochs_done": done,
         "epochs_planned": planned,
         "current_epoch": hb.get("epoch"),

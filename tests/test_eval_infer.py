@@ -182,6 +182,7 @@ def test_inference_policy_reproduces_the_training_arrays_exactly():
 
     from cellmorphnet.imaging import load_rgb
     from cellmorphnet.inference import preprocess
+    from cellmorphnet.record import InferencePolicy
 
     index = {}
     with open(SHARED / "bloodmnist-pbc" / "bloodmnist_pbc_index.csv") as f:
@@ -192,6 +193,6 @@ def test_inference_policy_reproduces_the_training_arrays_exactly():
     with np.load(PBC_28) as d28, np.load(PBC_64) as d64:
         for size, arrays in ((28, d28["test_images"]), (64, d64["test_images"])):
             for path in files:
-                policy = {"centre_crop_px": 200, "centre_crop_fraction": 200 / 360, "resize_chain": [size]}
+                policy = InferencePolicy("pbc", 200, 200 / 360, [size], "bicubic", size, [0.5] * 3, [0.5] * 3)
                 got = preprocess(load_rgb(path), policy)
                 assert np.array_equal(got, arrays[index[path.name]]), (size, path.name)

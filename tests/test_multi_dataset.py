@@ -12,7 +12,7 @@ def test_sample_and_bccd_train_together_and_report_each_in_its_own_labels(cli, h
             "--model", "test_efficientnet", "--no-pretrained", "--batch-size", "32", "--accum-steps", "1",
             "--limit-batches", "6")  # fmt: skip
     assert r.exit_code == 0, r
-    config = json.loads((home / "runs" / "multi" / "config.json").read_text())["resolved"]
+    config = json.loads((home / "runs" / "multi" / "config.json").read_text())
     assert config["classes"] == ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte",
                                  "neutrophil", "platelet", "rbc"]  # fmt: skip
     wbc = config["taxonomy"]["targets"]["bccd"][1]

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 from conftest import assert_one_line_error
 
@@ -25,9 +26,13 @@ def test_train_on_sample_writes_a_complete_run_folder(cli, home):
     for f in ("config.json", "history.json", "train.log", "checkpoints/last.pt", "checkpoints/best.pt"):
         assert (run / f).exists(), f
     config = json.loads((run / "config.json").read_text())
-    assert config["config"]["epochs"] == 2 and config["resolved"]["image_size"] == 28
-    assert config["resolved"]["datasets"]["sample"]["checksum"].startswith("sha256:")
-    assert config["versions"]["torch"] == torch.__version__
+    assert config["schema"] == 2 and config["config"]["epochs"] == 2 and config["image_size"] == 28
+    sample = config["datasets"]["sample"]
+    assert sample["checksum"].startswith("sha256:") and sample["params"] == {"size": 28, "seed": 42}
+    assert len(sample["content_digest"]) == 64 and sample["counts"] == {"train": 512, "val": 96, "test": 192}
+    assert config["versions"]["torch"] == str(torch.__version__)
+    with np.load(run / "reference_images.npz") as ref:
+        assert ref["images"].shape == (64, 28, 28, 3) and ref["images"].dtype == np.uint8
     history = json.loads((run / "history.json").read_text())
     # the original design's monitoring snippet
     assert len(history["train_loss"]) == 2
@@ -36,7 +41,8 @@ def test_train_on_sample_writes_a_complete_run_folder(cli, home):
     for key in ("val_loss", "val_acc", "val_f1_per_class", "lr", "epoch_time", "images_per_s"):
         assert len(history[key]) == 2, key
     state = checkpoint.load(run / "checkpoints" / "last.pt")
-    for key in ("model", "optimizer", "scheduler", "scaler", "rng", "epoch", "early_stopping", "config", "class_names"):
+    for key in ("model", "optimizer", "scheduler", "lr_plan", "scaler", "rng", "epoch", "early_stopping", "record",
+                "class_names"):  # fmt: skip
         assert key in state, key
 
     st = cli("status", "quick", "--json")

@@ -10,8 +10,11 @@ from cellmorphnet.data.loader import BatchLoader, DeviceArrays
 from cellmorphnet.data.prepare import prepare
 from cellmorphnet.data.taxonomy import Taxonomy
 from cellmorphnet.errors import RunError
-from cellmorphnet.training import checkpoint, loop, schedule
+from cellmorphnet.training import checkpoint, engine, losses, schedule
+from cellmorphnet.training import fit as fitmod
 from cellmorphnet.training.config import TrainConfig
+from cellmorphnet.training.data import load_data
+from cellmorphnet.training.precision import Precision
 
 TINY = dict(model="test_efficientnet", pretrained=False, batch_size=8, accum_steps=1, limit_batches=3, lr=1e-3)
 
@@ -29,12 +32,12 @@ def test_coarse_loss_hand_computed():
     table = torch.tensor([[1.0, 0, 0], [1.0, 1.0, 0], [0, 0, 1.0]])
     e = [math.exp(2), math.exp(1), 1.0]
     p = [v / sum(e) for v in e]
-    loss = loop.coarse_cross_entropy(logits, torch.tensor([1, 2]), table)
+    loss = losses.coarse_cross_entropy(logits, torch.tensor([1, 2]), table)
     assert loss[0].item() == pytest.approx(-math.log(p[0] + p[1]), rel=1e-6)
     e2 = [1.0, 1.0, math.exp(3)]
     assert loss[1].item() == pytest.approx(-math.log(e2[2] / sum(e2)), rel=1e-6)
     # fine targets: identical to torch's cross-entropy, label smoothing included
-    fine = loop.coarse_cross_entropy(logits, torch.tensor([0, 2]), table, label_smoothing=0.1)
+    fine = losses.coarse_cross_entropy(logits, torch.tensor([0, 2]), table, label_smoothing=0.1)
     ref = torch.nn.functional.cross_entropy(logits, torch.tensor([0, 2]), reduction="none", label_smoothing=0.1)
     assert torch.allclose(fine, ref, atol=1e-6)
 
@@ -66,7 +69,7 @@ def test_accumulation_equals_one_big_batch(home):
     import timm
 
     prepare("sample", home=home, size=28)
-    data = loop.load_data(_tiny_cfg(), home, torch.device("cpu"))
+    data = load_data(["sample"], {"sample": 28}, home, torch.device("cpu"), False)
 
     def one_step(batch_size, accum):
         torch.manual_seed(0)
@@ -74,11 +77,11 @@ def test_accumulation_equals_one_big_batch(home):
         model = timm.create_model("test_efficientnet_gn", num_classes=len(data.taxonomy.classes))
         cfg = _tiny_cfg(batch_size=batch_size, accum_steps=accum, limit_batches=16 // batch_size, grad_clip=0)
         # train=False: fixed order, no augmentation, so both runs see the same 16 samples
-        loader = BatchLoader(data.train, data.target_offset, batch_size, 28, [0.5] * 3, [0.5] * 3, train=False,
+        loader = BatchLoader(data.train, data.space.target_offset, batch_size, 28, [0.5] * 3, [0.5] * 3, train=False,
                              limit_batches=16 // batch_size)  # fmt: skip
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        loop.train_one_epoch(model, loader, opt, sched, None, torch.device("cpu"), loop.Precision(None, False), cfg,
+        engine.train_one_epoch(model, loader, opt, sched, None, torch.device("cpu"), Precision(None, False), cfg,
                              data)  # fmt: skip
         return model.state_dict()
 
@@ -114,7 +117,7 @@ def test_frozen_parameters_do_not_move_with_adamw_weight_decay(home):
     prepare("sample", home=home, size=28)
     cfg = _tiny_cfg(epochs=1, unfreeze_epochs=[1, 1], weight_decay=0.5, lr=1e-2)
     run = home / "runs" / "frozen"
-    loop.fit(cfg, run, home=home)
+    fitmod.fit(cfg, run, home=home)
     torch.manual_seed(cfg.seed)
     from cellmorphnet.model import create_model
 
@@ -135,15 +138,15 @@ class Stop(Exception):
 def test_resume_equals_uninterrupted_run(home):
     prepare("sample", home=home, size=28)
     cfg = _tiny_cfg(epochs=2, unfreeze_epochs=[1, 1], accum_steps=2, limit_batches=4)
-    loop.fit(cfg, home / "runs" / "straight", home=home)
+    fitmod.fit(cfg, home / "runs" / "straight", home=home)
 
     def interrupt_after_first_epoch(kind, **data):
         if kind == "epoch_end" and data["record"]["epoch"] == 1:
             raise KeyboardInterrupt
 
-    summary = loop.fit(cfg, home / "runs" / "split", home=home, events=interrupt_after_first_epoch)
+    summary = fitmod.fit(cfg, home / "runs" / "split", home=home, events=interrupt_after_first_epoch)
     assert summary["state"] == "interrupted" and summary["epochs_done"] == 1
-    summary = loop.fit(cfg, home / "runs" / "split", home=home, resume=True)
+    summary = fitmod.fit(cfg, home / "runs" / "split", home=home, resume=True)
     assert summary["state"] == "finished" and summary["epochs_done"] == 2
 
     a = checkpoint.load(home / "runs" / "straight" / "checkpoints" / "last.pt")
@@ -158,16 +161,16 @@ def test_resume_equals_uninterrupted_run(home):
 def test_best_checkpoint_and_early_stopping(home, monkeypatch):
     prepare("sample", home=home, size=28)
     scores = iter([0.5, 0.7, 0.6, 0.65, 0.9])
-    real = loop.evaluate
+    real = fitmod.evaluate
 
     def scripted(*args, **kwargs):
         out = real(*args, **kwargs)
         out["f1"] = next(scores)
         return out
 
-    monkeypatch.setattr(loop, "evaluate", scripted)
+    monkeypatch.setattr(fitmod, "evaluate", scripted)
     cfg = _tiny_cfg(epochs=5, patience=2, limit_batches=1)
-    summary = loop.fit(cfg, home / "runs" / "es", home=home)
+    summary = fitmod.fit(cfg, home / "runs" / "es", home=home)
     assert summary["state"] == "early-stopped"
     assert summary["epochs_done"] == 4 and summary["best_epoch"] == 2 and summary["best_val_f1"] == 0.7
     best = checkpoint.load(home / "runs" / "es" / "checkpoints" / "best.pt")
@@ -189,7 +192,7 @@ def test_crash_mid_epoch_leaves_loadable_checkpoint_and_history(home):
 
     cfg = _tiny_cfg(epochs=3, limit_batches=10)
     with pytest.raises(Stop):
-        loop.fit(cfg, home / "runs" / "crash", home=home, events=crash)
+        fitmod.fit(cfg, home / "runs" / "crash", home=home, events=crash)
     run = home / "runs" / "crash"
     state = checkpoint.load(run / "checkpoints" / "last.pt")
     assert state["epoch"] == 1 and state["class_names"][0] == "basophil"
@@ -198,29 +201,20 @@ def test_crash_mid_epoch_leaves_loadable_checkpoint_and_history(home):
     st = runs.read_status(run)
     assert st["state"] == "crashed" and "disk on fire" in st["reason"]
     # and it resumes from there
-    assert loop.fit(cfg, run, home=home, resume=True)["epochs_done"] == 3
+    assert fitmod.fit(cfg, run, home=home, resume=True)["epochs_done"] == 3
 
 
 def test_second_fit_into_a_used_run_folder_is_refused(home):
     prepare("sample", home=home, size=28)
     cfg = _tiny_cfg(epochs=1, limit_batches=1)
-    loop.fit(cfg, home / "runs" / "once", home=home)
+    fitmod.fit(cfg, home / "runs" / "once", home=home)
     with pytest.raises(RunError, match="already holds a run"):
-        loop.fit(cfg, home / "runs" / "once", home=home)
-
-
-def test_pick_precision_rules():
-    cpu = torch.device("cpu")
-    assert loop.pick_precision(cpu, "auto").dtype is None
-    assert loop.pick_precision(cpu, "bf16").dtype is torch.bfloat16
-    mps = loop.pick_precision(torch.device("mps"), "auto")
-    assert mps.dtype is torch.float16 and mps.scaler is False  # the grad scaler crashes on MPS
-    assert loop.pick_device("cpu").type == "cpu"
+        fitmod.fit(cfg, home / "runs" / "once", home=home)
 
 
 def test_bf16_autocast_step_on_cpu(home):
     prepare("sample", home=home, size=28)
-    summary = loop.fit(_tiny_cfg(epochs=1, amp="bf16", limit_batches=2), home / "runs" / "bf16", home=home)
+    summary = fitmod.fit(_tiny_cfg(epochs=1, amp="bf16", limit_batches=2), home / "runs" / "bf16", home=home)
     assert summary["precision"] == "bf16" and summary["state"] == "finished"
 
 
@@ -285,7 +279,7 @@ def test_class_weights_are_inverse_frequency_and_neutral_on_balanced_data(home, 
     name = f"folder:{root}"
     prepare(name, home=home, size=16)
     cfg = TrainConfig(datasets=[name], class_weights=True, **{**TINY}).validate()
-    data = loop.load_data(cfg, home, torch.device("cpu"))
+    data = load_data(cfg.datasets, {name: 16}, home, torch.device("cpu"), cfg.class_weights)
     counts = torch.bincount(data.train[name].labels_cpu, minlength=2).float()
     expected = counts.sum() / (2 * counts)
     assert torch.allclose(data.class_weights, expected)
@@ -293,8 +287,8 @@ def test_class_weights_are_inverse_frequency_and_neutral_on_balanced_data(home, 
 
     # balanced sample: every weight is 1, so training is identical with and without weighting
     prepare("sample", home=home, size=28)
-    a = loop.fit(_tiny_cfg(epochs=1, limit_batches=2, class_weights=True), home / "runs" / "w", home=home)
-    b = loop.fit(_tiny_cfg(epochs=1, limit_batches=2), home / "runs" / "nw", home=home)
+    a = fitmod.fit(_tiny_cfg(epochs=1, limit_batches=2, class_weights=True), home / "runs" / "w", home=home)
+    b = fitmod.fit(_tiny_cfg(epochs=1, limit_batches=2), home / "runs" / "nw", home=home)
     wa = checkpoint.load(home / "runs" / "w" / "checkpoints" / "last.pt")["model"]
     wb = checkpoint.load(home / "runs" / "nw" / "checkpoints" / "last.pt")["model"]
     assert a["state"] == b["state"] == "finished"

@@ -1,6 +1,6 @@
 """How training looks in a terminal: a rich progress bar per epoch and a one-line row per epoch.
 
-Without a terminal, plain lines. This only renders the events that ``training.loop.fit`` emits.
+Without a terminal, plain lines. This only renders the events that ``training.fit.fit`` emits.
 """
 
 from __future__ import annotations
@@ -34,13 +34,13 @@ class TrainView:
             return
         getattr(self, f"_on_{kind}")(**data)
 
-    def _on_start(self, run_dir, resolved, start_epoch, epochs, resumed) -> None:
+    def _on_start(self, run_dir, record, device, precision, start_epoch, epochs, resumed) -> None:
         self.epochs = epochs
         what = "Resuming" if resumed else "Training"
-        classes = ", ".join(resolved["classes"])
+        classes = ", ".join(record.classes)
         self.console.print(
-            f"{what} [bold]{run_dir.name}[/bold] on {resolved['device']} ({resolved['precision']} precision), "
-            f"{resolved['image_size']} px, {len(resolved['classes'])} classes: {classes}"
+            f"{what} [bold]{run_dir.name}[/bold] on {device} ({precision} precision), "
+            f"{record.image_size} px, {len(record.classes)} classes: {classes}"
         )
         self.console.print(f"Run folder: {run_dir}")
         if start_epoch:

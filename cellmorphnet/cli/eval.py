@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 
 from cellmorphnet.cli import _output
-from cellmorphnet.cli._options import JsonFlag, home_of
+from cellmorphnet.cli._options import AcceptDataChangeFlag, DeviceOption, JsonFlag, home_of
 
 NAME = "eval"
 
@@ -29,6 +29,8 @@ def command(
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for metrics.json and plots. (default: RUN/eval/SPLIT)")
     ] = None,
+    device: DeviceOption = "auto",
+    accept_data_change: AcceptDataChangeFlag = False,
     json: JsonFlag = False,
 ) -> None:
     from cellmorphnet import runs
@@ -42,7 +44,10 @@ def command(
     home = home_of(ctx)
     run_dir = runs.resolve_run(run, home)
     subset = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
-    report = evaluate_run(run_dir, home=home, split=split, datasets=subset, which=checkpoint)
+    report = evaluate_run(run_dir, home=home, split=split, datasets=subset, which=checkpoint, device=device,
+                          accept_data_change=accept_data_change)  # fmt: skip
+    for change in report["data_changes_accepted"]:
+        _output.warn(f"Evaluating on changed data (accepted): {change}")
     out_dir = out or run_dir / "eval" / split
     files = write_report(report, out_dir)
     if json:

@@ -1,6 +1,7 @@
 """Export a run's best model to ONNX or CoreML, check it, and optionally time it.
 
-ONNX is verified with onnxruntime against PyTorch on real images of the run's test split. CoreML
+Works from the run folder alone (no dataset cache needed): the export is checked against the trained
+model on real validation images kept in the run. ONNX is verified with onnxruntime against PyTorch. CoreML
 packages convert on any OS; predictions (and so --benchmark) need macOS, and on other systems the
 saved package's spec is validated instead.
 """
@@ -13,7 +14,7 @@ from typing import Annotated
 import typer
 
 from cellmorphnet.cli import _output
-from cellmorphnet.cli._options import JsonFlag, home_of
+from cellmorphnet.cli._options import AcceptDataChangeFlag, DeviceOption, JsonFlag, home_of
 
 NAME = "export"
 
@@ -31,11 +32,15 @@ def command(
         Path | None, typer.Option("--out", "-o", help="Output file or folder. (default: RUN/export/)")
     ] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+    device: Annotated[
+        str, typer.Option("--device", help="Where --benchmark times PyTorch: auto, cuda, cuda:N, mps or cpu.")
+    ] = "auto",
+    accept_data_change: AcceptDataChangeFlag = False,
     json: JsonFlag = False,
 ) -> None:
     from cellmorphnet import export, runs
     from cellmorphnet.errors import ConfigError, ExportError
-    from cellmorphnet.evaluation.predict import load_run_model
+    from cellmorphnet.run_model import load_run_model, reference_images
 
     if format not in ("onnx", "coreml"):
         raise ConfigError(f"--format must be onnx or coreml, not '{format}'.")
@@ -43,13 +48,13 @@ def command(
         raise ConfigError("--quantize and --all apply to CoreML only.")
     home = home_of(ctx)
     run_dir = runs.resolve_run(run, home)
-    rm = load_run_model(run_dir, checkpoint)
-    images = _real_images(rm, home)
+    rm = load_run_model(run_dir, checkpoint, "cpu", accept_mismatch=accept_data_change)  # conversion runs on the CPU
+    images = reference_images(run_dir, rm.record, home)
     result: dict = {"run": str(run_dir), "format": format}
     if format == "onnx":
         path = out or run_dir / "export" / f"{run_dir.name}.onnx"
         with _output.err.status("Exporting to ONNX…"):
-            export.export_onnx(rm, path)
+            export.export_onnx(rm, path, images)
             check = export.verify_onnx(rm, path, images)
         result.update(path=str(path), size_bytes=path.stat().st_size, verification=check)
         if check["top1_agreement"] < 1.0 or check["max_abs_diff"] > 1e-3:
@@ -59,7 +64,7 @@ def command(
             )
         if benchmark:
             with _output.err.status("Timing PyTorch and onnxruntime…"):
-                result["benchmark"] = export.benchmark_onnx(rm, path)
+                result["benchmark"] = export.benchmark_onnx(rm, path, device)
     else:
         variants = ["fp32", "fp16", "int8"] if all_variants else [quantize or "fp32"]
         folder = out if (out and (all_variants or out.suffix != ".mlpackage")) else None
@@ -70,7 +75,7 @@ def command(
             else:
                 path = out
             with _output.err.status(f"Converting to CoreML ({v})…"):
-                export.export_coreml(rm, path, None if v == "fp32" else v)
+                export.export_coreml(rm, path, images, None if v == "fp32" else v)
                 spec = export.coreml_spec_summary(path)
             entry = {"variant": v, "path": str(path), "spec": spec}
             if benchmark or all_variants:
@@ -87,15 +92,6 @@ def command(
     _show(result)
 
 
-def _real_images(rm, home):
-    """Up to 64 real preprocessed images from the run's first dataset's test split (for checks)."""
-    from cellmorphnet.data import store
-
-    name = next(iter(rm.resolved["data_sizes"]))
-    split = store.load_split(name, rm.resolved["data_sizes"][name], "test", home)
-    return split.images[:64].copy()
-
-
 def _show(result) -> None:
     from rich.table import Table
 
@@ -108,7 +104,8 @@ def _show(result) -> None:
         )
         b = result.get("benchmark")
         if b:
-            t = Table(title=f"Speed on this machine ({b['image_size']} px)", title_justify="left")
+            t = Table(title=f"Speed on this machine ({b['image_size']} px; PyTorch on {b['pytorch_device']}, "
+                      "onnxruntime on the CPU)", title_justify="left")  # fmt: skip
             for col in ("runtime", "latency, batch 1 (ms)", "throughput, batch 32 (img/s)"):
                 t.add_column(col, justify="right")
             t.add_row("PyTorch", f"{b['pytorch_latency_ms']:.1f}", f"{b['pytorch_images_per_s']:.0f}")

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from cellmorphnet.cli import _output
-from cellmorphnet.cli._options import home_of
+from cellmorphnet.cli._options import AcceptDataChangeFlag, DeviceOption, home_of
 
 NAME = "infer"
 EXIT_SOME_SKIPPED = 3
@@ -39,14 +39,16 @@ def command(
         float | None,
         typer.Option("--crop-fraction", help="Override the run's centre-crop fraction (1.0 = whole square)."),
     ] = None,
+    device: DeviceOption = "auto",
+    accept_data_change: AcceptDataChangeFlag = False,
 ) -> None:
     from rich.table import Table
 
     from cellmorphnet import runs
     from cellmorphnet.errors import ConfigError, InvalidData
-    from cellmorphnet.evaluation.predict import load_run_model
-    from cellmorphnet.inference import Prediction, collect_files, inference_policy, predict_files, write_results
+    from cellmorphnet.inference import Prediction, collect_files, predict_files, write_results
     from cellmorphnet.inference import sort_into as copy_sorted
+    from cellmorphnet.run_model import load_run_model
 
     if batch_size < 1 or top_k < 1:
         raise ConfigError("--batch-size and --top-k must be at least 1.")
@@ -61,19 +63,19 @@ def command(
                 else f"None of the {len(missing)} paths exist: {', '.join(str(m) for m, _ in missing)}."
             )
         raise InvalidData("No image files found in the given paths.", hint="Images end in .jpg, .png, .bmp or .tif.")
-    rm = load_run_model(run_dir, checkpoint)
-    policy = dict(inference_policy(rm.resolved))
+    if crop_fraction is not None and not 0 < crop_fraction <= 1:
+        raise ConfigError("--crop-fraction must be in (0, 1].")
+    rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept_data_change)
+    for field in rm.record_mismatch:
+        _output.warn(f"Using the checkpoint's {field}: config.json differs (accepted).")
+    policy = rm.record.inference
     if crop_fraction is not None:
-        if not 0 < crop_fraction <= 1:
-            raise ConfigError("--crop-fraction must be in (0, 1].")
-        policy["centre_crop_fraction"] = crop_fraction
-        policy["centre_crop_px"] = None
-    classes = list(rm.resolved["classes"])
-    channels_last = bool(rm.config.get("config", {}).get("channels_last"))
+        policy = policy.with_crop_fraction(crop_fraction)
+    classes = rm.classes
     with _output.progress("Classifying") as cb:
         preds, kept = predict_files(
             rm.model, classes, policy, files, batch_size=batch_size, top_k=top_k, workers=workers,
-            channels_last=channels_last, on_batch=cb, keep_inputs=gradcam is not None,
+            device=rm.device, channels_last=rm.channels_last, on_batch=cb, keep_inputs=gradcam is not None,
         )  # fmt: skip
     preds += [Prediction(p, error=reason) for p, reason in missing]
     ok = [p for p in preds if not p.error]
@@ -82,7 +84,8 @@ def command(
     summary = {
         "run": str(run_dir),
         "checkpoint": str(rm.checkpoint),
-        "policy": policy,
+        "device": str(rm.device),
+        "policy": policy.to_dict(),
         "images": len(preds),
         "predicted": len(ok),
         "skipped": len(skipped),
@@ -94,7 +97,8 @@ def command(
         from cellmorphnet.gradcam import write_gradcams
 
         with _output.progress("Grad-CAM") as cb:
-            written = write_gradcams(rm.model, policy, ok, kept, gradcam, channels_last=channels_last, progress=cb)
+            written = write_gradcams(rm.model, policy, ok, kept, gradcam, channels_last=rm.channels_last,
+                                     progress=cb)  # fmt: skip
         _output.info(f"Wrote {len(written)} Grad-CAM overlays to {gradcam}")
     if sort_into is not None:
         n = copy_sorted(ok, sort_into)

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from cellmorphnet.cli import _output
-from cellmorphnet.cli._options import home_of
+from cellmorphnet.cli._options import AcceptDataChangeFlag, home_of
 
 NAME = "train"
 
@@ -75,16 +75,18 @@ def command(
     seed: Annotated[int | None, typer.Option("--seed", help="(default: 42)")] = None,
     channels_last: Annotated[
         bool | None,
-        typer.Option("--channels-last/--no-channels-last", help="Channels-last memory layout. (default: on)"),
+        typer.Option("--channels-last/--no-channels-last",
+                     help="Channels-last memory layout. (default: on, except on Apple MPS)"),
     ] = None,
     limit_batches: Annotated[
         int | None, typer.Option("--limit-batches", help="Cap batches per epoch (quick checks).")
     ] = None,
+    accept_data_change: AcceptDataChangeFlag = False,
     json: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON.")] = False,
 ) -> None:
     from cellmorphnet import runs
-    from cellmorphnet._io import read_json
     from cellmorphnet.errors import ConfigError
+    from cellmorphnet.record import RunRecord
     from cellmorphnet.training.config import TrainConfig, load_toml, resolve
 
     home = home_of(ctx)
@@ -102,7 +104,7 @@ def command(
     }  # fmt: skip
     if resume:
         target = runs.resolve_run(resume, home)
-        saved = read_json(target / runs.CONFIG)["config"]
+        saved = RunRecord.load(target).config.to_dict()
         extendable = {k: v for k, v in flags.items() if k in ("epochs", "patience", "limit_batches") and v is not None}
         ignored = sorted(k for k, v in flags.items() if v is not None and k not in extendable)
         if ignored:
@@ -117,15 +119,16 @@ def command(
         target = run_dir.expanduser().resolve() if run_dir else runs.new_run_dir(home, name, cfg.datasets)
 
     from cellmorphnet.cli._train_view import TrainView
-    from cellmorphnet.training.loop import fit
+    from cellmorphnet.training.fit import fit
 
     view = TrainView(quiet=json)
     start = time.perf_counter()
-    summary = fit(cfg, target, home=home, resume=bool(resume), events=view.event)
+    summary = fit(cfg, target, home=home, resume=bool(resume), accept_data_change=accept_data_change,
+                  events=view.event)  # fmt: skip
     summary["wall_time_s"] = round(time.perf_counter() - start, 1)
     if json:
         _output.print_json(summary)
     else:
         view.finish(summary)
     if summary["state"] == "interrupted":
-        raise typer.Exit(130)
+        raise typer.Exit(143 if summary.get("reason") == "stopped by SIGTERM" else 130)

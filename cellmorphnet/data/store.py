@@ -48,12 +48,25 @@ def class_counts(labels: np.ndarray, n_classes: int) -> list[int]:
     return np.bincount(labels.astype(np.int64), minlength=n_classes).tolist()
 
 
+def content_digest(splits: dict[str, Split]) -> str:
+    """sha256 over every split's images and labels, in a fixed order: what a run records it trained on."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for s in sorted(splits):
+        for a in (np.ascontiguousarray(splits[s].images, dtype=np.uint8), np.asarray(splits[s].labels, np.int64)):
+            h.update(f"{s}:{a.shape}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
+
+
 def write_prepared(target: Path, splits: dict[str, Split], manifest: dict[str, Any]) -> dict[str, Any]:
     """Write arrays and manifest into ``target`` atomically (a temporary folder renamed into place)."""
     n_classes = len(manifest["classes"])
     manifest = {
         "format": FORMAT_VERSION,
         **manifest,
+        "content_digest": content_digest(splits),
         "counts": {
             s: {"total": int(len(sp.labels)), "per_class": class_counts(sp.labels, n_classes)}
             for s, sp in splits.items()

@@ -7,7 +7,7 @@ from typing import Any
 
 from cellmorphnet._io import atomic_path, write_json
 from cellmorphnet.evaluation.metrics import classification_metrics, success_criteria
-from cellmorphnet.evaluation.predict import load_run_model, predict_split
+from cellmorphnet.run_model import load_run_model, predict_split
 
 
 def evaluate_run(
@@ -17,10 +17,17 @@ def evaluate_run(
     split: str = "test",
     datasets: list[str] | None = None,
     which: str = "best",
+    device: str = "auto",
+    accept_data_change: bool = False,
 ) -> dict[str, Any]:
-    """Metrics of ``which``.pt on ``split`` (and on val, for the generalisation gap), each dataset in its own labels."""
-    rm = load_run_model(run_dir, which)
-    local = rm.resolved["taxonomy"]["local_classes"]
+    """Metrics of ``which``.pt on ``split`` (and on val, for the generalisation gap), each dataset in its own labels.
+
+    The prepared data must be what the run trained on (see ``record.RunRecord.check_data``);
+    with ``accept_data_change`` the differences are accepted and listed in the report.
+    """
+    rm = load_run_model(run_dir, which, device, accept_mismatch=accept_data_change)
+    changes = rm.record.check_data(home, accept=accept_data_change, names=datasets)
+    local = rm.record.taxonomy["local_classes"]
     splits = [split] if split == "val" else [split, "val"]
     preds = {s: predict_split(rm, s, home, datasets) for s in splits}
     report: dict[str, Any] = {
@@ -28,6 +35,9 @@ def evaluate_run(
         "checkpoint": str(rm.checkpoint),
         "epoch": rm.epoch,
         "split": split,
+        "device": str(rm.device),
+        "data_changes_accepted": changes + [f"config.json differs from the checkpoint: {m}" for m in
+                                            rm.record_mismatch],
         "datasets": {},
     }
     for name, out in preds[split].items():

@@ -14,11 +14,11 @@ import torch
 from cellmorphnet._io import atomic_path
 from cellmorphnet.errors import CheckpointError
 
-FORMAT = 1
+FORMAT = 2  # 1: "config" + "resolved" dicts; 2: "record" (cellmorphnet.record.RunRecord) and "lr_plan"
 
 
 def make(
-    model, optimizer, scheduler, scaler, epoch: int, cfg, resolved: dict, early_stopping: dict, history: dict
+    model, optimizer, scheduler, scaler, epoch: int, record, lr_plan, early_stopping: dict, history: dict
 ) -> dict[str, Any]:
     return {
         "format": FORMAT,
@@ -26,14 +26,25 @@ def make(
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
+        "lr_plan": lr_plan.to_dict(),
         "scaler": scaler.state_dict() if scaler is not None else None,
         "rng": rng_state(),
         "early_stopping": early_stopping,
         "history": history,  # the history up to this epoch, so a resume never depends on history.json
-        "config": cfg.to_dict(),
-        "resolved": resolved,
-        "class_names": list(resolved["classes"]),
+        "record": record.to_dict(),  # what the run is, so a checkpoint alone rebuilds model and preprocessing
+        "class_names": list(record.classes),
     }
+
+
+def record_of(state: dict[str, Any]):
+    """The run record a checkpoint carries (format 1 checkpoints are migrated)."""
+    from cellmorphnet.record import RunRecord
+
+    if "record" in state:
+        return RunRecord.from_dict(state["record"])
+    if "config" in state and "resolved" in state:
+        return RunRecord.from_dict({"config": state["config"], "resolved": state["resolved"]})
+    raise CheckpointError("The checkpoint carries no run record; it was not written by cellmorphnet.")
 
 
 def rng_state() -> dict[str, Any]:
@@ -50,20 +61,49 @@ def restore_rng(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)  # Ctrl-C, and a job scheduler (or kill) stopping the run
+
+
 @contextmanager
 def defer_interrupt() -> Iterator[None]:
-    """Hold back Ctrl-C while the block runs, then raise it: an epoch's files are saved all or nothing."""
+    """Hold back Ctrl-C and SIGTERM while the block runs, then raise: an epoch's files are saved all or nothing."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
     if caught:
-        raise KeyboardInterrupt
+        raise Stopped(caught[0])
+
+
+class Stopped(KeyboardInterrupt):
+    """A stop signal: Ctrl-C (SIGINT) or SIGTERM. A KeyboardInterrupt, so every handler of Ctrl-C also sees it."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+@contextmanager
+def stop_signals_raise() -> Iterator[None]:
+    """Turn SIGTERM into ``Stopped`` (as Python already does for SIGINT) while the block runs."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Stopped(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def save(state: dict[str, Any], path: Path) -> None:

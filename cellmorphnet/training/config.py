@@ -29,13 +29,13 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0 disables)
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     class_weights: bool = False  # weight the loss by inverse class frequency (imbalanced data)
-    amp: str = "auto"  # mixed precision: auto (CUDA bf16/fp16, MPS fp16, CPU off), bf16, fp16 or off
+    amp: str = "auto"  # mixed precision: auto (CUDA bf16/fp16, MPS fp16 where scalable, CPU off), bf16, fp16 or off
     device: str = "auto"  # auto (CUDA, then MPS, then CPU), cuda, mps or cpu
     unfreeze_epochs: list[int] = field(default_factory=lambda: [5, 10])  # head only until [0], top half until [1]
     patience: int = 10  # early stopping: epochs without a better validation macro-F1
     seed: int = 42  # seeds data order, augmentation and initialisation
     drop_rate: float | None = None  # dropout before the classifier (model default if unset)
-    channels_last: bool = True  # channels-last memory layout: 1.4-2.2x faster on a 2-core CPU (docs/benchmarks.md)
+    channels_last: bool | None = None  # channels-last memory layout; None: on, except on MPS (see precision.py)
     limit_batches: int | None = None  # cap batches per epoch (quick checks)
     eval_batch_size: int = 256  # batch size for validation
 
@@ -81,7 +81,7 @@ def load_toml(path: Path) -> dict[str, Any]:
     """Read a TOML config; keys are named like the flags (``batch-size`` or ``batch_size``)."""
     if sys.version_info >= (3, 11):
         import tomllib
-    else:  # pragma: no cover
+    else:  # Python 3.10: the tomli backport (a dependency there)
         import tomli as tomllib
     try:
         raw = tomllib.loads(Path(path).read_text(encoding="utf-8"))

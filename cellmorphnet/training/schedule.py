@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -21,6 +23,57 @@ def warmup_cosine(total_steps: int, warmup_steps: int, min_ratio: float):
         return min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
     return factor
+
+
+@dataclass
+class LrPlan:
+    """Warmup then cosine decay over ``total_steps``, with any later extensions of the run.
+
+    Raising ``--epochs`` on ``--resume`` must not make the learning rate jump back up (the plain
+    cosine over a longer total would put a resumed step near its middle). An extension starts a
+    new cosine at the step where it happens, from the factor reached there, down to ``min_ratio``
+    at the new total: the rate stays continuous and keeps decaying. The plan is saved in every
+    checkpoint, so each resume continues from the curve that was really followed.
+    """
+
+    total_steps: int  # steps the plan first decayed over
+    warmup_steps: int  # linear warmup steps
+    min_ratio: float  # the factor the cosine ends at
+    extensions: list[dict[str, Any]] = field(default_factory=list)  # {"at_step", "total_steps", "from_factor"}
+
+    def factor(self, step: int) -> float:
+        for ext in reversed(self.extensions):
+            if step >= ext["at_step"]:
+                span = max(1, ext["total_steps"] - ext["at_step"])
+                progress = min(1.0, (step - ext["at_step"]) / span)
+                return self.min_ratio + (ext["from_factor"] - self.min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+        return warmup_cosine(self.total_steps, self.warmup_steps, self.min_ratio)(step)
+
+    @property
+    def final_total(self) -> int:
+        return self.extensions[-1]["total_steps"] if self.extensions else self.total_steps
+
+    def extended(self, at_step: int, total_steps: int) -> LrPlan:
+        """The plan with its end moved to ``total_steps`` from ``at_step`` on (no change if the end is the same)."""
+        if total_steps == self.final_total:
+            return self
+        if at_step < self.warmup_steps and not self.extensions:  # still warming up: just decay over the new total
+            return LrPlan(total_steps, self.warmup_steps, self.min_ratio)
+        ext = {"at_step": at_step, "total_steps": total_steps, "from_factor": self.factor(at_step)}
+        return LrPlan(self.total_steps, self.warmup_steps, self.min_ratio, [*self.extensions, ext])
+
+    def as_lambda(self):
+        """For ``LambdaLR``: a plain function, so the scheduler's state dict never stores the plan itself."""
+        return lambda step: self.factor(step)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"total_steps": self.total_steps, "warmup_steps": self.warmup_steps, "min_ratio": self.min_ratio,
+                "extensions": [dict(e) for e in self.extensions]}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LrPlan:
+        return cls(int(d["total_steps"]), int(d["warmup_steps"]), float(d["min_ratio"]),
+                   [dict(e) for e in d.get("extensions", [])])  # fmt: skip
 
 
 def stage_for_epoch(epoch: int, unfreeze_epochs: list[int]) -> str:

@@ -1,0 +1,122 @@
+"""Rebuild a trained run from its folder: the model of a checkpoint, its record, and predictions on prepared splits.
+
+The checkpoint carries the run record it was trained with; ``config.json`` carries the same record
+for tools that must not import torch (``status``). When the two disagree on anything that changes
+predictions (classes, input size, normalisation, preprocessing, architecture), loading refuses
+unless told to accept it: a hand-edited or swapped ``config.json`` must not silently relabel outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellmorphnet import runs
+from cellmorphnet.errors import CellMorphNetError, CheckpointError, RunError
+from cellmorphnet.record import REFERENCE_FILE, RunRecord
+
+
+@dataclass
+class RunModel:
+    model: Any  # torch.nn.Module in eval mode, on ``device``
+    record: RunRecord  # what the run is (from the checkpoint)
+    epoch: int  # epochs completed when the checkpoint was written
+    checkpoint: Path
+    device: Any  # torch.device
+    channels_last: bool  # the memory layout the model and its inputs use
+    record_mismatch: list[str]  # fields where config.json differs from the checkpoint (accepted)
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.record.classes)
+
+
+def load_run_model(
+    run_dir: Path, which: str = "best", device: str = "auto", *, accept_mismatch: bool = False
+) -> RunModel:
+    """Load ``checkpoints/<which>.pt`` of a run (safely, tensors only) into a freshly built model on ``device``."""
+    import torch
+
+    from cellmorphnet.model import create_model
+    from cellmorphnet.training import checkpoint
+    from cellmorphnet.training.precision import pick_device, resolve_channels_last
+
+    path = Path(run_dir) / "checkpoints" / f"{which}.pt"
+    if not path.exists():
+        raise RunError(f"{Path(run_dir).name} has no {which}.pt yet.", hint="Wait for the first epoch to finish.")
+    state = checkpoint.load(path)
+    record = checkpoint.record_of(state)
+    mismatch: list[str] = []
+    if (Path(run_dir) / runs.CONFIG).exists():
+        mismatch = RunRecord.load(run_dir).mismatch(record)
+        if mismatch and not accept_mismatch:
+            raise RunError(
+                f"{runs.CONFIG} of {Path(run_dir).name} does not match its {which}.pt ({', '.join(mismatch)} differ).",
+                hint=f"Restore the run's own {runs.CONFIG}, or pass --accept-data-change to trust the checkpoint.",
+            )
+    model = create_model(record.config.model, num_classes=len(record.classes), pretrained=False)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as e:
+        raise CheckpointError(f"{path} does not fit its own model ({e}).") from None
+    dev = pick_device(device)
+    channels_last = resolve_channels_last(record.config.channels_last, dev)
+    model = model.to(dev).eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return RunModel(model, record, int(state["epoch"]), path, dev, channels_last, mismatch)
+
+
+def predict_split(
+    rm: RunModel, split: str, home: Path | None = None, datasets: list[str] | None = None, batch_size: int = 256
+) -> dict[str, dict[str, np.ndarray]]:
+    """Per dataset: ``labels`` (local) and ``probs`` (local label space) for one prepared split."""
+    from cellmorphnet.data import store
+    from cellmorphnet.data.loader import BatchLoader, DeviceArrays
+    from cellmorphnet.data.taxonomy import Taxonomy
+    from cellmorphnet.prediction import LabelSpace, predict_local
+    from cellmorphnet.training.precision import Precision
+
+    rec = rm.record
+    names = datasets or list(rec.datasets)
+    unknown = [n for n in names if n not in rec.datasets]
+    if unknown:
+        raise RunError(f"The run was not trained on {', '.join(unknown)}.", hint=f"It knows: {', '.join(rec.datasets)}.")
+    parts = {}
+    for name in names:
+        sp = store.load_split(name, rec.datasets[name].size, split, home)
+        parts[name] = DeviceArrays(sp.images, sp.labels, rm.device)
+    space = LabelSpace.build(Taxonomy.from_dict(rec.taxonomy), names, rm.device)
+    loader = BatchLoader(parts, space.target_offset, batch_size, rec.image_size, rec.mean, rec.std, train=False,
+                         channels_last=rm.channels_last)  # fmt: skip
+    return predict_local(rm.model, loader, space, rm.device, Precision(None, False))
+
+
+def reference_images(run_dir: Path, record: RunRecord, home: Path | None = None) -> np.ndarray:
+    """Real images the run saw, as prepared (N, S, S, 3 uint8): those kept in the run folder at training time.
+
+    Runs from before that file existed fall back to the prepared validation split in the cache.
+    """
+    from cellmorphnet.errors import ExportError
+
+    path = Path(run_dir) / REFERENCE_FILE
+    if path.exists():
+        try:
+            with np.load(path, allow_pickle=False) as data:
+                return np.asarray(data["images"])
+        except (OSError, ValueError, KeyError) as e:
+            raise ExportError(f"{path} is damaged ({e}).") from None
+    from cellmorphnet.data import store
+
+    first = next(iter(record.datasets.values()))
+    try:
+        return store.load_split(first.name, first.size, "val", home).images[:64].copy()
+    except CellMorphNetError as e:
+        raise ExportError(
+            f"{Path(run_dir).name} keeps no reference images ({REFERENCE_FILE}; runs trained before version 0.2 have "
+            f"none) and {first.name} is not prepared here.",
+            hint=f"Run cellmorphnet prepare {first.name} --size {first.size}, or export on the machine that trained it.",
+        ) from e

@@ -1,0 +1,86 @@
+"""The training data of a run: prepared splits on the device, the shared label space and class weights."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from cellmorphnet.data import store
+from cellmorphnet.data.loader import DeviceArrays
+from cellmorphnet.data.taxonomy import Taxonomy
+from cellmorphnet.errors import ConfigError
+from cellmorphnet.prediction import LabelSpace
+from cellmorphnet.record import DatasetRecord
+from cellmorphnet.training.config import TrainConfig
+
+
+def pick_data_size(name: str, cfg: TrainConfig, home: Path | None) -> int:
+    """The prepared size a new run reads: ``--data-size``, else the input size if prepared, else the largest.
+
+    Prepares the dataset at that size first when it is not prepared yet. A resumed run never calls
+    this: it reads the sizes its record names.
+    """
+    sizes = store.prepared_sizes(name, home)
+    if cfg.data_size:
+        wanted = cfg.data_size
+    elif cfg.image_size and cfg.image_size in sizes:
+        wanted = cfg.image_size
+    elif sizes:
+        wanted = max(sizes)
+    else:
+        wanted = None
+    if wanted is None or wanted not in sizes:
+        from cellmorphnet.data.prepare import prepare
+
+        wanted = prepare(name, home=home, size=wanted).size  # raises with a hint if not fetched
+    return wanted
+
+
+@dataclass
+class TrainData:
+    datasets: dict[str, DatasetRecord]  # what each dataset is, as the run records it
+    space: LabelSpace  # every (dataset, local label) onto the model's classes
+    train: dict[str, DeviceArrays]
+    val: dict[str, DeviceArrays]
+    class_weights: torch.Tensor | None  # per target row
+
+    @property
+    def taxonomy(self) -> Taxonomy:
+        return self.space.taxonomy
+
+
+def load_data(
+    names: list[str], sizes: dict[str, int], home: Path | None, device: torch.device, class_weights: bool
+) -> TrainData:
+    """Load the train and val splits of ``names`` at ``sizes`` onto ``device``."""
+    records = {}
+    for name in names:
+        manifest = store.read_manifest(store.prepared_path(name, sizes[name], home))
+        if manifest is None:
+            raise ConfigError(f"{name} is not prepared at {sizes[name]} px.",
+                              hint=f"cellmorphnet prepare {name} --size {sizes[name]}")  # fmt: skip
+        records[name] = DatasetRecord.from_manifest(name, sizes[name], manifest)
+    taxonomy = Taxonomy.build({name: r.classes for name, r in records.items()})
+    space = LabelSpace.build(taxonomy, names, device)
+    train, val = {}, {}
+    for name in names:
+        tr = store.load_split(name, sizes[name], "train", home)
+        va = store.load_split(name, sizes[name], "val", home)
+        if len(tr.labels) == 0 or len(va.labels) == 0:
+            raise ConfigError(f"{name} has an empty train or val split.", hint=f"cellmorphnet prepare {name} --force")
+        train[name] = DeviceArrays(tr.images, tr.labels, device)
+        val[name] = DeviceArrays(va.images, va.labels, device)
+    weights = _inverse_frequency(space, train).to(device) if class_weights else None
+    return TrainData(records, space, train, val, weights)
+
+
+def _inverse_frequency(space: LabelSpace, train: dict[str, DeviceArrays]) -> torch.Tensor:
+    """Per target row: total / (count x number of rows present), so a balanced set gets all ones."""
+    counts = torch.zeros(space.target_table.shape[0])
+    for name, arr in train.items():
+        n = len(space.taxonomy.targets[name])
+        start = space.target_offset[name]
+        counts[start : start + n] += torch.bincount(arr.labels_cpu, minlength=n).float()
+    return counts.sum() / (counts.clamp(min=1) * (counts > 0).sum())

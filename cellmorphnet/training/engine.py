@@ -1,0 +1,146 @@
+"""One training epoch and one validation pass: plain functions, readable top to bottom."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+
+from cellmorphnet.data.loader import BatchLoader
+from cellmorphnet.prediction import predict_local
+from cellmorphnet.training import schedule
+from cellmorphnet.training.config import TrainConfig
+from cellmorphnet.training.data import TrainData
+from cellmorphnet.training.losses import coarse_cross_entropy
+from cellmorphnet.training.precision import Precision, autocast, synchronize
+
+LOG_EVERY = 10  # batches between progress reports: each report reads the loss back (a device sync on GPUs)
+
+
+def optimizer_step(optimizer, scaler, params, grad_clip: float) -> bool:
+    """Clip and step (through the scaler when there is one). Returns False when the scaler skipped the step.
+
+    A GradScaler skips the step when the gradients overflowed, and then lowers its scale: a lower
+    scale after ``update()`` is how a skipped step is seen (one read of the scale, fp16 only).
+    """
+    if scaler is not None:
+        scaler.unscale_(optimizer)
+    if grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(params, grad_clip)
+    if scaler is None:
+        optimizer.step()
+        return True
+    before = scaler.get_scale()
+    scaler.step(optimizer)
+    scaler.update()
+    return scaler.get_scale() >= before
+
+
+def train_one_epoch(
+    model: torch.nn.Module,
+    loader: BatchLoader,
+    optimizer: torch.optim.Optimizer,
+    lr_schedule: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler | None,
+    device: torch.device,
+    precision: Precision,
+    cfg: TrainConfig,
+    data: TrainData,
+    on_batch: Callable[[int, int, float, float, float], None] | None = None,
+) -> dict[str, float]:
+    """One pass over the training batches with gradient accumulation; returns loss, accuracy, images/s.
+
+    Each optimizer step accumulates ``accum_steps`` batches. The loss of every batch is divided by
+    the number of samples (or total class weight) of its whole accumulation group, so the summed
+    gradient equals that of one big batch, even when the last group is smaller. The learning-rate
+    schedule advances only on steps the optimizer really took.
+    """
+    model.train()
+    schedule.freeze_norm_stats(model)
+    space = data.space
+    plan = loader.plan()
+    groups = [plan[i : i + cfg.accum_steps] for i in range(0, len(plan), cfg.accum_steps)]
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device)
+    seen, skipped = 0, 0
+    synchronize(device)
+    start = time.perf_counter()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer.zero_grad(set_to_none=True)
+    # Batches are built in this thread on purpose: a prefetching thread competed with the model's
+    # own threads for the CPU cores (see docs/benchmarks.md).
+    batches = loader.batches(plan)
+    weights_cpu = data.class_weights.cpu() if data.class_weights is not None else None
+    i = 0
+    for group in groups:
+        if weights_cpu is None:
+            norm = float(sum(len(idx) for _, idx in group))
+        else:  # from the CPU copies: no device round trip
+            norm = float(sum(weights_cpu[data.train[name].labels_cpu[idx] + space.target_offset[name]].sum()
+                             for name, idx in group))  # fmt: skip
+        for _ in group:
+            batch = next(batches)
+            with autocast(device, precision):
+                logits = model(batch.images)
+            per_sample = coarse_cross_entropy(logits, batch.target_ids, space.target_table, cfg.label_smoothing)
+            weighted = per_sample
+            if data.class_weights is not None:
+                weighted = per_sample * data.class_weights.index_select(0, batch.target_ids)
+            loss = weighted.sum() / norm
+            (scaler.scale(loss) if scaler is not None else loss).backward()
+            with torch.no_grad():
+                loss_sum += per_sample.detach().sum()
+                correct += space.target_table[batch.target_ids, logits.detach().argmax(1)].sum()
+            seen += len(batch.labels)
+            i += 1
+            if on_batch is not None and (i % LOG_EVERY == 0 or i == len(plan)):
+                elapsed = time.perf_counter() - start
+                on_batch(i, len(plan), loss_sum.item() / seen, correct.item() / seen, seen / max(elapsed, 1e-9))
+        if optimizer_step(optimizer, scaler, params, cfg.grad_clip):
+            lr_schedule.step()
+        else:
+            skipped += 1
+        optimizer.zero_grad(set_to_none=True)
+    synchronize(device)
+    elapsed = time.perf_counter() - start
+    return {
+        "loss": loss_sum.item() / max(seen, 1),
+        "acc": correct.item() / max(seen, 1),
+        "images_per_s": seen / max(elapsed, 1e-9),
+        "time": elapsed,
+        "skipped_steps": skipped,
+    }
+
+
+def evaluate(
+    model: torch.nn.Module, loader: BatchLoader, data: TrainData, device: torch.device, precision: Precision
+) -> dict[str, Any]:
+    """Validation metrics, each dataset in its own label space; the overall F1 is the mean of their macro-F1s."""
+    from sklearn.metrics import f1_score
+
+    per_dataset = {}
+    for name, d in predict_local(model, loader, data.space, device, precision).items():
+        classes = list(data.taxonomy.local_classes[name])
+        pred = d["probs"].argmax(1)
+        f1s = f1_score(d["labels"], pred, labels=list(range(len(classes))), average=None, zero_division=0)
+        per_dataset[name] = {
+            "loss": float(d["losses"].mean()),
+            "acc": float((pred == d["labels"]).mean()),
+            "f1": float(f1s.mean()),
+            "per_class_f1": {c: float(f) for c, f in zip(classes, f1s, strict=True)},
+            "n": int(len(pred)),
+        }
+    n_total = sum(m["n"] for m in per_dataset.values())
+    multi = len(per_dataset) > 1
+    return {
+        "loss": sum(m["loss"] * m["n"] for m in per_dataset.values()) / n_total,
+        "acc": sum(m["acc"] * m["n"] for m in per_dataset.values()) / n_total,
+        "f1": float(np.mean([m["f1"] for m in per_dataset.values()])),
+        "per_class_f1": {
+            (f"{name}/{c}" if multi else c): f for name, m in per_dataset.items() for c, f in m["per_class_f1"].items()
+        },
+        "per_dataset": per_dataset,
+    }

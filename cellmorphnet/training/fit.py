@@ -1,0 +1,306 @@
+"""The fit driver: start or resume a run, train epoch by epoch, checkpoint, stop early, report events.
+
+Library code: it reports through the ``events`` callback and returns values; it never prints.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cellmorphnet import __version__, runs
+from cellmorphnet._io import atomic_path, write_json
+from cellmorphnet.data.loader import BatchLoader
+from cellmorphnet.errors import CheckpointError, RunError
+from cellmorphnet.model import create_model, data_config
+from cellmorphnet.record import REFERENCE_FILE, RunRecord, policy_for
+from cellmorphnet.training import checkpoint, schedule
+from cellmorphnet.training.config import TrainConfig
+from cellmorphnet.training.data import TrainData, load_data, pick_data_size
+from cellmorphnet.training.engine import evaluate, train_one_epoch
+from cellmorphnet.training.precision import (
+    make_scaler,
+    pick_device,
+    pick_precision,
+    resolve_channels_last,
+)
+
+Events = Callable[..., None]
+REFERENCE_IMAGES = 64  # real validation images kept in the run for export checks
+
+
+def _versions() -> dict[str, str]:
+    import timm
+
+    return {"cellmorphnet": __version__, "torch": str(torch.__version__), "timm": str(timm.__version__),
+            "numpy": np.__version__, "python": platform.python_version()}  # fmt: skip
+
+
+def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on weights only (not on norm parameters and biases)."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
+    )
+
+
+HISTORY_KEYS = (
+    "epoch", "stage", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1",
+    "val_f1_per_class", "val_per_dataset", "epoch_time", "images_per_s",
+)  # fmt: skip
+
+
+@dataclass
+class _Start:
+    """Where a run starts: fresh, or from its last checkpoint."""
+
+    record: RunRecord | None  # the saved record on resume
+    state: dict[str, Any] | None  # the last checkpoint on resume
+    data_changes: list[str]  # differences accepted with --accept-data-change
+
+
+def _starting_point(cfg: TrainConfig, run_dir: Path, home: Path | None, resume: bool, accept: bool) -> _Start:
+    last_path = run_dir / "checkpoints" / "last.pt"
+    if not resume:
+        if (run_dir / runs.HISTORY).exists() or last_path.exists():
+            raise RunError(f"{run_dir} already holds a run.",
+                           hint=f"Continue it with: cellmorphnet train --resume {run_dir}; or choose another --name.")
+        return _Start(None, None, [])  # fmt: skip
+    if not last_path.exists():
+        raise RunError(f"{run_dir} has no checkpoint to resume from.", hint="Start it again without --resume.")
+    state = checkpoint.load(last_path)
+    record = RunRecord.load(run_dir) if (run_dir / runs.CONFIG).exists() else checkpoint.record_of(state)
+    changes = record.check_data(home, accept=accept)
+    return _Start(record, state, changes)
+
+
+def _save_reference_images(run_dir: Path, data: TrainData) -> None:
+    """A few real validation images of the first dataset, so export can check parity from the run folder alone."""
+    name = next(iter(data.val))
+    arr = data.val[name]
+    n = min(REFERENCE_IMAGES, len(arr))
+    with atomic_path(run_dir / REFERENCE_FILE) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, images=arr.images[:n].cpu().numpy(), labels=arr.labels_cpu[:n].numpy(),
+                            dataset=np.array(name))  # fmt: skip
+
+
+def fit(
+    cfg: TrainConfig,
+    run_dir: Path,
+    *,
+    home: Path | None = None,
+    resume: bool = False,
+    accept_data_change: bool = False,
+    events: Events | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) a run in ``run_dir``. Returns a summary with the final state.
+
+    Ctrl-C or SIGTERM ends the run cleanly with state ``interrupted``: ``last.pt`` holds the last
+    finished epoch and ``--resume`` continues from there. Any other error marks the run
+    ``crashed`` and is raised again. A resume reads the data sizes its record names and refuses
+    changed data unless ``accept_data_change``.
+    """
+    emit = events or (lambda *a, **k: None)
+    run_dir = Path(run_dir)
+    with runs.RunLock(run_dir), checkpoint.stop_signals_raise():
+        return _fit_locked(cfg, run_dir, home, resume, accept_data_change, emit)
+
+
+def _fit_locked(
+    cfg: TrainConfig, run_dir: Path, home: Path | None, resume: bool, accept: bool, emit: Events
+) -> dict[str, Any]:
+    start = _starting_point(cfg, run_dir, home, resume, accept)
+    device = pick_device(cfg.device)
+    precision = pick_precision(device, cfg.amp)
+    channels_last = resolve_channels_last(cfg.channels_last, device)
+    torch.manual_seed(cfg.seed)
+    if start.record is not None:
+        sizes = start.record.data_sizes  # never picked again: a resumed run reads what it trained on
+    else:
+        sizes = {name: pick_data_size(name, cfg, home) for name in cfg.datasets}
+    data = load_data(cfg.datasets, sizes, home, device, cfg.class_weights)
+    model = create_model(
+        cfg.model,
+        num_classes=len(data.taxonomy.classes),
+        pretrained=cfg.pretrained and cfg.weights is None and start.state is None,
+        weights=Path(cfg.weights) if cfg.weights and start.state is None else None,
+        drop_rate=cfg.drop_rate,
+    ).to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    norm = data_config(model)
+    image_size = start.record.image_size if start.record else (cfg.image_size or max(sizes.values()))
+    train_loader = BatchLoader(
+        data.train, data.space.target_offset, cfg.batch_size, image_size, norm["mean"], norm["std"],
+        train=True, seed=cfg.seed, limit_batches=cfg.limit_batches, channels_last=channels_last,
+    )  # fmt: skip
+    val_loader = BatchLoader(
+        data.val, data.space.target_offset, cfg.eval_batch_size, image_size, norm["mean"], norm["std"],
+        train=False, channels_last=channels_last,
+    )  # fmt: skip
+    steps_per_epoch = math.ceil(len(train_loader) / cfg.accum_steps)
+    optimizer = _optimizer(model, cfg)
+    scaler = make_scaler(device, precision)
+    first = next(iter(data.datasets.values()))
+    record = RunRecord(
+        config=cfg, device=str(device), precision=precision.name, image_size=image_size,
+        classes=list(data.taxonomy.classes), taxonomy=data.taxonomy.to_dict(), mean=norm["mean"], std=norm["std"],
+        datasets=data.datasets, steps_per_epoch=steps_per_epoch,
+        inference=policy_for(first, image_size, norm["mean"], norm["std"]),
+        versions=_versions(), created=runs.now_iso(),
+    )  # fmt: skip
+    total_steps = cfg.epochs * steps_per_epoch
+    lr_plan = schedule.LrPlan(total_steps, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
+    history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
+    start_epoch, best_f1, best_epoch, bad_epochs = 0, -1.0, None, 0
+    state = start.state
+    if state is not None:
+        saved = start.record
+        changed = {k: v for k, v in cfg.to_dict().items() if saved.config.to_dict().get(k) != v}
+        record = RunRecord(**{**saved.__dict__, "config": cfg})
+        if "lr_plan" in state:
+            lr_plan = schedule.LrPlan.from_dict(state["lr_plan"])
+        else:  # a format-1 checkpoint: its plan was the plain warmup-cosine of its saved config
+            old = saved.config
+            lr_plan = schedule.LrPlan(old.epochs * saved.steps_per_epoch,
+                                      round(old.warmup_epochs * saved.steps_per_epoch), old.min_lr_ratio)  # fmt: skip
+        done_steps = int(state["scheduler"].get("last_epoch", 0))
+        lr_plan = lr_plan.extended(done_steps, total_steps)
+        record.resumed = [*saved.resumed, {"at": runs.now_iso(), "epoch": int(state["epoch"]), "device": str(device),
+                                           "changed": changed, "data_changes_accepted": start.data_changes}]  # fmt: skip
+    lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_plan.as_lambda())
+    if state is not None:
+        try:
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            lr_schedule.load_state_dict(state["scheduler"])
+        except (RuntimeError, ValueError, KeyError) as e:
+            raise CheckpointError(f"{run_dir / 'checkpoints' / 'last.pt'} does not fit this run's model ({e}).") \
+                from None
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        checkpoint.restore_rng(state.get("rng", {}))
+        start_epoch = int(state["epoch"])
+        stop = state["early_stopping"]
+        best_f1, best_epoch, bad_epochs = stop["best_f1"], stop["best_epoch"], stop["bad_epochs"]
+        saved_history = state.get("history") or {}
+        history = {k: list(saved_history.get(k, []))[:start_epoch] for k in HISTORY_KEYS}
+    else:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        _save_reference_images(run_dir, data)
+    record.save(run_dir)
+    return _epochs(
+        cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler, device, precision, data,
+        train_loader, val_loader, history, (start_epoch, best_f1, best_epoch, bad_epochs), resume, emit,
+    )  # fmt: skip
+
+
+def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler, device, precision, data,
+            train_loader, val_loader, history, progress, resume, emit) -> dict[str, Any]:  # fmt: skip
+    """The epoch loop, with the heartbeat, the log, checkpoints and the final state."""
+    start_epoch, best_f1, best_epoch, bad_epochs = progress
+    last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    log = open(run_dir / "train.log", "a", encoding="utf-8")  # noqa: SIM115 - closed below
+
+    def log_line(text: str) -> None:
+        log.write(f"{runs.now_iso()} {text}\n")
+        log.flush()
+
+    heartbeat = runs.Heartbeat(run_dir, epochs_planned=cfg.epochs, epoch=start_epoch, batch=0, batches=0).start()
+    log_line(f"{'resume at epoch ' + str(start_epoch) if resume else 'start'}: device {device}, {precision.name}")
+    emit("start", run_dir=run_dir, record=record, device=str(device), precision=precision.name,
+         start_epoch=start_epoch, epochs=cfg.epochs, resumed=resume)  # fmt: skip
+
+    final_state, reason = "finished", None
+    try:
+        for epoch in range(start_epoch, cfg.epochs):
+            if bad_epochs >= cfg.patience:
+                final_state = "early-stopped"
+                break
+            stage = schedule.stage_for_epoch(epoch, cfg.unfreeze_epochs)
+            schedule.apply_stage(model, stage)
+            train_loader.set_epoch(epoch)
+            # Reseed per epoch (dropout and the like): a resumed run then repeats exactly what an
+            # uninterrupted one would have done in this epoch.
+            torch.manual_seed(cfg.seed * 1000 + epoch)
+            heartbeat.update(epoch=epoch, batch=0, batches=len(train_loader), stage=stage)
+            emit("epoch_start", epoch=epoch, stage=stage, batches=len(train_loader))
+            lr = optimizer.param_groups[0]["lr"]
+
+            def on_batch(i, n, loss, acc, ips, epoch=epoch):
+                heartbeat.update(batch=i, batches=n)
+                emit("batch", epoch=epoch, batch=i, batches=n, loss=loss, acc=acc, images_per_s=ips)
+
+            tr = train_one_epoch(
+                model, train_loader, optimizer, lr_schedule, scaler, device, precision, cfg, data, on_batch
+            )
+            va = evaluate(model, val_loader, data, device, precision)
+            entry = {
+                "epoch": epoch + 1, "stage": stage, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
+                "val_loss": va["loss"], "val_acc": va["acc"], "val_f1": va["f1"],
+                "val_f1_per_class": va["per_class_f1"],
+                "val_per_dataset": {k: {kk: vv for kk, vv in v.items() if kk != "per_class_f1"}
+                                    for k, v in va["per_dataset"].items()},
+                "epoch_time": tr["time"], "images_per_s": tr["images_per_s"],
+            }  # fmt: skip
+            for k, v in entry.items():
+                history[k].append(v)
+            improved = va["f1"] > best_f1
+            if improved:
+                best_f1, best_epoch, bad_epochs = va["f1"], epoch + 1, 0
+            else:
+                bad_epochs += 1
+            ckpt = checkpoint.make(
+                model, optimizer, lr_schedule, scaler, epoch + 1, record, lr_plan,
+                {"best_f1": best_f1, "best_epoch": best_epoch, "bad_epochs": bad_epochs}, history,
+            )  # fmt: skip
+            with checkpoint.defer_interrupt():  # a stop here would leave last.pt and history.json apart
+                checkpoint.save(ckpt, last_path)
+                if improved:
+                    checkpoint.save(ckpt, best_path)
+                write_json(run_dir / runs.HISTORY, history)
+            heartbeat.update(epoch=epoch + 1, batch=0, best_val_f1=best_f1, best_epoch=best_epoch)
+            skipped = f", {tr['skipped_steps']} steps skipped (fp16 overflow)" if tr["skipped_steps"] else ""
+            log_line(
+                f"epoch {epoch + 1}/{cfg.epochs} [{stage}] train loss {tr['loss']:.4f} acc {tr['acc']:.4f} | "
+                f"val loss {va['loss']:.4f} acc {va['acc']:.4f} f1 {va['f1']:.4f}{' *' if improved else ''} | "
+                f"{tr['time']:.1f}s {tr['images_per_s']:.0f} img/s{skipped}"
+            )
+            emit("epoch_end", record=entry, improved=improved, best_f1=best_f1, best_epoch=best_epoch)
+        else:
+            if bad_epochs >= cfg.patience and len(history["epoch"]) < cfg.epochs:
+                final_state = "early-stopped"
+    except KeyboardInterrupt as e:  # Ctrl-C, or checkpoint.Stopped for SIGTERM
+        final_state = "interrupted"
+        reason = f"stopped by {e.args[0]}" if isinstance(e, checkpoint.Stopped) else "stopped by SIGINT"
+    except BaseException as e:
+        heartbeat.close("crashed", error=f"{type(e).__name__}: {e}")
+        log_line(f"crashed: {type(e).__name__}: {e}")
+        log.close()
+        raise
+    heartbeat.close(final_state, best_val_f1=best_f1 if best_epoch else None, best_epoch=best_epoch,
+                    **({"error": reason} if reason else {}))  # fmt: skip
+    log_line(f"{final_state}{f' ({reason})' if reason else ''}; best val F1 {best_f1:.4f} at epoch {best_epoch}")
+    log.close()
+    summary = {
+        "run_dir": str(run_dir),
+        "state": final_state,
+        "reason": reason,
+        "epochs_done": len(history["epoch"]),
+        "epochs_planned": cfg.epochs,
+        "best_val_f1": best_f1 if best_epoch else None,
+        "best_epoch": best_epoch,
+        "device": str(device),
+        "precision": precision.name,
+    }
+    emit("end", summary=summary)
+    return summary
