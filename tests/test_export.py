@@ -2,6 +2,7 @@
 
 import json
 import platform
+import shutil
 
 import onnx
 import pytest
@@ -59,3 +60,48 @@ def test_coreml_package_spec(cli, trained, tmp_path):
         assert all(v["benchmark"] is None for v in result["variants"])
     else:  # pragma: no cover - runs on macOS only
         assert all(v["benchmark"]["top1_agreement"] > 0.9 for v in result["variants"])
+
+
+@pytest.mark.parametrize("arch, size", [("tf_efficientnet_lite0", 57), ("tf_efficientnet_lite0", 64),
+                                        ("efficientnet_lite0", 64)])  # fmt: skip
+def test_static_padding_copy_computes_what_the_model_computes(arch, size):
+    import timm
+    import torch
+
+    from cellmorphnet.export import SAME_PAD_TYPES, static_padding
+
+    torch.manual_seed(0)
+    model = timm.create_model(arch, num_classes=8).eval()
+    static = static_padding(model, size)
+    assert not any(type(m).__name__ in SAME_PAD_TYPES for m in static.modules())
+    x = torch.rand(4, 3, size, size)
+    with torch.no_grad():
+        assert torch.allclose(static(x), model(x), atol=1e-5)
+    # the original keeps its dynamic padding (training and infer still take any size)
+    assert any(type(m).__name__ in SAME_PAD_TYPES for m in model.modules()) == arch.startswith("tf_")
+
+
+def test_default_architecture_exports_from_a_copied_run_folder_alone(cli, home, tmp_path):
+    """The default model (tf_efficientnet_lite0, TF 'same' padding) to CoreML fp32/fp16/int8 and ONNX, from a run
+    folder copied away from its dataset cache (as to a Mac)."""
+    r = cli("train", "--datasets", "sample", "--name", "lite0", "--epochs", "1", "--batch-size", "16",
+            "--accum-steps", "1", "--limit-batches", "1", "--data-size", "28")  # fmt: skip
+    assert r.exit_code == 0, r
+    copied = tmp_path / "elsewhere" / "lite0"
+    shutil.copytree(home / "runs" / "lite0", copied)
+    shutil.rmtree(home)  # no cache, no prepared data, no runs: only the copied folder
+    r = cli("export", copied, "--format", "coreml", "--all", "--out", tmp_path / "cm", "--json")
+    assert r.exit_code == 0, r
+    variants = json.loads(r.stdout)["variants"]
+    assert [v["variant"] for v in variants] == ["fp32", "fp16", "int8"]
+    for v in variants:
+        assert v["spec"]["type"] == "mlProgram" and v["spec"]["inputs"][0]["width"] == 28
+        assert v["spec"]["class_labels"] == ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte",
+                                             "monocyte", "neutrophil", "platelet"]  # fmt: skip
+        assert v["spec"]["metadata"]["intended_use"].startswith("research use only")
+    sizes = {v["variant"]: v["spec"]["size_bytes"] for v in variants}
+    assert sizes["int8"] < sizes["fp16"] < sizes["fp32"]
+    r = cli("export", copied, "--format", "onnx", "--out", tmp_path / "m.onnx", "--json")
+    assert r.exit_code == 0, r
+    check = json.loads(r.stdout)["verification"]
+    assert check["images"] == 64 and check["top1_agreement"] == 1.0 and check["max_abs_diff"] < 1e-4

@@ -8,6 +8,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import torch
 from conftest import assert_one_line_error
 
@@ -122,19 +123,20 @@ def test_status_of_a_running_then_killed_run_and_in_use_refusal(cli, home):
             proc.kill()
 
 
-def test_ctrl_c_saves_and_exits_cleanly_then_resumes(cli, home):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_ctrl_c_or_sigterm_saves_and_exits_cleanly_then_resumes(cli, home, signum, code):
     proc = _spawn_training(home, "sigint", epochs=500)
     try:
         _wait_for(lambda: (home / "runs" / "sigint" / "history.json").exists())
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 130, err
+    assert proc.returncode == code, err
     assert "Traceback" not in err and "interrupted" in err and "--resume" in err
     st = _status(cli, "sigint")
-    assert st["state"] == "interrupted"
+    assert st["state"] == "interrupted" and signal.Signals(signum).name in st["reason"]
     done = st["epochs_done"]
     state = checkpoint.load(home / "runs" / "sigint" / "checkpoints" / "last.pt")
     assert state["epoch"] == done
