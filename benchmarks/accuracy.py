@@ -37,9 +37,9 @@ def main() -> None:
 
     from cellmorphnet.data.fetch import fetch
     from cellmorphnet.data.prepare import prepare
-    from cellmorphnet.evaluation.predict import load_run_model, predict_split
+    from cellmorphnet.run_model import load_run_model, predict_split
     from cellmorphnet.training.config import TrainConfig
-    from cellmorphnet.training.loop import fit
+    from cellmorphnet.training.fit import fit
 
     result = header("python benchmarks/accuracy.py " + " ".join(sys.argv[1:]))
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,10 +61,10 @@ def main() -> None:
         start = time.perf_counter()
         summary = fit(cfg, home / "runs" / "accuracy", home=home, events=progress)
         train_wall = time.perf_counter() - start
-        rm = load_run_model(home / "runs" / "accuracy", "best")
+        rm = load_run_model(home / "runs" / "accuracy", "best", "cpu")
         out = predict_split(rm, "test", home)["bloodmnist"]
         pred = out["probs"].argmax(1)
-        classes = rm.resolved["taxonomy"]["local_classes"]["bloodmnist"]
+        classes = rm.record.taxonomy["local_classes"]["bloodmnist"]
         per_class = f1_score(out["labels"], pred, average=None, labels=list(range(len(classes))))
         result.update(
             config=cfg.to_dict(),

@@ -25,27 +25,22 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from cellmorphnet.evaluation.predict import load_run_model
-    from cellmorphnet.evaluation.report import evaluate_run
-    from cellmorphnet.inference import collect_files, inference_policy, predict_files
+    import cellmorphnet as cmn
 
     result = header("python benchmarks/infer_check.py " + " ".join(sys.argv[1:]))
-    report = evaluate_run(args.run, home=args.home, split="test")
+    report = cmn.evaluate(args.run, home=args.home, split="test", device="cpu")
     name = next(iter(report["datasets"]))
     eval_acc = report["datasets"][name]["metrics"]["accuracy"]
 
-    rm = load_run_model(args.run, "best")
-    policy = inference_policy(rm.resolved)
-    files, _ = collect_files([SHARED / "bloodmnist-pbc" / "test_images"])
+    rm = cmn.load_run(args.run, device="cpu", home=args.home)
     start = time.perf_counter()
-    preds, _ = predict_files(rm.model, list(rm.resolved["classes"]), policy, files,
-                             channels_last=bool(rm.config["config"].get("channels_last")))  # fmt: skip
+    preds = cmn.predict(rm, [SHARED / "bloodmnist-pbc" / "test_images"])
     seconds = time.perf_counter() - start
     correct = sum(p.predicted == p.path.parent.name for p in preds if not p.error)
     infer_acc = correct / len(preds)
     result.update(
         run=str(args.run),
-        policy=policy,
+        policy=rm.record.inference.to_dict(),
         eval_test_accuracy=eval_acc,
         eval_test_n=report["datasets"][name]["metrics"]["n"],
         infer_jpeg_accuracy=infer_acc,

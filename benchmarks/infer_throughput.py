@@ -39,14 +39,14 @@ def main() -> None:
     from cellmorphnet.data.loader import eval_transform
     from cellmorphnet.inference import predict_files
     from cellmorphnet.model import create_model, data_config
+    from cellmorphnet.record import InferencePolicy
 
     result = header("python benchmarks/infer_throughput.py " + " ".join(sys.argv[1:]))
     model = create_model("tf_efficientnet_lite0", num_classes=8, pretrained=True).eval()
     model = model.to(memory_format=torch.channels_last)
     norm = data_config(model)
     classes = [str(i) for i in range(8)]
-    policy = {"centre_crop_px": 200, "centre_crop_fraction": 200 / 360, "resize_chain": [args.size],
-              "image_size": args.size, "mean": norm["mean"], "std": norm["std"]}  # fmt: skip
+    policy = InferencePolicy("pbc", 200, 200 / 360, [args.size], "bicubic", args.size, norm["mean"], norm["std"])
     sources = sorted((SHARED / "bloodmnist-pbc" / "test_images").glob("*/*.jpg"))
     with tempfile.TemporaryDirectory() as tmp:
         files = []

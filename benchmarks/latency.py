@@ -25,21 +25,25 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
+    from types import SimpleNamespace
+
     from cellmorphnet import export
-    from cellmorphnet.evaluation.predict import RunModel
     from cellmorphnet.model import create_model, data_config
+    from cellmorphnet.record import InferencePolicy
 
     result = header("python benchmarks/latency.py " + " ".join(sys.argv[1:]))
     result["rows"] = []
     for size in (int(s) for s in args.sizes.split(",")):
         model = create_model("tf_efficientnet_lite0", num_classes=8, pretrained=True).eval()
         norm = data_config(model)
-        resolved = {"image_size": size, "mean": norm["mean"], "std": norm["std"], "classes": [str(i) for i in range(8)],
-                    "data_sizes": {"x": size}, "datasets": {"x": {"size": size, "preprocessing": {}}}}  # fmt: skip
-        rm = RunModel(model, {"config": {}}, resolved, 0, Path("none"))
+        policy = InferencePolicy("x", None, 1.0, [size], "bicubic", size, norm["mean"], norm["std"])
+        record = SimpleNamespace(image_size=size, mean=norm["mean"], std=norm["std"], inference=policy,
+                                 classes=[str(i) for i in range(8)], datasets={"x": None},
+                                 config=SimpleNamespace(model="tf_efficientnet_lite0"))  # fmt: skip
+        rm = SimpleNamespace(model=model, record=record)  # what export reads of a run
         with tempfile.TemporaryDirectory() as tmp:
-            path = export.export_onnx(rm, Path(tmp) / "m.onnx")
-            row = export.benchmark_onnx(rm, path, repeats=args.repeats)
+            path = export.export_onnx(rm, Path(tmp) / "m.onnx", images=None)
+            row = export.benchmark_onnx(rm, path, "cpu", repeats=args.repeats)
         result["rows"].append(row)
         line = f"{size} px, batch 1: PyTorch {row['pytorch_latency_ms']:.1f} ms, "
         line += f"onnxruntime {row['onnxruntime_latency_ms']:.1f} ms; batch 32: {row['pytorch_images_per_s']:.0f} / "

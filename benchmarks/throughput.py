@@ -33,8 +33,11 @@ from _common import SHARED, emit, header  # noqa: E402
 from cellmorphnet.data.loader import BatchLoader, DeviceArrays  # noqa: E402
 from cellmorphnet.data.taxonomy import Taxonomy  # noqa: E402
 from cellmorphnet.model import create_model, data_config  # noqa: E402
-from cellmorphnet.training import loop  # noqa: E402
+from cellmorphnet.prediction import LabelSpace  # noqa: E402
 from cellmorphnet.training.config import TrainConfig  # noqa: E402
+from cellmorphnet.training.data import TrainData  # noqa: E402
+from cellmorphnet.training.engine import train_one_epoch  # noqa: E402
+from cellmorphnet.training.precision import pick_device, pick_precision  # noqa: E402
 
 FILES = {28: "bloodmnist_pbc.npz", 64: "bloodmnist_pbc_64.npz"}
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
@@ -80,21 +83,19 @@ def bench_cellmorphnet(images, labels, image_size, batch, device, amp="off", cha
     model, opt = fresh_model(device, channels_last)
     norm = data_config(model)
     tax = Taxonomy.build({"bloodmnist": CLASSES})
-    data = loop.TrainData(
-        tax, {"bloodmnist": images.shape[1]}, {}, tax.target_matrix("bloodmnist").to(device), {"bloodmnist": 0},
-        {"bloodmnist": DeviceArrays(images, labels, device)}, {}, None,
-    )  # fmt: skip
+    data = TrainData({}, LabelSpace.build(tax, ["bloodmnist"], device),
+                     {"bloodmnist": DeviceArrays(images, labels, device)}, {}, None)  # fmt: skip
     cfg = TrainConfig(batch_size=batch, accum_steps=1, amp=amp, channels_last=channels_last)
-    precision = loop.pick_precision(device, amp)
+    precision = pick_precision(device, amp)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
     state = {"epoch": 0}
 
     def window(steps):
-        loader = BatchLoader(data.train, data.target_offset, batch, image_size, norm["mean"], norm["std"],
+        loader = BatchLoader(data.train, data.space.target_offset, batch, image_size, norm["mean"], norm["std"],
                              train=True, limit_batches=steps, channels_last=channels_last)  # fmt: skip
         loader.set_epoch(state["epoch"])
         state["epoch"] += 1
-        loop.train_one_epoch(model, loader, opt, sched, None, device, precision, cfg, data)
+        train_one_epoch(model, loader, opt, sched, None, device, precision, cfg, data)
 
     return window
 
@@ -169,7 +170,7 @@ def main() -> None:
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    device = loop.pick_device(args.device)
+    device = pick_device(args.device)
     result = header("python benchmarks/throughput.py " + " ".join(sys.argv[1:]))
     result["device"] = str(device)
     result["rows"] = []

@@ -7,7 +7,7 @@ from typing import Any
 
 from cellmorphnet import paths
 from cellmorphnet.data import registry, store
-from cellmorphnet.data.fetch import partial_download, read_source_record
+from cellmorphnet.data.source import partial_download
 
 
 def _prepared(name: str, home: Path | None) -> dict[str, Any]:
@@ -25,20 +25,9 @@ def cache_status(home: Path | None = None) -> dict[str, Any]:
     """A JSON-ready summary of the cache under ``home``."""
     home = home or paths.home_dir()
     datasets = []
-    for name, info in registry.REGISTRY.items():
-        record = read_source_record(name, home)
-        entry: dict[str, Any] = {"name": name, "title": info.title, "licence": info.licence}
-        if name == "sample":
-            entry.update(fetched=True, verified=True, note="embedded")
-        elif name == "bloodmnist":
-            files = (record or {}).get("files", {})
-            entry.update(
-                fetched=bool(files),
-                fetched_sizes={s: {"verified": f["verified"], "md5": f["md5"]} for s, f in sorted(files.items())},
-                verified=bool(files) and all(f["verified"] for f in files.values()),
-            )
-        else:
-            entry.update(fetched=record is not None, verified=bool(record and record.get("verified")))
+    for name, src in registry.sources().items():
+        info = src.info
+        entry: dict[str, Any] = {"name": name, "title": info.title, "licence": info.licence, **src.cache_entry(home)}
         partial = partial_download(name, home)
         if partial:
             entry["partial_downloads"] = [{"file": p.name, "bytes": p.stat().st_size} for p in partial]

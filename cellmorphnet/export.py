@@ -19,7 +19,6 @@ import numpy as np
 from cellmorphnet import __version__
 from cellmorphnet.errors import ConfigError, ExportError
 
-
 SAME_PAD_TYPES = ("Conv2dSame", "Conv2dSameExport", "AvgPool2dSame", "MaxPool2dSame")
 
 
@@ -213,7 +212,8 @@ def benchmark_onnx(rm, path: Path, device: str = "cpu", repeats: int = 20) -> di
         n = repeats if batch == 1 else max(3, repeats // 4)
         with torch.no_grad():
             t_torch = _median_ms(lambda xd=xd: reference(xd), n, sync=lambda: synchronize(dev))
-        t_ort = _median_ms(lambda xn=x.numpy(): session.run(None, {"image": xn}), n)
+        xn = x.numpy()
+        t_ort = _median_ms(lambda xn=xn: session.run(None, {"image": xn}), n)
         if batch == 1:
             out["pytorch_latency_ms"], out["onnxruntime_latency_ms"] = t_torch, t_ort
         else:

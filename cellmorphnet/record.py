@@ -253,7 +253,7 @@ class RunRecord:
         return changes
 
     def mismatch(self, other: RunRecord) -> list[str]:
-        """What differs between two records of one run that would change predictions (e.g. config.json vs checkpoint)."""
+        """Fields of two records of one run that differ and would change predictions (config.json vs checkpoint)."""
         out = []
         for what in ("classes", "image_size", "mean", "std", "inference"):
             if getattr(self, what) != getattr(other, what):

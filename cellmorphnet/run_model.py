@@ -84,7 +84,8 @@ def predict_split(
     names = datasets or list(rec.datasets)
     unknown = [n for n in names if n not in rec.datasets]
     if unknown:
-        raise RunError(f"The run was not trained on {', '.join(unknown)}.", hint=f"It knows: {', '.join(rec.datasets)}.")
+        raise RunError(f"The run was not trained on {', '.join(unknown)}.",
+                       hint=f"It knows: {', '.join(rec.datasets)}.")  # fmt: skip
     parts = {}
     for name in names:
         sp = store.load_split(name, rec.datasets[name].size, split, home)
@@ -116,7 +117,7 @@ def reference_images(run_dir: Path, record: RunRecord, home: Path | None = None)
         return store.load_split(first.name, first.size, "val", home).images[:64].copy()
     except CellMorphNetError as e:
         raise ExportError(
-            f"{Path(run_dir).name} keeps no reference images ({REFERENCE_FILE}; runs trained before version 0.2 have "
-            f"none) and {first.name} is not prepared here.",
-            hint=f"Run cellmorphnet prepare {first.name} --size {first.size}, or export on the machine that trained it.",
+            f"{Path(run_dir).name} keeps no reference images ({REFERENCE_FILE}; runs trained before version 0.2 "
+            f"have none) and {first.name} is not prepared here.",
+            hint=f"Run cellmorphnet prepare {first.name} --size {first.size}, or export where it was trained.",
         ) from e

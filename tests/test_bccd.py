@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from conftest import BCCD_ZIP, assert_one_line_error
 
-from cellmorphnet.data.bccd import parse_annotation
+from cellmorphnet.data.sources.bccd import parse_annotation
 
 
 def test_import_and_prepare_real_archive(cli, home):

@@ -7,11 +7,11 @@ import zipfile
 import numpy as np
 from conftest import PBC_28, assert_one_line_error
 
-from cellmorphnet.data import registry
+from cellmorphnet.data.sources import bloodmnist
 
 
 def test_refuse_then_accept_unverified_and_prepare(cli, home):
-    expected = registry.bloodmnist_file(28)[2]
+    expected = bloodmnist.bloodmnist_file(28)[2]
     r = cli("fetch", "bloodmnist", "--from", PBC_28)
     assert_one_line_error(r, "MD5", expected, "--allow-unverified")
     assert r.exit_code == 1

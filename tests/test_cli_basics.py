@@ -18,9 +18,10 @@ def test_version(cli):
     assert r.stdout.startswith("cellmorphnet ")
 
 
-def test_help_and_status_do_not_import_torch():
+def test_help_and_status_do_not_import_torch(tmp_path):
     code = (
         "import sys, cellmorphnet.cli.app as a, cellmorphnet.cache as c; "
+        f"import pathlib; c.cache_status(pathlib.Path({str(tmp_path)!r})); "  # every registered source is loaded and asked for its state
         "print('torch' in sys.modules, 'timm' in sys.modules, 'medmnist' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout

@@ -8,8 +8,8 @@ import pytest
 from conftest import assert_one_line_error
 from httpserver import FileServer
 
-from cellmorphnet.data import registry
 from cellmorphnet.data.download import download, part_path
+from cellmorphnet.data.sources import bloodmnist
 from cellmorphnet.errors import ChecksumMismatch, DownloadError
 
 BODY = os.urandom(3 * 1024 * 1024 + 123)
@@ -97,13 +97,13 @@ def _closed_port() -> int:
 def local_bloodmnist(monkeypatch):
     """Point BloodMNIST's 28 px URL at a URL of the test's choosing (the network boundary)."""
     target = {}
-    real = registry.bloodmnist_file
+    real = bloodmnist.bloodmnist_file
 
     def fake(size):
         url, filename, md5 = real(size)
         return target.get("url", url), filename, target.get("md5", md5)
 
-    monkeypatch.setattr(registry, "bloodmnist_file", fake)
+    monkeypatch.setattr(bloodmnist, "bloodmnist_file", fake)
     return target
 
 

@@ -9,7 +9,7 @@ import pytest
 from conftest import PBC_TEST_IMAGES, assert_one_line_error
 from PIL import Image
 
-from cellmorphnet.data.sample import sample_path
+from cellmorphnet.data.sources.sample import sample_path
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 
 from cellmorphnet.cli import _output
-from cellmorphnet.cli._options import AcceptDataChangeFlag, DeviceOption, JsonFlag, home_of
+from cellmorphnet.cli._options import AcceptDataChangeFlag, JsonFlag, home_of
 
 NAME = "export"
 

@@ -55,3 +55,53 @@ def safe_extract(archive: Path, target: Path) -> Path:
         shutil.rmtree(target)
     tmp.rename(target)
     return target
+
+
+# --- fetching archive sources (BCCD, LISC) --------------------------------------------------------
+
+
+def obtain_archive(info, folder: Path, source: Path | None, force: bool, progress) -> tuple[Path, str, bool]:
+    """Return ``(zip or folder, origin, is_download)`` for an archive source: ``source`` if given, else downloaded."""
+    from cellmorphnet.data.download import download
+
+    if source is not None:
+        return source, str(source.resolve()), False
+    url, filename = info.extra["url"], info.extra["filename"]
+    dest = folder / filename
+    if force and dest.exists():
+        dest.unlink()
+    if not dest.exists():
+        hint = (
+            f"Download {url} by hand (or from {info.homepage}), then import it with: "
+            f"cellmorphnet fetch {info.name} --from PATH (the zip or the unpacked folder)"
+        )
+        download(url, dest, progress=progress, manual_hint=hint)
+    return dest, url, True
+
+
+def unpack(src: Path, target: Path) -> Path:
+    """Extract a zip, or copy a folder, into ``target`` (replaced atomically at the end)."""
+    if src.is_dir():
+        tmp = target.with_name(target.name + ".copying")
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.copytree(src, tmp)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+        return target
+    return safe_extract(src, target)
+
+
+def promote(checked: Path, final: Path) -> Path:
+    """Move a verified folder into its place in the cache, replacing what was there."""
+    shutil.rmtree(final, ignore_errors=True)
+    checked.rename(final)
+    return final
+
+
+def find_dir(root: Path, predicate, what: str) -> Path:
+    """The first folder at or below ``root`` (sorted) for which ``predicate`` holds."""
+    candidates = [root, *sorted(p for p in root.rglob("*") if p.is_dir())]
+    for c in candidates:
+        if predicate(c):
+            return c
+    raise InvalidData(f"Could not find {what} in the given archive or folder.")

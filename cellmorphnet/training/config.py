@@ -102,14 +102,16 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> tuple[T
     when a single dataset that has one is trained alone. Returns the config and the recipe values
     that were applied, so the caller can say so.
     """
-    from cellmorphnet.data.registry import REGISTRY
+    from cellmorphnet.data import registry
 
     given = {k: v for k, v in flag_values.items() if v is not None}
     datasets = given.get("datasets") or file_values.get("datasets") or TrainConfig().datasets
     recipe: dict[str, Any] = {}
-    if len(datasets) == 1 and datasets[0] in REGISTRY:
+    if len(datasets) == 1 and datasets[0] in registry.sources():
         recipe = {
-            k: v for k, v in REGISTRY[datasets[0]].quick_recipe.items() if k not in file_values and k not in given
+            k: v
+            for k, v in registry.get_info(datasets[0]).quick_recipe.items()
+            if k not in file_values and k not in given
         }
     merged = {**recipe, **file_values, **given}
     try:

@@ -175,8 +175,9 @@ def _fit_locked(
                                       round(old.warmup_epochs * saved.steps_per_epoch), old.min_lr_ratio)  # fmt: skip
         done_steps = int(state["scheduler"].get("last_epoch", 0))
         lr_plan = lr_plan.extended(done_steps, total_steps)
-        record.resumed = [*saved.resumed, {"at": runs.now_iso(), "epoch": int(state["epoch"]), "device": str(device),
-                                           "changed": changed, "data_changes_accepted": start.data_changes}]  # fmt: skip
+        resumed = {"at": runs.now_iso(), "epoch": int(state["epoch"]), "device": str(device), "changed": changed,
+                   "data_changes_accepted": start.data_changes}  # fmt: skip
+        record.resumed = [*saved.resumed, resumed]
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_plan.as_lambda())
     if state is not None:
         try:

@@ -1,0 +1,82 @@
+"""The public Python API: what notebooks and scripts use instead of the private modules.
+
+    import cellmorphnet as cmn
+
+    summary = cmn.train(["sample"], name="demo")          # the same engine as `cellmorphnet train`
+    run = cmn.load_run("demo")                             # model + run record, on the best device
+    preds = cmn.predict(run, ["slides/"])                  # the run's exact preprocessing, like `infer`
+    report = cmn.evaluate("demo", split="test")            # the metrics `cellmorphnet eval` reports
+
+Everything raises ``cellmorphnet.errors.CellMorphNetError`` subclasses for expected failures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from cellmorphnet.inference import Prediction
+from cellmorphnet.run_model import RunModel
+
+
+def train(datasets: list[str], *, name: str | None = None, home: Path | None = None, **settings: Any) -> dict:
+    """Train a run on ``datasets`` (registry names or ``folder:PATH``); ``settings`` are ``TrainConfig`` fields.
+
+    Returns the summary ``cellmorphnet train --json`` prints (``run_dir``, ``state``, ``best_val_f1``...).
+    """
+    from cellmorphnet import runs
+    from cellmorphnet.training.config import resolve
+    from cellmorphnet.training.fit import fit
+
+    cfg, _ = resolve({}, {"datasets": list(datasets), **settings})
+    return fit(cfg, runs.new_run_dir(home, name, cfg.datasets), home=home)
+
+
+def load_run(
+    run: str | Path | None = None, *, checkpoint: str = "best", device: str = "auto", home: Path | None = None
+) -> RunModel:
+    """A trained run (a name under the home's ``runs/``, a folder, or the latest when ``None``), ready to predict."""
+    from cellmorphnet import runs
+    from cellmorphnet.run_model import load_run_model
+
+    return load_run_model(runs.resolve_run(run, home), checkpoint, device)
+
+
+def predict(
+    run: RunModel | str | Path,
+    paths: Iterable[str | Path],
+    *,
+    top_k: int = 3,
+    batch_size: int = 64,
+    crop_fraction: float | None = None,
+    home: Path | None = None,
+) -> list[Prediction]:
+    """Classify image files and folders (searched recursively) with the run's preprocessing; unreadable files
+    come back with ``error`` set and missing paths with ``error='does not exist'``."""
+    from cellmorphnet.inference import collect_files, predict_files
+
+    rm = run if isinstance(run, RunModel) else load_run(run, home=home)
+    files, missing = collect_files([Path(p) for p in paths])
+    policy = rm.record.inference if crop_fraction is None else rm.record.inference.with_crop_fraction(crop_fraction)
+    preds, _ = predict_files(rm.model, rm.classes, policy, files, batch_size=batch_size, top_k=top_k,
+                             device=rm.device, channels_last=rm.channels_last)  # fmt: skip
+    return preds + [Prediction(p, error=reason) for p, reason in missing]
+
+
+def evaluate(
+    run: str | Path | None = None,
+    *,
+    split: str = "test",
+    datasets: list[str] | None = None,
+    checkpoint: str = "best",
+    device: str = "auto",
+    home: Path | None = None,
+    accept_data_change: bool = False,
+) -> dict[str, Any]:
+    """The report ``cellmorphnet eval --json`` prints: per-dataset metrics, the gap to validation, the criteria."""
+    from cellmorphnet import runs
+    from cellmorphnet.evaluation.report import evaluate_run
+
+    return evaluate_run(runs.resolve_run(run, home), home=home, split=split, datasets=datasets, which=checkpoint,
+                        device=device, accept_data_change=accept_data_change)  # fmt: skip
