@@ -21,7 +21,8 @@ def test_version(cli):
 def test_help_and_status_do_not_import_torch(tmp_path):
     code = (
         "import sys, cellmorphnet.cli.app as a, cellmorphnet.cache as c; "
-        f"import pathlib; c.cache_status(pathlib.Path({str(tmp_path)!r})); "  # every registered source is loaded and asked for its state
+        # every registered source is loaded and asked for its state
+        f"import pathlib; c.cache_status(pathlib.Path({str(tmp_path)!r})); "
         "print('torch' in sys.modules, 'timm' in sys.modules, 'medmnist' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
