@@ -4,7 +4,8 @@
 
 Imports ../shared/data/bloodmnist-pbc (unverified: it is a rebuild, not the official file) into a
 temporary home, prepares it, trains with cellmorphnet's own loop (train flags pass through) and
-evaluates the best checkpoint on the test split: accuracy, macro-F1, per-class F1, wall time.
+evaluates the best checkpoint on the test split with ``cellmorphnet eval``'s own report: accuracy,
+balanced accuracy, macro-F1, per-class F1, one-vs-rest AUC, ECE, the generalisation gap, wall time.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def main() -> None:
 
     from cellmorphnet.data.fetch import fetch
     from cellmorphnet.data.prepare import prepare
+    from cellmorphnet.evaluation.report import evaluate_run
     from cellmorphnet.run_model import load_run_model, predict_split
     from cellmorphnet.training.config import TrainConfig
     from cellmorphnet.training.fit import fit
@@ -66,6 +68,13 @@ def main() -> None:
         pred = out["probs"].argmax(1)
         classes = rm.record.taxonomy["local_classes"]["bloodmnist"]
         per_class = f1_score(out["labels"], pred, average=None, labels=list(range(len(classes))))
+        report = evaluate_run(home / "runs" / "accuracy", home=home, device="cpu")["datasets"]["bloodmnist"]
+        m = report["metrics"]
+        result.update(
+            test_balanced_accuracy=m["balanced_accuracy"], test_macro_auc_ovr=m["macro_auc_ovr"], test_ece=m["ece"],
+            val_macro_f1=report["val_metrics"]["macro_f1"], generalisation_gap=report["generalisation_gap"],
+            test_confusion_matrix=m["confusion_matrix"],
+        )  # fmt: skip
         result.update(
             config=cfg.to_dict(),
             summary=summary,

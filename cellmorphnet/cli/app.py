@@ -20,7 +20,8 @@ from cellmorphnet.paths import ENV_HOME
 
 app = typer.Typer(
     name="cellmorphnet",
-    help="Blood-cell classification: fetch and prepare datasets, train, evaluate, run on folders, export.",
+    help="Blood-cell classification: fetch and prepare datasets, train, evaluate, run on folders, export.\n\n"
+    "For research use only: cellmorphnet is not a medical device and must not be used for diagnosis.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,

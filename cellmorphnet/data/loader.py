@@ -158,7 +158,7 @@ class BatchLoader:
         self.seed = seed
         self.limit_batches = limit_batches
         # The batch's layout must match the model's: a mismatch makes every convolution reorder its
-        # input, which cost a third of the training speed on the CPU (docs/benchmarks.md).
+        # input (the cost is measured in docs/benchmarks.md).
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.epoch = 0
 

@@ -35,7 +35,7 @@ class Sample(Source):
         # map, and upscaled 64 px trains far better (see docs/benchmarks.md).
         default_size=64,
         # 512 training images give 8 optimizer steps an epoch: the full-dataset defaults (lr 1e-4,
-        # 50 epochs) would take minutes to reach what this reaches in about one (docs/benchmarks.md).
+        # 50 epochs) are tuned for thousands of steps (measurements in docs/benchmarks.md).
         quick_recipe={"epochs": 15, "lr": 1e-3, "unfreeze_epochs": [1, 3], "patience": 5},
     )
 
