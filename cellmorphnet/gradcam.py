@@ -88,6 +88,7 @@ def write_gradcams(model, policy, preds, arrays, folder: Path, *, channels_last:
     """
     import torch
 
+    from cellmorphnet.cellfinder import padded_crop
     from cellmorphnet.data.loader import eval_transform
     from cellmorphnet.imaging import centre_square, load_rgb
 
@@ -99,9 +100,8 @@ def write_gradcams(model, policy, preds, arrays, folder: Path, *, channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         cam, _ = gradcam(model, x)
         img = load_rgb(p.path)
-        crop = np.asarray(
-            img.crop(centre_square(*img.size, policy.centre_crop_fraction, policy.centre_crop_px))
-        )
+        box = p.box or centre_square(*img.size, policy.centre_crop_fraction, policy.centre_crop_px)
+        crop = np.asarray(padded_crop(img, box))
         seen[p.path.stem] = seen.get(p.path.stem, 0) + 1
         suffix = "" if seen[p.path.stem] == 1 else f"-{seen[p.path.stem]}"
         written.append(save_overlay(folder / f"{p.path.stem}{suffix}_gradcam.png", crop, cam[0],

@@ -26,20 +26,43 @@ from typing import Any
 
 import numpy as np
 
+from cellmorphnet import colour
+from cellmorphnet.cellfinder import Nucleus, cell_box, crop_side_of, find_nucleus, implied_side, padded_crop
 from cellmorphnet.errors import InvalidData
 from cellmorphnet.imaging import IMAGE_SUFFIXES, centre_square, load_rgb
 from cellmorphnet.record import InferencePolicy
 
+DEFAULT_COLOUR_MATCH = False  # decided by measurement (docs/benchmarks.md, generalisation)
+DEFAULT_ADAPT_BN = False
+COLOUR_DISTANCE_WARN = 4.0  # |z| of an image's mean colour beyond which it is marked unlike the training data
+ADAPT_BN_MAX_IMAGES = 2048  # images used to re-estimate batch-norm statistics
 
-def preprocess(img, policy: InferencePolicy) -> np.ndarray:
-    """A PIL RGB image to the uint8 array prepare would have stored (HxWx3 at the last chain size)."""
+
+def crop_box(size: tuple[int, int], policy: InferencePolicy, nucleus: Nucleus | None = None,
+             side: float | None = None) -> tuple[int, int, int, int]:  # fmt: skip
+    """The square an image is cropped to: around the nucleus under the cell policy, else at the centre."""
+    if policy.crop == "cell" and nucleus is not None and side is not None:
+        return cell_box(nucleus, side)
+    return centre_square(*size, policy.centre_crop_fraction, policy.centre_crop_px)
+
+
+def preprocess(img, policy: InferencePolicy, nucleus: Nucleus | None = None, side: float | None = None,
+               colour_match: bool = False) -> np.ndarray:  # fmt: skip
+    """A PIL RGB image to the uint8 array the network takes (HxWx3 at the last chain size).
+
+    With ``policy.crop == "cell"`` and a nucleus, a square of ``side`` pixels centred on it; else the
+    centre square of the training data's geometry (which reproduces BloodMNIST's arrays exactly).
+    Then the bicubic resizes prepare made, and optionally the colour match to the training images.
+    """
     from PIL import Image
 
-    box = centre_square(*img.size, policy.centre_crop_fraction, policy.centre_crop_px)
-    out = img.crop(box)
+    out = padded_crop(img, crop_box(img.size, policy, nucleus, side))
     for s in policy.resize_chain:
         out = out.resize((s, s), Image.BICUBIC)
-    return np.asarray(out, dtype=np.uint8)
+    arr = np.asarray(out, dtype=np.uint8)
+    if colour_match and policy.colour:
+        arr = colour.match(arr, policy.colour)
+    return arr
 
 
 def collect_files(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
@@ -66,6 +89,13 @@ class Prediction:
     confidence: float | None = None
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None  # why the file was skipped
+    framing: str | None = None  # "cell", "centre", or "centre (no cell found)"
+    box: tuple[int, int, int, int] | None = None  # the square cropped from the image (may reach past it)
+    colour_distance: float | None = None  # see colour.distance; above COLOUR_DISTANCE_WARN: unlike training
+
+    @property
+    def unusual(self) -> bool:
+        return self.colour_distance is not None and self.colour_distance > COLOUR_DISTANCE_WARN
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -74,38 +104,119 @@ class Prediction:
             "predicted": self.predicted,
             "confidence": self.confidence,
             "top_k": [{"class": c, "probability": p} for c, p in self.top_k],
+            "framing": self.framing,
+            "colour_distance": self.colour_distance,
+            "unlike_training": self.unusual,
             "error": self.error,
         }
 
 
-def _load(path: Path, policy: InferencePolicy) -> tuple[np.ndarray | None, str | None]:
+@dataclass(frozen=True)
+class Framing:
+    """Where each image's cell is, and the one crop side for the whole set (see ``cellfinder``)."""
+
+    nuclei: dict[Path, Nucleus | None]
+    side: float | None  # None: no cell found anywhere, every image is cropped at the centre
+
+    def of(self, path: Path) -> tuple[Nucleus | None, float | None]:
+        n = self.nuclei.get(path)
+        return (n, self.side) if n is not None and self.side is not None else (None, None)
+
+
+def _read(path: Path):
+    if path.stat().st_size == 0:
+        raise InvalidData(f"{path}: empty file (0 bytes)")
+    return load_rgb(path)
+
+
+def _reason(e: Exception) -> str:
+    if isinstance(e, InvalidData):
+        return e.message.split(": ", 1)[-1]
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return f"cannot read ({getattr(e, 'strerror', None) or e})"
+
+
+def _find(path: Path, policy: InferencePolicy) -> tuple[Nucleus | None, float | None]:
     try:
-        if path.stat().st_size == 0:
-            return None, "empty file (0 bytes)"
-        return preprocess(load_rgb(path), policy), None
-    except InvalidData as e:
-        return None, e.message.split(": ", 1)[-1]
-    except PermissionError:
-        return None, "permission denied"
-    except OSError as e:
-        return None, f"cannot read ({e.strerror or e})"
+        img = _read(path)
+    except (InvalidData, OSError):
+        return None, None  # reported when the file is read for the prediction
+    n = find_nucleus(img)
+    return (n, implied_side(img, n, policy.nucleus_fraction, policy.resize_chain[-1])) if n else (None, None)
 
 
-def _prefetched(files: list[Path], policy: InferencePolicy, workers: int, window: int) -> Iterator:
+def frame_files(files: list[Path], policy: InferencePolicy, workers: int = 2) -> Framing:
+    """Find the cell in every file (in a thread pool) and work out the set's crop side."""
+    if policy.crop != "cell" or not policy.nucleus_fraction:
+        return Framing({}, None)
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        found = list(pool.map(lambda f: _find(f, policy), files))
+    return Framing({f: n for f, (n, _) in zip(files, found, strict=True)}, crop_side_of([s for _, s in found]))
+
+
+def _load(path: Path, policy: InferencePolicy, framing: Framing, colour_match: bool):
+    """(array, error, framing label, colour distance) for one file."""
+    try:
+        img = _read(path)
+    except (InvalidData, OSError) as e:
+        return None, _reason(e), None, None
+    nucleus, side = framing.of(path)
+    arr = preprocess(img, policy, nucleus, side, colour_match)
+    label = "cell" if nucleus is not None else ("centre (no cell found)" if policy.crop == "cell" else "centre")
+    dist = colour.distance(arr, policy.colour) if policy.colour else None
+    return arr, None, (label, crop_box(img.size, policy, nucleus, side)), None if dist is None else round(dist, 2)
+
+
+def _prefetched(files: list[Path], policy: InferencePolicy, framing: Framing, colour_match: bool, workers: int,
+                window: int) -> Iterator:  # fmt: skip
     """Decode ``files`` in a thread pool, at most ``window`` ahead of the consumer, in order."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = []
         it = iter(files)
         for f in it:
-            pending.append((f, pool.submit(_load, f, policy)))
+            pending.append((f, pool.submit(_load, f, policy, framing, colour_match)))
             if len(pending) >= window:
                 break
         while pending:
             f, fut = pending.pop(0)
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(_load, nxt, policy)))
+                pending.append((nxt, pool.submit(_load, nxt, policy, framing, colour_match)))
             yield f, *fut.result()
+
+
+def adapt_batch_norm(model, arrays: list[np.ndarray], policy: InferencePolicy, device, channels_last: bool,
+                     batch_size: int = 64):  # fmt: skip
+    """A copy of ``model`` whose batch-norm statistics are re-estimated on ``arrays`` (AdaBN, Li et al. 2016).
+
+    The weights stay as trained; only each batch-norm layer's running mean and variance become those
+    of these images, so a shift in colour or contrast between labs is absorbed where the network
+    normalises. The model passed in (and so the checkpoint) is left untouched.
+    """
+    import copy
+
+    import torch
+
+    from cellmorphnet.data.loader import eval_transform
+
+    adapted = copy.deepcopy(model).eval()
+    norms = [m for m in adapted.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a cumulative average over every batch
+        m.train()
+    rng = np.random.default_rng(0)
+    picked = arrays if len(arrays) <= ADAPT_BN_MAX_IMAGES else [arrays[i] for i in sorted(
+        rng.choice(len(arrays), ADAPT_BN_MAX_IMAGES, replace=False))]  # fmt: skip
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    with torch.no_grad():
+        for i in range(0, len(picked), batch_size):
+            x = torch.from_numpy(np.stack(picked[i : i + batch_size])).to(device)
+            adapted(eval_transform(x, policy.image_size, policy.mean, policy.std).contiguous(memory_format=fmt))
+    for m in norms:
+        m.eval()
+    return adapted
 
 
 def predict_files(
@@ -121,17 +232,33 @@ def predict_files(
     channels_last: bool = False,
     on_batch: Callable[[int, int], None] | None = None,
     keep_inputs: bool = False,
+    colour_match: bool = False,
+    adapt_bn: bool = False,
+    restrict_to: list[str] | None = None,
 ) -> tuple[list[Prediction], dict[Path, np.ndarray]]:
-    """Predict every file; unreadable ones come back with ``error`` set. Optionally keep the preprocessed arrays."""
+    """Predict every file; unreadable ones come back with ``error`` set. Optionally keep the preprocessed arrays.
+
+    ``colour_match``: match each image's colours to the training images' (``colour.match``).
+    ``adapt_bn``: re-estimate batch-norm statistics on these images first (``adapt_batch_norm``).
+    ``restrict_to``: only these classes can be predicted (the others' probabilities are dropped and the
+    rest renormalised), e.g. the white-cell types when every image is known to be a white cell.
+    """
     import torch
 
     from cellmorphnet.data.loader import eval_transform
 
+    framing = frame_files(files, policy, workers)
+    if adapt_bn:
+        arrays = [a for _, a, err, *_ in _prefetched(files, policy, framing, colour_match, workers, 64) if err is None]
+        if arrays:
+            model = adapt_batch_norm(model, arrays, policy, device, channels_last)
+    keep = torch.tensor([classes.index(c) for c in restrict_to]) if restrict_to else None
+
     preds: list[Prediction] = []
     kept: dict[Path, np.ndarray] = {}
-    batch_paths: list[Path] = []
+    batch_paths: list[tuple[Path, tuple, float | None]] = []
     batch_arrays: list[np.ndarray] = []
-    k = max(1, min(top_k, len(classes)))
+    k = max(1, min(top_k, len(classes) if keep is None else len(keep)))
     dev = torch.device(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -141,20 +268,25 @@ def predict_files(
         x = torch.from_numpy(np.stack(batch_arrays)).to(dev)
         x = eval_transform(x, policy.image_size, policy.mean, policy.std).contiguous(memory_format=fmt)
         with torch.no_grad():
-            probs = model(x).float().softmax(1).cpu()
+            logits = model(x).float().cpu()
+        if keep is not None:
+            logits = torch.full_like(logits, float("-inf")).index_copy(1, keep, logits.index_select(1, keep))
+        probs = logits.softmax(1)
         values, indices = probs.topk(k, dim=1)
-        for path, v, i in zip(batch_paths, values.tolist(), indices.tolist(), strict=True):
-            preds.append(Prediction(path, classes[i[0]], v[0], [(classes[j], p) for j, p in zip(i, v, strict=True)]))
+        for (path, (how, box), dist), v, i in zip(batch_paths, values.tolist(), indices.tolist(), strict=True):
+            preds.append(Prediction(path, classes[i[0]], v[0], [(classes[j], p) for j, p in zip(i, v, strict=True)],
+                                    framing=how, box=box, colour_distance=dist))  # fmt: skip
         batch_paths.clear()
         batch_arrays.clear()
 
     done = 0
-    for path, arr, error in _prefetched(files, policy, workers, window=max(2 * batch_size, 8)):
+    for path, arr, error, how, dist in _prefetched(files, policy, framing, colour_match, workers,
+                                                    window=max(2 * batch_size, 8)):  # fmt: skip
         done += 1
         if error is not None:
             preds.append(Prediction(path, error=error))
         else:
-            batch_paths.append(path)
+            batch_paths.append((path, how, dist))
             batch_arrays.append(arr)
             if keep_inputs:
                 kept[path] = arr
@@ -204,12 +336,13 @@ def write_results(preds: list[Prediction], out: Path, summary: dict[str, Any]) -
     header = ["path", "status", "predicted", "confidence"]
     for i in range(1, k + 1):
         header += [f"top{i}", f"top{i}_probability"]
-    w.writerow([*header, "error"])
+    w.writerow([*header, "framing", "colour_distance", "unlike_training", "error"])
     for p in preds:
         row = [str(p.path), "skipped" if p.error else "ok", p.predicted or "",
                "" if p.confidence is None else f"{p.confidence:.6f}"]  # fmt: skip
         for i in range(k):
             row += [p.top_k[i][0], f"{p.top_k[i][1]:.6f}"] if i < len(p.top_k) else ["", ""]
-        w.writerow([*row, p.error or ""])
+        dist = "" if p.colour_distance is None else f"{p.colour_distance:.2f}"
+        w.writerow([*row, p.framing or "", dist, "yes" if p.unusual else ("" if p.error else "no"), p.error or ""])
     with atomic_path(out) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")

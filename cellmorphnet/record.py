@@ -38,6 +38,9 @@ class InferencePolicy:
     image_size: int  # the network's input size
     mean: list[float]  # normalisation, from the model's timm config
     std: list[float]
+    crop: str = "centre"  # "cell": centred on the white cell found in each image (see cellfinder); "centre"
+    nucleus_fraction: float | None = None  # median nucleus side / crop side of the training images
+    colour: dict[str, list[float]] | None = None  # training images' CIELAB mean and std ("mean", "std")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -53,10 +56,22 @@ class InferencePolicy:
             image_size=int(d["image_size"]),
             mean=[float(v) for v in d["mean"]],
             std=[float(v) for v in d["std"]],
+            crop=str(d.get("crop", "centre")),
+            nucleus_fraction=None if d.get("nucleus_fraction") is None else float(d["nucleus_fraction"]),
+            colour=d.get("colour"),
         )
 
+    def with_crop(self, crop: str) -> InferencePolicy:
+        """``cell`` (where the run measured its framing) or ``centre`` (the exact geometry of the training data)."""
+        if crop == "cell" and self.nucleus_fraction is None:
+            from cellmorphnet.errors import ConfigError
+
+            raise ConfigError("This run has no framing measurement, so it can only crop at the centre.",
+                              hint="Use --crop centre, or retrain with this version of cellmorphnet.")  # fmt: skip
+        return dataclasses.replace(self, crop=crop)
+
     def with_crop_fraction(self, fraction: float) -> InferencePolicy:
-        return dataclasses.replace(self, centre_crop_fraction=fraction, centre_crop_px=None)
+        return dataclasses.replace(self, centre_crop_fraction=fraction, centre_crop_px=None, crop="centre")
 
 
 @dataclass(frozen=True)
@@ -284,7 +299,7 @@ def _migrate_v1(d: dict[str, Any]) -> dict[str, Any]:
     ).to_dict()
     return {
         **{k: resolved[k] for k in ("device", "precision", "image_size", "classes", "taxonomy", "mean", "std")},
-        "config": d["config"],
+        "config": {"augment": "basic", **d["config"]},  # what 0.1 trained with
         "datasets": datasets,
         "steps_per_epoch": resolved.get("steps_per_epoch", 0),
         "inference": inference,
@@ -294,8 +309,12 @@ def _migrate_v1(d: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def policy_for(ds: DatasetRecord, image_size: int, mean: list[float], std: list[float]) -> InferencePolicy:
-    """The inference policy that rebuilds ``ds``'s preprocessing for a new full-size image."""
+def policy_for(ds: DatasetRecord, image_size: int, mean: list[float], std: list[float],
+               appearance: dict[str, Any] | None = None) -> InferencePolicy:  # fmt: skip
+    """The inference policy that rebuilds ``ds``'s preprocessing for a new full-size image.
+
+    ``appearance`` (``training.data.appearance``): the framing and colour measured on the training images.
+    """
     pre = ds.preprocessing
     stored = int(pre.get("stored_size", ds.size))
     return InferencePolicy(
@@ -307,4 +326,5 @@ def policy_for(ds: DatasetRecord, image_size: int, mean: list[float], std: list[
         image_size=int(image_size),
         mean=[float(v) for v in mean],
         std=[float(v) for v in std],
+        **(appearance or {}),
     )

@@ -121,3 +121,55 @@ def reference_images(run_dir: Path, record: RunRecord, home: Path | None = None)
             f"have none) and {first.name} is not prepared here.",
             hint=f"Run cellmorphnet prepare {first.name} --size {first.size}, or export where it was trained.",
         ) from e
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """How ``infer`` and ``eval --on`` preprocess and adapt: the run's policy with the user's choices applied."""
+
+    policy: Any  # record.InferencePolicy
+    colour_match: bool
+    adapt_bn: bool
+    restrict_to: list[str] | None
+
+    def kwargs(self) -> dict[str, Any]:
+        return {"colour_match": self.colour_match, "adapt_bn": self.adapt_bn, "restrict_to": self.restrict_to}
+
+
+def inference_options(rm: RunModel, crop: str | None = None, crop_fraction: float | None = None,
+                      colour_match: bool | None = None, adapt_bn: bool | None = None,
+                      classes: str | None = None) -> InferenceOptions:  # fmt: skip
+    """Resolve the command-line choices against the run and the measured defaults (``inference.DEFAULT_*``)."""
+    from cellmorphnet.data.taxonomy import WHITE_CELLS
+    from cellmorphnet.errors import ConfigError
+    from cellmorphnet.inference import DEFAULT_ADAPT_BN, DEFAULT_COLOUR_MATCH
+
+    policy = rm.record.inference
+    if crop is not None:
+        if crop not in ("cell", "centre"):
+            raise ConfigError(f"--crop must be cell or centre, not '{crop}'.")
+        policy = policy.with_crop(crop)
+    if crop_fraction is not None:
+        if not 0 < crop_fraction <= 1:
+            raise ConfigError("--crop-fraction must be in (0, 1].")
+        if crop == "cell":
+            raise ConfigError("--crop-fraction sets a centre crop; it cannot go with --crop cell.")
+        policy = policy.with_crop_fraction(crop_fraction)
+    restrict = None
+    if classes:
+        wanted = [c.strip() for c in classes.split(",") if c.strip()]
+        if wanted == ["wbc"]:
+            wanted = [c for c in rm.classes if c in WHITE_CELLS]
+        unknown = [c for c in wanted if c not in rm.classes]
+        if unknown or not wanted:
+            raise ConfigError(f"--classes: the run has no class {', '.join(unknown) or '(none given)'}.",
+                              hint=f"Its classes: {', '.join(rm.classes)} (or 'wbc').")  # fmt: skip
+        restrict = wanted
+    if colour_match and not policy.colour:
+        raise ConfigError("This run has no colour statistics to match to.", hint="Retrain it with this version.")
+    return InferenceOptions(
+        policy=policy,
+        colour_match=bool(policy.colour) and (DEFAULT_COLOUR_MATCH if colour_match is None else colour_match),
+        adapt_bn=DEFAULT_ADAPT_BN if adapt_bn is None else adapt_bn,
+        restrict_to=restrict,
+    )

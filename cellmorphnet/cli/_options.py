@@ -25,6 +25,30 @@ AcceptDataChangeFlag = Annotated[
     ),
 ]
 
+CropOption = Annotated[
+    str | None,
+    typer.Option("--crop", help="cell: centred on the white cell found in each image, at the training data's "
+                 "scale; centre: the training data's exact centre crop. (default: cell where the run measured "
+                 "its framing)", show_default=False),
+]  # fmt: skip
+ColourMatchFlag = Annotated[
+    bool | None,
+    typer.Option("--colour-match/--no-colour-match",
+                 help="Match each image's colours (CIELAB mean and spread) to the training images'.",
+                 show_default=False),
+]  # fmt: skip
+AdaptBnFlag = Annotated[
+    bool | None,
+    typer.Option("--adapt-bn/--no-adapt-bn",
+                 help="Re-estimate the network's batch-norm statistics on these images first (AdaBN); the saved "
+                 "model is not changed.", show_default=False),
+]  # fmt: skip
+ClassesOption = Annotated[
+    str | None,
+    typer.Option("--classes", help="Only these classes can be predicted (comma-separated, or 'wbc' for the white-cell "
+                 "types), e.g. when every image is known to be a white cell.", show_default=False),
+]  # fmt: skip
+
 
 def home_of(ctx: typer.Context):
     return ctx.obj["home"]

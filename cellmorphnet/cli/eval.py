@@ -13,7 +13,16 @@ from typing import Annotated
 import typer
 
 from cellmorphnet.cli import _output
-from cellmorphnet.cli._options import AcceptDataChangeFlag, DeviceOption, JsonFlag, home_of
+from cellmorphnet.cli._options import (
+    AcceptDataChangeFlag,
+    AdaptBnFlag,
+    ClassesOption,
+    ColourMatchFlag,
+    CropOption,
+    DeviceOption,
+    JsonFlag,
+    home_of,
+)
 
 NAME = "eval"
 
@@ -29,6 +38,15 @@ def command(
     out: Annotated[
         Path | None, typer.Option("--out", help="Folder for metrics.json and plots. (default: RUN/eval/SPLIT)")
     ] = None,
+    on: Annotated[
+        Path | None,
+        typer.Option("--on", help="Score the run on your own labelled images instead: a folder with one sub-folder "
+                     "per class, preprocessed exactly as infer does.", show_default=False),
+    ] = None,
+    classes_only: ClassesOption = None,
+    crop: CropOption = None,
+    colour_match: ColourMatchFlag = None,
+    adapt_bn: AdaptBnFlag = None,
     device: DeviceOption = "auto",
     accept_data_change: AcceptDataChangeFlag = False,
     json: JsonFlag = False,
@@ -43,6 +61,10 @@ def command(
         raise ConfigError(f"--checkpoint must be best or last, not '{checkpoint}'.")
     home = home_of(ctx)
     run_dir = runs.resolve_run(run, home)
+    if on is not None:
+        _eval_on(run_dir, on, checkpoint, device, accept_data_change, classes_only, crop, colour_match, adapt_bn, out,
+                 json)  # fmt: skip
+        return
     subset = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
     report = evaluate_run(run_dir, home=home, split=split, datasets=subset, which=checkpoint, device=device,
                           accept_data_change=accept_data_change)  # fmt: skip
@@ -54,6 +76,44 @@ def command(
         _output.print_json(report)
         return
     _show(report)
+    _output.info(f"Wrote {len(files)} files to {out_dir}")
+
+
+def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, colour_match, adapt_bn, out, json):
+    from cellmorphnet._io import write_json
+    from cellmorphnet.evaluation.on_folder import evaluate_folder
+    from cellmorphnet.evaluation.report import plot_dataset
+    from cellmorphnet.run_model import inference_options, load_run_model
+
+    rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept)
+    options = inference_options(rm, crop, None, colour_match, adapt_bn, classes_only)
+    with _output.progress("Classifying") as cb:
+        report = evaluate_folder(rm, folder, options, progress=cb)
+    report.update(run=str(run_dir), checkpoint=str(rm.checkpoint), epoch=rm.epoch)
+    out_dir = out or run_dir / "eval" / f"on-{Path(folder).expanduser().resolve().name}"
+    write_json(out_dir / "metrics.json", report)
+    files = [out_dir / "metrics.json"]
+    if report["metrics"]:
+        files += plot_dataset(report["metrics"], out_dir, "on")
+    if json:
+        _output.print_json(report)
+        return
+    for name, n in report["unknown_folders"].items():
+        _output.warn(f"Folder '{name}' ({n} images) matches none of the run's classes; it was left out.")
+    if report["skipped"]:
+        _output.warn(f"{len(report['skipped'])} files could not be read and were left out (listed in metrics.json).")
+    if report["metrics"]:
+        entry = {"metrics": report["metrics"]}
+        _show({"split": f"on {Path(folder).name}", "epoch": report["epoch"], "datasets": {"your images": entry}})
+        key = f"balanced_accuracy_min{report['min_images']}"
+        if report[key] is not None:
+            _output.out.print(f"Balanced accuracy over the classes with at least {report['min_images']} images: "
+                              f"{report[key]:.4f}")  # fmt: skip
+    framed = report["framing"]
+    _output.info("Framing: " + ", ".join(f"{k} {v}" for k, v in framed.items()) + "; adaptation: "
+                 + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in report["adaptation"].items() if v is not None))
+    if report["unlike_training"]:
+        _output.warn(f"{report['unlike_training']} images look unlike the training data (colour).")
     _output.info(f"Wrote {len(files)} files to {out_dir}")
 
 
@@ -91,6 +151,8 @@ def _show(report) -> None:
             cm.add_row(c, *(f"[bold]{v}[/bold]" if i == short.index(c) else str(v) for i, v in enumerate(row)))
         _output.out.print(cm)
 
+        if "criteria" not in entry:
+            continue
         if "generalisation_gap" in entry:
             gap = entry["generalisation_gap"]
             _output.out.print(

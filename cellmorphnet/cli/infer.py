@@ -14,7 +14,15 @@ from typing import Annotated
 import typer
 
 from cellmorphnet.cli import _output
-from cellmorphnet.cli._options import AcceptDataChangeFlag, DeviceOption, home_of
+from cellmorphnet.cli._options import (
+    AcceptDataChangeFlag,
+    AdaptBnFlag,
+    ClassesOption,
+    ColourMatchFlag,
+    CropOption,
+    DeviceOption,
+    home_of,
+)
 
 NAME = "infer"
 EXIT_SOME_SKIPPED = 3
@@ -35,10 +43,14 @@ def command(
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
     workers: Annotated[int, typer.Option("--workers", help="Decoding threads.")] = 2,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+    crop: CropOption = None,
     crop_fraction: Annotated[
         float | None,
-        typer.Option("--crop-fraction", help="Override the run's centre-crop fraction (1.0 = whole square)."),
+        typer.Option("--crop-fraction", help="Centre crop of this fraction of the shorter side (1.0 = whole square)."),
     ] = None,
+    colour_match: ColourMatchFlag = None,
+    adapt_bn: AdaptBnFlag = None,
+    classes_only: ClassesOption = None,
     device: DeviceOption = "auto",
     accept_data_change: AcceptDataChangeFlag = False,
 ) -> None:
@@ -48,7 +60,7 @@ def command(
     from cellmorphnet.errors import ConfigError, InvalidData
     from cellmorphnet.inference import Prediction, collect_files, predict_files, write_results
     from cellmorphnet.inference import sort_into as copy_sorted
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.run_model import inference_options, load_run_model
 
     if batch_size < 1 or top_k < 1:
         raise ConfigError("--batch-size and --top-k must be at least 1.")
@@ -63,19 +75,17 @@ def command(
                 else f"None of the {len(missing)} paths exist: {', '.join(str(m) for m, _ in missing)}."
             )
         raise InvalidData("No image files found in the given paths.", hint="Images end in .jpg, .png, .bmp or .tif.")
-    if crop_fraction is not None and not 0 < crop_fraction <= 1:
-        raise ConfigError("--crop-fraction must be in (0, 1].")
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept_data_change)
     for field in rm.record_mismatch:
         _output.warn(f"Using the checkpoint's {field}: config.json differs (accepted).")
-    policy = rm.record.inference
-    if crop_fraction is not None:
-        policy = policy.with_crop_fraction(crop_fraction)
+    options = inference_options(rm, crop, crop_fraction, colour_match, adapt_bn, classes_only)
     classes = rm.classes
+    policy = options.policy
     with _output.progress("Classifying") as cb:
         preds, kept = predict_files(
             rm.model, classes, policy, files, batch_size=batch_size, top_k=top_k, workers=workers,
             device=rm.device, channels_last=rm.channels_last, on_batch=cb, keep_inputs=gradcam is not None,
+            **options.kwargs(),
         )  # fmt: skip
     preds += [Prediction(p, error=reason) for p, reason in missing]
     ok = [p for p in preds if not p.error]
@@ -86,6 +96,9 @@ def command(
         "checkpoint": str(rm.checkpoint),
         "device": str(rm.device),
         "policy": policy.to_dict(),
+        "adaptation": options.kwargs(),
+        "framing": dict(Counter(p.framing for p in ok)),
+        "unlike_training": sum(p.unusual for p in ok),
         "images": len(preds),
         "predicted": len(ok),
         "skipped": len(skipped),
@@ -119,6 +132,7 @@ def command(
             _output.out.print(f"… {len(ok) - 20} more; use --out FILE.csv for all of them.")
     if out is not None:
         _output.info(f"Wrote {out}")
+    _report_framing_and_colour(ok)
     if skipped:
         rep = Table(title=f"Skipped files ({len(skipped)})", title_justify="left")
         rep.add_column("file")
@@ -130,3 +144,20 @@ def command(
             raise InvalidData(f"None of the {len(preds)} files could be read; see the skipped-files report above.")
         _output.err.print(f"[yellow]Skipped {len(skipped)} of {len(preds)} files[/yellow]; the others were classified.")
         raise typer.Exit(EXIT_SOME_SKIPPED)
+
+
+def _report_framing_and_colour(ok) -> None:
+    """Say how the images were framed, and warn about those whose colours lie far from the training images'."""
+    from cellmorphnet.inference import COLOUR_DISTANCE_WARN
+
+    missed = [p for p in ok if p.framing == "centre (no cell found)"]
+    if missed:
+        _output.warn(f"No cell was found in {len(missed)} of {len(ok)} images; they were cropped at the centre "
+                     "(column 'framing').")  # fmt: skip
+    unusual = [p for p in ok if p.unusual]
+    if unusual:
+        _output.warn(
+            f"{len(unusual)} of {len(ok)} images look unlike the training data (colour distance above "
+            f"{COLOUR_DISTANCE_WARN:g}; column 'unlike_training'): other stain, camera or white balance. Check "
+            "the model on labelled images of your own first: cellmorphnet eval RUN --on FOLDER"
+        )

@@ -64,6 +64,11 @@ def command(
         bool | None, typer.Option("--class-weights/--no-class-weights", help="Inverse-frequency loss weights.")
     ] = None,
     amp: Annotated[str | None, typer.Option("--amp", help="auto, bf16, fp16 or off. (default: auto)")] = None,
+    augment: Annotated[
+        str | None,
+        typer.Option("--augment", help="stain: stain, hue, blur and JPEG jitter for other labs' slides; basic: "
+                     "geometry and mild colour jitter. (default: stain)"),
+    ] = None,
     device: Annotated[str | None, typer.Option("--device", help="auto, cuda, mps or cpu. (default: auto)")] = None,
     unfreeze_epochs: Annotated[
         str | None,
@@ -99,7 +104,7 @@ def command(
         "pretrained": pretrained, "image_size": image_size, "data_size": data_size, "epochs": epochs,
         "batch_size": batch_size, "accum_steps": accum_steps, "lr": lr, "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs, "grad_clip": grad_clip, "label_smoothing": label_smoothing,
-        "class_weights": class_weights, "amp": amp, "device": device, "unfreeze_epochs": unfreeze,
+        "class_weights": class_weights, "amp": amp, "augment": augment, "device": device, "unfreeze_epochs": unfreeze,
         "patience": patience, "seed": seed, "channels_last": channels_last, "limit_batches": limit_batches,
     }  # fmt: skip
     if resume:

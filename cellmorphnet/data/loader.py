@@ -31,6 +31,28 @@ class AugmentConfig:
     brightness: float = 0.2  # colour jitter strengths (factor range 1 ± value)
     contrast: float = 0.2
     saturation: float = 0.2
+    hue: float = 0.0  # hue rotation, fraction of a turn either way
+    white_balance: float = 0.0  # per-channel gain 1 ± this: the colour of the lamp and the camera's white balance
+    hed_scale: float = 0.0  # stain jitter (Tellez et al. 2019): each stain's optical density times 1 ± this...
+    hed_shift: float = 0.0  # ...plus ± this
+    blur: float = 0.0  # probability of a Gaussian blur (sigma 0.3 to 1.2 px at the input size)
+    jpeg: float = 0.0  # probability of JPEG re-compression (quality 40 to 90)
+
+
+# Named augmentation recipes (``train --augment``). "basic": geometry and mild colour jitter, as trained
+# before 0.2. "stain": built for other labs' slides: stain (HED), white-balance and hue jitter, stronger
+# saturation jitter, blur, JPEG artefacts and a wider zoom range, since a white cell from another lab
+# differs from the training data in stain, lamp and camera, focus, compression and magnification.
+AUGMENTATIONS = {
+    "basic": AugmentConfig(),
+    "stain": AugmentConfig(scale=(0.8, 1.25), saturation=0.35, hue=0.06, white_balance=0.15, hed_scale=0.2,
+                           hed_shift=0.05, blur=0.25, jpeg=0.25),  # fmt: skip
+}
+
+# Ruifrok & Johnston's haematoxylin-eosin-DAB stain vectors (as scikit-image uses them), rows = stains.
+_RGB_FROM_HED = torch.tensor([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]])
+_RGB_FROM_HED = _RGB_FROM_HED / _RGB_FROM_HED.norm(dim=1, keepdim=True)
+_HED_FROM_RGB = torch.linalg.inv(_RGB_FROM_HED)
 
 
 @dataclass
@@ -86,6 +108,14 @@ def augment_params(n: int, cfg: AugmentConfig, generator: torch.Generator) -> di
         "brightness": uniform(1 - cfg.brightness, 1 + cfg.brightness),
         "contrast": uniform(1 - cfg.contrast, 1 + cfg.contrast),
         "saturation": uniform(1 - cfg.saturation, 1 + cfg.saturation),
+        "hue": uniform(-cfg.hue, cfg.hue) * 2 * math.pi,
+        "white_balance": torch.rand(n, 3, generator=generator) * 2 * cfg.white_balance + 1 - cfg.white_balance,
+        "hed_scale": torch.rand(n, 3, generator=generator) * 2 * cfg.hed_scale + 1 - cfg.hed_scale,
+        "hed_shift": (torch.rand(n, 3, generator=generator) * 2 - 1) * cfg.hed_shift,
+        "blur": torch.rand(n, generator=generator) < cfg.blur,
+        "blur_sigma": uniform(0.3, 1.2),
+        "jpeg": torch.rand(n, generator=generator) < cfg.jpeg,
+        "jpeg_quality": torch.randint(40, 91, (n,), generator=generator),
     }
 
 
@@ -112,7 +142,71 @@ def augment_batch(x: torch.Tensor, size: int, params: dict[str, torch.Tensor]) -
     x = (x - mean) * p["contrast"].view(n, 1, 1, 1) + mean
     gray = (x * gray_w).sum(1, keepdim=True)
     x = (x - gray) * p["saturation"].view(n, 1, 1, 1) + gray
+    x = x.clamp(0.0, 1.0)
+    if "white_balance" in p and bool((p["white_balance"] != 1).any()):
+        x = (x * p["white_balance"].to(x).view(n, 3, 1, 1)).clamp(0.0, 1.0)
+    if "hue" in p and bool((p["hue"] != 0).any()):
+        x = _rotate_hue(x, p["hue"])
+    if "hed_scale" in p and bool(((p["hed_scale"] != 1) | (p["hed_shift"] != 0)).any()):
+        x = _jitter_stains(x, p["hed_scale"], p["hed_shift"])
+    if "blur" in p and bool(p["blur"].any()):
+        x = _blur(x, p["blur"], p["blur_sigma"])
+    if "jpeg" in p and bool(p["jpeg"].any()):
+        x = _recompress(x, p["jpeg"], params["jpeg_quality"])
     return x.clamp_(0.0, 1.0)
+
+
+def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+    """Rotate each image's hue by ``angle`` (radians) in YIQ space: luminance stays, chroma turns."""
+    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
+                          device=x.device, dtype=x.dtype)  # fmt: skip
+    cos, sin = torch.cos(angle).to(x.dtype), torch.sin(angle).to(x.dtype)
+    rot = torch.zeros(len(x), 3, 3, device=x.device, dtype=x.dtype)
+    rot[:, 0, 0] = 1.0
+    rot[:, 1, 1], rot[:, 1, 2], rot[:, 2, 1], rot[:, 2, 2] = cos, -sin, sin, cos
+    m = torch.linalg.inv(to_yiq) @ rot @ to_yiq  # (n, 3, 3)
+    return torch.einsum("nij,njhw->nihw", m, x).clamp(0.0, 1.0)
+
+
+def _jitter_stains(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """HED jitter: to optical density, split into the stains, scale and shift each, and back (Tellez et al. 2019)."""
+    od = -torch.log(x.clamp(min=1e-3))
+    hed = torch.einsum("ij,nihw->njhw", _HED_FROM_RGB.to(x), od)
+    hed = hed * scale.to(x).view(-1, 3, 1, 1) + shift.to(x).view(-1, 3, 1, 1)
+    od = torch.einsum("ij,nihw->njhw", _RGB_FROM_HED.to(x), hed)
+    return torch.exp(-od).clamp(0.0, 1.0)
+
+
+def _blur(x: torch.Tensor, which: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
+    """Gaussian blur of the chosen images, each with its own sigma (one grouped convolution)."""
+    idx = which.nonzero().flatten()
+    r = torch.arange(-2, 3, device=x.device, dtype=x.dtype)
+    k1 = torch.exp(-(r.view(1, -1) ** 2) / (2 * sigma[idx].to(x).view(-1, 1) ** 2))
+    k1 = k1 / k1.sum(1, keepdim=True)
+    k2 = (k1.unsqueeze(2) * k1.unsqueeze(1)).repeat_interleave(3, dim=0).unsqueeze(1)  # (m*3, 1, 5, 5)
+    sel = x.index_select(0, idx)
+    m, _, h, w = sel.shape
+    out = F.conv2d(F.pad(sel.reshape(1, m * 3, h, w), (2, 2, 2, 2), mode="reflect"), k2, groups=m * 3)
+    x = x.clone()
+    x[idx] = out.reshape(m, 3, h, w)
+    return x
+
+
+def _recompress(x: torch.Tensor, which: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """JPEG-compress and decode the chosen images (PIL, on the CPU), each at its own quality."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    x = x.clone()
+    for i in which.nonzero().flatten().tolist():
+        arr = (x[i].permute(1, 2, 0).detach().cpu().numpy() * 255).round().clip(0, 255).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="JPEG", quality=int(quality[i]))
+        dec = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), dtype=np.float32) / 255.0
+        x[i] = torch.from_numpy(dec).permute(2, 0, 1).to(x)
+    return x
 
 
 class BatchLoader:

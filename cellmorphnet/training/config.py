@@ -29,6 +29,7 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0 disables)
     label_smoothing: float = 0.0  # cross-entropy label smoothing
     class_weights: bool = False  # weight the loss by inverse class frequency (imbalanced data)
+    augment: str = "stain"  # augmentation recipe (data.loader.AUGMENTATIONS): stain (for other labs' slides) or basic
     amp: str = "auto"  # mixed precision: auto (CUDA bf16/fp16, MPS fp16 where scalable, CPU off), bf16, fp16 or off
     device: str = "auto"  # auto (CUDA, then MPS, then CPU), cuda, mps or cpu
     unfreeze_epochs: list[int] = field(default_factory=lambda: [5, 10])  # head only until [0], top half until [1]
@@ -50,6 +51,7 @@ class TrainConfig:
             (self.weight_decay >= 0, "weight-decay must not be negative"),
             (0 <= self.label_smoothing < 1, "label-smoothing must be in [0, 1)"),
             (self.amp in ("auto", "bf16", "fp16", "off"), "amp must be auto, bf16, fp16 or off"),
+            (self.augment in ("stain", "basic"), "augment must be stain or basic"),
             (self.device in ("auto", "cuda", "mps", "cpu") or self.device.startswith("cuda:"), "unknown device"),
             (
                 len(self.unfreeze_epochs) == 2 and self.unfreeze_epochs[0] <= self.unfreeze_epochs[1],

@@ -17,13 +17,13 @@ import torch
 
 from cellmorphnet import __version__, runs
 from cellmorphnet._io import atomic_path, write_json
-from cellmorphnet.data.loader import BatchLoader
+from cellmorphnet.data.loader import AUGMENTATIONS, BatchLoader
 from cellmorphnet.errors import CheckpointError, RunError
 from cellmorphnet.model import create_model, data_config
 from cellmorphnet.record import REFERENCE_FILE, RunRecord, policy_for
 from cellmorphnet.training import checkpoint, schedule
 from cellmorphnet.training.config import TrainConfig
-from cellmorphnet.training.data import TrainData, load_data, pick_data_size
+from cellmorphnet.training.data import TrainData, appearance, load_data, pick_data_size
 from cellmorphnet.training.engine import evaluate, train_one_epoch
 from cellmorphnet.training.precision import (
     make_scaler,
@@ -142,6 +142,7 @@ def _fit_locked(
     train_loader = BatchLoader(
         data.train, data.space.target_offset, cfg.batch_size, image_size, norm["mean"], norm["std"],
         train=True, seed=cfg.seed, limit_batches=cfg.limit_batches, channels_last=channels_last,
+        augment=AUGMENTATIONS[cfg.augment],
     )  # fmt: skip
     val_loader = BatchLoader(
         data.val, data.space.target_offset, cfg.eval_batch_size, image_size, norm["mean"], norm["std"],
@@ -150,14 +151,6 @@ def _fit_locked(
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accum_steps)
     optimizer = _optimizer(model, cfg)
     scaler = make_scaler(device, precision)
-    first = next(iter(data.datasets.values()))
-    record = RunRecord(
-        config=cfg, device=str(device), precision=precision.name, image_size=image_size,
-        classes=list(data.taxonomy.classes), taxonomy=data.taxonomy.to_dict(), mean=norm["mean"], std=norm["std"],
-        datasets=data.datasets, steps_per_epoch=steps_per_epoch,
-        inference=policy_for(first, image_size, norm["mean"], norm["std"]),
-        versions=_versions(), created=runs.now_iso(),
-    )  # fmt: skip
     total_steps = cfg.epochs * steps_per_epoch
     lr_plan = schedule.LrPlan(total_steps, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
     history: dict[str, list] = {k: [] for k in HISTORY_KEYS}
@@ -178,6 +171,15 @@ def _fit_locked(
         resumed = {"at": runs.now_iso(), "epoch": int(state["epoch"]), "device": str(device), "changed": changed,
                    "data_changes_accepted": start.data_changes}  # fmt: skip
         record.resumed = [*saved.resumed, resumed]
+    else:
+        first = next(iter(data.datasets.values()))
+        record = RunRecord(
+            config=cfg, device=str(device), precision=precision.name, image_size=image_size,
+            classes=list(data.taxonomy.classes), taxonomy=data.taxonomy.to_dict(), mean=norm["mean"],
+            std=norm["std"], datasets=data.datasets, steps_per_epoch=steps_per_epoch,
+            inference=policy_for(first, image_size, norm["mean"], norm["std"], appearance(data.train[first.name])),
+            versions=_versions(), created=runs.now_iso(),
+        )  # fmt: skip
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_plan.as_lambda())
     if state is not None:
         try:

@@ -1,0 +1,77 @@
+"""Generalisation to another lab: crop policy x training augmentation x adaptation at prediction time.
+
+    python benchmarks/generalisation.py RUN_BASIC RUN_STAIN --json > docs/results/generalisation-DATE.json
+
+For each run (trained on BloodMNIST/PBC alone, one with ``--augment basic`` and one with the default
+``--augment stain``) and each combination of ``--crop centre|cell`` and adaptation (none,
+``--colour-match``, ``--adapt-bn``, both), exactly what ``cellmorphnet eval RUN --on`` computes:
+
+- on ``../shared/data/external/zheng2018-d1`` (300 white cells from another lab, microscope, camera and
+  stain), the argmax restricted to the white-cell classes (``--classes wbc``): balanced accuracy over
+  the classes with at least 5 images, and accuracy;
+- on the 240 full-size PBC test JPEGs (the training lab's own images, through the same path):
+  accuracy, so that what helps on the other lab can be checked for what it costs at home.
+
+Also each run's test-split accuracy on the prepared arrays (``cellmorphnet eval``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED, emit, header  # noqa: E402
+
+ADAPTATIONS = {"none": (False, False), "colour-match": (True, False), "adapt-bn": (False, True),
+               "colour-match + adapt-bn": (True, True)}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("runs", nargs="+", type=Path, help="run folders")
+    ap.add_argument("--home", type=Path, default=None, help="the home the runs' prepared data is in (for eval)")
+    ap.add_argument("--crops", default="centre,cell")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    from cellmorphnet.evaluation.on_folder import evaluate_folder
+    from cellmorphnet.evaluation.report import evaluate_run
+    from cellmorphnet.run_model import inference_options, load_run_model
+
+    external = SHARED / "external" / "zheng2018-d1"
+    pbc = SHARED / "bloodmnist-pbc" / "test_images"
+    result = header("python benchmarks/generalisation.py " + " ".join(sys.argv[1:]))
+    result["rows"] = []
+    for run in args.runs:
+        rm = load_run_model(run, "best", "cpu")
+        augment = rm.record.config.augment
+        try:
+            arrays = evaluate_run(run, home=args.home, device="cpu")["datasets"]
+            test_acc = next(iter(arrays.values()))["metrics"]["accuracy"]
+        except Exception as e:  # noqa: BLE001 - the prepared data may not be here; the rest still runs
+            test_acc = None
+            print(f"{run.name}: no test-split accuracy ({e})", file=sys.stderr)
+        for crop in args.crops.split(","):
+            for name, (colour, adapt) in ADAPTATIONS.items():
+                ext = evaluate_folder(rm, external, inference_options(rm, crop, None, colour, adapt, "wbc"))
+                home = evaluate_folder(rm, pbc, inference_options(rm, crop, None, colour, adapt, None))
+                row = {
+                    "run": run.name, "augment": augment, "crop": crop, "adaptation": name,
+                    "external_balanced_accuracy": ext["balanced_accuracy_min5"],
+                    "external_accuracy": ext["metrics"]["accuracy"],
+                    "external_per_class_recall": {c: round(v["recall"], 3)
+                                                  for c, v in ext["metrics"]["per_class"].items() if v["support"]},
+                    "external_unlike_training": ext["unlike_training"], "external_framing": ext["framing"],
+                    "pbc_jpeg_accuracy": home["metrics"]["accuracy"], "pbc_test_split_accuracy": test_acc,
+                }  # fmt: skip
+                result["rows"].append(row)
+                print(f"{run.name} [{augment}] crop {crop:6} {name:24} external bal. acc "
+                      f"{row['external_balanced_accuracy']:.3f} (acc {row['external_accuracy']:.3f}) | PBC JPEGs "
+                      f"{row['pbc_jpeg_accuracy']:.3f}", file=sys.stderr, flush=True)  # fmt: skip
+    emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Score a run on a labelled folder of the user's own images (``cellmorphnet eval RUN --on PATH``).
+
+``PATH/<class>/...`` holds the images of each class; folder names are matched to the run's classes
+by name and the known aliases (``neut``, ``Platelets``, plurals...). Images go through exactly
+``infer``'s preprocessing and adaptation, so the figures say what ``infer`` will do on that lab's
+slides. Metrics are computed over the classes present; unknown folders and unreadable files are
+reported, never fatal.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellmorphnet.data.taxonomy import canonical
+from cellmorphnet.errors import InvalidData
+from cellmorphnet.imaging import IMAGE_SUFFIXES
+
+
+def match_class(folder: str, classes: list[str]) -> str | None:
+    """The run class a folder name means, or None: exact, alias, then singular (``neutrophils``)."""
+    for name in (folder, folder.rstrip("s") if folder.lower().endswith("s") else None):
+        if name is None:
+            continue
+        c = canonical(name)
+        if c in classes:
+            return c
+    return None
+
+
+def labelled_files(root: Path, classes: list[str]) -> tuple[list[tuple[Path, str]], dict[str, int]]:
+    """Every image below each class folder with its run class, and the unknown folders with their file counts."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise InvalidData(f"{root} is not a folder.", hint="Give a folder with one sub-folder of images per class.")
+    items, unknown = [], {}
+    for d in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = sorted(f for f in d.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        cls = match_class(d.name, classes)
+        if cls is None:
+            unknown[d.name] = len(files)
+        else:
+            items += [(f, cls) for f in files]
+    if not items:
+        raise InvalidData(
+            f"{root} has no class folder named like the run's classes"
+            + (f" (found: {', '.join(unknown)})." if unknown else "."),
+            hint=f"Name the folders after the run's classes: {', '.join(classes)}.",
+        )
+    return items, unknown
+
+
+def evaluate_folder(rm, root: Path, options, *, min_images: int = 5, batch_size: int = 64, workers: int = 2,
+                    progress=None) -> dict[str, Any]:  # fmt: skip
+    """Predict every labelled image with ``options`` (``run_model.InferenceOptions``) and score the predictions."""
+    from cellmorphnet.evaluation.metrics import classification_metrics
+    from cellmorphnet.inference import predict_files
+
+    items, unknown = labelled_files(root, rm.classes)
+    space = options.restrict_to or rm.classes
+    outside = sorted({c for _, c in items if c not in space})
+    if outside:
+        raise InvalidData(f"--classes leaves out {', '.join(outside)}, which {root} has images of.",
+                          hint="Add them to --classes, or remove those folders.")  # fmt: skip
+    truth = dict(items)
+    preds, _ = predict_files(rm.model, rm.classes, options.policy, [f for f, _ in items], batch_size=batch_size,
+                             top_k=len(space), workers=workers, device=rm.device, channels_last=rm.channels_last,
+                             on_batch=progress, **options.kwargs())  # fmt: skip
+    ok = [p for p in preds if not p.error]
+    index = {c: i for i, c in enumerate(space)}
+    labels = np.array([index[truth[p.path]] for p in ok], dtype=np.int64)
+    probs = np.zeros((len(ok), len(space)))
+    for row, p in enumerate(ok):
+        for c, v in p.top_k:
+            if c in index:
+                probs[row, index[c]] = v
+    m = classification_metrics(labels, probs, list(space)) if ok else None
+    counts = Counter(truth[p.path] for p in ok)
+    scored = [c for c in space if counts.get(c, 0) >= min_images]
+    recalls = [m["per_class"][c]["recall"] for c in scored] if m else []
+    return {
+        "folder": str(root),
+        "classes_scored": list(space),
+        "images": len(items),
+        "predicted": len(ok),
+        "per_class_images": {c: counts.get(c, 0) for c in space if counts.get(c, 0)},
+        "min_images": min_images,
+        f"balanced_accuracy_min{min_images}": float(np.mean(recalls)) if recalls else None,
+        "metrics": m,
+        "unknown_folders": unknown,
+        "skipped": [{"path": str(p.path), "reason": p.error} for p in preds if p.error],
+        "framing": dict(Counter(p.framing for p in ok)),
+        "unlike_training": sum(p.unusual for p in ok),
+        "policy": options.policy.to_dict(),
+        "adaptation": options.kwargs(),
+    }

@@ -1,0 +1,188 @@
+"""Other labs' images: the cell finder on real images, framing measured in the run, stain augmentation,
+AdaBN that leaves the checkpoint alone, colour matching, and `eval --on` a labelled folder."""
+
+import hashlib
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from conftest import BCCD_ZIP, PBC_64, PBC_TEST_IMAGES, SHARED, assert_one_line_error
+from PIL import Image
+
+from cellmorphnet.cellfinder import cell_crop, find_nucleus, nucleus_fraction
+from cellmorphnet.data.loader import AUGMENTATIONS, AugmentConfig, augment_batch, augment_params
+
+EXTERNAL = SHARED / "external" / "zheng2018-d1"
+QUICK = ["--model", "test_efficientnet", "--no-pretrained", "--batch-size", "16", "--accum-steps", "1",
+         "--limit-batches", "2", "--data-size", "28"]  # fmt: skip
+
+
+def test_cell_finder_on_real_images_from_two_labs():
+    for folder in (PBC_TEST_IMAGES, EXTERNAL):
+        files = sorted(folder.glob("*/*.*"))
+        wbc = [f for f in files if f.parent.name not in ("platelet", "erythroblast")]
+        found = [find_nucleus(Image.open(f).convert("RGB")) for f in wbc]
+        assert sum(n is not None for n in found) >= 0.97 * len(wbc), folder
+        for f, n in zip(wbc, found, strict=True):
+            if n is None:
+                continue
+            w, h = Image.open(f).size
+            cx, cy = n.centre
+            # the white cell is near the middle of these images, and its nucleus is a sizeable part of it
+            assert abs(cx - w / 2) < 0.3 * w and abs(cy - h / 2) < 0.3 * h, f
+            assert 0.1 * min(w, h) < n.side < 0.95 * min(w, h), f
+
+
+def test_cell_finder_on_a_bccd_field_and_on_images_without_a_cell(tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(BCCD_ZIP) as z:
+        name = next(n for n in z.namelist() if n.endswith("BloodImage_00001.jpg"))
+        (tmp_path / "field.jpg").write_bytes(z.read(name))
+    field = Image.open(tmp_path / "field.jpg").convert("RGB")  # a whole 640x480 field with one white cell
+    n = find_nucleus(field)
+    assert n is not None and n.side < 0.5 * min(field.size)
+    assert find_nucleus(Image.new("RGB", (200, 200), "white")) is None
+    assert find_nucleus(Image.new("RGB", (200, 200), (230, 200, 200))) is None  # plain background, no cell
+    assert find_nucleus(Image.new("RGB", (8, 8), (80, 40, 120))) is None  # too small to search
+    rbc_only = np.full((120, 120, 3), 235, np.uint8)
+    yy, xx = np.mgrid[:120, :120]
+    rbc_only[(yy - 60) ** 2 + (xx - 60) ** 2 < 30**2] = (220, 140, 140)  # a pale red disc, no stained nucleus
+    assert find_nucleus(rbc_only) is None
+
+
+def test_cell_crop_pads_with_the_image_border():
+    from cellmorphnet.cellfinder import Nucleus
+
+    img = Image.new("RGB", (50, 50), (200, 100, 50))
+    out = cell_crop(img, Nucleus(0, 0, 10, 10), 40)  # centred on the corner: most of it outside the image
+    assert out.size == (40, 40)
+    assert set(map(tuple, np.asarray(out).reshape(-1, 3))) == {(200, 100, 50)}
+
+
+def test_framing_fraction_on_training_arrays_is_stable():
+    with np.load(PBC_64) as z:
+        images, labels = z["train_images"][:400], z["train_labels"][:400, 0]
+    wbc = images[np.isin(labels, [0, 1, 3, 4, 5, 6])]
+    f, n = nucleus_fraction(wbc)
+    assert n >= 0.95 * len(wbc) and 0.4 < f < 0.85
+
+
+@pytest.mark.parametrize("kind", ["hue", "white_balance", "hed", "blur", "jpeg"])
+def test_each_stain_augmentation_on_a_fixed_seed(kind):
+    with np.load(PBC_64) as z:
+        x = torch.from_numpy(z["val_images"][:8]).permute(0, 3, 1, 2).float() / 255
+    settings = {"hue": {"hue": 0.1}, "white_balance": {"white_balance": 0.2},
+                "hed": {"hed_scale": 0.2, "hed_shift": 0.05}, "blur": {"blur": 1.0}, "jpeg": {"jpeg": 1.0}}[kind]
+    plain = AugmentConfig(hflip=0, vflip=0, rotation=0, translate=0, scale=(1, 1), brightness=0, contrast=0,
+                          saturation=0)  # fmt: skip
+    cfg = AugmentConfig(**{**plain.__dict__, **settings})
+    base = augment_batch(x, 64, augment_params(8, plain, torch.Generator().manual_seed(1)))
+    a = augment_batch(x, 64, augment_params(8, cfg, torch.Generator().manual_seed(1)))
+    b = augment_batch(x, 64, augment_params(8, cfg, torch.Generator().manual_seed(1)))
+    assert torch.equal(a, b)  # the same seed gives the same batch
+    assert a.shape == x.shape and a.min() >= 0 and a.max() <= 1
+    diff = (a - base).abs().mean().item()
+    assert diff > 0.003, (kind, diff)
+    if kind in ("blur", "jpeg"):  # these change detail, not colour: the mean colour stays close
+        assert (a.mean(dim=(2, 3)) - base.mean(dim=(2, 3))).abs().max() < 0.02
+    if kind == "blur":  # blurring lowers the high-frequency energy
+        assert (a.diff(dim=3).abs().mean() < base.diff(dim=3).abs().mean()).item()
+    assert "stain" in AUGMENTATIONS and AUGMENTATIONS["stain"].hed_scale > 0
+
+
+@pytest.fixture
+def run(cli, home):
+    r = cli("train", "--datasets", "sample", "--name", "g", "--epochs", "1", *QUICK)
+    assert r.exit_code == 0, r
+    return home / "runs" / "g"
+
+
+def test_framing_and_colour_are_measured_into_the_run(run):
+    policy = json.loads((run / "config.json").read_text())["inference"]
+    assert policy["crop"] == "cell" and 0.3 < policy["nucleus_fraction"] < 0.9
+    assert len(policy["colour"]["mean"]) == 3 and policy["colour"]["image_mean_std"][0] > 0
+    assert json.loads((run / "config.json").read_text())["config"]["augment"] == "stain"
+
+
+def test_infer_frames_cells_and_flags_unusual_colours(cli, run, tmp_path):
+    files = sorted((PBC_TEST_IMAGES / "monocyte").glob("*.jpg"))[:6] + sorted((EXTERNAL / "lymphocyte").glob("*"))[:6]
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    for f in files:
+        shutil.copy(f, folder / f.name)
+    Image.new("RGB", (100, 100), "white").save(folder / "blank.png")
+    out = tmp_path / "p.json"
+    r = cli("infer", "g", folder, "--out", out)
+    assert r.exit_code == 0, r
+    data = json.loads(out.read_text())
+    rows = {p["path"].split("/")[-1]: p for p in data["predictions"]}
+    assert rows["blank.png"]["framing"] == "centre (no cell found)" and "No cell was found in 1 of 13" in r.stderr
+    assert all(rows[f.name]["framing"] == "cell" for f in files)
+    assert data["summary"]["framing"] == {"cell": 12, "centre (no cell found)": 1}
+    # the other lab's yellow images are far from the training colours; PBC's own are not
+    assert all(rows[f.name]["unlike_training"] for f in files[6:])
+    assert not any(rows[f.name]["unlike_training"] for f in files[:6])
+    assert "look unlike the training data" in r.stderr
+    r = cli("infer", "g", folder, "--crop", "centre", "--out", out)
+    assert all(p["framing"] == "centre" for p in json.loads(out.read_text())["predictions"])
+
+
+def test_adapt_bn_and_colour_match_leave_the_checkpoint_untouched(cli, run, tmp_path):
+    ckpt = run / "checkpoints" / "best.pt"
+    before = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+    out_plain, out_adapted = tmp_path / "a.json", tmp_path / "b.json"
+    assert cli("infer", "g", EXTERNAL / "monocyte", "--out", out_plain, "--no-adapt-bn", "--no-colour-match",
+               ).exit_code == 0  # fmt: skip
+    r = cli("infer", "g", EXTERNAL / "monocyte", "--out", out_adapted, "--adapt-bn", "--colour-match")
+    assert r.exit_code == 0, r
+    assert hashlib.sha256(ckpt.read_bytes()).hexdigest() == before
+    a = json.loads(out_plain.read_text())
+    b = json.loads(out_adapted.read_text())
+    assert b["summary"]["adaptation"]["adapt_bn"] and b["summary"]["adaptation"]["colour_match"]
+    assert [p["confidence"] for p in a["predictions"]] != [p["confidence"] for p in b["predictions"]]
+    # and the model in memory is untouched too: a plain run afterwards gives the plain answers again
+    assert cli("infer", "g", EXTERNAL / "monocyte", "--out", out_adapted, "--no-adapt-bn",
+               "--no-colour-match").exit_code == 0  # fmt: skip
+    c = json.loads(out_adapted.read_text())
+    assert [p["confidence"] for p in a["predictions"]] == [p["confidence"] for p in c["predictions"]]
+
+
+def test_adapt_bn_changes_only_batch_norm_statistics(run):
+    from cellmorphnet.inference import adapt_batch_norm
+    from cellmorphnet.run_model import load_run_model
+
+    rm = load_run_model(run, "best", "cpu")
+    arrays = [np.asarray(Image.open(f).convert("RGB").resize((64, 64))) for f in sorted(EXTERNAL.glob("*/*"))[:40]]
+    adapted = adapt_batch_norm(rm.model, arrays, rm.record.inference, rm.device, rm.channels_last)
+    before, after = rm.model.state_dict(), adapted.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all(k.endswith(("running_mean", "running_var", "num_batches_tracked")) for k in changed)
+
+
+def test_eval_on_a_labelled_folder_with_an_unknown_class_and_broken_files(cli, run, tmp_path):
+    root = tmp_path / "mine"
+    for cls, src in (("Neutrophils", EXTERNAL / "neutrophil"), ("lymp", EXTERNAL / "lymphocyte"),
+                     ("smudge cells", EXTERNAL / "monocyte")):  # fmt: skip
+        (root / cls).mkdir(parents=True)
+        for f in sorted(src.glob("*"))[:7]:
+            shutil.copy(f, root / cls / f.name)
+    (root / "Neutrophils" / "empty.png").write_bytes(b"")
+    (root / "lymp" / "notes.png").write_text("not an image")
+    r = cli("eval", "g", "--on", root, "--classes", "wbc", "--json")
+    assert r.exit_code == 0, r
+    report = json.loads(r.stdout)
+    assert report["unknown_folders"] == {"smudge cells": 7}
+    assert report["per_class_images"] == {"lymphocyte": 7, "neutrophil": 7}
+    assert len(report["skipped"]) == 2 and report["predicted"] == 14
+    assert report["classes_scored"] == ["basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil"]
+    m = report["metrics"]
+    assert sum(map(sum, m["confusion_matrix"])) == 14 and 0 <= report["balanced_accuracy_min5"] <= 1
+    written = run / "eval" / "on-mine"
+    assert (written / "metrics.json").exists() and (written / "on_confusion.png").exists()
+    human = cli("eval", "g", "--on", root)
+    assert human.exit_code == 0 and "matches none of the run's classes" in human.stderr
+    assert_one_line_error(cli("eval", "g", "--on", root, "--classes", "platelet"), "--classes leaves out")
+    assert_one_line_error(cli("eval", "g", "--on", tmp_path / "nothing"), "is not a folder")
