@@ -40,14 +40,35 @@ def lab_stats(images: np.ndarray, seed: int = 0) -> dict[str, list[float]]:
     }
 
 
-def match(image: np.ndarray, stats: dict[str, list[float]]) -> np.ndarray:
-    """``image`` (H, W, 3 uint8) with each CIELAB channel shifted and scaled to the training mean and spread."""
+def moments(image: np.ndarray) -> np.ndarray:
+    """Pixel count, sums and sums of squares of an image's CIELAB channels, to pool over a set."""
+    lab = _lab(image).reshape(-1, 3)
+    return np.concatenate([[len(lab)], lab.sum(axis=0), (lab**2).sum(axis=0)])
+
+
+def from_moments(parts: list[np.ndarray]) -> dict[str, list[float]] | None:
+    """The pooled CIELAB mean and std of a set of images, from their ``moments``."""
+    if not parts:
+        return None
+    total = np.sum(parts, axis=0)
+    n, s, ss = total[0], total[1:4], total[4:7]
+    mean = s / n
+    return {"mean": mean.tolist(), "std": np.sqrt(np.maximum(ss / n - mean**2, 1e-6)).tolist()}
+
+
+def match(image: np.ndarray, source: dict[str, list[float]], target: dict[str, list[float]]) -> np.ndarray:
+    """``image`` (H, W, 3 uint8) with its CIELAB channels moved from the ``source`` set's mean and spread onto
+    the ``target`` (training) images'.
+
+    The statistics are those of the whole set the image belongs to, not of the image: a stain or a
+    camera shifts every image of a lab alike, while an image's own colours also depend on what it
+    shows (a large dark cell, or a small one among red cells), which a per-image match would erase.
+    """
     from skimage.color import lab2rgb
 
     lab = _lab(image)
-    flat = lab.reshape(-1, 3)
-    mean, std = flat.mean(axis=0), np.maximum(flat.std(axis=0), 1e-3)
-    out = (lab - mean) / std * np.asarray(stats["std"]) + np.asarray(stats["mean"])
+    src_std = np.maximum(np.asarray(source["std"]), 1e-3)
+    out = (lab - np.asarray(source["mean"])) / src_std * np.asarray(target["std"]) + np.asarray(target["mean"])
     out[..., 0] = np.clip(out[..., 0], 0, 100)
     return (np.clip(lab2rgb(out), 0, 1) * 255).round().astype(np.uint8)
 

@@ -47,12 +47,13 @@ def crop_box(size: tuple[int, int], policy: InferencePolicy, nucleus: Nucleus | 
 
 
 def preprocess(img, policy: InferencePolicy, nucleus: Nucleus | None = None, side: float | None = None,
-               colour_match: bool = False) -> np.ndarray:  # fmt: skip
+               colour_source: dict[str, list[float]] | None = None) -> np.ndarray:  # fmt: skip
     """A PIL RGB image to the uint8 array the network takes (HxWx3 at the last chain size).
 
     With ``policy.crop == "cell"`` and a nucleus, a square of ``side`` pixels centred on it; else the
     centre square of the training data's geometry (which reproduces BloodMNIST's arrays exactly).
-    Then the bicubic resizes prepare made, and optionally the colour match to the training images.
+    Then the bicubic resizes prepare made, and, given the set's colour statistics, the colour match
+    to the training images'.
     """
     from PIL import Image
 
@@ -60,8 +61,8 @@ def preprocess(img, policy: InferencePolicy, nucleus: Nucleus | None = None, sid
     for s in policy.resize_chain:
         out = out.resize((s, s), Image.BICUBIC)
     arr = np.asarray(out, dtype=np.uint8)
-    if colour_match and policy.colour:
-        arr = colour.match(arr, policy.colour)
+    if colour_source is not None and policy.colour:
+        arr = colour.match(arr, colour_source, policy.colour)
     return arr
 
 
@@ -112,11 +113,14 @@ class Prediction:
 
 
 @dataclass(frozen=True)
-class Framing:
-    """Where each image's cell is, and the one crop side for the whole set (see ``cellfinder``)."""
+class Survey:
+    """What a first look at the whole set finds: where each image's cell is, the one crop side for the set (see
+    ``cellfinder``), and the set's colour statistics (see ``colour.match``). Stain, lamp, camera and
+    magnification belong to the lab, not to one image, so scale and colour are taken from the set."""
 
     nuclei: dict[Path, Nucleus | None]
     side: float | None  # None: no cell found anywhere, every image is cropped at the centre
+    colour: dict[str, list[float]] | None = None  # the set's CIELAB mean and std, where colour matching is on
 
     def of(self, path: Path) -> tuple[Nucleus | None, float | None]:
         n = self.nuclei.get(path)
@@ -137,52 +141,63 @@ def _reason(e: Exception) -> str:
     return f"cannot read ({getattr(e, 'strerror', None) or e})"
 
 
-def _find(path: Path, policy: InferencePolicy) -> tuple[Nucleus | None, float | None]:
+def _look(path: Path, policy: InferencePolicy, with_colour: bool):
+    """(nucleus, implied crop side, CIELAB moments of the provisional crop) of one file; Nones if unreadable."""
     try:
         img = _read(path)
     except (InvalidData, OSError):
-        return None, None  # reported when the file is read for the prediction
-    n = find_nucleus(img)
-    return (n, implied_side(img, n, policy.nucleus_fraction, policy.resize_chain[-1])) if n else (None, None)
+        return None, None, None  # reported when the file is read for the prediction
+    n = find_nucleus(img) if policy.crop == "cell" and policy.nucleus_fraction else None
+    side = implied_side(img, n, policy.nucleus_fraction, policy.resize_chain[-1]) if n else None
+    moments = None
+    if with_colour:
+        moments = colour.moments(preprocess(img, policy, n, side))
+    return n, side, moments
 
 
-def frame_files(files: list[Path], policy: InferencePolicy, workers: int = 2) -> Framing:
-    """Find the cell in every file (in a thread pool) and work out the set's crop side."""
-    if policy.crop != "cell" or not policy.nucleus_fraction:
-        return Framing({}, None)
+def survey_files(files: list[Path], policy: InferencePolicy, workers: int = 2, colour_match: bool = False) -> Survey:
+    """Look at every file once (in a thread pool): find the cells, the set's crop side and its colours."""
+    if not (policy.crop == "cell" and policy.nucleus_fraction) and not colour_match:
+        return Survey({}, None)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        found = list(pool.map(lambda f: _find(f, policy), files))
-    return Framing({f: n for f, (n, _) in zip(files, found, strict=True)}, crop_side_of([s for _, s in found]))
+        found = list(pool.map(lambda f: _look(f, policy, colour_match), files))
+    source = colour.from_moments([m for *_, m in found if m is not None]) if colour_match else None
+    return Survey({f: n for f, (n, _, _) in zip(files, found, strict=True)}, crop_side_of([s for _, s, _ in found]),
+                  source)  # fmt: skip
 
 
-def _load(path: Path, policy: InferencePolicy, framing: Framing, colour_match: bool):
-    """(array, error, framing label, colour distance) for one file."""
+def _load(path: Path, policy: InferencePolicy, survey: Survey):
+    """(array, error, framing label and crop box, colour distance) for one file.
+
+    The colour distance is that of the image as it came, before any colour matching.
+    """
     try:
         img = _read(path)
     except (InvalidData, OSError) as e:
         return None, _reason(e), None, None
-    nucleus, side = framing.of(path)
-    arr = preprocess(img, policy, nucleus, side, colour_match)
+    nucleus, side = survey.of(path)
+    arr = preprocess(img, policy, nucleus, side)
     label = "cell" if nucleus is not None else ("centre (no cell found)" if policy.crop == "cell" else "centre")
-    dist = colour.distance(arr, policy.colour) if policy.colour else None
-    return arr, None, (label, crop_box(img.size, policy, nucleus, side)), None if dist is None else round(dist, 2)
+    dist = round(colour.distance(arr, policy.colour), 2) if policy.colour else None
+    if survey.colour is not None and policy.colour:
+        arr = colour.match(arr, survey.colour, policy.colour)
+    return arr, None, (label, crop_box(img.size, policy, nucleus, side)), dist
 
 
-def _prefetched(files: list[Path], policy: InferencePolicy, framing: Framing, colour_match: bool, workers: int,
-                window: int) -> Iterator:  # fmt: skip
+def _prefetched(files: list[Path], policy: InferencePolicy, survey: Survey, workers: int, window: int) -> Iterator:
     """Decode ``files`` in a thread pool, at most ``window`` ahead of the consumer, in order."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = []
         it = iter(files)
         for f in it:
-            pending.append((f, pool.submit(_load, f, policy, framing, colour_match)))
+            pending.append((f, pool.submit(_load, f, policy, survey)))
             if len(pending) >= window:
                 break
         while pending:
             f, fut = pending.pop(0)
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(_load, nxt, policy, framing, colour_match)))
+                pending.append((nxt, pool.submit(_load, nxt, policy, survey)))
             yield f, *fut.result()
 
 
@@ -247,9 +262,9 @@ def predict_files(
 
     from cellmorphnet.data.loader import eval_transform
 
-    framing = frame_files(files, policy, workers)
+    survey = survey_files(files, policy, workers, colour_match)
     if adapt_bn:
-        arrays = [a for _, a, err, *_ in _prefetched(files, policy, framing, colour_match, workers, 64) if err is None]
+        arrays = [a for _, a, err, *_ in _prefetched(files, policy, survey, workers, 64) if err is None]
         if arrays:
             model = adapt_batch_norm(model, arrays, policy, device, channels_last)
     keep = torch.tensor([classes.index(c) for c in restrict_to]) if restrict_to else None
@@ -280,8 +295,7 @@ def predict_files(
         batch_arrays.clear()
 
     done = 0
-    for path, arr, error, how, dist in _prefetched(files, policy, framing, colour_match, workers,
-                                                    window=max(2 * batch_size, 8)):  # fmt: skip
+    for path, arr, error, how, dist in _prefetched(files, policy, survey, workers, window=max(2 * batch_size, 8)):
         done += 1
         if error is not None:
             preds.append(Prediction(path, error=error))

@@ -89,22 +89,30 @@ def _inverse_frequency(space: LabelSpace, train: dict[str, DeviceArrays]) -> tor
 APPEARANCE_PER_CLASS = 32  # training images per class measured for framing and colour
 
 
-def appearance(arrays: DeviceArrays, seed: int = 0) -> dict:
+def appearance(arrays: DeviceArrays, classes: list[str], seed: int = 0) -> dict:
     """How the training images frame and colour their cells, for ``InferencePolicy`` (see cellfinder, colour).
 
-    Measured on a class-balanced sample of the training split: the median nucleus fraction (the
-    cell policy is used only where a nucleus was found in most images) and CIELAB statistics.
+    Measured on a class-balanced sample of the training split. The nucleus fraction (median nucleus
+    side / crop side) comes from the white-cell classes where the data has them, since the finder
+    frames white cells (a platelet's or an erythroblast's small dark body would pull the median
+    down); the cell policy is used only where a nucleus was found in most of them. The CIELAB
+    statistics come from every class.
     """
     import numpy as np
 
     from cellmorphnet import cellfinder, colour
+    from cellmorphnet.data.taxonomy import WHITE_CELLS, canonical
 
     labels = arrays.labels_cpu.numpy()
     rng = np.random.default_rng(seed)
-    idx = np.concatenate([rng.permutation(np.flatnonzero(labels == c))[:APPEARANCE_PER_CLASS]
-                          for c in np.unique(labels)])  # fmt: skip
-    images = arrays.images[torch.from_numpy(np.sort(idx))].cpu().numpy()
-    fraction, found = cellfinder.nucleus_fraction(images)
-    use_cell = fraction is not None and found >= 0.5 * len(images)
+    idx = {c: np.sort(rng.permutation(np.flatnonzero(labels == c))[:APPEARANCE_PER_CLASS]) for c in np.unique(labels)}
+    white = [c for c in idx if canonical(classes[c]) in (*WHITE_CELLS, "wbc")] or list(idx)
+
+    def images_of(cs) -> np.ndarray:
+        return arrays.images[torch.from_numpy(np.concatenate([idx[c] for c in cs]))].cpu().numpy()
+
+    cells = images_of(white)
+    fraction, found = cellfinder.nucleus_fraction(cells)
+    use_cell = fraction is not None and found >= 0.5 * len(cells)
     return {"crop": "cell" if use_cell else "centre", "nucleus_fraction": fraction if use_cell else None,
-            "colour": colour.lab_stats(images, seed)}  # fmt: skip
+            "colour": colour.lab_stats(images_of(list(idx)), seed)}  # fmt: skip

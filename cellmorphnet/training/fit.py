@@ -173,11 +173,12 @@ def _fit_locked(
         record.resumed = [*saved.resumed, resumed]
     else:
         first = next(iter(data.datasets.values()))
+        looks = appearance(data.train[first.name], first.classes)  # framing and colour, for infer
         record = RunRecord(
             config=cfg, device=str(device), precision=precision.name, image_size=image_size,
             classes=list(data.taxonomy.classes), taxonomy=data.taxonomy.to_dict(), mean=norm["mean"],
             std=norm["std"], datasets=data.datasets, steps_per_epoch=steps_per_epoch,
-            inference=policy_for(first, image_size, norm["mean"], norm["std"], appearance(data.train[first.name])),
+            inference=policy_for(first, image_size, norm["mean"], norm["std"], looks),
             versions=_versions(), created=runs.now_iso(),
         )  # fmt: skip
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_plan.as_lambda())
