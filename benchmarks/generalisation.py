@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path, help="run folders")
     ap.add_argument("--home", type=Path, default=None, help="the home the runs' prepared data is in (for eval)")
     ap.add_argument("--crops", default="centre,cell")
+    ap.add_argument("--tta", default="off,on", help="test-time augmentation over the 8 flips and quarter turns")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -53,23 +54,24 @@ def main() -> None:
         except Exception as e:  # noqa: BLE001 - the prepared data may not be here; the rest still runs
             test_acc = None
             print(f"{run.name}: no test-split accuracy ({e})", file=sys.stderr)
-        for crop in args.crops.split(","):
-            for name, (colour, adapt) in ADAPTATIONS.items():
-                ext = evaluate_folder(rm, external, inference_options(rm, crop, None, colour, adapt, "wbc"))
-                home = evaluate_folder(rm, pbc, inference_options(rm, crop, None, colour, adapt, None))
-                row = {
-                    "run": run.name, "augment": augment, "crop": crop, "adaptation": name,
-                    "external_balanced_accuracy": ext["balanced_accuracy_min5"],
-                    "external_accuracy": ext["metrics"]["accuracy"],
-                    "external_per_class_recall": {c: round(v["recall"], 3)
-                                                  for c, v in ext["metrics"]["per_class"].items() if v["support"]},
-                    "external_unlike_training": ext["unlike_training"], "external_framing": ext["framing"],
-                    "pbc_jpeg_accuracy": home["metrics"]["accuracy"], "pbc_test_split_accuracy": test_acc,
-                }  # fmt: skip
-                result["rows"].append(row)
-                print(f"{run.name} [{augment}] crop {crop:6} {name:24} external bal. acc "
-                      f"{row['external_balanced_accuracy']:.3f} (acc {row['external_accuracy']:.3f}) | PBC JPEGs "
-                      f"{row['pbc_jpeg_accuracy']:.3f}", file=sys.stderr, flush=True)  # fmt: skip
+        combos = [(c, n, t) for c in args.crops.split(",") for n in ADAPTATIONS for t in args.tta.split(",")]
+        for crop, name, tta in combos:
+            colour, adapt = ADAPTATIONS[name]
+            ext = evaluate_folder(rm, external, inference_options(rm, crop, None, colour, adapt, "wbc", tta == "on"))
+            home = evaluate_folder(rm, pbc, inference_options(rm, crop, None, colour, adapt, None, tta == "on"))
+            row = {
+                "run": run.name, "augment": augment, "crop": crop, "adaptation": name, "tta": tta,
+                "external_balanced_accuracy": ext["balanced_accuracy_min5"],
+                "external_accuracy": ext["metrics"]["accuracy"],
+                "external_per_class_recall": {c: round(v["recall"], 3)
+                                              for c, v in ext["metrics"]["per_class"].items() if v["support"]},
+                "external_unlike_training": ext["unlike_training"], "external_framing": ext["framing"],
+                "pbc_jpeg_accuracy": home["metrics"]["accuracy"], "pbc_test_split_accuracy": test_acc,
+            }  # fmt: skip
+            result["rows"].append(row)
+            print(f"{run.name} [{augment}] crop {crop:6} {name:24} tta {tta:3} external bal. acc "
+                  f"{row['external_balanced_accuracy']:.3f} (acc {row['external_accuracy']:.3f}) | PBC JPEGs "
+                  f"{row['pbc_jpeg_accuracy']:.3f}", file=sys.stderr, flush=True)  # fmt: skip
     emit(result, args.json)
 
 

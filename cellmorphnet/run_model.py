@@ -131,18 +131,20 @@ class InferenceOptions:
     colour_match: bool
     adapt_bn: bool
     restrict_to: list[str] | None
+    tta: bool = False
 
     def kwargs(self) -> dict[str, Any]:
-        return {"colour_match": self.colour_match, "adapt_bn": self.adapt_bn, "restrict_to": self.restrict_to}
+        return {"colour_match": self.colour_match, "adapt_bn": self.adapt_bn, "restrict_to": self.restrict_to,
+                "tta": self.tta}  # fmt: skip
 
 
 def inference_options(rm: RunModel, crop: str | None = None, crop_fraction: float | None = None,
                       colour_match: bool | None = None, adapt_bn: bool | None = None,
-                      classes: str | None = None) -> InferenceOptions:  # fmt: skip
+                      classes: str | None = None, tta: bool | None = None) -> InferenceOptions:  # fmt: skip
     """Resolve the command-line choices against the run and the measured defaults (``inference.DEFAULT_*``)."""
     from cellmorphnet.data.taxonomy import WHITE_CELLS
     from cellmorphnet.errors import ConfigError
-    from cellmorphnet.inference import DEFAULT_ADAPT_BN, DEFAULT_COLOUR_MATCH
+    from cellmorphnet.inference import DEFAULT_ADAPT_BN, DEFAULT_COLOUR_MATCH, DEFAULT_TTA
 
     policy = rm.record.inference
     if crop is not None:
@@ -172,4 +174,5 @@ def inference_options(rm: RunModel, crop: str | None = None, crop_fraction: floa
         colour_match=bool(policy.colour) and (DEFAULT_COLOUR_MATCH if colour_match is None else colour_match),
         adapt_bn=DEFAULT_ADAPT_BN if adapt_bn is None else adapt_bn,
         restrict_to=restrict,
+        tta=DEFAULT_TTA if tta is None else tta,
     )

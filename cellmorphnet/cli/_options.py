@@ -43,6 +43,11 @@ AdaptBnFlag = Annotated[
                  help="Re-estimate the network's batch-norm statistics on these images first (AdaBN); the saved "
                  "model is not changed.", show_default=False),
 ]  # fmt: skip
+TtaFlag = Annotated[
+    bool | None,
+    typer.Option("--tta/--no-tta", help="Average over the 8 flips and quarter turns of each image (8x the work).",
+                 show_default=False),
+]  # fmt: skip
 ClassesOption = Annotated[
     str | None,
     typer.Option("--classes", help="Only these classes can be predicted (comma-separated, or 'wbc' for the white-cell "

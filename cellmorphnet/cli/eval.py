@@ -21,6 +21,7 @@ from cellmorphnet.cli._options import (
     CropOption,
     DeviceOption,
     JsonFlag,
+    TtaFlag,
     home_of,
 )
 
@@ -47,6 +48,7 @@ def command(
     crop: CropOption = None,
     colour_match: ColourMatchFlag = None,
     adapt_bn: AdaptBnFlag = None,
+    tta: TtaFlag = None,
     device: DeviceOption = "auto",
     accept_data_change: AcceptDataChangeFlag = False,
     json: JsonFlag = False,
@@ -62,8 +64,8 @@ def command(
     home = home_of(ctx)
     run_dir = runs.resolve_run(run, home)
     if on is not None:
-        _eval_on(run_dir, on, checkpoint, device, accept_data_change, classes_only, crop, colour_match, adapt_bn, out,
-                 json)  # fmt: skip
+        _eval_on(run_dir, on, checkpoint, device, accept_data_change, classes_only, crop, colour_match, adapt_bn, tta,
+                 out, json)  # fmt: skip
         return
     subset = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
     report = evaluate_run(run_dir, home=home, split=split, datasets=subset, which=checkpoint, device=device,
@@ -79,14 +81,15 @@ def command(
     _output.info(f"Wrote {len(files)} files to {out_dir}")
 
 
-def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, colour_match, adapt_bn, out, json):
+def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, colour_match, adapt_bn, tta, out,
+             json):  # fmt: skip
     from cellmorphnet._io import write_json
     from cellmorphnet.evaluation.on_folder import evaluate_folder
     from cellmorphnet.evaluation.report import plot_dataset
     from cellmorphnet.run_model import inference_options, load_run_model
 
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept)
-    options = inference_options(rm, crop, None, colour_match, adapt_bn, classes_only)
+    options = inference_options(rm, crop, None, colour_match, adapt_bn, classes_only, tta)
     with _output.progress("Classifying") as cb:
         report = evaluate_folder(rm, folder, options, progress=cb)
     report.update(run=str(run_dir), checkpoint=str(rm.checkpoint), epoch=rm.epoch)

@@ -21,6 +21,7 @@ from cellmorphnet.cli._options import (
     ColourMatchFlag,
     CropOption,
     DeviceOption,
+    TtaFlag,
     home_of,
 )
 
@@ -50,6 +51,7 @@ def command(
     ] = None,
     colour_match: ColourMatchFlag = None,
     adapt_bn: AdaptBnFlag = None,
+    tta: TtaFlag = None,
     classes_only: ClassesOption = None,
     device: DeviceOption = "auto",
     accept_data_change: AcceptDataChangeFlag = False,
@@ -78,7 +80,7 @@ def command(
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept_data_change)
     for field in rm.record_mismatch:
         _output.warn(f"Using the checkpoint's {field}: config.json differs (accepted).")
-    options = inference_options(rm, crop, crop_fraction, colour_match, adapt_bn, classes_only)
+    options = inference_options(rm, crop, crop_fraction, colour_match, adapt_bn, classes_only, tta)
     classes = rm.classes
     policy = options.policy
     with _output.progress("Classifying") as cb:
