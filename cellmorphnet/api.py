@@ -49,18 +49,25 @@ def predict(
     *,
     top_k: int = 3,
     batch_size: int = 64,
+    crop: str | None = None,
     crop_fraction: float | None = None,
+    colour_match: bool | None = None,
+    adapt_bn: bool | None = None,
+    tta: bool | None = None,
+    classes: str | None = None,
     home: Path | None = None,
 ) -> list[Prediction]:
-    """Classify image files and folders (searched recursively) with the run's preprocessing; unreadable files
-    come back with ``error`` set and missing paths with ``error='does not exist'``."""
+    """Classify image files and folders (searched recursively) as ``cellmorphnet infer`` does; the options are
+    its flags (``None``: the same defaults). Unreadable files come back with ``error`` set and missing
+    paths with ``error='does not exist'``."""
     from cellmorphnet.inference import collect_files, predict_files
+    from cellmorphnet.run_model import inference_options
 
     rm = run if isinstance(run, RunModel) else load_run(run, home=home)
     files, missing = collect_files([Path(p) for p in paths])
-    policy = rm.record.inference if crop_fraction is None else rm.record.inference.with_crop_fraction(crop_fraction)
-    preds, _ = predict_files(rm.model, rm.classes, policy, files, batch_size=batch_size, top_k=top_k,
-                             device=rm.device, channels_last=rm.channels_last)  # fmt: skip
+    options = inference_options(rm, crop, crop_fraction, colour_match, adapt_bn, classes, tta)
+    preds, _ = predict_files(rm.model, rm.classes, options.policy, files, batch_size=batch_size, top_k=top_k,
+                             device=rm.device, channels_last=rm.channels_last, **options.kwargs())  # fmt: skip
     return preds + [Prediction(p, error=reason) for p, reason in missing]
 
 
