@@ -133,12 +133,15 @@ class DatasetRecord:
         return out
 
     def restore_command(self) -> str:
-        seed = (self.params or {}).get("seed")
-        options = {k: v for k, v in (self.params or {}).items() if k not in ("size", "seed")}
-        extra = "".join(f" --{k.replace('_', '-')} {v}" for k, v in options.items() if v not in (None, False))
-        return f"cellmorphnet prepare {self.name} --size {self.size}{f' --seed {seed}' if seed is not None else ''}" + (
-            f"{extra} --force"
-        )
+        """The ``prepare`` command that makes this dataset's arrays again as the run saw them."""
+        params = self.params or {}
+        words = ["cellmorphnet prepare", self.name, f"--size {self.size}"]
+        if params.get("seed") is not None:
+            words.append(f"--seed {params['seed']}")
+        for key, value in params.items():  # prepare's options are flags (LISC's --include-mixt)
+            if key not in ("size", "seed") and value is True:
+                words.append(f"--{key.replace('_', '-')}")
+        return " ".join([*words, "--force"])
 
 
 def _short(checksum: str) -> str:
