@@ -84,19 +84,20 @@ def export_model(rm, images: np.ndarray | None = None):
     import torch
 
     class Exported(torch.nn.Module):
-        def __init__(self, model, mean, std):
+        def __init__(self, model, mean, std, temperature):
             super().__init__()
             self.model = model
             self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
             self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+            self.temperature = float(temperature)  # the run's calibration
 
         def forward(self, image):
-            return self.model((image - self.mean) / self.std).softmax(dim=1)
+            return (self.model((image - self.mean) / self.std) / self.temperature).softmax(dim=1)
 
     rec = rm.record
     original = rm.model.to("cpu", memory_format=torch.contiguous_format).eval()
-    reference = Exported(original, rec.mean, rec.std).eval()
-    exported = Exported(static_padding(original, rec.image_size), rec.mean, rec.std).eval()
+    reference = Exported(original, rec.mean, rec.std, rec.temperature).eval()
+    exported = Exported(static_padding(original, rec.image_size), rec.mean, rec.std, rec.temperature).eval()
     if images is not None:
         x = as_input(images, rec.image_size)
         with torch.no_grad():
@@ -129,6 +130,7 @@ def metadata(rm) -> dict[str, str]:
         "version": f"cellmorphnet {__version__}",
         "datasets": ",".join(rec.datasets),
         "intended_use": "research use only; not a diagnostic device",
+        "temperature": f"{rec.temperature:.4f} (calibration, applied inside the model)",
     }
 
 

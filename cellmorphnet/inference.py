@@ -96,7 +96,12 @@ class Prediction:
     error: str | None = None  # why the file was skipped
     framing: str | None = None  # "cell", "centre", or "centre (no cell found)"
     box: tuple[int, int, int, int] | None = None  # the square cropped from the image (may reach past it)
+    min_confidence: float = 0.0  # below this confidence the prediction is flagged (--min-confidence)
     colour_distance: float | None = None  # see colour.distance; above COLOUR_DISTANCE_WARN: unlike training
+
+    @property
+    def low_confidence(self) -> bool:
+        return self.confidence is not None and self.confidence < self.min_confidence
 
     @property
     def unusual(self) -> bool:
@@ -112,6 +117,7 @@ class Prediction:
             "framing": self.framing,
             "colour_distance": self.colour_distance,
             "unlike_training": self.unusual,
+            "low_confidence": self.low_confidence,
             "error": self.error,
         }
 
@@ -255,6 +261,7 @@ def predict_files(
     adapt_bn: bool = False,
     restrict_to: list[str] | None = None,
     tta: bool = False,
+    temperature: float = 1.0,
 ) -> tuple[list[Prediction], dict[Path, np.ndarray]]:
     """Predict every file; unreadable ones come back with ``error`` set. Optionally keep the preprocessed arrays.
 
@@ -264,6 +271,7 @@ def predict_files(
     rest renormalised), e.g. the white-cell types when every image is known to be a white cell.
     ``tta``: average the predictions over the 8 flips and quarter turns of each image (a cell has no
     up or down, so all 8 are the same cell).
+    ``temperature``: the run's calibration; logits are divided by it before the softmax.
     """
     import torch
 
@@ -291,7 +299,7 @@ def predict_files(
         x = eval_transform(x, policy.image_size, policy.mean, policy.std).contiguous(memory_format=fmt)
         with torch.no_grad():
             views = [x] if not tta else [v.rot90(k, dims=(2, 3)) for v in (x, x.flip(3)) for k in range(4)]
-            logits = torch.stack([model(v.contiguous(memory_format=fmt)).float().cpu() for v in views])
+            logits = torch.stack([model(v.contiguous(memory_format=fmt)).float().cpu() for v in views]) / temperature
         if keep is not None:
             logits = torch.full_like(logits, float("-inf")).index_copy(2, keep, logits.index_select(2, keep))
         probs = logits.softmax(2).mean(0)
@@ -358,13 +366,14 @@ def write_results(preds: list[Prediction], out: Path, summary: dict[str, Any]) -
     header = ["path", "status", "predicted", "confidence"]
     for i in range(1, k + 1):
         header += [f"top{i}", f"top{i}_probability"]
-    w.writerow([*header, "framing", "colour_distance", "unlike_training", "error"])
+    w.writerow([*header, "framing", "colour_distance", "unlike_training", "low_confidence", "error"])
     for p in preds:
         row = [str(p.path), "skipped" if p.error else "ok", p.predicted or "",
                "" if p.confidence is None else f"{p.confidence:.6f}"]  # fmt: skip
         for i in range(k):
             row += [p.top_k[i][0], f"{p.top_k[i][1]:.6f}"] if i < len(p.top_k) else ["", ""]
         dist = "" if p.colour_distance is None else f"{p.colour_distance:.2f}"
-        w.writerow([*row, p.framing or "", dist, "yes" if p.unusual else ("" if p.error else "no"), p.error or ""])
+        flags = ["", ""] if p.error else ["yes" if p.unusual else "no", "yes" if p.low_confidence else "no"]
+        w.writerow([*row, p.framing or "", dist, *flags, p.error or ""])
     with atomic_path(out) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")

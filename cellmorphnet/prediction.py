@@ -39,17 +39,35 @@ class LabelSpace:
 
 
 @torch.no_grad()
+def collect_logits(
+    model: torch.nn.Module, loader: BatchLoader, device: torch.device, precision: Precision
+) -> dict[str, dict[str, torch.Tensor]]:
+    """Per dataset, on the CPU: the raw ``logits``, the ``target_ids`` and the local ``labels``."""
+    model.eval()
+    out: dict[str, dict[str, list]] = {}
+    for batch in loader:
+        with autocast(device, precision):
+            logits = model(batch.images)
+        d = out.setdefault(batch.dataset, {"logits": [], "target_ids": [], "labels": []})
+        d["logits"].append(logits.float().cpu())
+        d["target_ids"].append(batch.target_ids.cpu())
+        d["labels"].append(batch.labels.cpu())
+    return {k: {kk: torch.cat(vv) for kk, vv in v.items()} for k, v in out.items()}
+
+
+@torch.no_grad()
 def predict_local(
-    model: torch.nn.Module, loader: BatchLoader, space: LabelSpace, device: torch.device, precision: Precision
+    model: torch.nn.Module, loader: BatchLoader, space: LabelSpace, device: torch.device, precision: Precision,
+    temperature: float = 1.0,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Per dataset: local ``labels``, local-space ``probs`` and per-sample ``losses``."""
+    """Per dataset: local ``labels``, local-space ``probs`` (after the temperature) and per-sample ``losses``."""
     model.eval()
     out: dict[str, dict[str, list]] = {}
     for batch in loader:
         with autocast(device, precision):
             logits = model(batch.images)
         losses = coarse_cross_entropy(logits, batch.target_ids, space.target_table)
-        probs = logits.float().softmax(1)
+        probs = (logits.float() / temperature).softmax(1)
         local = probs @ space.rows(batch.dataset).T  # summed probability of the classes each local label covers
         d = out.setdefault(batch.dataset, {"labels": [], "probs": [], "losses": []})
         d["labels"].append(batch.labels.cpu())

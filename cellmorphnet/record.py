@@ -170,7 +170,13 @@ class RunRecord:
     versions: dict[str, str] = field(default_factory=dict)  # package versions that trained it
     created: str = ""  # ISO time the run started
     resumed: list[dict[str, Any]] = field(default_factory=list)  # each resume: when, and settings it changed
+    calibration: dict[str, float] | None = None  # temperature scaling fitted on validation (see calibration.py)
     schema: int = SCHEMA
+
+    @property
+    def temperature(self) -> float:
+        """Logits are divided by this before the softmax everywhere (1.0 where the run was not calibrated)."""
+        return float(self.calibration["temperature"]) if self.calibration else 1.0
 
     @property
     def data_sizes(self) -> dict[str, int]:
@@ -193,6 +199,7 @@ class RunRecord:
             "inference": self.inference.to_dict(),
             "versions": {k: str(v) for k, v in self.versions.items()},
             "resumed": list(self.resumed),
+            "calibration": self.calibration,
         }
 
     @classmethod
@@ -223,6 +230,7 @@ class RunRecord:
                 versions=dict(d.get("versions", {})),
                 created=str(d.get("created", "")),
                 resumed=list(d.get("resumed", [])),
+                calibration=d.get("calibration"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise RunError(f"The run record is damaged or incomplete ({type(e).__name__}: {e}).") from None

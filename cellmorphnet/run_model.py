@@ -93,7 +93,7 @@ def predict_split(
     space = LabelSpace.build(Taxonomy.from_dict(rec.taxonomy), names, rm.device)
     loader = BatchLoader(parts, space.target_offset, batch_size, rec.image_size, rec.mean, rec.std, train=False,
                          channels_last=rm.channels_last)  # fmt: skip
-    return predict_local(rm.model, loader, space, rm.device, Precision(None, False))
+    return predict_local(rm.model, loader, space, rm.device, Precision(None, False), rm.record.temperature)
 
 
 def reference_images(run_dir: Path, record: RunRecord, home: Path | None = None) -> np.ndarray:
@@ -132,10 +132,11 @@ class InferenceOptions:
     adapt_bn: bool
     restrict_to: list[str] | None
     tta: bool = False
+    temperature: float = 1.0  # the run's calibration
 
     def kwargs(self) -> dict[str, Any]:
         return {"colour_match": self.colour_match, "adapt_bn": self.adapt_bn, "restrict_to": self.restrict_to,
-                "tta": self.tta}  # fmt: skip
+                "tta": self.tta, "temperature": self.temperature}  # fmt: skip
 
 
 def inference_options(rm: RunModel, crop: str | None = None, crop_fraction: float | None = None,
@@ -175,4 +176,5 @@ def inference_options(rm: RunModel, crop: str | None = None, crop_fraction: floa
         adapt_bn=DEFAULT_ADAPT_BN if adapt_bn is None else adapt_bn,
         restrict_to=restrict,
         tta=DEFAULT_TTA if tta is None else tta,
+        temperature=rm.record.temperature,
     )

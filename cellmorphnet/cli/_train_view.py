@@ -84,6 +84,11 @@ class TrainView:
             f"{record['val_f1']:>6.3f} {_fmt_time(record['epoch_time']):>6} {record['images_per_s']:>7.0f}{star}"
         )
 
+    def _on_calibrated(self, calibration) -> None:
+        c = calibration
+        self.console.print(f"Calibrated the confidences: temperature {c['temperature']:.3f}, validation calibration "
+                           f"error {c['val_ece_before']:.4f} -> {c['val_ece_after']:.4f}")  # fmt: skip
+
     def _on_end(self, summary) -> None:
         if self.progress is not None:
             self.progress.stop()

@@ -53,6 +53,11 @@ def command(
     adapt_bn: AdaptBnFlag = None,
     tta: TtaFlag = None,
     classes_only: ClassesOption = None,
+    min_confidence: Annotated[
+        float,
+        typer.Option("--min-confidence", help="Flag (not drop) predictions whose calibrated confidence is below this "
+                     "(column low_confidence)."),
+    ] = 0.0,
     device: DeviceOption = "auto",
     accept_data_change: AcceptDataChangeFlag = False,
 ) -> None:
@@ -66,6 +71,8 @@ def command(
 
     if batch_size < 1 or top_k < 1:
         raise ConfigError("--batch-size and --top-k must be at least 1.")
+    if not 0 <= min_confidence <= 1:
+        raise ConfigError("--min-confidence must be between 0 and 1.")
     home = home_of(ctx)
     run_dir = runs.resolve_run(None if run == "latest" else run, home)
     files, missing = collect_files(paths)
@@ -90,6 +97,8 @@ def command(
             **options.kwargs(),
         )  # fmt: skip
     preds += [Prediction(p, error=reason) for p, reason in missing]
+    for p in preds:
+        p.min_confidence = min_confidence
     ok = [p for p in preds if not p.error]
     skipped = [p for p in preds if p.error]
     counts = Counter(p.predicted for p in ok)
@@ -101,6 +110,8 @@ def command(
         "adaptation": options.kwargs(),
         "framing": dict(Counter(p.framing for p in ok)),
         "unlike_training": sum(p.unusual for p in ok),
+        "low_confidence": sum(p.low_confidence for p in ok),
+        "min_confidence": min_confidence,
         "images": len(preds),
         "predicted": len(ok),
         "skipped": len(skipped),
@@ -135,6 +146,10 @@ def command(
     if out is not None:
         _output.info(f"Wrote {out}")
     _report_framing_and_colour(ok)
+    low = sum(p.low_confidence for p in ok)
+    if low:
+        _output.warn(f"{low} of {len(ok)} predictions have a confidence below {min_confidence:g} (column "
+                     "'low_confidence'): check those images by eye.")  # fmt: skip
     if skipped:
         rep = Table(title=f"Skipped files ({len(skipped)})", title_justify="left")
         rep.add_column("file")

@@ -36,6 +36,7 @@ def evaluate_run(
         "epoch": rm.epoch,
         "split": split,
         "device": str(rm.device),
+        "calibration": rm.record.calibration,
         "data_changes_accepted": changes + [f"config.json differs from the checkpoint: {m}" for m in
                                             rm.record_mismatch],
         "datasets": {},

@@ -208,6 +208,24 @@ def _fit_locked(
     )  # fmt: skip
 
 
+def _calibrate(run_dir, record, model, val_loader, data, device, precision) -> dict:
+    """Fit the temperature of the best model on validation; store it in config.json and in both checkpoints."""
+    from cellmorphnet.calibration import calibrate
+    from cellmorphnet.prediction import collect_logits
+
+    best_path, last_path = run_dir / "checkpoints" / "best.pt", run_dir / "checkpoints" / "last.pt"
+    model.load_state_dict(checkpoint.load(best_path)["model"])
+    calibration = calibrate(collect_logits(model, val_loader, device, precision), data.space)
+    record.calibration = calibration
+    with checkpoint.defer_interrupt():
+        for path in (best_path, last_path):
+            state = checkpoint.load(path)
+            state["record"] = record.to_dict()
+            checkpoint.save(state, path)
+        record.save(run_dir)
+    return calibration
+
+
 def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler, device, precision, data,
             train_loader, val_loader, history, progress, resume, emit) -> dict[str, Any]:  # fmt: skip
     """The epoch loop, with the heartbeat, the log, checkpoints and the final state."""
@@ -283,6 +301,12 @@ def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler
         else:
             if bad_epochs >= cfg.patience and len(history["epoch"]) < cfg.epochs:
                 final_state = "early-stopped"
+        if best_path.exists():
+            record.calibration = _calibrate(run_dir, record, model, val_loader, data, device, precision)
+            c = record.calibration
+            log_line(f"calibrated: temperature {c['temperature']:.3f}, validation ECE {c['val_ece_before']:.4f} -> "
+                     f"{c['val_ece_after']:.4f}")  # fmt: skip
+            emit("calibrated", calibration=c)
     except KeyboardInterrupt as e:  # Ctrl-C, or checkpoint.Stopped for SIGTERM
         final_state = "interrupted"
         reason = f"stopped by {e.args[0]}" if isinstance(e, checkpoint.Stopped) else "stopped by SIGINT"
@@ -305,6 +329,7 @@ def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler
         "best_epoch": best_epoch,
         "device": str(device),
         "precision": precision.name,
+        "calibration": record.calibration,
     }
     emit("end", summary=summary)
     return summary
