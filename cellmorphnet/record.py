@@ -310,7 +310,7 @@ def _migrate_v1(d: dict[str, Any]) -> dict[str, Any]:
     ).to_dict()
     return {
         **{k: resolved[k] for k in ("device", "precision", "image_size", "classes", "taxonomy", "mean", "std")},
-        "config": {"augment": "basic", **d["config"]},  # what 0.1 trained with
+        "config": {"augment": "basic", "recipe": "custom", **d["config"]},  # what 0.1 trained with
         "datasets": datasets,
         "steps_per_epoch": resolved.get("steps_per_epoch", 0),
         "inference": inference,

@@ -31,6 +31,12 @@ def command(
             "--datasets", "-d", help="Comma-separated: sample, bloodmnist, bccd, lisc, folder:PATH. (default: sample)"
         ),
     ] = None,
+    recipe: Annotated[
+        str | None,
+        typer.Option("--recipe", help="default (the best measured), original (the original design's settings) or "
+                     "quick (tiny sets; the sample's own). Flags and --config override any single setting.",
+                     show_default=False),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="A TOML file with keys named like these flags.")
     ] = None,
@@ -48,18 +54,18 @@ def command(
         int | None, typer.Option("--image-size", help="Network input size. (default: the prepared data size)")
     ] = None,
     data_size: Annotated[int | None, typer.Option("--data-size", help="Prepared size to train from.")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="(default: 50)")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="(default: 25)")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="(default: 32)")] = None,
     accum_steps: Annotated[
         int | None, typer.Option("--accum-steps", help="Batches per optimizer step. (default: 2)")
     ] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate. (default: 1e-4)")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate. (default: 5e-4)")] = None,
     weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="(default: 1e-4)")] = None,
     warmup_epochs: Annotated[float | None, typer.Option("--warmup-epochs", help="(default: 1)")] = None,
     grad_clip: Annotated[
         float | None, typer.Option("--grad-clip", help="Max gradient norm, 0 = off. (default: 1.0)")
     ] = None,
-    label_smoothing: Annotated[float | None, typer.Option("--label-smoothing", help="(default: 0)")] = None,
+    label_smoothing: Annotated[float | None, typer.Option("--label-smoothing", help="(default: 0.1)")] = None,
     class_weights: Annotated[
         bool | None, typer.Option("--class-weights/--no-class-weights", help="Inverse-frequency loss weights.")
     ] = None,
@@ -73,7 +79,7 @@ def command(
     unfreeze_epochs: Annotated[
         str | None,
         typer.Option(
-            "--unfreeze-epochs", help="Head only until A, top half of the backbone until B: 'A,B'. (default: 5,10)"
+            "--unfreeze-epochs", help="Head only until A, top half of the backbone until B: 'A,B'. (default: 1,2)"
         ),
     ] = None,
     patience: Annotated[int | None, typer.Option("--patience", help="Early-stopping patience. (default: 10)")] = None,
@@ -100,7 +106,7 @@ def command(
     except ValueError:
         raise ConfigError("--unfreeze-epochs takes two numbers, e.g. 5,10.") from None
     flags = {
-        "datasets": _csv(datasets), "model": model, "weights": str(weights) if weights else None,
+        "datasets": _csv(datasets), "recipe": recipe, "model": model, "weights": str(weights) if weights else None,
         "pretrained": pretrained, "image_size": image_size, "data_size": data_size, "epochs": epochs,
         "batch_size": batch_size, "accum_steps": accum_steps, "lr": lr, "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs, "grad_clip": grad_clip, "label_smoothing": label_smoothing,
@@ -117,10 +123,10 @@ def command(
         cfg = TrainConfig.from_dict({**saved, **extendable}).validate()
     else:
         file_values = load_toml(config) if config else {}
-        cfg, recipe = resolve(file_values, flags)
-        if recipe and not json:
-            settings = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in recipe.items())
-            _output.info(f"Using the quick recipe for {cfg.datasets[0]} ({settings}); flags override it.")
+        cfg, kept = resolve(file_values, flags)
+        if not json:
+            settings = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in kept.items())
+            _output.info(f"Recipe: {cfg.recipe}{f' ({settings})' if settings else ''}; flags override any setting.")
         target = run_dir.expanduser().resolve() if run_dir else runs.new_run_dir(home, name, cfg.datasets)
 
     from cellmorphnet.cli._train_view import TrainView
