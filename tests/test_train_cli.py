@@ -80,8 +80,9 @@ def test_config_file_and_flag_precedence(cli, home, tmp_path):
 
 def _spawn_training(home, name, epochs=500):
     env = {**os.environ, "CELLMORPHNET_HOME": str(home), "PYTHONUNBUFFERED": "1"}
+    # --patience: early stopping must not end the run before the test has done with it
     args = [sys.executable, "-m", "cellmorphnet", "train", "--datasets", "sample", "--name", name,
-            "--epochs", str(epochs), *QUICK]  # fmt: skip
+            "--epochs", str(epochs), "--patience", str(epochs), *QUICK]  # fmt: skip
     return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
