@@ -55,22 +55,16 @@ def collect_logits(
     return {k: {kk: torch.cat(vv) for kk, vv in v.items()} for k, v in out.items()}
 
 
-@torch.no_grad()
 def predict_local(
     model: torch.nn.Module, loader: BatchLoader, space: LabelSpace, device: torch.device, precision: Precision,
     temperature: float = 1.0,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per dataset: local ``labels``, local-space ``probs`` (after the temperature) and per-sample ``losses``."""
-    model.eval()
-    out: dict[str, dict[str, list]] = {}
-    for batch in loader:
-        with autocast(device, precision):
-            logits = model(batch.images)
-        losses = coarse_cross_entropy(logits, batch.target_ids, space.target_table)
-        probs = (logits.float() / temperature).softmax(1)
-        local = probs @ space.rows(batch.dataset).T  # summed probability of the classes each local label covers
-        d = out.setdefault(batch.dataset, {"labels": [], "probs": [], "losses": []})
-        d["labels"].append(batch.labels.cpu())
-        d["probs"].append(local.cpu())
-        d["losses"].append(losses.cpu())
-    return {k: {kk: torch.cat(vv).numpy() for kk, vv in v.items()} for k, v in out.items()}
+    table = space.target_table.float().cpu()
+    out = {}
+    for name, d in collect_logits(model, loader, device, precision).items():
+        losses = coarse_cross_entropy(d["logits"], d["target_ids"], table)
+        # the summed probability of the classes each local label covers
+        local = (d["logits"] / temperature).softmax(1) @ space.rows(name).float().cpu().T
+        out[name] = {"labels": d["labels"].numpy(), "probs": local.numpy(), "losses": losses.numpy()}
+    return out
