@@ -30,6 +30,7 @@ def main() -> None:
     ap.add_argument("--unfreeze-epochs", default="1,2")
     ap.add_argument("--label-smoothing", type=float, default=0.1)
     ap.add_argument("--image-size", type=int, default=None)
+    ap.add_argument("--augment", default="stain", choices=["stain", "basic"])
     ap.add_argument("--home", type=Path, default=None, help="keep the run here instead of a temporary folder")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -51,6 +52,7 @@ def main() -> None:
         cfg = TrainConfig(
             datasets=["bloodmnist"], data_size=args.size, image_size=args.image_size, epochs=args.epochs, lr=args.lr,
             unfreeze_epochs=[int(v) for v in args.unfreeze_epochs.split(",")], label_smoothing=args.label_smoothing,
+            augment=args.augment,
         ).validate()  # fmt: skip
 
         def progress(kind, **data):
