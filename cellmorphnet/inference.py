@@ -1,15 +1,21 @@
 """Predict over files and folders with a trained run, rebuilding its exact preprocessing.
 
 The inference policy (how a full-size image becomes what the network saw in training) is derived
-from the preprocessing of the run's first dataset and stored in the run record at training time
-(``record.InferencePolicy``):
+from the preprocessing of the run's first dataset and the framing and colours measured on its
+training images, and stored in the run record at training time (``record.InferencePolicy``):
 
-1. centre square crop: ``centre_crop_px`` pixels where the data was made that way (PBC/BloodMNIST:
-   200 px, as MedMNIST made its arrays), else ``centre_crop_fraction`` of the shorter side (cell
-   crops and folders: 1.0, the whole square);
+1. a square crop: around the white cell found in the image, at the scale the training images show
+   their cells (``crop == "cell"``, see ``cellfinder``; one crop side for the whole set); else, or
+   where no cell is found, the training data's centre square (``centre_crop_px`` pixels for
+   PBC/BloodMNIST, else ``centre_crop_fraction`` of the shorter side);
 2. bicubic resizes through ``resize_chain`` (e.g. [28, 64] for the sample: stored at 28 px,
    prepared at 64), exactly as prepare made the training arrays;
-3. the evaluation transform of training: resize to the network's input size and normalise.
+3. optionally the set's colours matched to the training images' (``colour.match``);
+4. the evaluation transform of training (resize to the network's input size, normalise), then the
+   model, optionally adapted (AdaBN) and averaged over 8 flips and turns, and the run's temperature.
+
+A first pass over the set (``survey_files``) finds the cells and the set's colours before any
+prediction, so every image is decoded twice on the default path (three times never).
 
 Decoding runs in a thread pool ahead of the model (PIL releases the GIL while decoding), so images
 are read while the network works on the previous batch. Unreadable files are reported, never fatal.
@@ -278,8 +284,10 @@ def predict_files(
     from cellmorphnet.data.loader import eval_transform
 
     survey = survey_files(files, policy, workers, colour_match)
-    if adapt_bn:
-        arrays = [a for _, a, err, *_ in _prefetched(files, policy, survey, workers, 64) if err is None]
+    loaded = _prefetched(files, policy, survey, workers, window=max(2 * batch_size, 8))
+    if adapt_bn:  # every image is needed before the first prediction: load once, keep, then predict from memory
+        loaded = list(loaded)
+        arrays = [a for _, a, err, *_ in loaded if err is None]
         if arrays:
             model = adapt_batch_norm(model, arrays, policy, device, channels_last)
     keep = torch.tensor([classes.index(c) for c in restrict_to]) if restrict_to else None
@@ -311,7 +319,7 @@ def predict_files(
         batch_arrays.clear()
 
     done = 0
-    for path, arr, error, how, dist in _prefetched(files, policy, survey, workers, window=max(2 * batch_size, 8)):
+    for path, arr, error, how, dist in loaded:
         done += 1
         if error is not None:
             preds.append(Prediction(path, error=error))

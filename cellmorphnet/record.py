@@ -24,6 +24,7 @@ from cellmorphnet.training.config import TrainConfig
 SCHEMA = 2
 CONFIG_FILE = "config.json"
 REFERENCE_FILE = "reference_images.npz"  # a few real validation images, for export checks away from the cache
+REFERENCE_IMAGES = 64  # how many
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 
 from cellmorphnet import runs
-from cellmorphnet.errors import CellMorphNetError, CheckpointError, RunError
-from cellmorphnet.record import REFERENCE_FILE, RunRecord
+from cellmorphnet.errors import CellMorphNetError, CheckpointError, ExportError, RunError
+from cellmorphnet.record import REFERENCE_FILE, REFERENCE_IMAGES, RunRecord
 
 
 @dataclass
@@ -101,8 +101,6 @@ def reference_images(run_dir: Path, record: RunRecord, home: Path | None = None)
 
     Runs from before that file existed fall back to the prepared validation split in the cache.
     """
-    from cellmorphnet.errors import ExportError
-
     path = Path(run_dir) / REFERENCE_FILE
     if path.exists():
         try:
@@ -114,7 +112,7 @@ def reference_images(run_dir: Path, record: RunRecord, home: Path | None = None)
 
     first = next(iter(record.datasets.values()))
     try:
-        return store.load_split(first.name, first.size, "val", home).images[:64].copy()
+        return store.load_split(first.name, first.size, "val", home).images[:REFERENCE_IMAGES].copy()
     except CellMorphNetError as e:
         raise ExportError(
             f"{Path(run_dir).name} keeps no reference images ({REFERENCE_FILE}; runs trained before version 0.2 "

@@ -5,6 +5,7 @@ Library code: it reports through the ``events`` callback and returns values; it 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import platform
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from cellmorphnet._io import atomic_path, write_json
 from cellmorphnet.data.loader import AUGMENTATIONS, BatchLoader
 from cellmorphnet.errors import CheckpointError, RunError
 from cellmorphnet.model import create_model, data_config
-from cellmorphnet.record import REFERENCE_FILE, RunRecord, policy_for
+from cellmorphnet.record import REFERENCE_FILE, REFERENCE_IMAGES, RunRecord, policy_for
 from cellmorphnet.training import checkpoint, schedule
 from cellmorphnet.training.config import TrainConfig
 from cellmorphnet.training.data import TrainData, appearance, load_data, pick_data_size
@@ -33,7 +34,6 @@ from cellmorphnet.training.precision import (
 )
 
 Events = Callable[..., None]
-REFERENCE_IMAGES = 64  # real validation images kept in the run for export checks
 
 
 def _versions() -> dict[str, str]:
@@ -159,7 +159,7 @@ def _fit_locked(
     if state is not None:
         saved = start.record
         changed = {k: v for k, v in cfg.to_dict().items() if saved.config.to_dict().get(k) != v}
-        record = RunRecord(**{**saved.__dict__, "config": cfg})
+        record = dataclasses.replace(saved, config=cfg)
         if "lr_plan" in state:
             lr_plan = schedule.LrPlan.from_dict(state["lr_plan"])
         else:  # a format-1 checkpoint: its plan was the plain warmup-cosine of its saved config
