@@ -63,17 +63,23 @@ def overlay(image: np.ndarray, cam: np.ndarray, size: int = 256, alpha: float = 
     return ((1 - alpha) * base + alpha * colour).clip(0, 1).__mul__(255).astype(np.uint8)
 
 
-def save_overlay(path: Path, image: np.ndarray, cam: np.ndarray, label: str | None = None) -> Path:
-    """Write the image and its overlay side by side as a PNG (atomically)."""
+def overlay_image(image: np.ndarray, cam: np.ndarray, label: str | None = None):
+    """The image and its overlay side by side (a PIL image), with ``label`` written on the left."""
     from PIL import Image, ImageDraw
-
-    from cellmorphnet._io import atomic_path
 
     left = np.asarray(Image.fromarray(image).resize((256, 256), Image.BICUBIC))
     both = np.concatenate([left, np.full((256, 4, 3), 255, np.uint8), overlay(image, cam)], axis=1)
     out = Image.fromarray(both)
     if label:
         ImageDraw.Draw(out).text((6, 4), label, fill=(255, 255, 255))
+    return out
+
+
+def save_overlay(path: Path, image: np.ndarray, cam: np.ndarray, label: str | None = None) -> Path:
+    """Write ``overlay_image`` as a PNG (atomically)."""
+    from cellmorphnet._io import atomic_path
+
+    out = overlay_image(image, cam, label)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         out.save(tmp, format="PNG")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
 
@@ -31,15 +29,26 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: Path) -> Image.Image:
-    """Open an image file fully as RGB, raising ``InvalidData`` with the reason if it cannot be read."""
+def load_rgb(source, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
+    """Open an image (a path, or a binary file object named ``name``) fully as RGB.
+
+    Raises ``InvalidData`` with the reason if it cannot be read, and before decoding anything when
+    it has more than ``max_pixels`` pixels (a decompression bomb: a small file that decodes to
+    gigabytes); without ``max_pixels``, PIL's own limit applies.
+    """
+    label = name if name is not None else source
     try:
-        with Image.open(path) as img:
+        with Image.open(source) as img:
+            w, h = img.size
+            if max_pixels is not None and w * h > max_pixels:
+                raise InvalidData(f"{label}: image too large ({w}x{h} pixels; the limit is {max_pixels:,})")
             img.load()
             return to_rgb(img)
+    except Image.DecompressionBombError:
+        raise InvalidData(f"{label}: image too large (more pixels than PIL decodes safely)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         reason = "not an image" if isinstance(e, UnidentifiedImageError) else str(e) or type(e).__name__
-        raise InvalidData(f"{path}: {reason}") from None
+        raise InvalidData(f"{label}: {reason}") from None
 
 
 def square_box(

@@ -45,7 +45,10 @@ DEFAULT_COLOUR_MATCH = True
 DEFAULT_ADAPT_BN = False
 DEFAULT_TTA = True
 COLOUR_DISTANCE_WARN = 4.0  # |z| of an image's mean colour beyond which it is marked unlike the training data
-ADAPT_BN_MAX_IMAGES = 2048  # images used to re-estimate batch-norm statistics
+ADAPT_BN_MAX_IMAGES = 2048
+# The colour match needs a set: one image's colours are mostly its own cell's (matching single images
+# cost 8 points on PBC's JPEGs, docs/benchmarks.md). Smaller sets are classified as they come.
+MIN_COLOUR_SET = 16  # images used to re-estimate batch-norm statistics
 
 
 def crop_box(size: tuple[int, int], policy: InferencePolicy, nucleus: Nucleus | None = None,
@@ -95,7 +98,7 @@ def collect_files(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, s
 
 @dataclass
 class Prediction:
-    path: Path
+    path: Item
     predicted: str | None = None
     confidence: float | None = None
     top_k: list[tuple[str, float]] = field(default_factory=list)
@@ -134,19 +137,43 @@ class Survey:
     ``cellfinder``), and the set's colour statistics (see ``colour.match``). Stain, lamp, camera and
     magnification belong to the lab, not to one image, so scale and colour are taken from the set."""
 
-    nuclei: dict[Path, Nucleus | None]
+    nuclei: dict[Item, Nucleus | None]
     side: float | None  # None: no cell found anywhere, every image is cropped at the centre
     colour: dict[str, list[float]] | None = None  # the set's CIELAB mean and std, where colour matching is on
 
-    def of(self, path: Path) -> tuple[Nucleus | None, float | None]:
+    def of(self, path: Item) -> tuple[Nucleus | None, float | None]:
         n = self.nuclei.get(path)
         return (n, self.side) if n is not None and self.side is not None else (None, None)
 
 
-def _read(path: Path):
-    if path.stat().st_size == 0:
-        raise InvalidData(f"{path}: empty file (0 bytes)")
-    return load_rgb(path)
+@dataclass(eq=False)
+class Upload:
+    """An image received in memory (by the server) rather than read from a file: its name and bytes.
+
+    Everything that classifies files takes these too; they are never written to disk.
+    """
+
+    name: str
+    data: bytes
+    max_pixels: int | None = None  # refuse larger images before decoding them (decompression bombs)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+Item = Path | Upload  # what predict_files classifies
+
+
+def _read(item: Item):
+    if isinstance(item, Upload):
+        if not item.data:
+            raise InvalidData(f"{item.name}: empty file (0 bytes)")
+        import io
+
+        return load_rgb(io.BytesIO(item.data), item.name, item.max_pixels)
+    if item.stat().st_size == 0:
+        raise InvalidData(f"{item}: empty file (0 bytes)")
+    return load_rgb(item)
 
 
 def _reason(e: Exception) -> str:
@@ -157,7 +184,7 @@ def _reason(e: Exception) -> str:
     return f"cannot read ({getattr(e, 'strerror', None) or e})"
 
 
-def _look(path: Path, policy: InferencePolicy, with_colour: bool):
+def _look(path: Item, policy: InferencePolicy, with_colour: bool):
     """(nucleus, implied crop side, CIELAB moments of the provisional crop) of one file; Nones if unreadable."""
     try:
         img = _read(path)
@@ -171,18 +198,19 @@ def _look(path: Path, policy: InferencePolicy, with_colour: bool):
     return n, side, moments
 
 
-def survey_files(files: list[Path], policy: InferencePolicy, workers: int = 2, colour_match: bool = False) -> Survey:
+def survey_files(files: list[Item], policy: InferencePolicy, workers: int = 2, colour_match: bool = False) -> Survey:
     """Look at every file once (in a thread pool): find the cells, the set's crop side and its colours."""
     if not (policy.crop == "cell" and policy.nucleus_fraction) and not colour_match:
         return Survey({}, None)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         found = list(pool.map(lambda f: _look(f, policy, colour_match), files))
-    source = colour.from_moments([m for *_, m in found if m is not None]) if colour_match else None
+    moments = [m for *_, m in found if m is not None]
+    source = colour.from_moments(moments) if colour_match and len(moments) >= MIN_COLOUR_SET else None
     return Survey({f: n for f, (n, _, _) in zip(files, found, strict=True)}, crop_side_of([s for _, s, _ in found]),
                   source)  # fmt: skip
 
 
-def _load(path: Path, policy: InferencePolicy, survey: Survey):
+def _load(path: Item, policy: InferencePolicy, survey: Survey):
     """(array, error, framing label and crop box, colour distance) for one file.
 
     The colour distance is that of the image as it came, before any colour matching.
@@ -200,7 +228,7 @@ def _load(path: Path, policy: InferencePolicy, survey: Survey):
     return arr, None, (label, crop_box(img.size, policy, nucleus, side)), dist
 
 
-def _prefetched(files: list[Path], policy: InferencePolicy, survey: Survey, workers: int, window: int) -> Iterator:
+def _prefetched(files: list[Item], policy: InferencePolicy, survey: Survey, workers: int, window: int) -> Iterator:
     """Decode ``files`` in a thread pool, at most ``window`` ahead of the consumer, in order."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = []
@@ -254,7 +282,7 @@ def predict_files(
     model,
     classes: list[str],
     policy: InferencePolicy,
-    files: list[Path],
+    files: list[Item],
     *,
     batch_size: int = 64,
     top_k: int = 3,
@@ -268,7 +296,7 @@ def predict_files(
     restrict_to: list[str] | None = None,
     tta: bool = False,
     temperature: float = 1.0,
-) -> tuple[list[Prediction], dict[Path, np.ndarray]]:
+) -> tuple[list[Prediction], dict[Item, np.ndarray]]:
     """Predict every file; unreadable ones come back with ``error`` set. Optionally keep the preprocessed arrays.
 
     ``colour_match``: match each image's colours to the training images' (``colour.match``).
@@ -281,8 +309,6 @@ def predict_files(
     """
     import torch
 
-    from cellmorphnet.data.loader import eval_transform
-
     survey = survey_files(files, policy, workers, colour_match)
     loaded = _prefetched(files, policy, survey, workers, window=max(2 * batch_size, 8))
     if adapt_bn:  # every image is needed before the first prediction: load once, keep, then predict from memory
@@ -293,28 +319,19 @@ def predict_files(
     keep = torch.tensor([classes.index(c) for c in restrict_to]) if restrict_to else None
 
     preds: list[Prediction] = []
-    kept: dict[Path, np.ndarray] = {}
-    batch_paths: list[tuple[Path, tuple, float | None]] = []
+    kept: dict[Item, np.ndarray] = {}
+    batch_paths: list[tuple[Item, tuple, float | None]] = []
     batch_arrays: list[np.ndarray] = []
     k = max(1, min(top_k, len(classes) if keep is None else len(keep)))
     dev = torch.device(device)
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
 
     def flush() -> None:
         if not batch_arrays:
             return
-        x = torch.from_numpy(np.stack(batch_arrays)).to(dev)
-        x = eval_transform(x, policy.image_size, policy.mean, policy.std).contiguous(memory_format=fmt)
-        with torch.no_grad():
-            views = [x] if not tta else [v.rot90(k, dims=(2, 3)) for v in (x, x.flip(3)) for k in range(4)]
-            logits = torch.stack([model(v.contiguous(memory_format=fmt)).float().cpu() for v in views]) / temperature
-        if keep is not None:
-            logits = torch.full_like(logits, float("-inf")).index_copy(2, keep, logits.index_select(2, keep))
-        probs = logits.softmax(2).mean(0)
-        values, indices = probs.topk(k, dim=1)
-        for (path, (how, box), dist), v, i in zip(batch_paths, values.tolist(), indices.tolist(), strict=True):
-            preds.append(Prediction(path, classes[i[0]], v[0], [(classes[j], p) for j, p in zip(i, v, strict=True)],
-                                    framing=how, box=box, colour_distance=dist))  # fmt: skip
+        probs = class_probs(model, batch_arrays, policy, device=dev, channels_last=channels_last, tta=tta,
+                            temperature=temperature, keep=keep)  # fmt: skip
+        for (path, how, dist), row in zip(batch_paths, probs, strict=True):
+            preds.append(to_prediction(path, row, classes, k, how, dist))
         batch_paths.clear()
         batch_arrays.clear()
 
@@ -336,6 +353,36 @@ def predict_files(
     order = {p: i for i, p in enumerate(files)}
     preds.sort(key=lambda p: order.get(p.path, -1))
     return preds, kept
+
+
+def class_probs(model, arrays: list[np.ndarray], policy: InferencePolicy, *, device, channels_last: bool = False,
+                tta: bool = False, temperature: float = 1.0, keep=None) -> np.ndarray:  # fmt: skip
+    """The model's calibrated class probabilities (N, C) for preprocessed arrays (``preprocess``), one pass.
+
+    ``tta`` averages the 8 flips and quarter turns; ``keep`` (class indices) restricts the softmax to them.
+    """
+    import torch
+
+    from cellmorphnet.data.loader import eval_transform
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.from_numpy(np.stack(arrays)).to(device)
+    x = eval_transform(x, policy.image_size, policy.mean, policy.std).contiguous(memory_format=fmt)
+    with torch.no_grad():
+        views = [x] if not tta else [v.rot90(k, dims=(2, 3)) for v in (x, x.flip(3)) for k in range(4)]
+        logits = torch.stack([model(v.contiguous(memory_format=fmt)).float().cpu() for v in views]) / temperature
+    if keep is not None:
+        logits = torch.full_like(logits, float("-inf")).index_copy(2, keep, logits.index_select(2, keep))
+    return logits.softmax(2).mean(0).numpy()
+
+
+def to_prediction(item: Item, probs: np.ndarray, classes: list[str], k: int, how: tuple | None = None,
+                  dist: float | None = None) -> Prediction:  # fmt: skip
+    """A ``Prediction`` from one row of ``class_probs``: the top ``k`` classes, the framing and colour distance."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    label, box = how if how is not None else (None, None)
+    top = [(classes[int(j)], float(probs[j])) for j in order]
+    return Prediction(item, top[0][0], top[0][1], top, framing=label, box=box, colour_distance=dist)
 
 
 def sort_into(preds: list[Prediction], target: Path) -> int:

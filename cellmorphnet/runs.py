@@ -57,8 +57,33 @@ def list_runs(home: Path | None = None) -> list[Path]:
     return sorted(runs, key=lambda p: (created(p), p.name))
 
 
+PACKAGED = "bloodmnist"  # the run that ships inside the package (cellmorphnet/models/), usable right after install
+
+
+def packaged_runs() -> dict[str, Path]:
+    """The ready runs shipped with cellmorphnet, by name (read-only: they live in the installed package)."""
+    from importlib import resources
+
+    root = Path(str(resources.files("cellmorphnet") / "models"))
+    if not root.is_dir():
+        return {}
+    return {p.name: p.resolve() for p in sorted(root.iterdir()) if p.is_dir() and is_run_dir(p)}
+
+
+def is_packaged(run_dir: Path) -> bool:
+    return Path(run_dir).resolve() in packaged_runs().values()
+
+
+def output_dir(run_dir: Path, home: Path | None, *parts: str) -> Path:
+    """Where a command writes what it makes from a run (``eval``, ``export``): inside the run folder, except for
+    a shipped run, whose folder belongs to the installed package: then under the home's ``packaged/NAME``."""
+    if is_packaged(run_dir):
+        return (home or paths.home_dir()) / "packaged" / Path(run_dir).name / Path(*parts)
+    return Path(run_dir) / Path(*parts)
+
+
 def resolve_run(run: str | Path | None, home: Path | None = None) -> Path:
-    """A run by path, by name under ``runs/``, or the latest run when ``run`` is None."""
+    """A run by path, by name under ``runs/``, a shipped run by name, or the latest run when ``run`` is None."""
     if run is None:
         runs = list_runs(home)
         if not runs:
@@ -68,7 +93,13 @@ def resolve_run(run: str | Path | None, home: Path | None = None) -> Path:
     for candidate in (p, paths.runs_dir(home) / str(run)):
         if candidate.is_dir() and is_run_dir(candidate):
             return candidate.resolve()
-    raise RunError(f"No run '{run}'.", hint="cellmorphnet status lists the runs; give a name or a run folder.")
+    shipped = packaged_runs()
+    if str(run) in shipped:
+        return shipped[str(run)]
+    hint = "cellmorphnet status lists the runs; give a name or a run folder"
+    if shipped:
+        hint += f", or {', '.join(shipped)} (shipped with cellmorphnet)"
+    raise RunError(f"No run '{run}'.", hint=hint + ".")
 
 
 def new_run_dir(home: Path | None, name: str | None, datasets: list[str]) -> Path:

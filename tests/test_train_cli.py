@@ -58,7 +58,7 @@ def test_train_on_sample_writes_a_complete_run_folder(cli, home):
 
 def test_help_shows_defaults(cli):
     out = " ".join(cli("train", "--help").stdout.split())
-    assert "(default: 25)" in out and "(default: 5e-4)" in out and "--recipe" in out
+    assert "(default: 20)" in out and "(default: 5e-4)" in out and "--recipe" in out
 
 
 def test_config_file_and_flag_precedence(cli, home, tmp_path):

@@ -16,7 +16,8 @@ from cellmorphnet.training.config import TrainConfig
 from cellmorphnet.training.data import load_data
 from cellmorphnet.training.precision import Precision
 
-TINY = dict(model="test_efficientnet", pretrained=False, batch_size=8, accum_steps=1, limit_batches=3, lr=1e-3)
+TINY = dict(model="test_efficientnet", pretrained=False, batch_size=8, accum_steps=1, limit_batches=3, lr=1e-3,
+            image_size=None)
 
 
 def _tiny_cfg(**kw) -> TrainConfig:

@@ -65,14 +65,15 @@ def command(
     run_dir = runs.resolve_run(run, home)
     if on is not None:
         _eval_on(run_dir, on, checkpoint, device, accept_data_change, classes_only, crop, colour_match, adapt_bn, tta,
-                 out, json)  # fmt: skip
+                 out or runs.output_dir(run_dir, home, "eval", f"on-{Path(on).expanduser().resolve().name}"),
+                 json)  # fmt: skip
         return
     subset = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
     report = evaluate_run(run_dir, home=home, split=split, datasets=subset, which=checkpoint, device=device,
                           accept_data_change=accept_data_change)  # fmt: skip
     for change in report["data_changes_accepted"]:
         _output.warn(f"Evaluating on changed data (accepted): {change}")
-    out_dir = out or run_dir / "eval" / split
+    out_dir = out or runs.output_dir(run_dir, home, "eval", split)
     files = write_report(report, out_dir)
     if json:
         _output.print_json(report)
@@ -93,7 +94,7 @@ def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, co
     with _output.progress("Classifying") as cb:
         report = evaluate_folder(rm, folder, options, progress=cb)
     report.update(run=str(run_dir), checkpoint=str(rm.checkpoint), epoch=rm.epoch)
-    out_dir = out or run_dir / "eval" / f"on-{Path(folder).expanduser().resolve().name}"
+    out_dir = out
     write_json(out_dir / "metrics.json", report)
     files = [out_dir / "metrics.json"]
     if report["metrics"]:

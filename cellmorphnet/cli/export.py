@@ -52,7 +52,7 @@ def command(
     images = reference_images(run_dir, rm.record, home)
     result: dict = {"run": str(run_dir), "format": format}
     if format == "onnx":
-        path = out or run_dir / "export" / f"{run_dir.name}.onnx"
+        path = out or runs.output_dir(run_dir, home, "export") / f"{run_dir.name}.onnx"
         with _output.err.status("Exporting to ONNX…"):
             export.export_onnx(rm, path, images)
             check = export.verify_onnx(rm, path, images)
@@ -71,7 +71,7 @@ def command(
         result["variants"] = []
         for v in variants:
             if folder is not None or out is None:
-                path = (folder or run_dir / "export") / f"{run_dir.name}-{v}.mlpackage"
+                path = (folder or runs.output_dir(run_dir, home, "export")) / f"{run_dir.name}-{v}.mlpackage"
             else:
                 path = out
             with _output.err.status(f"Converting to CoreML ({v})…"):

@@ -51,10 +51,12 @@ def command(
         bool | None, typer.Option("--pretrained/--no-pretrained", help="ImageNet weights. (default: pretrained)")
     ] = None,
     image_size: Annotated[
-        int | None, typer.Option("--image-size", help="Network input size. (default: the prepared data size)")
+        int | None,
+        typer.Option("--image-size", help="Network input size, resized from the prepared data. (default: 96; "
+                     "the data's own size in the quick and original recipes)"),
     ] = None,
     data_size: Annotated[int | None, typer.Option("--data-size", help="Prepared size to train from.")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="(default: 25)")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="(default: 20)")] = None,
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="(default: 32)")] = None,
     accum_steps: Annotated[
         int | None, typer.Option("--accum-steps", help="Batches per optimizer step. (default: 2)")
@@ -115,6 +117,9 @@ def command(
     }  # fmt: skip
     if resume:
         target = runs.resolve_run(resume, home)
+        if runs.is_packaged(target):
+            raise ConfigError(f"{target.name} ships with cellmorphnet and cannot be resumed in place.",
+                              hint=f"Train your own: cellmorphnet train --datasets {target.name}")  # fmt: skip
         saved = RunRecord.load(target).config.to_dict()
         extendable = {k: v for k, v in flags.items() if k in ("epochs", "patience", "limit_batches") and v is not None}
         ignored = sorted(k for k, v in flags.items() if v is not None and k not in extendable)

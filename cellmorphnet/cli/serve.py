@@ -1,0 +1,107 @@
+"""Serve a run over HTTP: a REST API (/v1, OpenAPI at /docs) and a web page at / for the people around you.
+
+Loads the model once and classifies uploads exactly as infer does. Binds to 127.0.0.1 unless told
+otherwise; on a network, set a token. Needs the serve extra: pipx install "cellmorphnet[serve]".
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from cellmorphnet.cli import _output
+from cellmorphnet.cli._options import DeviceOption, home_of
+
+NAME = "serve"
+ENV_TOKEN = "CELLMORPHNET_TOKEN"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def command(
+    ctx: typer.Context,
+    run: Annotated[
+        str, typer.Argument(help="A run name or folder, 'latest', or the model that ships with cellmorphnet.")
+    ] = "bloodmnist",
+    host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every network).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
+    checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
+    device: DeviceOption = "auto",
+    token: Annotated[
+        str | None,
+        typer.Option("--token", envvar=ENV_TOKEN, help="Require 'Authorization: Bearer TOKEN' on every /v1 route.",
+                     show_default=False),
+    ] = None,  # fmt: skip
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option("--cors-origin", help="Allow browser pages from this origin to call the API (repeatable).",
+                     show_default=False),
+    ] = None,  # fmt: skip
+    max_batch: Annotated[
+        int, typer.Option("--max-batch", help="Images per forward pass across requests (1: no micro-batching).")
+    ] = 32,
+    batch_wait_ms: Annotated[
+        float, typer.Option("--batch-wait-ms", help="How long to wait for other requests to join a batch.")
+    ] = 5.0,
+    max_files: Annotated[int, typer.Option("--max-files", help="Files per request.")] = 256,
+    max_file_mb: Annotated[float, typer.Option("--max-file-mb", help="Size of one file, in MB.")] = 20.0,
+    max_request_mb: Annotated[float, typer.Option("--max-request-mb", help="Size of one request, in MB.")] = 100.0,
+    max_megapixels: Annotated[
+        float, typer.Option("--max-megapixels", help="Decoded size of one image (decompression bombs).")
+    ] = 50.0,
+) -> None:
+    from cellmorphnet import runs
+    from cellmorphnet.errors import ConfigError
+
+    if not 1 <= port <= 65535:
+        raise ConfigError("--port must be between 1 and 65535.")
+    if min(max_files, max_file_mb, max_request_mb, max_megapixels) <= 0:
+        raise ConfigError("The --max-* limits must be positive.")
+    try:
+        import fastapi  # noqa: F401
+        import python_multipart  # noqa: F401
+        import uvicorn
+    except ImportError:
+        hint = 'pipx install "cellmorphnet[serve]" (or pip install "cellmorphnet[serve]").'
+        raise ConfigError("cellmorphnet serve needs its extra packages.", hint=hint) from None
+    from cellmorphnet.service import Limits, ModelService
+    from cellmorphnet.webapp import create_app
+
+    run_dir = runs.resolve_run(None if run == "latest" else run, home_of(ctx))
+    _check_port(host, port)
+    limits = Limits(max_file_bytes=int(max_file_mb * 1024 * 1024), max_request_bytes=int(max_request_mb * 1024 * 1024),
+                    max_files=max_files, max_pixels=int(max_megapixels * 1_000_000))  # fmt: skip
+    _output.info(f"Loading {run_dir.name} …")
+    service = ModelService(run_dir, checkpoint, device, max_batch=max_batch, max_wait_ms=batch_wait_ms, limits=limits)
+    service.warm_up()  # a broken run fails here, before the port opens
+    if host not in LOCAL_HOSTS and not token:
+        _output.warn(f"Listening on {host} without a token: anyone who can reach this machine can use the model. "
+                     f"Set --token or {ENV_TOKEN}.")  # fmt: skip
+    app = create_app(service, token=token, cors_origins=cors_origin or None)
+    shown = f"[{host}]" if ":" in host else host
+    _output.info(f"Serving {run_dir.name} ({len(service.classes)} classes, {service.rm.device}) on "
+                 f"http://{shown}:{port}/  (API docs: /docs; Ctrl+C stops)")  # fmt: skip
+    try:
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    finally:
+        service.close()
+
+
+def _check_port(host: str, port: int) -> None:
+    """Refuse a port that is taken before spending time on the model."""
+    import socket
+
+    from cellmorphnet.errors import ConfigError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise ConfigError(f"Cannot listen on '{host}' ({e.strerror}).") from None
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(address)
+        except OSError as e:
+            raise ConfigError(f"Cannot listen on {host}:{port} ({e.strerror}).",
+                              hint="Another program uses that port: pick another with --port.") from None  # fmt: skip

@@ -1,0 +1,189 @@
+"""The FastAPI application of ``cellmorphnet serve``: the REST API (``/v1``), health checks, and the web page.
+
+Built around a ``service.ModelService`` that is already loaded; everything here is HTTP: routes,
+the bearer token, request limits, and turning predictions into JSON. Uploads are read into memory
+(bounded by the request limit) and parsed there; nothing uploaded is written to disk.
+"""
+
+from __future__ import annotations
+
+import secrets
+from importlib import resources
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from cellmorphnet.service import Limits, ModelService
+
+STATIC = resources.files(__package__) / "static"
+API_VERSION = "v1"
+
+
+class _Refused(Exception):
+    """A request refused with an HTTP status: 413 over a limit, 400 malformed."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        self.message = message
+        self.status = status
+
+
+def _too_large(message: str) -> _Refused:
+    return _Refused(message, 413)
+
+
+def _prediction_json(p) -> dict[str, Any]:
+    d = p.to_dict()
+    d["file"] = d.pop("path")
+    d["status"] = "error" if p.error else "ok"
+    return d
+
+
+async def _read_files(request: Request, field: str, limits: Limits) -> list[tuple[str, bytes]]:
+    """The uploaded files of a multipart request, in order, as ``(name, bytes)``; the limits enforced on the way."""
+
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
+        raise _too_large(f"The request is larger than {limits.max_request_bytes:,} bytes.")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limits.max_request_bytes:
+            raise _too_large(f"The request is larger than {limits.max_request_bytes:,} bytes.")
+    ctype = request.headers.get("content-type", "")
+    if not ctype.startswith("multipart/form-data"):
+        raise _Refused("Send the images as multipart/form-data.")
+
+    async def once():
+        yield bytes(body)
+
+    parser = MultiPartParser(request.headers, once(), max_files=limits.max_files + 1, max_fields=100)
+    parser.spool_max_size = len(body) + 1  # keep every part in memory (the body is already bounded)
+    try:
+        form = await parser.parse()
+    except MultiPartException as e:
+        if "Too many files" in e.message:
+            raise _too_large(f"At most {limits.max_files} files per request.") from None
+        raise _Refused(f"Malformed multipart body ({e.message}).") from None
+    files = []
+    try:
+        for key, value in form.multi_items():
+            if key != field or not isinstance(value, UploadFile):
+                continue
+            data = await value.read()
+            if len(data) > limits.max_file_bytes:
+                raise _too_large(f"{value.filename}: larger than {limits.max_file_bytes:,} bytes.")
+            files.append((value.filename or "", data))
+    finally:
+        await form.close()
+    if len(files) > limits.max_files:
+        raise _too_large(f"At most {limits.max_files} files per request.")
+    if not files:
+        raise _Refused(f"No files: send the images as multipart form field '{field}'.")
+    return files
+
+
+def _multipart(field: str, many: bool) -> dict[str, Any]:
+    """The OpenAPI request body of an upload route (the body is parsed by hand, so it is declared here)."""
+    binary = {"type": "string", "format": "binary"}
+    schema = {"type": "array", "items": binary} if many else binary
+    return {"requestBody": {"required": True, "content": {"multipart/form-data": {
+        "schema": {"type": "object", "required": [field], "properties": {field: schema}}}}}}  # fmt: skip
+
+
+def create_app(service: ModelService, *, token: str | None = None, cors_origins: list[str] | None = None,
+               limits: Limits | None = None) -> FastAPI:  # fmt: skip
+    """The application: ``service`` answers, ``token`` (if any) guards ``/v1``, ``cors_origins`` opens CORS,
+    ``limits`` bound each request (default: the service's)."""
+    limits = limits or service.limits
+    from cellmorphnet import __version__
+
+    app = FastAPI(
+        title="cellmorphnet",
+        version=__version__,
+        description="Blood-cell classification with a trained cellmorphnet run. Research tool: not a medical "
+        "device. The files of one request are classified as one set, as `cellmorphnet infer` classifies the "
+        "files given to it together.",
+    )
+    if cors_origins:
+        from fastapi.middleware.cors import CORSMiddleware
+
+        app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
+                           allow_headers=["Authorization", "Content-Type"])  # fmt: skip
+
+    def check_token(request: Request) -> None:
+        if token is None:
+            return
+        given = request.headers.get("authorization", "")
+        scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip().encode(), token.encode()):
+            raise HTTPException(401, "A valid 'Authorization: Bearer <token>' header is required.",
+                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
+    @app.exception_handler(_Refused)
+    async def refused(_request, exc: _Refused):
+        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz() -> dict[str, str]:
+        """The process is alive."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["health"])
+    def readyz():
+        """The model is loaded and warmed up (503 until then)."""
+        if not service.ready:
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return {"status": "ready"}
+
+    v1 = APIRouter(prefix=f"/{API_VERSION}", dependencies=[Depends(check_token)], tags=["model"])
+
+    @v1.get("/model")
+    def model() -> dict[str, Any]:
+        """The model card: run, classes, input size, preprocessing, checkpoint digest, data and test metrics."""
+        return service.card()
+
+    @v1.post("/predict", openapi_extra=_multipart("files", many=True))
+    async def predict(
+        request: Request,
+        top_k: int = Query(3, ge=1, le=50, description="How many classes to list per image."),
+        min_confidence: float = Query(0.0, ge=0.0, le=1.0, description="Flag predictions below this confidence."),
+    ) -> dict[str, Any]:
+        """Classify one or many images (multipart field `files`); one result per file, in upload order.
+
+        A file that cannot be read gets `status: error` with the reason; the others are classified.
+        """
+        files = await _read_files(request, "files", limits)
+        preds = await run_in_threadpool(service.predict, files, top_k, min_confidence)
+        return {"model": service.run_dir.name, "results": [_prediction_json(p) for p in preds]}
+
+    @v1.post("/gradcam", openapi_extra=_multipart("file", many=False),
+             responses={200: {"content": {"image/png": {}}}})  # fmt: skip
+    async def gradcam(request: Request):
+        """The Grad-CAM overlay of one image (multipart field `file`) as PNG: the crop beside the heat map."""
+        files = await _read_files(request, "file", limits)
+        if len(files) != 1:
+            raise _Refused("Send exactly one image as field 'file'.")
+        pred, png = await run_in_threadpool(service.gradcam_png, *files[0])
+        if pred.error:
+            return JSONResponse({"detail": pred.error}, status_code=422)
+        return Response(png, media_type="image/png", headers={
+            "X-Predicted-Class": pred.predicted, "X-Confidence": f"{pred.confidence:.6f}"})  # fmt: skip
+
+    app.include_router(v1)
+
+    @app.get("/", include_in_schema=False)
+    def index():
+        return FileResponse(str(STATIC / "index.html"), media_type="text/html")
+
+    @app.get("/static/{name}", include_in_schema=False)
+    def static(name: str):
+        allowed = {p.name: p for p in STATIC.iterdir() if p.is_file()}
+        if name not in allowed:
+            raise HTTPException(404, "Not found.")
+        return FileResponse(str(allowed[name]))
+
+    return app

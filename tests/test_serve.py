@@ -1,0 +1,291 @@
+"""``cellmorphnet serve``: the REST API in-process (FastAPI's test client), the micro-batcher, the command.
+
+Everything runs the model that ships with the package (the default architecture, fully trained), so
+the agreement with ``infer`` is checked on what users get.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import struct
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import PBC_TEST_IMAGES, assert_one_line_error
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from cellmorphnet import runs
+from cellmorphnet.service import Limits, MicroBatcher, ModelService
+from cellmorphnet.webapp import create_app
+
+JPEGS = sorted(PBC_TEST_IMAGES.rglob("*.jpg"))
+
+
+@pytest.fixture(scope="module")
+def service():
+    svc = ModelService(runs.packaged_runs()[runs.PACKAGED], device="cpu").warm_up()
+    yield svc
+    svc.close()
+
+
+@pytest.fixture
+def client(service):
+    return TestClient(create_app(service))
+
+
+def _files(paths, field="files"):
+    return [(field, (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A tiny PNG that claims to be ``width`` x ``height``: what a decompression bomb looks like to a reader."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def test_health_routes_and_readiness(service):
+    fresh = ModelService(service.run_dir, device="cpu")
+    try:
+        c = TestClient(create_app(fresh))
+        assert c.get("/healthz").json() == {"status": "ok"}
+        assert c.get("/readyz").status_code == 503  # loaded, not yet warmed up
+        fresh.warm_up()
+        assert c.get("/readyz").json() == {"status": "ready"}
+    finally:
+        fresh.close()
+
+
+def test_model_card(client, service):
+    card = client.get("/v1/model").json()
+    assert card["classes"] == service.classes and len(card["classes"]) == 8
+    assert card["input_size"] == 96 and card["architecture"] == "tf_efficientnet_lite0"
+    digest = hashlib.sha256((service.run_dir / "checkpoints" / "best.pt").read_bytes()).hexdigest()
+    assert card["checkpoint_sha256"] == digest
+    assert card["datasets"][0]["name"] == "bloodmnist" and card["datasets"][0]["licence"] == "CC BY 4.0"
+    assert card["test_metrics"]["bloodmnist"]["accuracy"] > 0.97  # the shipped run was evaluated
+    assert card["preprocessing"]["crop"] == "cell" and card["preprocessing"]["tta"] is True
+    assert "not a medical device" in card["notice"]
+    assert client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["requestBody"]
+
+
+def test_predict_agrees_with_infer_on_the_real_test_jpegs(client, cli, tmp_path):
+    """All 240 JPEGs in one request are one set, as infer's folder; the same file gets the same answer."""
+    assert len(JPEGS) == 240
+    out = tmp_path / "infer.csv"
+    r = cli("infer", runs.PACKAGED, PBC_TEST_IMAGES, "--out", out)
+    assert r.exit_code == 0, r
+    expected = {Path(row["path"]).name: row for row in csv.DictReader(out.open())}
+    res = client.post("/v1/predict", files=_files(JPEGS))
+    assert res.status_code == 200
+    results = res.json()["results"]
+    assert [x["file"] for x in results] == [p.name for p in JPEGS]  # upload order
+    for x in results:
+        row = expected[x["file"]]
+        assert x["status"] == "ok" and x["predicted"] == row["predicted"], x["file"]
+        assert abs(x["confidence"] - float(row["confidence"])) < 1e-4
+        assert x["framing"] == row["framing"]
+    truth = [p.parent.name for p in JPEGS]
+    accuracy = np.mean([x["predicted"] == t for x, t in zip(results, truth, strict=True)])
+    assert accuracy > 0.9
+
+
+def test_single_image_requests_match_infer_on_that_file(client, service):
+    from cellmorphnet.inference import predict_files
+
+    rm, o = service.rm, service.options
+    for path in JPEGS[::60]:
+        (want,), _ = predict_files(rm.model, service.classes, o.policy, [path], device=rm.device, **o.kwargs())
+        got = client.post("/v1/predict", files=_files([path])).json()["results"][0]
+        assert got["predicted"] == want.predicted and abs(got["confidence"] - want.confidence) < 1e-4
+
+
+def test_bad_files_get_an_error_entry_and_never_fail_the_request(client):
+    good = JPEGS[0].read_bytes()
+    rgba = Image.open(JPEGS[1]).convert("RGBA")
+    sixteen = Image.fromarray(np.asarray(Image.open(JPEGS[2]).convert("L"), np.uint16) * 257)
+    files = [
+        ("files", ("good.jpg", good, "image/jpeg")),
+        ("files", ("zero.jpg", b"", "image/jpeg")),
+        ("files", ("truncated.jpg", good[: len(good) // 2], "image/jpeg")),
+        ("files", ("text.png", b"this is not an image\n" * 10, "image/png")),
+        ("files", ("bomb.png", _png_header_only(100_000, 100_000), "image/png")),
+        ("files", ("rgba.png", _png(rgba), "image/png")),
+        ("files", ("16bit.png", _png(sixteen), "image/png")),
+    ]
+    res = client.post("/v1/predict", files=files, params={"top_k": 2})
+    assert res.status_code == 200
+    by = {x["file"]: x for x in res.json()["results"]}
+    assert [x["file"] for x in res.json()["results"]] == [f[1][0] for f in files]
+    for ok in ("good.jpg", "rgba.png", "16bit.png"):
+        assert by[ok]["status"] == "ok" and len(by[ok]["top_k"]) == 2, by[ok]
+    assert "empty" in by["zero.jpg"]["error"]
+    assert by["truncated.jpg"]["status"] == "error" and by["truncated.jpg"]["error"]
+    assert by["text.png"]["error"] == "not an image"
+    assert "too large" in by["bomb.png"]["error"]
+    assert all(by[f]["predicted"] is None for f in ("zero.jpg", "truncated.jpg", "text.png", "bomb.png"))
+
+
+def test_min_confidence_flags_and_top_k(client):
+    res = client.post("/v1/predict", files=_files(JPEGS[:3]), params={"top_k": 8, "min_confidence": 1.0}).json()
+    for x in res["results"]:
+        assert x["low_confidence"] is True and len(x["top_k"]) == 8
+        probs = [t["probability"] for t in x["top_k"]]
+        assert probs == sorted(probs, reverse=True) and abs(sum(probs) - 1) < 1e-4
+    assert client.post("/v1/predict", files=_files(JPEGS[:1]), params={"top_k": 0}).status_code == 422
+
+
+def test_limits_answer_413_and_bad_bodies_400(service):
+    small = TestClient(create_app(service, limits=Limits(max_file_bytes=10_000, max_request_bytes=200_000,
+                                                          max_files=3)))  # fmt: skip
+    big = JPEGS[0].read_bytes()
+    assert len(big) > 10_000
+    r = small.post("/v1/predict", files=[("files", ("big.jpg", big, "image/jpeg"))])
+    assert r.status_code == 413 and "big.jpg" in r.json()["detail"]
+    tiny = _png(Image.new("RGB", (8, 8), "white"))
+    r = small.post("/v1/predict", files=[("files", (f"{i}.png", tiny, "image/png")) for i in range(4)])
+    assert r.status_code == 413 and "At most 3 files" in r.json()["detail"]
+    r = small.post("/v1/predict", content=b"x" * 300_000, headers={"content-type": "multipart/form-data; boundary=b"})
+    assert r.status_code == 413
+    c = TestClient(create_app(service))
+    assert c.post("/v1/predict", json={"files": []}).status_code == 400
+    assert c.post("/v1/predict", files=[("other", ("a.png", tiny, "image/png"))]).status_code == 400
+    assert c.post("/v1/gradcam", files=_files(JPEGS[:2], "file")).status_code == 400
+
+
+def test_token_guards_v1_but_not_health(service):
+    c = TestClient(create_app(service, token="s3cret"))
+    assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Basic s3cret"}):
+        r = c.get("/v1/model", headers=headers)
+        assert r.status_code == 401 and r.headers["www-authenticate"] == "Bearer"
+        assert c.post("/v1/predict", files=_files(JPEGS[:1]), headers=headers).status_code == 401
+    ok = {"Authorization": "Bearer s3cret"}
+    assert c.get("/v1/model", headers=ok).status_code == 200
+    assert c.post("/v1/predict", files=_files(JPEGS[:1]), headers=ok).json()["results"][0]["status"] == "ok"
+    assert c.get("/").status_code == 200  # the page itself asks for the token
+
+
+def test_cors_is_off_unless_an_origin_is_given(service):
+    origin = {"Origin": "http://lims.example"}
+    assert "access-control-allow-origin" not in TestClient(create_app(service)).get("/v1/model", headers=origin).headers
+    c = TestClient(create_app(service, cors_origins=["http://lims.example"]))
+    assert c.get("/v1/model", headers=origin).headers["access-control-allow-origin"] == "http://lims.example"
+    other = c.get("/v1/model", headers={"Origin": "http://elsewhere.example"})
+    assert "access-control-allow-origin" not in other.headers
+
+
+def test_gradcam_returns_the_overlay_png(client):
+    path = JPEGS[100]
+    r = client.post("/v1/gradcam", files=_files([path], "file"))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    img = Image.open(io.BytesIO(r.content))
+    assert img.size == (516, 256) and img.mode == "RGB"
+    pred = client.post("/v1/predict", files=_files([path])).json()["results"][0]
+    assert r.headers["x-predicted-class"] == pred["predicted"]
+    left, right = np.asarray(img)[:, :256].astype(int), np.asarray(img)[:, 260:].astype(int)
+    assert np.abs(left - right).mean() > 5  # the heat map is drawn over the crop
+    bad = client.post("/v1/gradcam", files=[("file", ("x.png", b"nope", "image/png"))])
+    assert bad.status_code == 422 and bad.json()["detail"] == "not an image"
+
+
+def test_the_page_is_served_and_needs_no_cdn(client):
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    for asset in ("/static/app.js", "/static/style.css"):
+        assert client.get(asset).status_code == 200
+    texts = [page.text, client.get("/static/app.js").text, client.get("/static/style.css").text]
+    for text in texts:
+        assert "http://" not in text and "https://" not in text and "//cdn" not in text
+    assert "not a medical device" in page.text
+    assert client.get("/static/missing.js").status_code == 404
+    assert client.get("/static/..%2F__init__.py").status_code == 404
+
+
+def test_micro_batcher_gathers_concurrent_requests():
+    sizes = []
+
+    def forward(arrays):
+        sizes.append(len(arrays))
+        time.sleep(0.02)
+        return np.stack([a.reshape(-1)[:2].astype(np.float32) for a in arrays])
+
+    b = MicroBatcher(forward, max_batch=8, max_wait_ms=50)
+    arrays = [np.full((4, 4, 3), i, np.uint8) for i in range(16)]
+    results = [None] * 16
+
+    def client(i):
+        results[i] = b.submit([arrays[i]]).result(timeout=10)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    b.close()
+    assert sum(sizes) == 16 and max(sizes) <= 8 and len(sizes) < 16  # gathered, and bounded
+    for i, r in enumerate(results):
+        assert r.shape == (1, 2) and r[0, 0] == i  # each request gets its own rows back
+
+    alone = []
+    one = MicroBatcher(lambda a: (alone.append(len(a)), np.zeros((len(a), 2)))[1], max_batch=1, max_wait_ms=50)
+    futures = [one.submit([arrays[0]]) for _ in range(5)] + [one.submit(arrays[:3])]
+    [f.result(timeout=10) for f in futures]
+    one.close()
+    assert alone == [1] * 8  # no micro-batching: every image alone
+
+
+def test_micro_batcher_hands_errors_to_the_waiting_request():
+    def forward(arrays):
+        raise RuntimeError("model broke")
+
+    b = MicroBatcher(forward, max_batch=4, max_wait_ms=1)
+    with pytest.raises(RuntimeError, match="model broke"):
+        b.submit([np.zeros((2, 2, 3), np.uint8)]).result(timeout=10)
+    assert b.call(lambda: 42).result(timeout=10) == 42  # the thread lives on
+    b.close()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_refuses_a_broken_run_before_opening_the_port(cli, tmp_path):
+    import shutil
+
+    broken = tmp_path / "broken"
+    shutil.copytree(runs.packaged_runs()[runs.PACKAGED], broken)
+    ckpt = broken / "checkpoints" / "best.pt"
+    ckpt.write_bytes(ckpt.read_bytes()[:1000])
+    assert_one_line_error(cli("serve", broken, "--port", str(_free_port())), "cannot be loaded safely")
+    assert_one_line_error(cli("serve", tmp_path / "nowhere"), "No run")
+
+
+def test_serve_refuses_a_port_in_use(cli):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        assert_one_line_error(cli("serve", "--port", str(port)), f"Cannot listen on 127.0.0.1:{port}")

@@ -1,0 +1,220 @@
+"""``cellmorphnet serve`` as users start it: the installed command in its own process, under load, and in a
+real browser (Chromium driven by Playwright).
+
+Playwright cannot download its own browser here; Debian's ``chromium`` is used through
+``executable_path``. Without a Chromium the browser test is skipped with the reason, except under CI
+(``CI`` set), where it must run: ``.ci/run`` installs the browser.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from conftest import PBC_TEST_IMAGES
+
+from cellmorphnet import runs
+
+JPEGS = sorted(PBC_TEST_IMAGES.rglob("*.jpg"))
+CHROMIUM = os.environ.get("CELLMORPHNET_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+# Chromium on a machine without a network (and as root in CI): no sandbox, no background connections.
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
+
+
+def _command() -> list[str]:
+    exe = Path(sys.executable).parent / "cellmorphnet"
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "cellmorphnet"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    def __init__(self, folder: Path, *args: str) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = folder / f"serve-{self.port}.log"
+        env = {**os.environ, "CELLMORPHNET_HOME": str(folder / "home"), "NO_COLOR": "1"}
+        env.pop("CELLMORPHNET_TOKEN", None)
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen([*_command(), "serve", "--port", str(self.port), "--device", "cpu", *args],
+                                         stdout=log, stderr=subprocess.STDOUT, env=env)  # fmt: skip
+
+    def wait_ready(self, timeout: float = 120) -> Server:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"serve exited with {self.proc.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise AssertionError(f"serve was not ready after {timeout} s:\n{self.log.read_text()}")
+
+    def rss_mb(self) -> float | None:
+        try:
+            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    s = Server(tmp_path_factory.mktemp("serve")).wait_ready()
+    yield s
+    s.stop()
+
+
+def test_binding_to_every_address_without_a_token_warns(tmp_path):
+    s = Server(tmp_path, "--host", "0.0.0.0")
+    try:
+        s.url = f"http://127.0.0.1:{s.port}"
+        s.wait_ready()
+        assert "without a token" in s.log.read_text()
+    finally:
+        s.stop()
+
+
+def test_sixteen_clients_for_twenty_seconds(server):
+    """16 concurrent clients sending one image each for 20 s: no errors, and memory does not keep growing."""
+    payloads = [(p.name, p.read_bytes()) for p in JPEGS[::8]]
+    errors: list[str] = []
+    counts = [0] * 16
+    rss: list[tuple[float, float]] = []
+    start = time.monotonic()
+    stop = start + 20
+
+    def client(i: int) -> None:
+        with httpx.Client(base_url=server.url, timeout=60) as c:
+            j = i
+            while time.monotonic() < stop:
+                name, data = payloads[j % len(payloads)]
+                j += 16
+                try:
+                    r = c.post("/v1/predict", files={"files": (name, data, "image/jpeg")})
+                    if r.status_code != 200 or r.json()["results"][0]["status"] != "ok":
+                        errors.append(f"{r.status_code} {r.text[:200]}")
+                except httpx.HTTPError as e:
+                    errors.append(repr(e))
+                counts[i] += 1
+
+    def sample() -> None:
+        while time.monotonic() < stop:
+            mb = server.rss_mb()
+            if mb is not None:
+                rss.append((time.monotonic() - start, mb))
+            time.sleep(0.5)
+
+    threads = [threading.Thread(target=client, args=(i,)) for i in range(16)] + [threading.Thread(target=sample)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]
+    assert all(n >= 2 for n in counts), counts
+    if rss:  # Linux: the process's resident memory, first half against second half of the run
+        first = max(mb for t, mb in rss if t < 10)
+        second = max(mb for t, mb in rss if t >= 10)
+        assert second <= first * 1.15 + 64, rss
+
+
+# --- the web page in Chromium ------------------------------------------------------------------------
+@pytest.fixture(scope="session")
+def browser_type_launch_args(browser_type_launch_args):
+    if not CHROMIUM:
+        if os.environ.get("CI"):
+            pytest.fail("CI must run the browser test, and no Chromium was found (.ci/run installs Debian's chromium)")
+        pytest.skip("no Chromium found: install Debian's chromium, or point CELLMORPHNET_CHROMIUM at a Chromium binary")
+    return {**browser_type_launch_args, "executable_path": CHROMIUM, "args": CHROMIUM_ARGS}
+
+
+def test_the_web_page_in_a_real_browser(server, page, tmp_path):
+    """Upload real JPEGs and a broken file, compare with infer, open a Grad-CAM, download the CSV."""
+    from playwright.sync_api import expect
+
+    folder = tmp_path / "upload"
+    folder.mkdir()
+    picked = JPEGS[::20]  # 12 images, every class
+    for p in picked:
+        shutil.copy(p, folder / p.name)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    files = sorted(folder.iterdir())
+
+    # What infer says about the same files, as one set, flagged below the page's default 0.8.
+    want_csv = tmp_path / "infer.csv"
+    env = {**os.environ, "CELLMORPHNET_HOME": str(tmp_path / "home")}
+    r = subprocess.run([*_command(), "infer", runs.PACKAGED, str(folder), "--out", str(want_csv), "--device", "cpu",
+                        "--min-confidence", "0.8"], env=env, capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 3, r.stderr  # 3: some files skipped (the broken one)
+    with want_csv.open(newline="") as f:
+        want_rows = list(csv.reader(f))
+    want = {Path(row[0]).name: row for row in want_rows[1:]}
+
+    page.goto(server.url)
+    expect(page.locator("#model-name")).to_contain_text(runs.PACKAGED, timeout=30_000)
+    expect(page.locator("#card")).to_contain_text("Test metrics")
+    page.set_input_files("#pick-files", [str(f) for f in files])
+    expect(page.locator("#progress")).to_have_text(f"{len(files)} of {len(files)} images classified", timeout=120_000)
+
+    cards = page.locator("article.result")
+    assert cards.count() == len(files)
+    for i in range(cards.count()):
+        card = cards.nth(i)
+        name = card.get_attribute("data-name")
+        shown = card.locator(".cls").inner_text()
+        if name == "broken.jpg":
+            assert shown == "could not be read" and "error" in card.get_attribute("class")
+        else:
+            assert shown == want[name][2], name  # the predicted class column of infer's CSV
+            assert card.locator("ol li").count() == 3
+            assert ("low" in card.get_attribute("class")) == (want[name][-2] == "yes"), name
+    bars = page.locator("#chart .bar .n")
+    assert sum(int(bars.nth(i).inner_text()) for i in range(bars.count())) == len(picked)
+
+    page.locator("article.result:not(.error)").first.click()
+    expect(page.locator("#cam-image")).to_be_visible(timeout=60_000)
+    page.wait_for_function("document.getElementById('cam-image').naturalWidth === 516")
+    page.locator("dialog .close").click()
+    expect(page.locator("#cam-dialog")).not_to_be_visible()
+
+    with page.expect_download() as download:
+        page.click("#download")
+    got_path = tmp_path / "page.csv"
+    download.value.save_as(got_path)
+    with got_path.open(newline="") as f:
+        got_rows = list(csv.reader(f))
+    assert got_rows[0] == want_rows[0]  # the same columns as infer --out x.csv
+    assert len(got_rows) == len(want_rows)
+    for row in got_rows[1:]:
+        expected = want[Path(row[0]).name]
+        for column, a, b in zip(want_rows[0][1:], row[1:], expected[1:], strict=True):
+            numeric = column == "confidence" or column.endswith("_probability")
+            if numeric and a and b:
+                assert abs(float(a) - float(b)) < 1e-4, (row[0], column, a, b)
+            else:
+                assert a == b, (row[0], column, a, b)

@@ -1,0 +1,70 @@
+"""The model that ships inside the package: a complete, calibrated run that infer, status, eval and serve know by
+name, right after install, with nothing written into the installed package."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+
+import torch
+from conftest import PBC_64, PBC_TEST_IMAGES, assert_one_line_error
+
+from cellmorphnet import runs
+from cellmorphnet._io import read_json
+from cellmorphnet.record import RunRecord
+from cellmorphnet.training import checkpoint
+
+
+def _digest(folder) -> dict[str, str]:
+    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}  # fmt: skip
+
+
+def test_the_shipped_run_is_complete_small_and_calibrated():
+    folder = runs.packaged_runs()[runs.PACKAGED]
+    record = RunRecord.load(folder)
+    state = checkpoint.load(folder / "checkpoints" / "best.pt")
+    assert record.mismatch(checkpoint.record_of(state)) == []
+    assert "optimizer" not in state  # prediction only
+    convs = [v for v in state["model"].values() if v.dim() == 4]
+    assert convs and all(v.dtype == torch.float16 for v in convs)
+    assert (folder / "checkpoints" / "best.pt").stat().st_size < 10_000_000
+    assert record.config.model == "tf_efficientnet_lite0" and record.config.recipe == "default"
+    assert record.calibration and record.temperature != 1.0
+    metrics = read_json(folder / "eval" / "test" / "metrics.json")["datasets"]["bloodmnist"]["metrics"]
+    assert metrics["accuracy"] > 0.98
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "CC BY 4.0" in card and "not a medical device" in card and "cellmorphnet train" in card
+
+
+def test_infer_status_and_eval_know_the_shipped_model(cli, home, tmp_path):
+    folder = runs.packaged_runs()[runs.PACKAGED]
+    before = _digest(folder)
+    r = cli("status", runs.PACKAGED)
+    assert r.exit_code == 0 and "finished" in r.output, r
+    out = tmp_path / "monocytes.csv"
+    r = cli("infer", runs.PACKAGED, PBC_TEST_IMAGES / "monocyte", "--out", out)
+    assert r.exit_code == 0, r
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 30 and sum(row["predicted"] == "monocyte" for row in rows) >= 27
+
+    r = cli("eval", runs.PACKAGED)
+    assert_one_line_error(r, "bloodmnist")  # the test split is not prepared in this home yet
+    assert cli("fetch", "bloodmnist", "--from", PBC_64, "--size", "64", "--allow-unverified").exit_code == 0
+    assert cli("prepare", "bloodmnist", "--size", "64").exit_code == 0
+    r = cli("eval", runs.PACKAGED, "--json")
+    assert r.exit_code == 0, r
+    written = home / "packaged" / runs.PACKAGED / "eval" / "test" / "metrics.json"
+    shipped = read_json(folder / "eval" / "test" / "metrics.json")["datasets"]["bloodmnist"]["metrics"]
+    assert abs(read_json(written)["datasets"]["bloodmnist"]["metrics"]["accuracy"] - shipped["accuracy"]) < 1e-9
+    assert _digest(folder) == before  # nothing written into the installed package
+
+    assert_one_line_error(cli("train", "--resume", runs.PACKAGED), "ships with cellmorphnet")
+
+
+def test_a_run_of_your_own_with_the_same_name_comes_first(cli, home):
+    own = home / "runs" / runs.PACKAGED
+    own.mkdir(parents=True)
+    (own / runs.CONFIG).write_text("{}")
+    assert runs.resolve_run(runs.PACKAGED, home) == own.resolve()
+    assert runs.resolve_run(runs.PACKAGED, home / "elsewhere") == runs.packaged_runs()[runs.PACKAGED]
