@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import PBC_TEST_IMAGES, assert_one_line_error
+from conftest import PBC_TEST_IMAGES, assert_one_line_error, png_claiming
 from PIL import Image
 
 from cellmorphnet.evaluation.metrics import classification_metrics, expected_calibration_error, success_criteria
@@ -107,7 +107,8 @@ def messy_folder(tmp_path):
     Image.new("P", (90, 90)).save(nested / "palette.bmp")
     Image.new("L", (90, 90), 128).save(nested / "gray.tif")
     good += [nested / "deep16.png", nested / "alpha.png", nested / "palette.bmp", nested / "gray.tif"]
-    bad = {"cut.jpg", "zero.jpg", "text.png"}
+    (nested / "bomb.png").write_bytes(png_claiming(100_000, 100_000))  # a decompression bomb's header
+    bad = {"cut.jpg", "zero.jpg", "text.png", "bomb.png"}
     return root, good, bad
 
 
@@ -118,7 +119,7 @@ def test_infer_over_messy_folder(cli, trained, messy_folder, tmp_path):
     sorted_dir = tmp_path / "sorted"
     r = cli("infer", "t", root, "--out", out, "--top-k", "3", "--sort-into", sorted_dir, "--gradcam", tmp_path / "cams")
     assert r.exit_code == 3, r  # some files skipped, the rest classified
-    assert "Skipped 3 of" in r.stderr
+    assert "Skipped 4 of" in r.stderr
     rows = list(csv.DictReader(out.open()))
     by_name = {os.path.basename(row["path"]): row for row in rows}
     assert len(rows) == len(good) + len(bad)
@@ -129,6 +130,7 @@ def test_infer_over_messy_folder(cli, trained, messy_folder, tmp_path):
     for name in bad:
         assert by_name[name]["status"] == "skipped" and by_name[name]["error"]
     assert "0 bytes" in by_name["zero.jpg"]["error"]
+    assert "too large" in by_name["bomb.png"]["error"]
     # --sort-into copies and leaves the sources untouched
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
     assert after == before

@@ -66,6 +66,10 @@ def test_imports_flow_one_way():
     for path in pkg.rglob("*.py"):
         if "cli" not in path.parts and path.name != "__main__.py":
             assert not {m for m in _imports(path) if m.startswith("cellmorphnet.cli")}, path
+        # HTTP stays in the web app: the library (service included) never imports it or the web frameworks
+        if "webapp" not in path.parts and "cli" not in path.parts:
+            web = ("cellmorphnet.webapp", "fastapi", "starlette", "uvicorn")
+            assert not {m for m in _imports(path) if m.startswith(web)}, path
 
 
 def test_public_api_trains_predicts_and_evaluates(home):

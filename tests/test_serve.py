@@ -9,15 +9,13 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import struct
 import threading
 import time
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import PBC_TEST_IMAGES, assert_one_line_error
+from conftest import PBC_TEST_IMAGES, assert_one_line_error, png_claiming
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -48,16 +46,6 @@ def _png(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _png_header_only(width: int, height: int) -> bytes:
-    """A tiny PNG that claims to be ``width`` x ``height``: what a decompression bomb looks like to a reader."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def test_health_routes_and_readiness(service):
@@ -125,7 +113,7 @@ def test_bad_files_get_an_error_entry_and_never_fail_the_request(client):
         ("files", ("zero.jpg", b"", "image/jpeg")),
         ("files", ("truncated.jpg", good[: len(good) // 2], "image/jpeg")),
         ("files", ("text.png", b"this is not an image\n" * 10, "image/png")),
-        ("files", ("bomb.png", _png_header_only(100_000, 100_000), "image/png")),
+        ("files", ("bomb.png", png_claiming(100_000, 100_000), "image/png")),
         ("files", ("rgba.png", _png(rgba), "image/png")),
         ("files", ("16bit.png", _png(sixteen), "image/png")),
     ]
