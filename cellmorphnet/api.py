@@ -80,10 +80,12 @@ def evaluate(
     device: str = "auto",
     home: Path | None = None,
     accept_data_change: bool = False,
+    tta: bool | None = None,
 ) -> dict[str, Any]:
-    """The report ``cellmorphnet eval --json`` prints: per-dataset metrics, the gap to validation, the criteria."""
+    """The report ``cellmorphnet eval --json`` prints: per-dataset metrics, the gap to validation, the criteria
+    (``tta``: the 8-view average, on by default as in ``cellmorphnet eval``)."""
     from cellmorphnet import runs
     from cellmorphnet.evaluation.report import evaluate_run
 
     return evaluate_run(runs.resolve_run(run, home), home=home, split=split, datasets=datasets, which=checkpoint,
-                        device=device, accept_data_change=accept_data_change)  # fmt: skip
+                        device=device, accept_data_change=accept_data_change, tta=tta)  # fmt: skip

@@ -100,7 +100,7 @@ def write_gradcams(model, policy, preds, arrays, folder: Path, *, channels_last:
 
     written, seen = [], {}
     for i, p in enumerate(preds):
-        x = eval_transform(torch.from_numpy(arrays[p.path][None]), policy.image_size, policy.mean, policy.std)
+        x = eval_transform(torch.from_numpy(np.array(arrays[p.path][None])), policy.image_size, policy.mean, policy.std)
         x = x.to(next(model.parameters()).device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

@@ -10,7 +10,8 @@ training images, and stored in the run record at training time (``record.Inferen
    PBC/BloodMNIST, else ``centre_crop_fraction`` of the shorter side);
 2. bicubic resizes through ``resize_chain`` (e.g. [28, 64] for the sample: stored at 28 px,
    prepared at 64), exactly as prepare made the training arrays;
-3. optionally the set's colours matched to the training images' (``colour.match``);
+3. optionally the set's colours matched to the training images' (``colour.match``; sets of at least
+   ``MIN_COLOUR_SET`` readable images);
 4. the evaluation transform of training (resize to the network's input size, normalise), then the
    model, optionally adapted (AdaBN) and averaged over 8 flips and turns, and the run's temperature.
 
@@ -38,17 +39,18 @@ from cellmorphnet.errors import InvalidData
 from cellmorphnet.imaging import IMAGE_SUFFIXES, centre_square, load_rgb
 from cellmorphnet.record import InferencePolicy
 
-# Defaults decided by measurement on another lab's cells and on PBC's own JPEGs (docs/benchmarks.md,
-# "Generalisation to another lab"): the set-level colour match and the 8-view average help there and
-# cost nothing measurable at home; AdaBN lowered the balanced accuracy once the others were on.
-DEFAULT_COLOUR_MATCH = True
+# Defaults decided by measurement on another lab's cells and on PBC's own JPEGs with the default model
+# (docs/benchmarks.md, "Generalisation to another lab"): the 8-view average helps there and at home;
+# the set-level colour match helped the 64 px-input model (+2.3 points) but costs the 96 px default
+# 4.7 points, and AdaBN lowered the balanced accuracy with both, so both are off unless asked for.
+DEFAULT_COLOUR_MATCH = False
 DEFAULT_ADAPT_BN = False
 DEFAULT_TTA = True
 COLOUR_DISTANCE_WARN = 4.0  # |z| of an image's mean colour beyond which it is marked unlike the training data
-ADAPT_BN_MAX_IMAGES = 2048
+ADAPT_BN_MAX_IMAGES = 2048  # images used to re-estimate batch-norm statistics
 # The colour match needs a set: one image's colours are mostly its own cell's (matching single images
 # cost 8 points on PBC's JPEGs, docs/benchmarks.md). Smaller sets are classified as they come.
-MIN_COLOUR_SET = 16  # images used to re-estimate batch-norm statistics
+MIN_COLOUR_SET = 16
 
 
 def crop_box(size: tuple[int, int], policy: InferencePolicy, nucleus: Nucleus | None = None,
@@ -156,6 +158,7 @@ class Upload:
     name: str
     data: bytes
     max_pixels: int | None = None  # refuse larger images before decoding them (decompression bombs)
+    _image: Any = field(default=None, repr=False)  # decoded once, for the survey and the prediction
 
     def __str__(self) -> str:
         return self.name
@@ -165,12 +168,14 @@ Item = Path | Upload  # what predict_files classifies
 
 
 def _read(item: Item):
-    if isinstance(item, Upload):
+    if isinstance(item, Upload):  # held in memory anyway (a request's worth): decoded once, read twice
         if not item.data:
             raise InvalidData(f"{item.name}: empty file (0 bytes)")
-        import io
+        if item._image is None:
+            import io
 
-        return load_rgb(io.BytesIO(item.data), item.name, item.max_pixels)
+            item._image = load_rgb(io.BytesIO(item.data), item.name, item.max_pixels)
+        return item._image
     if item.stat().st_size == 0:
         raise InvalidData(f"{item}: empty file (0 bytes)")
     return load_rgb(item)
@@ -202,8 +207,11 @@ def survey_files(files: list[Item], policy: InferencePolicy, workers: int = 2, c
     """Look at every file once (in a thread pool): find the cells, the set's crop side and its colours."""
     if not (policy.crop == "cell" and policy.nucleus_fraction) and not colour_match:
         return Survey({}, None)
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        found = list(pool.map(lambda f: _look(f, policy, colour_match), files))
+    if workers <= 1 or len(files) == 1:  # the server's requests: no pool to start
+        found = [_look(f, policy, colour_match) for f in files]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            found = list(pool.map(lambda f: _look(f, policy, colour_match), files))
     moments = [m for *_, m in found if m is not None]
     source = colour.from_moments(moments) if colour_match and len(moments) >= MIN_COLOUR_SET else None
     return Survey({f: n for f, (n, _, _) in zip(files, found, strict=True)}, crop_side_of([s for _, s, _ in found]),

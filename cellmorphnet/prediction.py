@@ -38,33 +38,53 @@ class LabelSpace:
         return self.target_table[start : start + len(self.taxonomy.targets[name])]
 
 
+def eight_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 flips and quarter turns of a batch (N, C, H, W): a cell has no up or down, so all are the same cell."""
+    fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else None
+    views = [v.rot90(k, dims=(2, 3)) for v in (x, x.flip(3)) for k in range(4)]
+    return [v.contiguous(memory_format=fmt) if fmt else v.contiguous() for v in views]
+
+
 @torch.no_grad()
 def collect_logits(
-    model: torch.nn.Module, loader: BatchLoader, device: torch.device, precision: Precision
+    model: torch.nn.Module, loader: BatchLoader, device: torch.device, precision: Precision, tta: bool = False
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """Per dataset, on the CPU: the raw ``logits``, the ``target_ids`` and the local ``labels``."""
+    """Per dataset, on the CPU: the raw ``logits``, the ``target_ids`` and the local ``labels``.
+
+    With ``tta``, also ``view_logits`` (8, N, C): the logits of each of the 8 flips and turns (``logits``
+    stays the plain view's).
+    """
     model.eval()
     out: dict[str, dict[str, list]] = {}
     for batch in loader:
         with autocast(device, precision):
-            logits = model(batch.images)
+            views = [model(v) for v in eight_views(batch.images)] if tta else [model(batch.images)]
+        logits = views[0]
         d = out.setdefault(batch.dataset, {"logits": [], "target_ids": [], "labels": []})
+        if tta:
+            d.setdefault("view_logits", []).append(torch.stack(views).float().cpu())
         d["logits"].append(logits.float().cpu())
         d["target_ids"].append(batch.target_ids.cpu())
         d["labels"].append(batch.labels.cpu())
-    return {k: {kk: torch.cat(vv) for kk, vv in v.items()} for k, v in out.items()}
+    return {k: {kk: torch.cat(vv, dim=1 if kk == "view_logits" else 0) for kk, vv in v.items()}
+            for k, v in out.items()}  # fmt: skip
 
 
 def predict_local(
     model: torch.nn.Module, loader: BatchLoader, space: LabelSpace, device: torch.device, precision: Precision,
-    temperature: float = 1.0,
+    temperature: float = 1.0, tta: bool = False,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Per dataset: local ``labels``, local-space ``probs`` (after the temperature) and per-sample ``losses``."""
+    """Per dataset: local ``labels``, local-space ``probs`` (after the temperature) and per-sample ``losses``.
+
+    With ``tta`` the probabilities are the mean over the 8 flips and turns (as ``infer`` computes them);
+    the losses stay those of the plain view.
+    """
     table = space.target_table.float().cpu()
     out = {}
-    for name, d in collect_logits(model, loader, device, precision).items():
+    for name, d in collect_logits(model, loader, device, precision, tta).items():
         losses = coarse_cross_entropy(d["logits"], d["target_ids"], table)
+        probs = (d["view_logits"] / temperature).softmax(2).mean(0) if tta else (d["logits"] / temperature).softmax(1)
         # the summed probability of the classes each local label covers
-        local = (d["logits"] / temperature).softmax(1) @ space.rows(name).float().cpu().T
+        local = probs @ space.rows(name).float().cpu().T
         out[name] = {"labels": d["labels"].numpy(), "probs": local.numpy(), "losses": losses.numpy()}
     return out

@@ -71,9 +71,11 @@ def load_run_model(
 
 
 def predict_split(
-    rm: RunModel, split: str, home: Path | None = None, datasets: list[str] | None = None, batch_size: int = 256
+    rm: RunModel, split: str, home: Path | None = None, datasets: list[str] | None = None, batch_size: int = 256,
+    tta: bool = False,
 ) -> dict[str, dict[str, np.ndarray]]:
-    """Per dataset: ``labels`` (local) and ``probs`` (local label space) for one prepared split."""
+    """Per dataset: ``labels`` (local) and ``probs`` (local label space) for one prepared split (``tta``: the
+    mean over the 8 flips and turns)."""
     from cellmorphnet.data import store
     from cellmorphnet.data.loader import BatchLoader, DeviceArrays
     from cellmorphnet.data.taxonomy import Taxonomy
@@ -93,7 +95,7 @@ def predict_split(
     space = LabelSpace.build(Taxonomy.from_dict(rec.taxonomy), names, rm.device)
     loader = BatchLoader(parts, space.target_offset, batch_size, rec.image_size, rec.mean, rec.std, train=False,
                          channels_last=rm.channels_last)  # fmt: skip
-    return predict_local(rm.model, loader, space, rm.device, Precision(None, False), rm.record.temperature)
+    return predict_local(rm.model, loader, space, rm.device, Precision(None, False), rm.record.temperature, tta)
 
 
 def reference_images(run_dir: Path, record: RunRecord, home: Path | None = None) -> np.ndarray:

@@ -129,7 +129,7 @@ Ready to use right after install, offline: `cellmorphnet infer {args.name} FOLDE
   {fp["top1_changed"]} prediction(s) changed against single precision (test accuracy {fp["accuracy_fp32"]:.4f} in
   single, {fp["accuracy_fp16"]:.4f} in half precision; largest probability difference {fp["max_abs_prob_diff"]:.1e}).
 
-## Test metrics (PBC-rebuilt BloodMNIST test split)
+## Test metrics (PBC-rebuilt BloodMNIST test split, 8-view average as `cellmorphnet eval` computes them)
 
 accuracy {m["accuracy"]:.4f}, balanced accuracy {m["balanced_accuracy"]:.4f}, macro-F1 {m["macro_f1"]:.4f},
 ECE {m["ece"]:.4f} (after calibration). On images from other labs it is much less accurate: see

@@ -86,6 +86,24 @@ def test_eval_writes_metrics_and_plots(cli, trained):
     assert_one_line_error(cli("eval", "t", "--split", "train"), "--split must be test or val")
 
 
+def test_eval_averages_the_eight_views_like_infer_unless_told_not_to(cli, trained, home):
+    from cellmorphnet.data import store
+    from cellmorphnet.inference import class_probs
+    from cellmorphnet.run_model import load_run_model, predict_split
+
+    with_tta = json.loads(cli("eval", "t", "--json").stdout)
+    without = json.loads(cli("eval", "t", "--no-tta", "--json").stdout)
+    assert with_tta["tta"] is True and without["tta"] is False
+    # the 8-view probabilities of eval are those infer computes from the same arrays
+    rm = load_run_model(trained, "best", "cpu")
+    split = store.load_split("sample", rm.record.datasets["sample"].size, "test", home)
+    probs = predict_split(rm, "test", home, tta=True)["sample"]["probs"]
+    direct = class_probs(rm.model, list(split.images[:32]), rm.record.inference, device="cpu",
+                         channels_last=rm.channels_last, tta=True, temperature=rm.record.temperature)  # fmt: skip
+    assert np.abs(probs[:32] - direct).max() < 1e-5
+    assert np.abs(probs - predict_split(rm, "test", home)["sample"]["probs"]).max() > 1e-4  # the views differ
+
+
 @pytest.fixture
 def messy_folder(tmp_path):
     root = tmp_path / "images"

@@ -45,8 +45,8 @@ AdaptBnFlag = Annotated[
 ]  # fmt: skip
 TtaFlag = Annotated[
     bool | None,
-    typer.Option("--tta/--no-tta", help="Average over the 8 flips and quarter turns of each image (8x the work).",
-                 show_default=False),
+    typer.Option("--tta/--no-tta", help="Average over the 8 flips and quarter turns of each image (8x the work). "
+                 "(default: on)", show_default=False),
 ]  # fmt: skip
 ClassesOption = Annotated[
     str | None,

@@ -70,7 +70,7 @@ def command(
         return
     subset = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
     report = evaluate_run(run_dir, home=home, split=split, datasets=subset, which=checkpoint, device=device,
-                          accept_data_change=accept_data_change)  # fmt: skip
+                          accept_data_change=accept_data_change, tta=tta)  # fmt: skip
     for change in report["data_changes_accepted"]:
         _output.warn(f"Evaluating on changed data (accepted): {change}")
     out_dir = out or runs.output_dir(run_dir, home, "eval", split)

@@ -134,6 +134,7 @@ def command(
             {
                 "run": runs.read_status(target) if target else None,
                 "runs": [runs.read_status(r) for r in all_runs],
+                "packaged": list(runs.packaged_runs()),
                 "cache": cache_status(home),
             }
         )
@@ -155,3 +156,7 @@ def command(
         if len(all_runs) > 1:
             _output.out.print(runs_table([runs.read_status(r) for r in all_runs[-10:]]))
         _output.out.print(cache_table(cache_status(home)))
+        shipped = runs.packaged_runs()
+        if shipped:
+            _output.out.print(f"Shipped with cellmorphnet, ready to use: {', '.join(shipped)} "
+                              f"(e.g. cellmorphnet infer {next(iter(shipped))} FOLDER)")  # fmt: skip

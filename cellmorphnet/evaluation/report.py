@@ -19,8 +19,11 @@ def evaluate_run(
     which: str = "best",
     device: str = "auto",
     accept_data_change: bool = False,
+    tta: bool | None = None,
 ) -> dict[str, Any]:
     """Metrics of ``which``.pt on ``split`` (and on val, for the generalisation gap), each dataset in its own labels.
+
+    ``tta``: average over the 8 flips and quarter turns, as ``infer`` does (default: ``inference.DEFAULT_TTA``).
 
     The prepared data must be what the run trained on (see ``record.RunRecord.check_data``);
     with ``accept_data_change`` the differences are accepted and listed in the report.
@@ -29,7 +32,11 @@ def evaluate_run(
     changes = rm.record.check_data(home, accept=accept_data_change, names=datasets)
     local = rm.record.taxonomy["local_classes"]
     splits = [split] if split == "val" else [split, "val"]
-    preds = {s: predict_split(rm, s, home, datasets) for s in splits}
+    if tta is None:
+        from cellmorphnet.inference import DEFAULT_TTA
+
+        tta = DEFAULT_TTA
+    preds = {s: predict_split(rm, s, home, datasets, tta=tta) for s in splits}
     report: dict[str, Any] = {
         "run": str(run_dir),
         "checkpoint": str(rm.checkpoint),
@@ -37,6 +44,7 @@ def evaluate_run(
         "split": split,
         "device": str(rm.device),
         "calibration": rm.record.calibration,
+        "tta": tta,
         "data_changes_accepted": changes + [f"config.json differs from the checkpoint: {m}" for m in
                                             rm.record_mismatch],
         "datasets": {},
