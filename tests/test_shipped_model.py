@@ -42,6 +42,8 @@ def test_infer_status_and_eval_know_the_shipped_model(cli, home, tmp_path):
     before = _digest(folder)
     r = cli("status", runs.PACKAGED)
     assert r.exit_code == 0 and "finished" in r.output, r
+    r = cli("status")  # no runs of your own yet: the shipped one is pointed out
+    assert r.exit_code == 0 and f"ready to use: {runs.PACKAGED}" in " ".join(r.stdout.split()), r
     out = tmp_path / "monocytes.csv"
     r = cli("infer", runs.PACKAGED, PBC_TEST_IMAGES / "monocyte", "--out", out)
     assert r.exit_code == 0, r

@@ -44,7 +44,6 @@ def _prediction_json(p) -> dict[str, Any]:
 
 async def _read_files(request: Request, field: str, limits: Limits) -> list[tuple[str, bytes]]:
     """The uploaded files of a multipart request, in order, as ``(name, bytes)``; the limits enforced on the way."""
-
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
         raise _too_large(f"The request is larger than {limits.max_request_bytes:,} bytes.")
