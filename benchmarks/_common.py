@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -48,3 +50,41 @@ def emit(result: dict, as_json: bool) -> None:
     if as_json:
         json.dump(result, sys.stdout, indent=2, default=str)
         sys.stdout.write("\n")
+
+
+@contextmanager
+def serving(run: str = "bloodmnist", *extra: str, timeout: float = 120) -> Iterator[str]:
+    """``cellmorphnet serve RUN`` (the installed command) on a free local port, in a temporary home; yields its
+    URL once ``/readyz`` answers, and stops it afterwards."""
+    import socket
+    import subprocess
+    import tempfile
+    import time
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = Path(sys.executable).parent / "cellmorphnet"
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen([str(exe), "serve", run, "--port", str(port), "--device", "cpu", *extra],
+                                env={**os.environ, "CELLMORPHNET_HOME": tmp}, stdout=subprocess.DEVNULL)  # fmt: skip
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                if proc.poll() is not None:
+                    raise RuntimeError(f"cellmorphnet serve exited with {proc.returncode}")
+                try:
+                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"cellmorphnet serve was not ready after {timeout} s")
+                time.sleep(0.2)
+            yield url
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)

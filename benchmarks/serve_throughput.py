@@ -15,17 +15,13 @@ and take some of its CPU, as they would on a small lab server.
 from __future__ import annotations
 
 import argparse
-import os
-import socket
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, emit, header  # noqa: E402
+from _common import SHARED, emit, header, serving  # noqa: E402
 
 JPEGS = sorted((SHARED / "bloodmnist-pbc" / "test_images").rglob("*.jpg"))
 
@@ -49,52 +45,34 @@ def infer_rate(run: str) -> dict:
 def serve_rate(run: str, seconds: float, clients: int, extra: list[str]) -> dict:
     import httpx
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    exe = Path(sys.executable).parent / "cellmorphnet"
-    with tempfile.TemporaryDirectory() as tmp:
-        env = {**os.environ, "CELLMORPHNET_HOME": tmp}
-        proc = subprocess.Popen([str(exe), "serve", run, "--port", str(port), "--device", "cpu", *extra], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
-            payloads = [(p.name, p.read_bytes()) for p in JPEGS]
-            latencies: list[float] = []
-            errors = []
-            lock = threading.Lock()
-            stop = time.monotonic() + seconds
+    with serving(run, *extra) as url:
+        payloads = [(p.name, p.read_bytes()) for p in JPEGS]
+        latencies: list[float] = []
+        errors = []
+        lock = threading.Lock()
+        stop = time.monotonic() + seconds
 
-            def client(i: int) -> None:
-                with httpx.Client(base_url=url, timeout=120) as c:
-                    j = i
-                    while time.monotonic() < stop:
-                        name, data = payloads[j % len(payloads)]
-                        j += clients
-                        t = time.perf_counter()
-                        r = c.post("/v1/predict", files={"files": (name, data, "image/jpeg")})
-                        dt = time.perf_counter() - t
-                        with lock:
-                            latencies.append(dt)
-                            if r.status_code != 200:
-                                errors.append(r.status_code)
+        def client(i: int) -> None:
+            with httpx.Client(base_url=url, timeout=120) as c:
+                j = i
+                while time.monotonic() < stop:
+                    name, data = payloads[j % len(payloads)]
+                    j += clients
+                    t = time.perf_counter()
+                    r = c.post("/v1/predict", files={"files": (name, data, "image/jpeg")})
+                    dt = time.perf_counter() - t
+                    with lock:
+                        latencies.append(dt)
+                        if r.status_code != 200:
+                            errors.append(r.status_code)
 
-            start = time.monotonic()
-            threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
-            elapsed = time.monotonic() - start
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        start = time.monotonic()
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(clients)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        elapsed = time.monotonic() - start
     lat = sorted(latencies)
 
     def pct(q: float) -> float:

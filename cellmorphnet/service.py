@@ -58,8 +58,6 @@ class MicroBatcher:
         self.forward = forward
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
-        self.batches = 0  # forward passes run (for tests and the benchmark)
-        self.images = 0
         self._queue: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._loop, name="cellmorphnet-model", daemon=True)
         self._thread.start()
@@ -102,13 +100,11 @@ class MicroBatcher:
             parts = []
             for i in range(0, len(arrays), self.max_batch):
                 parts.append(self.forward(arrays[i : i + self.max_batch]))
-                self.batches += 1
             probs = np.concatenate(parts)
         except Exception as e:  # noqa: BLE001 - handed to every waiting request, never lost in this thread
             for j in jobs:
                 j.future.set_exception(e)
             return
-        self.images += len(arrays)
         start = 0
         for j in jobs:
             j.future.set_result(probs[start : start + len(j.arrays)])

@@ -6,18 +6,14 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import socket
-import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-import httpx
-
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from _common import serving  # noqa: E402
+
 JPEGS = sorted((ROOT.parent / "shared" / "data" / "bloodmnist-pbc" / "test_images").rglob("*.jpg"))
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]  # fmt: skip
@@ -30,37 +26,20 @@ def main() -> None:
     args = ap.parse_args()
     from playwright.sync_api import sync_playwright
 
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as tmp:
-        exe = Path(sys.executable).parent / "cellmorphnet"
-        proc = subprocess.Popen([str(exe), "serve", "--port", str(port), "--device", "cpu"],
-                                env={**os.environ, "CELLMORPHNET_HOME": tmp})  # fmt: skip
-        url = f"http://127.0.0.1:{port}"
-        try:
-            for _ in range(600):
-                try:
-                    if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.HTTPError:
-                    time.sleep(0.2)
-            picked = JPEGS[3::15][:16]
-            with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=args.chromium, args=ARGS)
-                page = browser.new_page(viewport={"width": 1360, "height": 980})
-                page.goto(url)
-                page.wait_for_selector("#card dt")
-                page.set_input_files("#pick-files", [str(f) for f in picked])
-                done = f"document.getElementById('progress').textContent.startsWith('{len(picked)} of')"
-                page.wait_for_function(done)
-                page.wait_for_timeout(500)
-                args.out.parent.mkdir(parents=True, exist_ok=True)
-                page.screenshot(path=str(args.out), full_page=False)
-                browser.close()
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with serving() as url:
+        picked = JPEGS[3::15][:16]
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=args.chromium, args=ARGS)
+            page = browser.new_page(viewport={"width": 1360, "height": 980})
+            page.goto(url)
+            page.wait_for_selector("#card dt")
+            page.set_input_files("#pick-files", [str(f) for f in picked])
+            done = f"document.getElementById('progress').textContent.startsWith('{len(picked)} of')"
+            page.wait_for_function(done)
+            page.wait_for_timeout(500)
+            args.out.parent.mkdir(parents=True, exist_ok=True)
+            page.screenshot(path=str(args.out), full_page=False)
+            browser.close()
     print(args.out)
 
 

@@ -6,7 +6,7 @@ const TOP_K = 3;
 const IMAGE_EXT = /\.(jpe?g|png|bmp|tiff?)$/i;
 const $ = (id) => document.getElementById(id);
 
-const state = { classes: [], items: [], queue: [], busy: false, done: 0 };
+const state = { classes: [], items: [], queue: [], busy: false };
 
 function token() { return sessionStorage.getItem("cellmorphnet-token") || ""; }
 function headers() { return token() ? { Authorization: `Bearer ${token()}` } : {}; }
@@ -127,7 +127,6 @@ async function pump() {
         results = chunk.map(() => ({ status: "error", error: e.message, top_k: [] }));
       }
       chunk.forEach((item, i) => { item.result = { ...results[i], file: item.name }; renderResult(item); });
-      state.done += chunk.length;
       updateToolbar();
     }
   } finally {
