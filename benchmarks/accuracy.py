@@ -43,12 +43,21 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=96, help="0: the data's own size")
     ap.add_argument("--augment", default="stain", choices=["stain", "basic"])
     ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--ema", type=float, default=None, help="train --ema (default: the recipe's)")
+    ap.add_argument("--mixup", type=float, default=None, help="train --mixup")
+    ap.add_argument("--cutmix", type=float, default=None, help="train --cutmix")
+    ap.add_argument("--augment-set", action="append", default=[], metavar="FIELD=VALUE",
+                    help="ablation only: change one field of the augmentation preset (no train flag), e.g. "
+                         "grayscale=0.2; repeatable")
     ap.add_argument("--home", type=Path, default=None, help="keep the run here instead of a temporary folder")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
+    import dataclasses
+
     from sklearn.metrics import accuracy_score, f1_score
 
+    from cellmorphnet.data import loader
     from cellmorphnet.data.fetch import fetch
     from cellmorphnet.data.prepare import prepare
     from cellmorphnet.evaluation.report import evaluate_run
@@ -66,7 +75,13 @@ def main() -> None:
             lr=args.lr,
             unfreeze_epochs=[int(v) for v in args.unfreeze_epochs.split(",")], label_smoothing=args.label_smoothing,
             augment=args.augment, seed=args.seed,
+            **{k: getattr(args, k) for k in ("ema", "mixup", "cutmix") if getattr(args, k) is not None},
         ).validate()  # fmt: skip
+        for item in args.augment_set:
+            field, value = item.split("=", 1)
+            loader.AUGMENTATIONS[args.augment] = dataclasses.replace(loader.AUGMENTATIONS[args.augment],
+                                                                     **{field: float(value)})  # fmt: skip
+        result["augment_settings"] = dataclasses.asdict(loader.AUGMENTATIONS[args.augment])
 
         def progress(kind, **data):
             if kind == "epoch_end":

@@ -46,6 +46,9 @@ def load_run_model(
 
     path = Path(run_dir) / "checkpoints" / f"{which}.pt"
     if not path.exists():
+        if runs.is_packaged(run_dir):
+            raise RunError(f"{Path(run_dir).name} ships with its best checkpoint only (no {which}.pt).",
+                           hint="Leave out --checkpoint, or use --checkpoint best.")  # fmt: skip
         raise RunError(f"{Path(run_dir).name} has no {which}.pt yet.", hint="Wait for the first epoch to finish.")
     state = checkpoint.load(path)
     record = checkpoint.record_of(state)

@@ -70,12 +70,13 @@ def test_framing_fraction_on_training_arrays_is_stable():
     assert n >= 0.95 * len(wbc) and 0.4 < f < 0.85
 
 
-@pytest.mark.parametrize("kind", ["hue", "white_balance", "hed", "blur", "jpeg"])
+@pytest.mark.parametrize("kind", ["hue", "white_balance", "hed", "blur", "jpeg", "grayscale"])
 def test_each_stain_augmentation_on_a_fixed_seed(kind):
     with np.load(PBC_64) as z:
         x = torch.from_numpy(z["val_images"][:8]).permute(0, 3, 1, 2).float() / 255
     settings = {"hue": {"hue": 0.1}, "white_balance": {"white_balance": 0.2},
-                "hed": {"hed_scale": 0.2, "hed_shift": 0.05}, "blur": {"blur": 1.0}, "jpeg": {"jpeg": 1.0}}[kind]
+                "hed": {"hed_scale": 0.2, "hed_shift": 0.05}, "blur": {"blur": 1.0}, "jpeg": {"jpeg": 1.0},
+                "grayscale": {"grayscale": 1.0}}[kind]
     plain = AugmentConfig(hflip=0, vflip=0, rotation=0, translate=0, scale=(1, 1), brightness=0, contrast=0,
                           saturation=0)  # fmt: skip
     cfg = AugmentConfig(**{**plain.__dict__, **settings})
@@ -90,6 +91,9 @@ def test_each_stain_augmentation_on_a_fixed_seed(kind):
         assert (a.mean(dim=(2, 3)) - base.mean(dim=(2, 3))).abs().max() < 0.02
     if kind == "blur":  # blurring lowers the high-frequency energy
         assert (a.diff(dim=3).abs().mean() < base.diff(dim=3).abs().mean()).item()
+    if kind == "grayscale":  # no colour left; brightness kept
+        assert torch.equal(a[:, 0], a[:, 1]) and torch.equal(a[:, 1], a[:, 2])
+        assert (a.mean() - base.mean()).abs() < 0.02
     assert "stain" in AUGMENTATIONS and AUGMENTATIONS["stain"].hed_scale > 0
 
 

@@ -62,6 +62,8 @@ def test_infer_status_and_eval_know_the_shipped_model(cli, home, tmp_path):
     assert _digest(folder) == before  # nothing written into the installed package
 
     assert_one_line_error(cli("train", "--resume", runs.PACKAGED), "ships with cellmorphnet")
+    r = cli("infer", runs.PACKAGED, PBC_TEST_IMAGES / "monocyte", "--checkpoint", "last", "--out", tmp_path / "x.csv")
+    assert_one_line_error(r, "best checkpoint only", "--checkpoint best")
 
 
 def test_a_run_of_your_own_with_the_same_name_comes_first(cli, home):

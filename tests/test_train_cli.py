@@ -73,6 +73,16 @@ def test_config_file_and_flag_precedence(cli, home, tmp_path):
     bad.write_text("epochz = 3\n")
     assert_one_line_error(cli("train", "--config", bad), "Unknown configuration key(s): epochz")
     assert_one_line_error(cli("train", "--epochs", "0"), "epochs must be at least 1")
+    assert_one_line_error(cli("train", "--ema", "1.5"), "ema must be in [0, 1)")
+    assert_one_line_error(cli("train", "--mixup", "-1"), "mixup and cutmix must not be negative")
+    r = cli("train", "--datasets", "sample", "--ema", "0.99", "--mixup", "0.2", "--cutmix", "1", "--epochs", "1",
+            "--name", "mix", "--model", "test_efficientnet", "--no-pretrained", "--limit-batches", "2",
+            "--data-size", "28")  # fmt: skip
+    assert r.exit_code == 0, r
+    saved = json.loads((home / "runs" / "mix" / "config.json").read_text())["config"]
+    assert (saved["ema"], saved["mixup"], saved["cutmix"]) == (0.99, 0.2, 1.0)
+    assert "trained" in checkpoint.load(home / "runs" / "mix" / "checkpoints" / "last.pt")
+    assert "trained" not in checkpoint.load(home / "runs" / "mix" / "checkpoints" / "best.pt")
     assert_one_line_error(cli("train", "--datasets", "bccd"), "BCCD is not fetched")
     assert_one_line_error(cli("train", "--resume", "nope"), "No run 'nope'")
     assert_one_line_error(cli("status", "nope"), "No run 'nope'")

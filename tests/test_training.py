@@ -136,9 +136,9 @@ class Stop(Exception):
     pass
 
 
-def test_resume_equals_uninterrupted_run(home):
+def _straight_and_resumed(home, cfg: TrainConfig) -> tuple[dict, dict]:
+    """Train ``cfg`` for 2 epochs in one go, and again stopped after epoch 1 and resumed; the two last.pt."""
     prepare("sample", home=home, size=28)
-    cfg = _tiny_cfg(epochs=2, unfreeze_epochs=[1, 1], accum_steps=2, limit_batches=4)
     fitmod.fit(cfg, home / "runs" / "straight", home=home)
 
     def interrupt_after_first_epoch(kind, **data):
@@ -149,14 +149,16 @@ def test_resume_equals_uninterrupted_run(home):
     assert summary["state"] == "interrupted" and summary["epochs_done"] == 1
     summary = fitmod.fit(cfg, home / "runs" / "split", home=home, resume=True)
     assert summary["state"] == "finished" and summary["epochs_done"] == 2
-
-    a = checkpoint.load(home / "runs" / "straight" / "checkpoints" / "last.pt")
-    b = checkpoint.load(home / "runs" / "split" / "checkpoints" / "last.pt")
-    for k in a["model"]:
-        assert torch.equal(a["model"][k], b["model"][k]), k
     ha = json.loads((home / "runs" / "straight" / "history.json").read_text())
     hb = json.loads((home / "runs" / "split" / "history.json").read_text())
     assert ha["train_loss"] == hb["train_loss"] and ha["val_f1"] == hb["val_f1"]
+    return tuple(checkpoint.load(home / "runs" / r / "checkpoints" / "last.pt") for r in ("straight", "split"))
+
+
+def test_resume_equals_uninterrupted_run(home):
+    a, b = _straight_and_resumed(home, _tiny_cfg(epochs=2, unfreeze_epochs=[1, 1], accum_steps=2, limit_batches=4))
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
 
 
 def test_best_checkpoint_and_early_stopping(home, monkeypatch):
@@ -294,3 +296,69 @@ def test_class_weights_are_inverse_frequency_and_neutral_on_balanced_data(home, 
     wb = checkpoint.load(home / "runs" / "nw" / "checkpoints" / "last.pt")["model"]
     assert a["state"] == b["state"] == "finished"
     assert all(torch.allclose(wa[k].float(), wb[k].float(), atol=1e-6) for k in wa)
+
+
+# --- weight average, mixup and cutmix --------------------------------------------------------------
+
+
+def test_weight_average_follows_the_trained_weights_slowly():
+    from cellmorphnet.training.ema import WeightAverage
+
+    model = torch.nn.Sequential(torch.nn.Linear(3, 2), torch.nn.BatchNorm1d(2))
+    avg = WeightAverage(model, decay=0.9)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model[0].weight.add_(1.0)
+        model[1].num_batches_tracked.fill_(7)
+    avg.update(model)  # first update: decay ramps from (1 + 1) / (10 + 1)
+    w = 1 - 2 / 11
+    assert torch.allclose(avg.module[0].weight, start["0.weight"] + w)
+    assert int(avg.module[1].num_batches_tracked) == 7  # integer buffers are copied, not averaged
+    for _ in range(100):
+        avg.update(model)
+    assert avg.current_decay() == 0.9
+    assert torch.allclose(avg.module[0].weight, model[0].weight, atol=1e-4)
+    assert not any(p.requires_grad for p in avg.module.parameters())
+
+
+def test_mixing_off_draws_nothing_and_on_mixes_as_it_says():
+    from cellmorphnet.training import mixing
+
+    x = torch.rand(6, 3, 8, 8)
+    state = torch.get_rng_state()
+    out, partner, lam = mixing.mix_batch(x, 0.0, 0.0)
+    assert out is x and partner is None and lam == 1.0
+    assert torch.equal(torch.get_rng_state(), state)  # runs without mixing see the same random numbers
+
+    seen = {"mixup": 0, "cutmix": 0, "none": 0}
+    torch.manual_seed(0)
+    for _ in range(200):
+        out, partner, lam = mixing.mix_batch(x, 0.2, 1.0)
+        if partner is None:
+            seen["none"] += 1
+            assert torch.equal(out, x)
+            continue
+        assert 0.0 <= lam <= 1.0
+        if torch.allclose(out, x * lam + x[partner] * (1 - lam)):
+            seen["mixup"] += 1
+            continue
+        seen["cutmix"] += 1
+        moved = partner != torch.arange(6)  # an image paired with itself looks unchanged
+        box = (out != x)[moved].any(dim=1).any(dim=0)  # the pixels taken from the partner: one box
+        assert torch.equal(out[:, :, box], x[partner][:, :, box])
+        assert torch.equal(out[:, :, ~box], x[:, :, ~box])
+        assert 1 - box.float().mean().item() == pytest.approx(lam, abs=1e-6)
+    assert all(v > 20 for v in seen.values()), seen
+
+
+def test_ema_and_mixing_resume_like_an_uninterrupted_run(home):
+    cfg = _tiny_cfg(epochs=2, unfreeze_epochs=[1, 1], accum_steps=2, limit_batches=4, ema=0.9, mixup=0.4, cutmix=1.0)
+    a, b = _straight_and_resumed(home, cfg)
+    assert a["ema_updates"] == b["ema_updates"] == 4
+    for part in ("model", "trained"):
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    # "model" (what eval and infer load) is the average, not the trained weights
+    assert any(not torch.equal(a["model"][k], a["trained"][k]) for k in a["model"] if a["model"][k].is_floating_point())
+    saved = json.loads((home / "runs" / "split" / "config.json").read_text())["config"]
+    assert (saved["ema"], saved["mixup"], saved["cutmix"]) == (0.9, 0.4, 1.0)

@@ -71,6 +71,13 @@ def command(
     class_weights: Annotated[
         bool | None, typer.Option("--class-weights/--no-class-weights", help="Inverse-frequency loss weights.")
     ] = None,
+    ema: Annotated[
+        float | None,
+        typer.Option("--ema", help="Decay of a moving average of the weights, validated and saved instead "
+                     "(e.g. 0.998; 0 = off). (default: 0)"),
+    ] = None,
+    mixup: Annotated[float | None, typer.Option("--mixup", help="Mixup alpha, 0 = off. (default: 0)")] = None,
+    cutmix: Annotated[float | None, typer.Option("--cutmix", help="CutMix alpha, 0 = off. (default: 0)")] = None,
     amp: Annotated[str | None, typer.Option("--amp", help="auto, bf16, fp16 or off. (default: auto)")] = None,
     augment: Annotated[
         str | None,
@@ -112,7 +119,8 @@ def command(
         "pretrained": pretrained, "image_size": image_size, "data_size": data_size, "epochs": epochs,
         "batch_size": batch_size, "accum_steps": accum_steps, "lr": lr, "weight_decay": weight_decay,
         "warmup_epochs": warmup_epochs, "grad_clip": grad_clip, "label_smoothing": label_smoothing,
-        "class_weights": class_weights, "amp": amp, "augment": augment, "device": device, "unfreeze_epochs": unfreeze,
+        "class_weights": class_weights, "ema": ema, "mixup": mixup, "cutmix": cutmix, "amp": amp, "augment": augment,
+        "device": device, "unfreeze_epochs": unfreeze,
         "patience": patience, "seed": seed, "channels_last": channels_last, "limit_batches": limit_batches,
     }  # fmt: skip
     if resume:

@@ -37,6 +37,7 @@ class AugmentConfig:
     hed_shift: float = 0.0  # ...plus ± this
     blur: float = 0.0  # probability of a Gaussian blur (sigma 0.3 to 1.2 px at the input size)
     jpeg: float = 0.0  # probability of JPEG re-compression (quality 40 to 90)
+    grayscale: float = 0.0  # probability of dropping the colour (the network must read shape and texture too)
 
 
 # Named augmentation recipes (``train --augment``). "basic": geometry and mild colour jitter, as trained
@@ -116,6 +117,8 @@ def augment_params(n: int, cfg: AugmentConfig, generator: torch.Generator) -> di
         "blur_sigma": uniform(0.3, 1.2),
         "jpeg": torch.rand(n, generator=generator) < cfg.jpeg,
         "jpeg_quality": torch.randint(40, 91, (n,), generator=generator),
+        # drawn last, and only when used, so the draws above (and runs made before it) stay the same
+        **({"grayscale": torch.rand(n, generator=generator) < cfg.grayscale} if cfg.grayscale > 0 else {}),
     }
 
 
@@ -153,6 +156,9 @@ def augment_batch(x: torch.Tensor, size: int, params: dict[str, torch.Tensor]) -
         x = _blur(x, p["blur"], p["blur_sigma"])
     if "jpeg" in p and bool(p["jpeg"].any()):
         x = _recompress(x, p["jpeg"], params["jpeg_quality"])
+    if "grayscale" in p and bool(p["grayscale"].any()):
+        gray = (x * gray_w).sum(1, keepdim=True).expand_as(x)
+        x = torch.where(p["grayscale"].view(n, 1, 1, 1), gray, x)
     return x.clamp_(0.0, 1.0)
 
 

@@ -33,6 +33,9 @@ class TrainConfig:
     grad_clip: float = 1.0  # max gradient norm (0 disables)
     label_smoothing: float = 0.1  # cross-entropy label smoothing
     class_weights: bool = False  # weight the loss by inverse class frequency (imbalanced data)
+    ema: float = 0.0  # decay of an exponential moving average of the weights, validated and saved (0: off)
+    mixup: float = 0.0  # mixup's Beta alpha (0: off); half the batches are mixed (with cutmix: one or the other)
+    cutmix: float = 0.0  # cutmix's Beta alpha (0: off)
     augment: str = "stain"  # augmentation recipe (data.loader.AUGMENTATIONS): stain (for other labs' slides) or basic
     amp: str = "auto"  # mixed precision: auto (CUDA bf16/fp16, MPS fp16 where scalable, CPU off), bf16, fp16 or off
     device: str = "auto"  # auto (CUDA, then MPS, then CPU), cuda, mps or cpu
@@ -54,6 +57,8 @@ class TrainConfig:
             (self.lr > 0, "lr must be positive"),
             (self.weight_decay >= 0, "weight-decay must not be negative"),
             (0 <= self.label_smoothing < 1, "label-smoothing must be in [0, 1)"),
+            (0 <= self.ema < 1, "ema must be in [0, 1), e.g. 0.998 (0 turns it off)"),
+            (self.mixup >= 0 and self.cutmix >= 0, "mixup and cutmix must not be negative (0 turns them off)"),
             (self.amp in ("auto", "bf16", "fp16", "off"), "amp must be auto, bf16, fp16 or off"),
             (self.augment in ("stain", "basic"), "augment must be stain or basic"),
             (self.recipe in (*RECIPES, "custom"), f"recipe must be one of {', '.join(RECIPES)}"),

@@ -14,7 +14,9 @@ from cellmorphnet.prediction import predict_local
 from cellmorphnet.training import schedule
 from cellmorphnet.training.config import TrainConfig
 from cellmorphnet.training.data import TrainData
+from cellmorphnet.training.ema import WeightAverage
 from cellmorphnet.training.losses import coarse_cross_entropy
+from cellmorphnet.training.mixing import mix_batch
 from cellmorphnet.training.precision import Precision, autocast, synchronize
 
 LOG_EVERY = 10  # batches between progress reports: each report reads the loss back (a device sync on GPUs)
@@ -39,6 +41,14 @@ def optimizer_step(optimizer, scaler, params, grad_clip: float) -> bool:
     return scaler.get_scale() >= before
 
 
+def _losses(logits, target_ids, space, cfg: TrainConfig, data: TrainData) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each sample's loss against ``target_ids``, unweighted and weighted by its class weight (if any)."""
+    per_sample = coarse_cross_entropy(logits, target_ids, space.target_table, cfg.label_smoothing)
+    if data.class_weights is None:
+        return per_sample, per_sample
+    return per_sample, per_sample * data.class_weights.index_select(0, target_ids)
+
+
 def train_one_epoch(
     model: torch.nn.Module,
     loader: BatchLoader,
@@ -50,13 +60,16 @@ def train_one_epoch(
     cfg: TrainConfig,
     data: TrainData,
     on_batch: Callable[[int, int, float, float, float], None] | None = None,
+    ema: WeightAverage | None = None,
 ) -> dict[str, float]:
     """One pass over the training batches with gradient accumulation; returns loss, accuracy, images/s.
 
     Each optimizer step accumulates ``accum_steps`` batches. The loss of every batch is divided by
     the number of samples (or total class weight) of its whole accumulation group, so the summed
     gradient equals that of one big batch, even when the last group is smaller. The learning-rate
-    schedule advances only on steps the optimizer really took.
+    schedule advances only on steps the optimizer really took, and so does the weight average (``ema``).
+    With mixup or cutmix a mixed image's loss is ``lam`` of its own label's and the rest of its
+    partner's; the reported training accuracy counts the label with the larger share.
     """
     model.train()
     schedule.freeze_norm_stats(model)
@@ -83,17 +96,22 @@ def train_one_epoch(
                              for name, idx in group))  # fmt: skip
         for _ in group:
             batch = next(batches)
+            images, partner, lam = mix_batch(batch.images, cfg.mixup, cfg.cutmix)
             with autocast(device, precision):
-                logits = model(batch.images)
-            per_sample = coarse_cross_entropy(logits, batch.target_ids, space.target_table, cfg.label_smoothing)
-            weighted = per_sample
-            if data.class_weights is not None:
-                weighted = per_sample * data.class_weights.index_select(0, batch.target_ids)
+                logits = model(images)
+            per_sample, weighted = _losses(logits, batch.target_ids, space, cfg, data)
+            counted = batch.target_ids
+            if partner is not None:
+                other_ids = batch.target_ids[partner]
+                other, other_weighted = _losses(logits, other_ids, space, cfg, data)
+                per_sample = lam * per_sample + (1.0 - lam) * other
+                weighted = lam * weighted + (1.0 - lam) * other_weighted
+                counted = batch.target_ids if lam >= 0.5 else other_ids
             loss = weighted.sum() / norm
             (scaler.scale(loss) if scaler is not None else loss).backward()
             with torch.no_grad():
                 loss_sum += per_sample.detach().sum()
-                correct += space.target_table[batch.target_ids, logits.detach().argmax(1)].sum()
+                correct += space.target_table[counted, logits.detach().argmax(1)].sum()
             seen += len(batch.labels)
             i += 1
             if on_batch is not None and (i % LOG_EVERY == 0 or i == len(plan)):
@@ -101,6 +119,8 @@ def train_one_epoch(
                 on_batch(i, len(plan), loss_sum.item() / seen, correct.item() / seen, seen / max(elapsed, 1e-9))
         if optimizer_step(optimizer, scaler, params, cfg.grad_clip):
             lr_schedule.step()
+            if ema is not None:
+                ema.update(model)
         else:
             skipped += 1
         optimizer.zero_grad(set_to_none=True)

@@ -25,6 +25,7 @@ from cellmorphnet.record import REFERENCE_FILE, REFERENCE_IMAGES, RunRecord, pol
 from cellmorphnet.training import checkpoint, schedule
 from cellmorphnet.training.config import TrainConfig
 from cellmorphnet.training.data import TrainData, appearance, load_data, pick_data_size
+from cellmorphnet.training.ema import WeightAverage
 from cellmorphnet.training.engine import evaluate, train_one_epoch
 from cellmorphnet.training.precision import (
     make_scaler,
@@ -184,7 +185,8 @@ def _fit_locked(
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_plan.as_lambda())
     if state is not None:
         try:
-            model.load_state_dict(state["model"])
+            # with a weight average, "model" holds the average (what eval and infer use), "trained" the raw weights
+            model.load_state_dict(state.get("trained", state["model"]))
             optimizer.load_state_dict(state["optimizer"])
             lr_schedule.load_state_dict(state["scheduler"])
         except (RuntimeError, ValueError, KeyError) as e:
@@ -201,10 +203,15 @@ def _fit_locked(
     else:
         run_dir.mkdir(parents=True, exist_ok=True)
         _save_reference_images(run_dir, data)
+    ema = None
+    if cfg.ema > 0:
+        ema = WeightAverage(model, cfg.ema, updates=int(state.get("ema_updates", 0)) if state else 0)
+        if state is not None and "trained" in state:
+            ema.module.load_state_dict(state["model"])
     record.save(run_dir)
     return _epochs(
         cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler, device, precision, data,
-        train_loader, val_loader, history, (start_epoch, best_f1, best_epoch, bad_epochs), resume, emit,
+        train_loader, val_loader, history, (start_epoch, best_f1, best_epoch, bad_epochs), resume, emit, ema,
     )  # fmt: skip
 
 
@@ -227,8 +234,11 @@ def _calibrate(run_dir, record, model, val_loader, data, device, precision) -> d
 
 
 def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler, device, precision, data,
-            train_loader, val_loader, history, progress, resume, emit) -> dict[str, Any]:  # fmt: skip
-    """The epoch loop, with the heartbeat, the log, checkpoints and the final state."""
+            train_loader, val_loader, history, progress, resume, emit, ema=None) -> dict[str, Any]:  # fmt: skip
+    """The epoch loop, with the heartbeat, the log, checkpoints and the final state.
+
+    With a weight average (``ema``) the average is what is validated, kept as best and saved as the
+    checkpoints' model; ``last.pt`` also carries the trained weights to resume from."""
     start_epoch, best_f1, best_epoch, bad_epochs = progress
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
     log = open(run_dir / "train.log", "a", encoding="utf-8")  # noqa: SIM115 - closed below
@@ -263,9 +273,9 @@ def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler
                 emit("batch", epoch=epoch, batch=i, batches=n, loss=loss, acc=acc, images_per_s=ips)
 
             tr = train_one_epoch(
-                model, train_loader, optimizer, lr_schedule, scaler, device, precision, cfg, data, on_batch
+                model, train_loader, optimizer, lr_schedule, scaler, device, precision, cfg, data, on_batch, ema
             )
-            va = evaluate(model, val_loader, data, device, precision)
+            va = evaluate(ema.module if ema else model, val_loader, data, device, precision)
             entry = {
                 "epoch": epoch + 1, "stage": stage, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
                 "val_loss": va["loss"], "val_acc": va["acc"], "val_f1": va["f1"],
@@ -282,13 +292,16 @@ def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler
             else:
                 bad_epochs += 1
             ckpt = checkpoint.make(
-                model, optimizer, lr_schedule, scaler, epoch + 1, record, lr_plan,
+                ema.module if ema else model, optimizer, lr_schedule, scaler, epoch + 1, record, lr_plan,
                 {"best_f1": best_f1, "best_epoch": best_epoch, "bad_epochs": bad_epochs}, history,
             )  # fmt: skip
+            if ema is not None:
+                ckpt["trained"], ckpt["ema_updates"] = model.state_dict(), ema.updates
             with checkpoint.defer_interrupt():  # a stop here would leave last.pt and history.json apart
                 checkpoint.save(ckpt, last_path)
                 if improved:
-                    checkpoint.save(ckpt, best_path)
+                    # the trained weights under an average are only for resuming, which reads last.pt
+                    checkpoint.save({k: v for k, v in ckpt.items() if k != "trained"}, best_path)
                 write_json(run_dir / runs.HISTORY, history)
             heartbeat.update(epoch=epoch + 1, batch=0, best_val_f1=best_f1, best_epoch=best_epoch)
             skipped = f", {tr['skipped_steps']} steps skipped (fp16 overflow)" if tr["skipped_steps"] else ""
