@@ -4,7 +4,9 @@
 
 For each run (trained on BloodMNIST/PBC alone, one with ``--augment basic`` and one with the default
 ``--augment stain``) and each combination of ``--crop centre|cell`` and adaptation (none,
-``--colour-match``, ``--adapt-bn``, both), exactly what ``cellmorphnet eval RUN --on`` computes:
+``--stain-norm`` (the default since 0.3), ``--colour-match``, ``--adapt-bn``, and AdaBN with either),
+exactly what ``cellmorphnet eval RUN --on`` computes (runs trained before the stain normalisation existed need
+``benchmarks/stain_reference.py`` first for the stain-norm rows):
 
 - on ``../shared/data/external/zheng2018-d1`` (300 white cells from another lab, microscope, camera and
   stain), the argmax restricted to the five white-cell types (``--classes`` below; the issue's
@@ -25,8 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, emit, header  # noqa: E402
 
-ADAPTATIONS = {"none": (False, False), "colour-match": (True, False), "adapt-bn": (False, True),
-               "colour-match + adapt-bn": (True, True)}  # fmt: skip
+# name: (stain normalisation, colour match, AdaBN)
+ADAPTATIONS = {"none": (False, False, False), "stain-norm": (True, False, False), "colour-match": (False, True, False),
+               "adapt-bn": (False, False, True), "stain-norm + adapt-bn": (True, False, True),
+               "colour-match + adapt-bn": (False, True, True)}  # fmt: skip
 
 
 def main() -> None:
@@ -61,10 +65,10 @@ def main() -> None:
         combos = [(c, n, t) for c in args.crops.split(",") for n in args.adaptations.split(",")
                   for t in args.tta.split(",")]  # fmt: skip
         for crop, name, tta in combos:
-            colour, adapt = ADAPTATIONS[name]
-            ext_options = inference_options(rm, crop, None, colour, adapt, args.classes, tta == "on")
+            stain, colour, adapt = ADAPTATIONS[name]
+            ext_options = inference_options(rm, crop, None, colour, adapt, args.classes, tta == "on", stain)
             ext = evaluate_folder(rm, external, ext_options)
-            home = evaluate_folder(rm, pbc, inference_options(rm, crop, None, colour, adapt, None, tta == "on"))
+            home = evaluate_folder(rm, pbc, inference_options(rm, crop, None, colour, adapt, None, tta == "on", stain))
             row = {
                 "run": run.name, "image_size": rm.record.image_size, "augment": augment, "classes": args.classes,
                 "crop": crop, "adaptation": name, "tta": tta,

@@ -36,7 +36,7 @@ def main() -> None:
     start = time.perf_counter()
     # the training data's exact geometry and nothing else: what this check is about
     preds = cmn.predict(rm, [SHARED / "bloodmnist-pbc" / "test_images"], crop="centre", colour_match=False,
-                        adapt_bn=False, tta=False)  # fmt: skip
+                        adapt_bn=False, tta=False, stain_norm=False)  # fmt: skip
     seconds = time.perf_counter() - start
     correct = sum(p.predicted == p.path.parent.name for p in preds if not p.error)
     infer_acc = correct / len(preds)

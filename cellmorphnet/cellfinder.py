@@ -47,10 +47,20 @@ class Nucleus:
         return (self.x0 + self.x1) / 2.0, (self.y0 + self.y1) / 2.0
 
 
-def find_nucleus(img: Image.Image | np.ndarray) -> Nucleus | None:
-    """The white cell's nucleus in an RGB image, or ``None`` where there is none to find."""
+def nuclear_stain(rgb: np.ndarray) -> np.ndarray | None:
+    """The pixels of an HxWx3 uint8 image that hold the nuclear stain (Otsu on the smoothed haematoxylin
+    channel), or ``None`` where the image is flat (blank, white or one colour)."""
     from skimage.color import rgb2hed
     from skimage.filters import gaussian, threshold_otsu
+
+    stain = gaussian(rgb2hed(np.asarray(rgb, dtype=np.float32) / 255.0)[..., 0], sigma=1.0)
+    if float(stain.max() - stain.min()) < 0.02:
+        return None
+    return stain > threshold_otsu(stain)
+
+
+def find_nucleus(img: Image.Image | np.ndarray) -> Nucleus | None:
+    """The white cell's nucleus in an RGB image, or ``None`` where there is none to find."""
     from skimage.measure import label, regionprops
     from skimage.morphology import closing, disk
 
@@ -61,11 +71,10 @@ def find_nucleus(img: Image.Image | np.ndarray) -> Nucleus | None:
         return None
     scale = WORK_SIDE / max(w, h)
     small = img.convert("RGB").resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
-    rgb = np.asarray(small, dtype=np.float32) / 255.0
-    stain = gaussian(rgb2hed(rgb)[..., 0], sigma=1.0)
-    if float(stain.max() - stain.min()) < 0.02:  # flat: a blank, white or uniformly coloured image
+    stained = nuclear_stain(np.asarray(small))
+    if stained is None:
         return None
-    mask = closing(stain > threshold_otsu(stain), disk(2))
+    mask = closing(stained, disk(2))
     regions = [r for r in regionprops(label(mask)) if r.area >= MIN_AREA * mask.size]
     if not regions:
         return None

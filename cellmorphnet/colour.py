@@ -1,5 +1,6 @@
 """Colour statistics of images in CIELAB: what training images look like, matching new images to them
-(Reinhard et al. 2001 colour transfer), and how far a new image lies from the training colours.
+(Reinhard et al. 2001 colour transfer), and how far a new image lies from the training colours; and
+stain normalisation anchored on the lamp and the nucleus (``stain_reference``, ``normalise_stain``).
 
 Different labs stain, light and photograph differently: the same neutrophil is purple on a pink
 background in one lab and brown on yellow in another. CIELAB separates lightness from the two
@@ -79,3 +80,68 @@ def distance(image: np.ndarray, stats: dict[str, list[float]]) -> float:
     m = _lab(image).reshape(-1, 3).mean(axis=0)
     z = (m - np.asarray(stats["image_mean_mean"])) / np.asarray(stats["image_mean_std"])
     return float(np.abs(z).max())
+
+
+# --- Stain normalisation ------------------------------------------------------------------------------
+# Light passing a stained smear loses, in each colour channel, a fraction set by the stains' optical
+# density there: I = L * exp(-OD), with L the lamp as the camera records it. Two things every blood
+# smear shows make a two-point calibration: the empty background (OD = 0: it is the lamp's colour) and
+# the nucleus, whose DNA takes the same azure/methylene-blue dye in every Romanowsky-type stain. Another
+# lab's lamp, stain batch, staining time and camera change L and scale each channel's OD; dividing by the
+# background and raising each channel to the power that brings the set's nuclei to the training
+# nuclei's OD undoes both, without touching shapes or the differences between cells of one set.
+
+BACKGROUND_SHARE = 0.1  # the brightest tenth of an image's pixels is taken as its background
+
+
+def background(image: np.ndarray) -> np.ndarray:
+    """The lamp's colour as an (H, W, 3) uint8 image records it: the per-channel median of its brightest pixels."""
+    px = np.asarray(image, dtype=np.float64).reshape(-1, 3)
+    k = max(1, round(len(px) * BACKGROUND_SHARE))
+    brightest = px[np.argpartition(px.sum(axis=1), len(px) - k)[-k:]]
+    return np.maximum(np.median(brightest, axis=0), 30.0)  # a floor: never divide by a black "lamp"
+
+
+def _density(image: np.ndarray, lamp: np.ndarray) -> np.ndarray:
+    """Each pixel's optical density per channel, relative to ``lamp`` (0 at the background)."""
+    return -np.log(np.clip((np.asarray(image, dtype=np.float64) + 1.0) / (lamp + 1.0), 1e-3, 1.0))
+
+
+def nucleus_density(image: np.ndarray) -> np.ndarray | None:
+    """The median optical density (R, G, B) of an image's nuclear-stained pixels, or None where it has none."""
+    from cellmorphnet.cellfinder import nuclear_stain
+
+    mask = nuclear_stain(image)
+    if mask is None or not mask.any():
+        return None
+    return np.median(_density(image, background(image))[mask], axis=0)
+
+
+def stain_reference(images: np.ndarray) -> dict[str, list[float]] | None:
+    """The training images' nucleus optical density and background colour (medians over the images)."""
+    dens = [d for d in (nucleus_density(im) for im in images) if d is not None]
+    if not dens:
+        return None
+    lamps = [background(im) for im in images]
+    return {"nucleus_density": np.median(dens, axis=0).round(4).tolist(),
+            "background": np.median(lamps, axis=0).round(2).tolist()}  # fmt: skip
+
+
+def set_density(densities: list[np.ndarray]) -> list[float] | None:
+    """A set's nucleus optical density: the median of its images' (``nucleus_density``), or None if none."""
+    return np.median(densities, axis=0).tolist() if densities else None
+
+
+def normalise_stain(image: np.ndarray, density: list[float], reference: dict[str, list[float]]) -> np.ndarray:
+    """``image`` (H, W, 3 uint8) from a set whose nuclei have optical density ``density``, shown as under the
+    training images' lamp and stain (``reference``, from ``stain_reference``).
+
+    Divided by its own background (the lamp), each channel's transmission is raised to the power
+    reference density / set density (optical density scaled per channel), then shown under the
+    training images' background colour.
+    """
+    ref = np.asarray(reference["nucleus_density"], dtype=np.float64)
+    power = ref / np.maximum(np.asarray(density, dtype=np.float64), 1e-3)
+    power = np.clip(power, 0.25, 4.0)  # a set without real nuclei must not blow a channel up
+    out = np.exp(-_density(image, background(image)) * power) * np.asarray(reference["background"])
+    return np.clip(out, 0, 255).round().astype(np.uint8)

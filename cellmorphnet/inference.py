@@ -10,13 +10,14 @@ training images, and stored in the run record at training time (``record.Inferen
    PBC/BloodMNIST, else ``centre_crop_fraction`` of the shorter side);
 2. bicubic resizes through ``resize_chain`` (e.g. [28, 64] for the sample: stored at 28 px,
    prepared at 64), exactly as prepare made the training arrays;
-3. optionally the set's colours matched to the training images' (``colour.match``; sets of at least
-   ``MIN_COLOUR_SET`` readable images);
+3. the set's stain normalised to the training images' (``colour.normalise_stain``: background and
+   nucleus colour; on by default), or optionally its colours matched to theirs (``colour.match``);
+   both need sets of at least ``MIN_COLOUR_SET`` readable images;
 4. the evaluation transform of training (resize to the network's input size, normalise), then the
    model, optionally adapted (AdaBN) and averaged over 8 flips and turns, and the run's temperature.
 
-A first pass over the set (``survey_files``) finds the cells and the set's colours before any
-prediction, so every image is decoded twice on the default path (three times never).
+A first pass over the set (``survey_files``) finds the cells and the set's colours and nucleus
+density before any prediction, so every image is decoded twice on the default path (three times never).
 
 Decoding runs in a thread pool ahead of the model (PIL releases the GIL while decoding), so images
 are read while the network works on the previous batch. Unreadable files are reported, never fatal.
@@ -42,14 +43,18 @@ from cellmorphnet.record import InferencePolicy
 # Defaults decided by measurement on another lab's cells and on PBC's own JPEGs with the default model
 # (docs/benchmarks.md, "Generalisation to another lab"): the 8-view average helps there and at home;
 # the set-level colour match helped the 64 px-input model (+2.3 points) but costs the 96 px default
-# 4.7 points, and AdaBN lowered the balanced accuracy with both, so both are off unless asked for.
+# 4.7 points, and AdaBN lowered the balanced accuracy with both, so both are off unless asked for. The
+# stain normalisation lifted seven of eight models there (5.5 points on average; the default recipe's two
+# seeds by 4.7 and 9.3) and left PBC's JPEGs as they were, so it is on.
 DEFAULT_COLOUR_MATCH = False
 DEFAULT_ADAPT_BN = False
+DEFAULT_STAIN_NORM = True
 DEFAULT_TTA = True
 COLOUR_DISTANCE_WARN = 4.0  # |z| of an image's mean colour beyond which it is marked unlike the training data
 ADAPT_BN_MAX_IMAGES = 2048  # images used to re-estimate batch-norm statistics
-# The colour match needs a set: one image's colours are mostly its own cell's (matching single images
-# cost 8 points on PBC's JPEGs, docs/benchmarks.md). Smaller sets are classified as they come.
+# The colour match and the stain normalisation need a set: one image's colours are mostly its own cell's
+# (matching single images cost 8 points on PBC's JPEGs, docs/benchmarks.md). Smaller sets are classified
+# as they come.
 MIN_COLOUR_SET = 16
 
 
@@ -142,6 +147,7 @@ class Survey:
     nuclei: dict[Item, Nucleus | None]
     side: float | None  # None: no cell found anywhere, every image is cropped at the centre
     colour: dict[str, list[float]] | None = None  # the set's CIELAB mean and std, where colour matching is on
+    stain: list[float] | None = None  # the set's nucleus optical density, where stain normalisation is on
 
     def of(self, path: Item) -> tuple[Nucleus | None, float | None]:
         n = self.nuclei.get(path)
@@ -189,39 +195,46 @@ def _reason(e: Exception) -> str:
     return f"cannot read ({getattr(e, 'strerror', None) or e})"
 
 
-def _look(path: Item, policy: InferencePolicy, with_colour: bool):
-    """(nucleus, implied crop side, CIELAB moments of the provisional crop) of one file; Nones if unreadable."""
+def _look(path: Item, policy: InferencePolicy, with_colour: bool, with_stain: bool = False):
+    """(nucleus, implied crop side, CIELAB moments and nucleus optical density of the provisional crop) of one
+    file; Nones if unreadable (or not asked for)."""
     try:
         img = _read(path)
     except (InvalidData, OSError):
-        return None, None, None  # reported when the file is read for the prediction
+        return None, None, None, None  # reported when the file is read for the prediction
     n = find_nucleus(img) if policy.crop == "cell" and policy.nucleus_fraction else None
     side = implied_side(img, n, policy.nucleus_fraction, policy.resize_chain[-1]) if n else None
-    moments = None
-    if with_colour:
-        moments = colour.moments(preprocess(img, policy, n, side))
-    return n, side, moments
+    moments = density = None
+    if with_colour or with_stain:
+        crop = preprocess(img, policy, n, side)
+        moments = colour.moments(crop) if with_colour else None
+        density = colour.nucleus_density(crop) if with_stain else None
+    return n, side, moments, density
 
 
-def survey_files(files: list[Item], policy: InferencePolicy, workers: int = 2, colour_match: bool = False) -> Survey:
-    """Look at every file once (in a thread pool): find the cells, the set's crop side and its colours."""
-    if not (policy.crop == "cell" and policy.nucleus_fraction) and not colour_match:
+def survey_files(files: list[Item], policy: InferencePolicy, workers: int = 2, colour_match: bool = False,
+                 stain_norm: bool = False) -> Survey:  # fmt: skip
+    """Look at every file once (in a thread pool): find the cells, the set's crop side, colours and nucleus density."""
+    stain_norm = stain_norm and policy.stain is not None
+    if not (policy.crop == "cell" and policy.nucleus_fraction) and not colour_match and not stain_norm:
         return Survey({}, None)
     if workers <= 1 or len(files) == 1:  # the server's requests: no pool to start
-        found = [_look(f, policy, colour_match) for f in files]
+        found = [_look(f, policy, colour_match, stain_norm) for f in files]
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            found = list(pool.map(lambda f: _look(f, policy, colour_match), files))
-    moments = [m for *_, m in found if m is not None]
+            found = list(pool.map(lambda f: _look(f, policy, colour_match, stain_norm), files))
+    moments = [m for _, _, m, _ in found if m is not None]
     source = colour.from_moments(moments) if colour_match and len(moments) >= MIN_COLOUR_SET else None
-    return Survey({f: n for f, (n, _, _) in zip(files, found, strict=True)}, crop_side_of([s for _, s, _ in found]),
-                  source)  # fmt: skip
+    densities = [d for *_, d in found if d is not None]
+    density = colour.set_density(densities) if stain_norm and len(densities) >= MIN_COLOUR_SET else None
+    return Survey({f: n for f, (n, *_) in zip(files, found, strict=True)}, crop_side_of([s for _, s, *_ in found]),
+                  source, density)  # fmt: skip
 
 
 def _load(path: Item, policy: InferencePolicy, survey: Survey):
     """(array, error, framing label and crop box, colour distance) for one file.
 
-    The colour distance is that of the image as it came, before any colour matching.
+    The colour distance is that of the image as it came, before any stain normalisation or colour matching.
     """
     try:
         img = _read(path)
@@ -231,6 +244,8 @@ def _load(path: Item, policy: InferencePolicy, survey: Survey):
     arr = preprocess(img, policy, nucleus, side)
     label = "cell" if nucleus is not None else ("centre (no cell found)" if policy.crop == "cell" else "centre")
     dist = round(colour.distance(arr, policy.colour), 2) if policy.colour else None
+    if survey.stain is not None and policy.stain:
+        arr = colour.normalise_stain(arr, survey.stain, policy.stain)
     if survey.colour is not None and policy.colour:
         arr = colour.match(arr, survey.colour, policy.colour)
     return arr, None, (label, crop_box(img.size, policy, nucleus, side)), dist
@@ -300,6 +315,7 @@ def predict_files(
     on_batch: Callable[[int, int], None] | None = None,
     keep_inputs: bool = False,
     colour_match: bool = False,
+    stain_norm: bool = False,
     adapt_bn: bool = False,
     restrict_to: list[str] | None = None,
     tta: bool = False,
@@ -308,6 +324,7 @@ def predict_files(
     """Predict every file; unreadable ones come back with ``error`` set. Optionally keep the preprocessed arrays.
 
     ``colour_match``: match each image's colours to the training images' (``colour.match``).
+    ``stain_norm``: normalise the set's stain and lamp to the training images' (``colour.normalise_stain``).
     ``adapt_bn``: re-estimate batch-norm statistics on these images first (``adapt_batch_norm``).
     ``restrict_to``: only these classes can be predicted (the others' probabilities are dropped and the
     rest renormalised), e.g. the white-cell types when every image is known to be a white cell.
@@ -317,7 +334,7 @@ def predict_files(
     """
     import torch
 
-    survey = survey_files(files, policy, workers, colour_match)
+    survey = survey_files(files, policy, workers, colour_match, stain_norm)
     loaded = _prefetched(files, policy, survey, workers, window=max(2 * batch_size, 8))
     if adapt_bn:  # every image is needed before the first prediction: load once, keep, then predict from memory
         loaded = list(loaded)

@@ -42,6 +42,7 @@ class InferencePolicy:
     crop: str = "centre"  # "cell": centred on the white cell found in each image (see cellfinder); "centre"
     nucleus_fraction: float | None = None  # median nucleus side / crop side of the training images
     colour: dict[str, list[float]] | None = None  # training images' CIELAB mean and std ("mean", "std")
+    stain: dict[str, list[float]] | None = None  # training nuclei's optical density and background (colour.py)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -60,6 +61,7 @@ class InferencePolicy:
             crop=str(d.get("crop", "centre")),
             nucleus_fraction=None if d.get("nucleus_fraction") is None else float(d["nucleus_fraction"]),
             colour=d.get("colour"),
+            stain=d.get("stain"),
         )
 
     def with_crop(self, crop: str) -> InferencePolicy:

@@ -179,7 +179,7 @@ class ModelService:
     def _prepare(self, uploads: list[Upload]):
         """infer's preprocessing of one set: the survey over all of them, then each one's crop and colours."""
         o = self.options
-        survey = survey_files(uploads, o.policy, workers=1, colour_match=o.colour_match)
+        survey = survey_files(uploads, o.policy, workers=1, colour_match=o.colour_match, stain_norm=o.stain_norm)
         return [(u, *_load(u, o.policy, survey)) for u in uploads]
 
     def _predict(self, loaded, top_k: int) -> list[Prediction]:
@@ -269,8 +269,9 @@ class ModelService:
             "checkpoint": self.rm.checkpoint.name,
             "checkpoint_sha256": self.checkpoint_sha256(),
             "datasets": datasets,
-            "preprocessing": {**o.policy.to_dict(), "colour_match": o.colour_match, "tta": o.tta,
-                              "temperature": o.temperature, "set": "the files of one request"},  # fmt: skip
+            "preprocessing": {**o.policy.to_dict(), "stain_norm": o.stain_norm, "colour_match": o.colour_match,
+                              "tta": o.tta, "temperature": o.temperature,
+                              "set": "the files of one request"},  # fmt: skip
             "test_metrics": metrics,
             "device": str(self.rm.device),
             "micro_batching": {"max_batch": self.batcher.max_batch, "max_wait_ms": self.batcher.max_wait * 1000},

@@ -70,13 +70,13 @@ def test_framing_fraction_on_training_arrays_is_stable():
     assert n >= 0.95 * len(wbc) and 0.4 < f < 0.85
 
 
-@pytest.mark.parametrize("kind", ["hue", "white_balance", "hed", "blur", "jpeg", "grayscale"])
+@pytest.mark.parametrize("kind", ["hue", "white_balance", "hed", "blur", "jpeg", "grayscale", "density"])
 def test_each_stain_augmentation_on_a_fixed_seed(kind):
     with np.load(PBC_64) as z:
         x = torch.from_numpy(z["val_images"][:8]).permute(0, 3, 1, 2).float() / 255
     settings = {"hue": {"hue": 0.1}, "white_balance": {"white_balance": 0.2},
                 "hed": {"hed_scale": 0.2, "hed_shift": 0.05}, "blur": {"blur": 1.0}, "jpeg": {"jpeg": 1.0},
-                "grayscale": {"grayscale": 1.0}}[kind]
+                "grayscale": {"grayscale": 1.0}, "density": {"density": 0.3}}[kind]
     plain = AugmentConfig(hflip=0, vflip=0, rotation=0, translate=0, scale=(1, 1), brightness=0, contrast=0,
                           saturation=0)  # fmt: skip
     cfg = AugmentConfig(**{**plain.__dict__, **settings})
@@ -94,7 +94,10 @@ def test_each_stain_augmentation_on_a_fixed_seed(kind):
     if kind == "grayscale":  # no colour left; brightness kept
         assert torch.equal(a[:, 0], a[:, 1]) and torch.equal(a[:, 1], a[:, 2])
         assert (a.mean() - base.mean()).abs() < 0.02
-    assert "stain" in AUGMENTATIONS and AUGMENTATIONS["stain"].hed_scale > 0
+    if kind == "density":  # the optical density scaled per channel: the white background stays white
+        white = torch.ones(2, 3, 8, 8)
+        assert torch.allclose(augment_batch(white, 8, augment_params(2, cfg, torch.Generator().manual_seed(1))), white)
+        assert "stain" in AUGMENTATIONS and AUGMENTATIONS["stain"].hed_scale > 0
 
 
 @pytest.fixture
@@ -190,3 +193,90 @@ def test_eval_on_a_labelled_folder_with_an_unknown_class_and_broken_files(cli, r
     assert human.exit_code == 0 and "matches none of the run's classes" in human.stderr
     assert_one_line_error(cli("eval", "g", "--on", root, "--classes", "platelet"), "--classes leaves out")
     assert_one_line_error(cli("eval", "g", "--on", tmp_path / "nothing"), "is not a folder")
+
+
+def _pbc_sample(n: int = 24) -> list[np.ndarray]:
+    files = sorted(PBC_TEST_IMAGES.glob("*/*.jpg"))[:: max(1, 240 // n)][:n]
+    return [np.asarray(Image.open(f).convert("RGB").resize((96, 96), Image.BICUBIC)) for f in files]
+
+
+def test_stain_normalisation_undoes_another_lamp_and_stain():
+    from cellmorphnet import colour
+
+    originals = _pbc_sample()
+    ref = colour.stain_reference(np.stack(originals))
+    assert ref is not None and len(ref["nucleus_density"]) == 3
+    # the same cells as another lab would record them: a yellow lamp, and each channel's optical density
+    # scaled (another stain batch, staining time and camera response)
+    lamp, power = np.array([255.0, 250.0, 180.0]), np.array([0.8, 1.4, 1.7])
+
+    def other_lab(a: np.ndarray) -> np.ndarray:
+        od = -np.log(np.clip((a + 1.0) / (np.asarray(ref["background"]) + 1.0), 1e-3, 1.0))
+        return np.clip(lamp * np.exp(-od * power), 0, 255).round().astype(np.uint8)
+
+    shifted = [other_lab(a) for a in originals]
+    density = colour.set_density([colour.nucleus_density(a) for a in shifted])
+    assert np.abs(np.asarray(density) / ref["nucleus_density"] - 1).max() > 0.3  # the shift is large
+    restored = [colour.normalise_stain(a, density, ref) for a in shifted]
+    before = np.mean([np.abs(s.astype(float) - o).mean() for s, o in zip(shifted, originals, strict=True)])
+    after = np.mean([np.abs(r.astype(float) - o).mean() for r, o in zip(restored, originals, strict=True)])
+    assert after < 0.25 * before and after < 6, (before, after)
+    # the training lab's own images are left nearly as they are
+    own = colour.set_density([colour.nucleus_density(a) for a in originals])
+    same = np.mean([np.abs(colour.normalise_stain(a, own, ref).astype(float) - a).mean() for a in originals])
+    assert same < 4, same
+
+
+def test_stain_normalisation_brings_the_other_labs_nuclei_and_colours_to_the_training_ones():
+    from cellmorphnet import colour
+
+    with np.load(PBC_64) as z:
+        train = z["train_images"][::40]
+    ref, stats = colour.stain_reference(train), colour.lab_stats(train)
+    files = sorted(EXTERNAL.glob("*/*"))[::3]
+    theirs = [np.asarray(Image.open(f).convert("RGB").resize((64, 64), Image.BICUBIC)) for f in files]
+    density = colour.set_density([d for d in map(colour.nucleus_density, theirs) if d is not None])
+    assert np.abs(np.asarray(density) / ref["nucleus_density"] - 1).max() > 0.4  # their nuclei are another colour
+    normalised = [colour.normalise_stain(a, density, ref) for a in theirs]
+    after = colour.set_density([d for d in map(colour.nucleus_density, normalised) if d is not None])
+    assert np.abs(np.asarray(after) / ref["nucleus_density"] - 1).max() < 0.15
+    unlike_before = sum(colour.distance(a, stats) > 4 for a in theirs)
+    unlike_after = sum(colour.distance(a, stats) > 4 for a in normalised)
+    assert unlike_after < 0.5 * unlike_before, (unlike_before, unlike_after)
+    # images without a nucleus give no density, and a set without one is left alone by infer
+    assert colour.nucleus_density(np.full((64, 64, 3), 255, np.uint8)) is None
+
+
+def test_stain_normalisation_is_the_default_and_gives_way_to_the_colour_match(cli, run, tmp_path):
+    policy = json.loads((run / "config.json").read_text())["inference"]
+    assert len(policy["stain"]["nucleus_density"]) == 3 and len(policy["stain"]["background"]) == 3
+    out = tmp_path / "p.json"
+    assert cli("infer", "g", EXTERNAL / "monocyte", "--out", out).exit_code == 0
+    default = json.loads(out.read_text())
+    assert default["summary"]["adaptation"]["stain_norm"] and default["summary"]["stain_norm_applied"]
+    assert cli("infer", "g", EXTERNAL / "monocyte", "--out", out, "--no-stain-norm").exit_code == 0
+    plain = json.loads(out.read_text())
+    assert not plain["summary"]["stain_norm_applied"]
+    assert [p["confidence"] for p in default["predictions"]] != [p["confidence"] for p in plain["predictions"]]
+    assert cli("infer", "g", EXTERNAL / "monocyte", "--out", out, "--colour-match").exit_code == 0
+    matched = json.loads(out.read_text())["summary"]
+    assert matched["colour_match_applied"] and not matched["adaptation"]["stain_norm"]
+    assert_one_line_error(cli("infer", "g", EXTERNAL / "monocyte", "--stain-norm", "--colour-match"), "choose one")
+    # a set smaller than 16 images is classified as it comes
+    assert cli("infer", "g", *sorted((EXTERNAL / "monocyte").glob("*"))[:3], "--out", out).exit_code == 0
+    assert not json.loads(out.read_text())["summary"]["stain_norm_applied"]
+
+
+def test_a_run_without_a_stain_reference_is_classified_without_one(run):
+    import dataclasses
+    from types import SimpleNamespace
+
+    from cellmorphnet.errors import ConfigError
+    from cellmorphnet.run_model import inference_options, load_run_model
+
+    rm = load_run_model(run, "best", "cpu")
+    old = SimpleNamespace(record=dataclasses.replace(rm.record, inference=dataclasses.replace(
+        rm.record.inference, stain=None)), classes=rm.classes)  # fmt: skip
+    assert inference_options(rm).stain_norm and not inference_options(old).stain_norm
+    with pytest.raises(ConfigError, match="no stain reference"):
+        inference_options(old, stain_norm=True)

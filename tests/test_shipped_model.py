@@ -31,6 +31,7 @@ def test_the_shipped_run_is_complete_small_and_calibrated():
     assert (folder / "checkpoints" / "best.pt").stat().st_size < 10_000_000
     assert record.config.model == "tf_efficientnet_lite0" and record.config.recipe == "default"
     assert record.calibration and record.temperature != 1.0
+    assert record.inference.stain and len(record.inference.stain["nucleus_density"]) == 3  # for --stain-norm
     metrics = read_json(folder / "eval" / "test" / "metrics.json")["datasets"]["bloodmnist"]["metrics"]
     assert metrics["accuracy"] > 0.98
     card = (folder / "MODEL_CARD.md").read_text()

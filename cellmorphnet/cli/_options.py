@@ -37,6 +37,13 @@ ColourMatchFlag = Annotated[
                  help="Match each image's colours (CIELAB mean and spread) to the training images'.",
                  show_default=False),
 ]  # fmt: skip
+StainNormFlag = Annotated[
+    bool | None,
+    typer.Option("--stain-norm/--no-stain-norm",
+                 help="Normalise the set's lamp and stain colours to the training images': the background to "
+                 "theirs, the nuclei's colour to theirs (sets of 16 or more images). (default: on where the run "
+                 "measured its stain)", show_default=False),
+]  # fmt: skip
 AdaptBnFlag = Annotated[
     bool | None,
     typer.Option("--adapt-bn/--no-adapt-bn",

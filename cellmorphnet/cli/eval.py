@@ -21,6 +21,7 @@ from cellmorphnet.cli._options import (
     CropOption,
     DeviceOption,
     JsonFlag,
+    StainNormFlag,
     TtaFlag,
     home_of,
 )
@@ -46,6 +47,7 @@ def command(
     ] = None,
     classes_only: ClassesOption = None,
     crop: CropOption = None,
+    stain_norm: StainNormFlag = None,
     colour_match: ColourMatchFlag = None,
     adapt_bn: AdaptBnFlag = None,
     tta: TtaFlag = None,
@@ -64,9 +66,9 @@ def command(
     home = home_of(ctx)
     run_dir = runs.resolve_run(run, home)
     if on is not None:
+        target = out or runs.output_dir(run_dir, home, "eval", f"on-{Path(on).expanduser().resolve().name}")
         _eval_on(run_dir, on, checkpoint, device, accept_data_change, classes_only, crop, colour_match, adapt_bn, tta,
-                 out or runs.output_dir(run_dir, home, "eval", f"on-{Path(on).expanduser().resolve().name}"),
-                 json)  # fmt: skip
+                 stain_norm, target, json)  # fmt: skip
         return
     subset = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
     report = evaluate_run(run_dir, home=home, split=split, datasets=subset, which=checkpoint, device=device,
@@ -82,15 +84,15 @@ def command(
     _output.info(f"Wrote {len(files)} files to {out_dir}")
 
 
-def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, colour_match, adapt_bn, tta, out,
-             json):  # fmt: skip
+def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, colour_match, adapt_bn, tta, stain_norm,
+             out, json):  # fmt: skip
     from cellmorphnet._io import write_json
     from cellmorphnet.evaluation.on_folder import evaluate_folder
     from cellmorphnet.evaluation.report import plot_dataset
     from cellmorphnet.run_model import inference_options, load_run_model
 
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept)
-    options = inference_options(rm, crop, None, colour_match, adapt_bn, classes_only, tta)
+    options = inference_options(rm, crop, None, colour_match, adapt_bn, classes_only, tta, stain_norm)
     with _output.progress("Classifying") as cb:
         report = evaluate_folder(rm, folder, options, progress=cb)
     report.update(run=str(run_dir), checkpoint=str(rm.checkpoint), epoch=rm.epoch)

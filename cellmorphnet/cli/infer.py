@@ -21,6 +21,7 @@ from cellmorphnet.cli._options import (
     ColourMatchFlag,
     CropOption,
     DeviceOption,
+    StainNormFlag,
     TtaFlag,
     home_of,
 )
@@ -49,6 +50,7 @@ def command(
         float | None,
         typer.Option("--crop-fraction", help="Centre crop of this fraction of the shorter side (1.0 = whole square)."),
     ] = None,
+    stain_norm: StainNormFlag = None,
     colour_match: ColourMatchFlag = None,
     adapt_bn: AdaptBnFlag = None,
     tta: TtaFlag = None,
@@ -87,7 +89,7 @@ def command(
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept_data_change)
     for field in rm.record_mismatch:
         _output.warn(f"Using the checkpoint's {field}: config.json differs (accepted).")
-    options = inference_options(rm, crop, crop_fraction, colour_match, adapt_bn, classes_only, tta)
+    options = inference_options(rm, crop, crop_fraction, colour_match, adapt_bn, classes_only, tta, stain_norm)
     classes = rm.classes
     policy = options.policy
     with _output.progress("Classifying") as cb:
@@ -108,6 +110,7 @@ def command(
         "device": str(rm.device),
         "policy": policy.to_dict(),
         "adaptation": options.kwargs(),
+        "stain_norm_applied": options.stain_norm and len(ok) >= MIN_COLOUR_SET,
         "colour_match_applied": options.colour_match and len(ok) >= MIN_COLOUR_SET,
         "framing": dict(Counter(p.framing for p in ok)),
         "unlike_training": sum(p.unusual for p in ok),

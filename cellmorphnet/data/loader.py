@@ -38,6 +38,7 @@ class AugmentConfig:
     blur: float = 0.0  # probability of a Gaussian blur (sigma 0.3 to 1.2 px at the input size)
     jpeg: float = 0.0  # probability of JPEG re-compression (quality 40 to 90)
     grayscale: float = 0.0  # probability of dropping the colour (the network must read shape and texture too)
+    density: float = 0.0  # each channel's optical density times a factor in [1/(1+this), 1+this]: stain and camera
 
 
 # Named augmentation recipes (``train --augment``). "basic": geometry and mild colour jitter, as trained
@@ -119,6 +120,8 @@ def augment_params(n: int, cfg: AugmentConfig, generator: torch.Generator) -> di
         "jpeg_quality": torch.randint(40, 91, (n,), generator=generator),
         # drawn last, and only when used, so the draws above (and runs made before it) stay the same
         **({"grayscale": torch.rand(n, generator=generator) < cfg.grayscale} if cfg.grayscale > 0 else {}),
+        **({"density": torch.exp((torch.rand(n, 3, generator=generator) * 2 - 1) * math.log1p(cfg.density))}
+           if cfg.density > 0 else {}),
     }
 
 
@@ -152,6 +155,8 @@ def augment_batch(x: torch.Tensor, size: int, params: dict[str, torch.Tensor]) -
         x = _rotate_hue(x, p["hue"])
     if "hed_scale" in p and bool(((p["hed_scale"] != 1) | (p["hed_shift"] != 0)).any()):
         x = _jitter_stains(x, p["hed_scale"], p["hed_shift"])
+    if "density" in p:  # x = exp(-OD), so scaling the optical density is a per-channel power
+        x = x.clamp(min=1e-3).pow(p["density"].to(x).view(n, 3, 1, 1))
     if "blur" in p and bool(p["blur"].any()):
         x = _blur(x, p["blur"], p["blur_sigma"])
     if "jpeg" in p and bool(p["jpeg"].any()):

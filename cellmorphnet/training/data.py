@@ -96,7 +96,7 @@ def appearance(arrays: DeviceArrays, classes: list[str], seed: int = 0) -> dict:
     side / crop side) comes from the white-cell classes where the data has them, since the finder
     frames white cells (a platelet's or an erythroblast's small dark body would pull the median
     down); the cell policy is used only where a nucleus was found in most of them. The CIELAB
-    statistics come from every class.
+    statistics and the stain reference (nucleus optical density, background) come from every class.
     """
     import numpy as np
 
@@ -114,5 +114,6 @@ def appearance(arrays: DeviceArrays, classes: list[str], seed: int = 0) -> dict:
     cells = images_of(white)
     fraction, found = cellfinder.nucleus_fraction(cells)
     use_cell = fraction is not None and found >= 0.5 * len(cells)
+    every = images_of(list(idx))
     return {"crop": "cell" if use_cell else "centre", "nucleus_fraction": fraction if use_cell else None,
-            "colour": colour.lab_stats(images_of(list(idx)), seed)}  # fmt: skip
+            "colour": colour.lab_stats(every, seed), "stain": colour.stain_reference(every)}  # fmt: skip
