@@ -8,6 +8,7 @@ probabilities; CoreML takes an image and returns the class label and probabiliti
 
 from __future__ import annotations
 
+import json
 import statistics
 import time
 import warnings
@@ -131,6 +132,8 @@ def metadata(rm) -> dict[str, str]:
         "datasets": ",".join(rec.datasets),
         "intended_use": "research use only; not a diagnostic device",
         "temperature": f"{rec.temperature:.4f} (calibration, applied inside the model)",
+        **({"stain_reference": json.dumps(policy.stain) + " (infer's stain normalisation of a set of images, "
+            "not inside the model; see docs/eval-infer-export.md)"} if policy.stain else {}),
     }
 
 

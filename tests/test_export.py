@@ -31,6 +31,7 @@ def test_onnx_export_matches_pytorch(cli, trained, tmp_path):
     model = onnx.load(str(out))
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["classes"].split(",")[0] == "basophil" and meta["input_size"] == "28"
+    assert json.loads(meta["stain_reference"].split(" (")[0])["nucleus_density"]  # for apps that normalise sets
     assert [i.name for i in model.graph.input] == ["image"]
     human = cli("export", "x", "--format", "onnx", "--out", out)
     assert "top-1 agreement 100.0%" in " ".join(human.stderr.split())
