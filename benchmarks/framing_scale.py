@@ -2,7 +2,9 @@
 
     python benchmarks/framing_scale.py RUN --json       # results/framing-scale-DATE.json
 
-Runs ``eval RUN --on ../shared/data/external/zheng2018-d1 --classes wbc`` with every default, except
+Runs ``eval RUN --on ../shared/data/external/zheng2018-d1 --classes wbc`` with every default (since the
+stain normalisation, that includes it where the run has a stain reference; results/framing-scale-2026-11-27
+was measured before it), except
 that the run's measured nucleus fraction is multiplied by each factor (a factor above 1 makes the
 crops smaller, so the cells appear larger). If the framing measured on the training images is right,
 factor 1 scores best.
