@@ -2,9 +2,10 @@
 
     python benchmarks/framing_scale.py RUN --json       # results/framing-scale-DATE.json
 
-Runs ``eval RUN --on ../shared/data/external/zheng2018-d1 --classes wbc`` with every default (since the
-stain normalisation, that includes it where the run has a stain reference; results/framing-scale-2026-11-27
-was measured before it), except
+Runs ``eval RUN --on ../shared/data/external/zheng2018-d1 --classes FIVE`` (the issue's five white-cell
+types, as benchmarks/generalisation.py; results/framing-scale-2026-11-27 used ``wbc``, which also allows
+``ig``, and was measured before the stain normalisation) with every default (the stain normalisation
+where the run has a stain reference; with tta, the scale views around each factor's side), except
 that the run's measured nucleus fraction is multiplied by each factor (a factor above 1 makes the
 crops smaller, so the cells appear larger). If the framing measured on the training images is right,
 factor 1 scores best.
@@ -25,6 +26,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", type=Path)
     ap.add_argument("--factors", default="0.7,0.85,1.0,1.2,1.4")
+    ap.add_argument("--classes", default="basophil,eosinophil,lymphocyte,monocyte,neutrophil")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -35,7 +37,7 @@ def main() -> None:
     result = header("python benchmarks/framing_scale.py " + " ".join(sys.argv[1:]))
     result["rows"] = []
     for factor in (float(f) for f in args.factors.split(",")):
-        options = inference_options(rm, classes="wbc")
+        options = inference_options(rm, classes=args.classes)
         policy = dataclasses.replace(options.policy, nucleus_fraction=options.policy.nucleus_fraction * factor)
         report = evaluate_folder(rm, SHARED / "external" / "zheng2018-d1", dataclasses.replace(options, policy=policy))
         recall = {c: round(v["recall"], 3) for c, v in report["metrics"]["per_class"].items() if v["support"]}

@@ -14,7 +14,9 @@ training images, and stored in the run record at training time (``record.Inferen
    nucleus colour; on by default), or optionally its colours matched to theirs (``colour.match``);
    both need sets of at least ``MIN_COLOUR_SET`` readable images;
 4. the evaluation transform of training (resize to the network's input size, normalise), then the
-   model, optionally adapted (AdaBN) and averaged over 8 flips and turns, and the run's temperature.
+   model, optionally adapted (AdaBN), and the run's temperature; with ``tta`` (on by default) the
+   probabilities are averaged over views of each image: the 8 flips and quarter turns, or, for a cell
+   the finder framed, 3 crop sides around the set's (``SCALE_VIEWS``) in 4 orientations each.
 
 A first pass over the set (``survey_files``) finds the cells and the set's colours and nucleus
 density before any prediction, so every image is decoded twice on the default path (three times never).
@@ -39,6 +41,15 @@ from cellmorphnet.cellfinder import Nucleus, cell_box, crop_side_of, find_nucleu
 from cellmorphnet.errors import InvalidData
 from cellmorphnet.imaging import IMAGE_SUFFIXES, centre_square, load_rgb
 from cellmorphnet.record import InferencePolicy
+
+# The set's crop side is an estimate: it comes from the median nucleus, and the white-cell types' nuclei
+# differ in size (the PBC test images' types imply crop sides from 0.86 to 1.29 times the right one), so
+# a lab whose mix of types is not the training data's gets a side 10 % or more off. With tta, a framed
+# cell is therefore also seen 13 % closer and 15 % farther (4 orientations at each side: 12 passes, where
+# other images get the 8 flips and turns). Measured in docs/benchmarks.md ("Scale views").
+SCALE_VIEWS = (0.87, 1.0, 1.15)  # multiples of the set's crop side; 1.0 in the middle
+ORIENTATIONS = tuple((flip, k) for flip in (False, True) for k in range(4))  # the 8 flips and quarter turns
+ORIENTATIONS_PER_SCALE = ((False, 0), (False, 1), (True, 0), (True, 1))
 
 # Defaults decided by measurement on another lab's cells and on PBC's own JPEGs with the default model
 # (docs/benchmarks.md, "Generalisation to another lab"): the 8-view average helps there and at home;
@@ -231,40 +242,56 @@ def survey_files(files: list[Item], policy: InferencePolicy, workers: int = 2, c
                   source, density)  # fmt: skip
 
 
-def _load(path: Item, policy: InferencePolicy, survey: Survey):
+def scale_views(policy: InferencePolicy, tta: bool) -> tuple[float, ...]:
+    """The crop sides (multiples of the set's) a framed cell is seen at: ``SCALE_VIEWS`` with tta under the
+    cell policy, else the set's side alone."""
+    return SCALE_VIEWS if tta and policy.crop == "cell" else (1.0,)
+
+
+def single_view(arr: np.ndarray) -> np.ndarray:
+    """The array at the set's own crop side of what ``_load`` returns (HxWx3, or SxHxWx3 for scale views)."""
+    return arr[len(arr) // 2] if arr.ndim == 4 else arr
+
+
+def _load(path: Item, policy: InferencePolicy, survey: Survey, scales: tuple[float, ...] = (1.0,)):
     """(array, error, framing label and crop box, colour distance) for one file.
 
-    The colour distance is that of the image as it came, before any stain normalisation or colour matching.
+    The array is HxWx3, or SxHxWx3 where a cell was framed and ``scales`` holds several crop sides
+    (multiples of the set's, 1.0 in the middle; see ``scale_views``). The colour distance is that of the
+    image as it came (at the set's crop side), before any stain normalisation or colour matching.
     """
     try:
         img = _read(path)
     except (InvalidData, OSError) as e:
         return None, _reason(e), None, None
     nucleus, side = survey.of(path)
-    arr = preprocess(img, policy, nucleus, side)
+    sides = [side * m for m in scales] if nucleus is not None and side is not None and len(scales) > 1 else [side]
+    crops = [preprocess(img, policy, nucleus, s) for s in sides]
     label = "cell" if nucleus is not None else ("centre (no cell found)" if policy.crop == "cell" else "centre")
-    dist = round(colour.distance(arr, policy.colour), 2) if policy.colour else None
+    dist = round(colour.distance(crops[len(crops) // 2], policy.colour), 2) if policy.colour else None
     if survey.stain is not None and policy.stain:
-        arr = colour.normalise_stain(arr, survey.stain, policy.stain)
+        crops = [colour.normalise_stain(c, survey.stain, policy.stain) for c in crops]
     if survey.colour is not None and policy.colour:
-        arr = colour.match(arr, survey.colour, policy.colour)
+        crops = [colour.match(c, survey.colour, policy.colour) for c in crops]
+    arr = crops[0] if len(crops) == 1 else np.stack(crops)
     return arr, None, (label, crop_box(img.size, policy, nucleus, side)), dist
 
 
-def _prefetched(files: list[Item], policy: InferencePolicy, survey: Survey, workers: int, window: int) -> Iterator:
+def _prefetched(files: list[Item], policy: InferencePolicy, survey: Survey, workers: int, window: int,
+                scales: tuple[float, ...] = (1.0,)) -> Iterator:  # fmt: skip
     """Decode ``files`` in a thread pool, at most ``window`` ahead of the consumer, in order."""
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         pending = []
         it = iter(files)
         for f in it:
-            pending.append((f, pool.submit(_load, f, policy, survey)))
+            pending.append((f, pool.submit(_load, f, policy, survey, scales)))
             if len(pending) >= window:
                 break
         while pending:
             f, fut = pending.pop(0)
             nxt = next(it, None)
             if nxt is not None:
-                pending.append((nxt, pool.submit(_load, nxt, policy, survey)))
+                pending.append((nxt, pool.submit(_load, nxt, policy, survey, scales)))
             yield f, *fut.result()
 
 
@@ -289,6 +316,7 @@ def adapt_batch_norm(model, arrays: list[np.ndarray], policy: InferencePolicy, d
         m.momentum = None  # a cumulative average over every batch
         m.train()
     rng = np.random.default_rng(0)
+    arrays = [c for a in arrays for c in (a if a.ndim == 4 else [a])]  # every scale view of every image
     picked = arrays if len(arrays) <= ADAPT_BN_MAX_IMAGES else [arrays[i] for i in sorted(
         rng.choice(len(arrays), ADAPT_BN_MAX_IMAGES, replace=False))]  # fmt: skip
     fmt = torch.channels_last if channels_last else torch.contiguous_format
@@ -328,14 +356,14 @@ def predict_files(
     ``adapt_bn``: re-estimate batch-norm statistics on these images first (``adapt_batch_norm``).
     ``restrict_to``: only these classes can be predicted (the others' probabilities are dropped and the
     rest renormalised), e.g. the white-cell types when every image is known to be a white cell.
-    ``tta``: average the predictions over the 8 flips and quarter turns of each image (a cell has no
-    up or down, so all 8 are the same cell).
+    ``tta``: average the predictions over views of each image (a cell has no up or down, so all are the
+    same cell): the 8 flips and quarter turns, or, for framed cells, 3 crop sides x 4 (``scale_views``).
     ``temperature``: the run's calibration; logits are divided by it before the softmax.
     """
     import torch
 
     survey = survey_files(files, policy, workers, colour_match, stain_norm)
-    loaded = _prefetched(files, policy, survey, workers, window=max(2 * batch_size, 8))
+    loaded = _prefetched(files, policy, survey, workers, window=max(2 * batch_size, 8), scales=scale_views(policy, tta))
     if adapt_bn:  # every image is needed before the first prediction: load once, keep, then predict from memory
         loaded = list(loaded)
         arrays = [a for _, a, err, *_ in loaded if err is None]
@@ -369,7 +397,7 @@ def predict_files(
             batch_paths.append((path, how, dist))
             batch_arrays.append(arr)
             if keep_inputs:
-                kept[path] = arr
+                kept[path] = single_view(arr)
             if len(batch_arrays) >= batch_size:
                 flush()
         if on_batch is not None and (done % batch_size == 0 or done == len(files)):
@@ -382,23 +410,35 @@ def predict_files(
 
 def class_probs(model, arrays: list[np.ndarray], policy: InferencePolicy, *, device, channels_last: bool = False,
                 tta: bool = False, temperature: float = 1.0, keep=None) -> np.ndarray:  # fmt: skip
-    """The model's calibrated class probabilities (N, C) for preprocessed arrays (``preprocess``), one pass.
+    """The model's calibrated class probabilities (N, C) for preprocessed arrays (``preprocess``; HxWx3, or
+    SxHxWx3 for one image at S crop sides, see ``_load``, whose probabilities are averaged).
 
-    ``tta`` averages the 8 flips and quarter turns; ``keep`` (class indices) restricts the softmax to them.
+    ``tta`` averages the 8 flips and quarter turns (4 orientations at each of several crop sides); ``keep``
+    (class indices) restricts the softmax to them.
     """
     import torch
 
     from cellmorphnet.data.loader import eval_transform
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    x = torch.from_numpy(np.stack(arrays)).to(device)
-    x = eval_transform(x, policy.image_size, policy.mean, policy.std).contiguous(memory_format=fmt)
-    with torch.no_grad():
-        views = [x] if not tta else [v.rot90(k, dims=(2, 3)) for v in (x, x.flip(3)) for k in range(4)]
-        logits = torch.stack([model(v.contiguous(memory_format=fmt)).float().cpu() for v in views]) / temperature
-    if keep is not None:
-        logits = torch.full_like(logits, float("-inf")).index_copy(2, keep, logits.index_select(2, keep))
-    return logits.softmax(2).mean(0).numpy()
+    out: list[np.ndarray | None] = [None] * len(arrays)
+    for ndim, views in ((3, ORIENTATIONS), (4, ORIENTATIONS_PER_SCALE)):
+        idx = [i for i, a in enumerate(arrays) if a.ndim == ndim]
+        if not idx:
+            continue
+        stack = np.stack([arrays[i] for i in idx])
+        n_views = stack.shape[1] if ndim == 4 else 1
+        x = torch.from_numpy(stack.reshape(-1, *stack.shape[-3:])).to(device)
+        x = eval_transform(x, policy.image_size, policy.mean, policy.std).contiguous(memory_format=fmt)
+        with torch.no_grad():
+            turned = [(x.flip(3) if flip else x).rot90(k, dims=(2, 3)) for flip, k in (views if tta else views[:1])]
+            logits = torch.stack([model(v.contiguous(memory_format=fmt)).float().cpu() for v in turned]) / temperature
+        if keep is not None:
+            logits = torch.full_like(logits, float("-inf")).index_copy(2, keep, logits.index_select(2, keep))
+        probs = logits.softmax(2).mean(0).reshape(len(idx), n_views, -1).mean(1).numpy()
+        for j, i in enumerate(idx):
+            out[i] = probs[j]
+    return np.stack(out)
 
 
 def to_prediction(item: Item, probs: np.ndarray, classes: list[str], k: int, how: tuple | None = None,

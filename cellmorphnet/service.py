@@ -1,7 +1,7 @@
 """A trained run held in memory to answer many small requests: what ``cellmorphnet serve`` runs.
 
 The images of one request are classified exactly as ``infer`` classifies the same files given
-together (``inference``: the same survey, crops, colour match, 8-view average and temperature), so
+together (``inference``: the same survey, crops, colours, views and temperature), so
 a file gets the same prediction from ``infer``, the REST API and the web page. Only the forward pass
 is shared between requests: one model thread takes the preprocessed images of whatever requests
 arrived within a few milliseconds of each other and runs them as one batch (micro-batching), so many
@@ -25,9 +25,18 @@ from typing import Any
 import numpy as np
 
 from cellmorphnet.errors import ConfigError
-from cellmorphnet.inference import Prediction, Upload, _load, class_probs, survey_files, to_prediction
+from cellmorphnet.inference import (
+    Prediction,
+    Upload,
+    _load,
+    class_probs,
+    scale_views,
+    single_view,
+    survey_files,
+    to_prediction,
+)
 
-DEFAULT_MAX_BATCH = 32  # images per forward pass (times 8 views with the 8-view average)
+DEFAULT_MAX_BATCH = 32  # images per forward pass (times 8 to 12 views with the test-time views)
 DEFAULT_MAX_WAIT_MS = 5.0  # how long the model thread waits for more requests to join a batch
 
 
@@ -180,7 +189,7 @@ class ModelService:
         """infer's preprocessing of one set: the survey over all of them, then each one's crop and colours."""
         o = self.options
         survey = survey_files(uploads, o.policy, workers=1, colour_match=o.colour_match, stain_norm=o.stain_norm)
-        return [(u, *_load(u, o.policy, survey)) for u in uploads]
+        return [(u, *_load(u, o.policy, survey, scale_views(o.policy, o.tta))) for u in uploads]
 
     def _predict(self, loaded, top_k: int) -> list[Prediction]:
         ok = [(u, arr, how, dist) for u, arr, err, how, dist in loaded if err is None]
@@ -210,7 +219,7 @@ class ModelService:
         pred = self._predict(loaded, 1)[0]
         if pred.error:
             return pred, b""
-        arr, idx = loaded[0][1], self.classes.index(pred.predicted)
+        arr, idx = single_view(loaded[0][1]), self.classes.index(pred.predicted)
         cam = self.batcher.call(lambda: self._cam(arr, idx)).result()
         crop = np.asarray(padded_crop(_read(pred.path), pred.box))
         buf = io.BytesIO()

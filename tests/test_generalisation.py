@@ -100,6 +100,19 @@ def test_each_stain_augmentation_on_a_fixed_seed(kind):
         assert "stain" in AUGMENTATIONS and AUGMENTATIONS["stain"].hed_scale > 0
 
 
+def test_a_wider_blur_range_blurs_more_and_keeps_the_colours():
+    with np.load(PBC_64) as z:
+        x = torch.from_numpy(z["val_images"][:8]).permute(0, 3, 1, 2).float() / 255
+    plain = AugmentConfig(hflip=0, vflip=0, rotation=0, translate=0, scale=(1, 1), brightness=0, contrast=0,
+                          saturation=0, blur=1.0)  # fmt: skip
+    narrow = augment_batch(x, 96, augment_params(8, plain, torch.Generator().manual_seed(3)))
+    wide_cfg = AugmentConfig(**{**plain.__dict__, "blur_max": 2.4})
+    wide = augment_batch(x, 96, augment_params(8, wide_cfg, torch.Generator().manual_seed(3)))
+    detail = lambda t: t.diff(dim=3).abs().mean(dim=(1, 2, 3))  # noqa: E731
+    assert (detail(wide) < detail(narrow)).all()  # the same draws, each sigma larger
+    assert (wide.mean(dim=(2, 3)) - narrow.mean(dim=(2, 3))).abs().max() < 0.02  # the kernel is not cut short
+
+
 @pytest.fixture
 def run(cli, home):
     r = cli("train", "--datasets", "sample", "--name", "g", "--epochs", "1", *QUICK)
@@ -280,3 +293,38 @@ def test_a_run_without_a_stain_reference_is_classified_without_one(run):
     assert inference_options(rm).stain_norm and not inference_options(old).stain_norm
     with pytest.raises(ConfigError, match="no stain reference"):
         inference_options(old, stain_norm=True)
+
+
+def test_framed_cells_are_seen_at_three_crop_sides_and_their_views_averaged():
+    from cellmorphnet import inference as inf
+    from cellmorphnet import runs
+    from cellmorphnet.data.loader import eval_transform
+    from cellmorphnet.run_model import load_run_model
+
+    rm = load_run_model(runs.packaged_runs()[runs.PACKAGED], "best", "cpu")  # the shipped (default) model
+    policy = rm.record.inference
+    files = sorted((EXTERNAL / "lymphocyte").glob("*"))[:4] + sorted((EXTERNAL / "neutrophil").glob("*"))[:4]
+    assert inf.scale_views(policy, tta=True) == inf.SCALE_VIEWS and inf.scale_views(policy, tta=False) == (1.0,)
+    assert inf.scale_views(policy.with_crop("centre"), tta=True) == (1.0,)  # the exact geometry needs no scale views
+    survey = inf.survey_files(files, policy, workers=1, stain_norm=True)
+    views, _, how, dist = inf._load(files[0], policy, survey, inf.SCALE_VIEWS)
+    alone, _, how1, dist1 = inf._load(files[0], policy, survey)
+    assert views.shape == (3, *alone.shape) and np.array_equal(inf.single_view(views), alone)
+    assert (how, dist) == (how1, dist1)  # framing and colour distance reported at the set's own side
+    sides = [find_nucleus(v).side for v in views]
+    assert sides[0] > sides[1] > sides[2]  # the smaller the crop, the larger the cell appears
+
+    # a batch mixing scale views and single images gives each what it gives alone
+    mixed = inf.class_probs(rm.model, [views, alone], policy, device="cpu", tta=True)
+    assert np.allclose(mixed[0], inf.class_probs(rm.model, [views], policy, device="cpu", tta=True)[0], atol=1e-5)
+    assert np.allclose(mixed[1], inf.class_probs(rm.model, [alone], policy, device="cpu", tta=True)[0], atol=1e-5)
+    # ... which is the mean over 3 sides x 4 orientations of the softmax
+    x = eval_transform(torch.from_numpy(views), policy.image_size, policy.mean, policy.std)
+    with torch.no_grad():
+        by_hand = torch.stack([rm.model((x.flip(3) if f else x).rot90(k, dims=(2, 3))).softmax(1)
+                               for f, k in inf.ORIENTATIONS_PER_SCALE]).mean((0, 1))  # fmt: skip
+    assert np.allclose(mixed[0], by_hand.numpy(), atol=1e-5)
+
+    preds, kept = inf.predict_files(rm.model, rm.classes, policy, files, tta=True, keep_inputs=True, stain_norm=True)
+    assert all(kept[f].shape == alone.shape for f in files)  # Grad-CAM gets the image at the set's side
+    assert all(p.framing == "cell" for p in preds)

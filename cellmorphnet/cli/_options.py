@@ -52,7 +52,8 @@ AdaptBnFlag = Annotated[
 ]  # fmt: skip
 TtaFlag = Annotated[
     bool | None,
-    typer.Option("--tta/--no-tta", help="Average over the 8 flips and quarter turns of each image (8x the work). "
+    typer.Option("--tta/--no-tta", help="Average over views of each image: the 8 flips and quarter turns, or, for "
+                 "cells framed by the cell finder, 3 crop sides around the set's x 4 orientations (8 to 12x the work). "
                  "(default: on)", show_default=False),
 ]  # fmt: skip
 ClassesOption = Annotated[

@@ -35,7 +35,8 @@ class AugmentConfig:
     white_balance: float = 0.0  # per-channel gain 1 ± this: the colour of the lamp and the camera's white balance
     hed_scale: float = 0.0  # stain jitter (Tellez et al. 2019): each stain's optical density times 1 ± this...
     hed_shift: float = 0.0  # ...plus ± this
-    blur: float = 0.0  # probability of a Gaussian blur (sigma 0.3 to 1.2 px at the input size)
+    blur: float = 0.0  # probability of a Gaussian blur (sigma 0.3 to ``blur_max`` px at the input size)
+    blur_max: float = 1.2  # the largest blur sigma, px at the input size: defocus and cameras coarser than PBC's
     jpeg: float = 0.0  # probability of JPEG re-compression (quality 40 to 90)
     grayscale: float = 0.0  # probability of dropping the colour (the network must read shape and texture too)
     density: float = 0.0  # each channel's optical density times a factor in [1/(1+this), 1+this]: stain and camera
@@ -115,7 +116,7 @@ def augment_params(n: int, cfg: AugmentConfig, generator: torch.Generator) -> di
         "hed_scale": torch.rand(n, 3, generator=generator) * 2 * cfg.hed_scale + 1 - cfg.hed_scale,
         "hed_shift": (torch.rand(n, 3, generator=generator) * 2 - 1) * cfg.hed_shift,
         "blur": torch.rand(n, generator=generator) < cfg.blur,
-        "blur_sigma": uniform(0.3, 1.2),
+        "blur_sigma": uniform(0.3, cfg.blur_max),
         "jpeg": torch.rand(n, generator=generator) < cfg.jpeg,
         "jpeg_quality": torch.randint(40, 91, (n,), generator=generator),
         # drawn last, and only when used, so the draws above (and runs made before it) stay the same
@@ -191,13 +192,14 @@ def _jitter_stains(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) ->
 def _blur(x: torch.Tensor, which: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """Gaussian blur of the chosen images, each with its own sigma (one grouped convolution)."""
     idx = which.nonzero().flatten()
-    r = torch.arange(-2, 3, device=x.device, dtype=x.dtype)
+    radius = max(2, round(1.7 * float(sigma[idx].max())))  # 2 (5x5) up to sigma 1.2, as before
+    r = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
     k1 = torch.exp(-(r.view(1, -1) ** 2) / (2 * sigma[idx].to(x).view(-1, 1) ** 2))
     k1 = k1 / k1.sum(1, keepdim=True)
-    k2 = (k1.unsqueeze(2) * k1.unsqueeze(1)).repeat_interleave(3, dim=0).unsqueeze(1)  # (m*3, 1, 5, 5)
+    k2 = (k1.unsqueeze(2) * k1.unsqueeze(1)).repeat_interleave(3, dim=0).unsqueeze(1)  # (m*3, 1, k, k)
     sel = x.index_select(0, idx)
     m, _, h, w = sel.shape
-    out = F.conv2d(F.pad(sel.reshape(1, m * 3, h, w), (2, 2, 2, 2), mode="reflect"), k2, groups=m * 3)
+    out = F.conv2d(F.pad(sel.reshape(1, m * 3, h, w), (radius,) * 4, mode="reflect"), k2, groups=m * 3)
     x = x.clone()
     x[idx] = out.reshape(m, 3, h, w)
     return x
