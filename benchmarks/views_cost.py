@@ -1,0 +1,63 @@
+"""What the test-time views cost: infer's default path on another lab's cells, timed per view setting.
+
+    python benchmarks/views_cost.py [--repeats 3] [--json]      # results/views-cost-DATE.json
+
+The shipped model with every default of ``infer`` (cell framing, stain normalisation), on the 300
+images of ``external/zheng2018-d1``: ``inference.predict_files`` timed with the scale views (3 crop
+sides x 4 orientations, the default), with the 8 flips and turns only, and with one view; each run
+``repeats`` times after a warm-up, alternating, in one process; the figure is the median images/s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED, emit, header  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    from cellmorphnet import inference, runs
+    from cellmorphnet.run_model import inference_options, load_run_model
+
+    result = header("python benchmarks/views_cost.py " + " ".join(sys.argv[1:]))
+    rm = load_run_model(runs.packaged_runs()[runs.PACKAGED], "best", "cpu")
+    options = inference_options(rm)
+    files, _ = inference.collect_files([SHARED / "external" / "zheng2018-d1"])
+    default_views = inference.SCALE_VIEWS
+    settings = {"scale views (default)": (default_views, True), "8 flips and turns": ((1.0,), True),
+                "one view (--no-tta)": ((1.0,), False)}  # fmt: skip
+
+    def run(name: str) -> None:
+        inference.SCALE_VIEWS, tta = settings[name]
+        kwargs = {**options.kwargs(), "tta": tta}
+        inference.predict_files(rm.model, rm.classes, options.policy, files, device="cpu",
+                                channels_last=rm.channels_last, **kwargs)  # fmt: skip
+
+    for name in settings:
+        run(name)  # warm-up
+    rates: dict[str, list[float]] = {k: [] for k in settings}
+    for _ in range(args.repeats):
+        for name in settings:
+            start = time.perf_counter()
+            run(name)
+            rates[name].append(len(files) / (time.perf_counter() - start))
+    inference.SCALE_VIEWS = default_views
+    result["images"] = len(files)
+    result["images_per_s"] = {k: round(statistics.median(v), 1) for k, v in rates.items()}
+    for k, v in result["images_per_s"].items():
+        print(f"{k}: {v} images/s", file=sys.stderr)
+    emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()
