@@ -17,9 +17,10 @@ exactly what ``cellmorphnet eval RUN --on`` computes (runs trained before the st
 
 Also each run's test-split accuracy on the prepared arrays (``cellmorphnet eval``).
 
-``--tta``: ``off`` (one view), ``on`` (infer's default: framed cells at 3 crop sides x 4 orientations,
-other images in 8 flips and turns), ``flips`` (the 8 flips and turns for every image, no scale views:
-the default before the scale views, 2026-11-28).
+``--tta``: ``off`` (one view), ``on`` (infer's default: the 8 flips and turns), ``scales`` (``on`` plus
+infer's ``--scale-views``: framed cells at 3 crop sides x 4 orientations). The scale-view result files
+of 2026-11-28 were made while the scale views were briefly the default: their rows labelled ``flips``
+are ``on`` here, those labelled ``on`` are ``scales``.
 """
 
 from __future__ import annotations
@@ -42,14 +43,13 @@ def main() -> None:
     ap.add_argument("runs", nargs="+", type=Path, help="run folders")
     ap.add_argument("--home", type=Path, default=None, help="the home the runs' prepared data is in (for eval)")
     ap.add_argument("--crops", default="centre,cell")
-    ap.add_argument("--tta", default="off,on", help="test-time views: off, on (the default) or flips (see above)")
+    ap.add_argument("--tta", default="off,on", help="test-time views: off, on (the default) or scales (see above)")
     ap.add_argument("--classes", default="basophil,eosinophil,lymphocyte,monocyte,neutrophil",
                     help="the argmax on the external set is restricted to these (as infer --classes)")
     ap.add_argument("--adaptations", default=",".join(ADAPTATIONS))
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from cellmorphnet import inference
     from cellmorphnet.evaluation.on_folder import evaluate_folder
     from cellmorphnet.evaluation.report import evaluate_run
     from cellmorphnet.run_model import inference_options, load_run_model
@@ -58,7 +58,6 @@ def main() -> None:
     pbc = SHARED / "bloodmnist-pbc" / "test_images"
     result = header("python benchmarks/generalisation.py " + " ".join(sys.argv[1:]))
     result["rows"] = []
-    scale_views = inference.SCALE_VIEWS
     for run in args.runs:
         rm = load_run_model(run, "best", "cpu")
         augment = rm.record.config.augment
@@ -72,10 +71,10 @@ def main() -> None:
                   for t in args.tta.split(",")]  # fmt: skip
         for crop, name, tta in combos:
             stain, colour, adapt = ADAPTATIONS[name]
-            inference.SCALE_VIEWS = (1.0,) if tta == "flips" else scale_views
-            ext_options = inference_options(rm, crop, None, colour, adapt, args.classes, tta != "off", stain)
+            on, scales = tta != "off", tta == "scales"
+            ext_options = inference_options(rm, crop, None, colour, adapt, args.classes, on, stain, scales)
             ext = evaluate_folder(rm, external, ext_options)
-            home = evaluate_folder(rm, pbc, inference_options(rm, crop, None, colour, adapt, None, tta != "off", stain))
+            home = evaluate_folder(rm, pbc, inference_options(rm, crop, None, colour, adapt, None, on, stain, scales))
             row = {
                 "run": run.name, "image_size": rm.record.image_size, "augment": augment, "classes": args.classes,
                 "crop": crop, "adaptation": name, "tta": tta,

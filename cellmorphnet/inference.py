@@ -15,8 +15,8 @@ training images, and stored in the run record at training time (``record.Inferen
    both need sets of at least ``MIN_COLOUR_SET`` readable images;
 4. the evaluation transform of training (resize to the network's input size, normalise), then the
    model, optionally adapted (AdaBN), and the run's temperature; with ``tta`` (on by default) the
-   probabilities are averaged over views of each image: the 8 flips and quarter turns, or, for a cell
-   the finder framed, 3 crop sides around the set's (``SCALE_VIEWS``) in 4 orientations each.
+   probabilities are averaged over the 8 flips and quarter turns of each image, or, with the scale
+   views (off by default), over 3 crop sides around the set's (``SCALE_VIEWS``) in 4 orientations each.
 
 A first pass over the set (``survey_files``) finds the cells and the set's colours and nucleus
 density before any prediction, so every image is decoded twice on the default path (three times never).
@@ -44,10 +44,13 @@ from cellmorphnet.record import InferencePolicy
 
 # The set's crop side is an estimate: it comes from the median nucleus, and the white-cell types' nuclei
 # differ in size (the PBC test images' types imply crop sides from 0.86 to 1.29 times the right one), so
-# a lab whose mix of types is not the training data's gets a side 10 % or more off. With tta, a framed
-# cell is therefore also seen 13 % closer and 15 % farther (4 orientations at each side: 12 passes, where
-# other images get the 8 flips and turns). Measured in docs/benchmarks.md ("Scale views").
+# a lab whose mix of types is not the training data's gets a side 10 % or more off. With the scale views
+# a framed cell is also seen 13 % closer and 15 % farther (with tta, 4 orientations at each side: 12
+# passes, where other images get the 8 flips and turns). Off by default: on nine models it gained 0.9
+# points on another lab's cells on average, but +0.2 over three seeds of the default recipe (one lost
+# 3.5), at half the speed (docs/benchmarks.md, "Scale views").
 SCALE_VIEWS = (0.87, 1.0, 1.15)  # multiples of the set's crop side; 1.0 in the middle
+DEFAULT_SCALE_VIEWS = False
 ORIENTATIONS = tuple((flip, k) for flip in (False, True) for k in range(4))  # the 8 flips and quarter turns
 ORIENTATIONS_PER_SCALE = ((False, 0), (False, 1), (True, 0), (True, 1))
 
@@ -55,8 +58,8 @@ ORIENTATIONS_PER_SCALE = ((False, 0), (False, 1), (True, 0), (True, 1))
 # (docs/benchmarks.md, "Generalisation to another lab"): the 8-view average helps there and at home;
 # the set-level colour match helped the 64 px-input model (+2.3 points) but costs the 96 px default
 # 4.7 points, and AdaBN lowered the balanced accuracy with both, so both are off unless asked for. The
-# stain normalisation lifted seven of eight models there (5.5 points on average; the default recipe's two
-# seeds by 4.7 and 9.3) and left PBC's JPEGs as they were, so it is on.
+# stain normalisation lifted eight of nine models there (7.2 points on average; the default recipe's three
+# seeds by 4.7, 9.3 and 20.9) and left PBC's JPEGs as they were, so it is on.
 DEFAULT_COLOUR_MATCH = False
 DEFAULT_ADAPT_BN = False
 DEFAULT_STAIN_NORM = True
@@ -242,10 +245,10 @@ def survey_files(files: list[Item], policy: InferencePolicy, workers: int = 2, c
                   source, density)  # fmt: skip
 
 
-def scale_views(policy: InferencePolicy, tta: bool) -> tuple[float, ...]:
-    """The crop sides (multiples of the set's) a framed cell is seen at: ``SCALE_VIEWS`` with tta under the
-    cell policy, else the set's side alone."""
-    return SCALE_VIEWS if tta and policy.crop == "cell" else (1.0,)
+def crop_sides(policy: InferencePolicy, scale_views: bool) -> tuple[float, ...]:
+    """The crop sides (multiples of the set's) a framed cell is seen at: ``SCALE_VIEWS`` with the scale views
+    under the cell policy, else the set's side alone."""
+    return SCALE_VIEWS if scale_views and policy.crop == "cell" else (1.0,)
 
 
 def single_view(arr: np.ndarray) -> np.ndarray:
@@ -257,7 +260,7 @@ def _load(path: Item, policy: InferencePolicy, survey: Survey, scales: tuple[flo
     """(array, error, framing label and crop box, colour distance) for one file.
 
     The array is HxWx3, or SxHxWx3 where a cell was framed and ``scales`` holds several crop sides
-    (multiples of the set's, 1.0 in the middle; see ``scale_views``). The colour distance is that of the
+    (multiples of the set's, 1.0 in the middle; see ``crop_sides``). The colour distance is that of the
     image as it came (at the set's crop side), before any stain normalisation or colour matching.
     """
     try:
@@ -348,6 +351,7 @@ def predict_files(
     restrict_to: list[str] | None = None,
     tta: bool = False,
     temperature: float = 1.0,
+    scale_views: bool = False,
 ) -> tuple[list[Prediction], dict[Item, np.ndarray]]:
     """Predict every file; unreadable ones come back with ``error`` set. Optionally keep the preprocessed arrays.
 
@@ -356,14 +360,17 @@ def predict_files(
     ``adapt_bn``: re-estimate batch-norm statistics on these images first (``adapt_batch_norm``).
     ``restrict_to``: only these classes can be predicted (the others' probabilities are dropped and the
     rest renormalised), e.g. the white-cell types when every image is known to be a white cell.
-    ``tta``: average the predictions over views of each image (a cell has no up or down, so all are the
-    same cell): the 8 flips and quarter turns, or, for framed cells, 3 crop sides x 4 (``scale_views``).
+    ``tta``: average the predictions over the 8 flips and quarter turns of each image (a cell has no
+    up or down, so all 8 are the same cell).
+    ``scale_views``: a framed cell is also seen at 3 crop sides around the set's (``crop_sides``), averaged
+    (with ``tta``, 4 orientations at each).
     ``temperature``: the run's calibration; logits are divided by it before the softmax.
     """
     import torch
 
     survey = survey_files(files, policy, workers, colour_match, stain_norm)
-    loaded = _prefetched(files, policy, survey, workers, window=max(2 * batch_size, 8), scales=scale_views(policy, tta))
+    sides = crop_sides(policy, scale_views)
+    loaded = _prefetched(files, policy, survey, workers, window=max(2 * batch_size, 8), scales=sides)
     if adapt_bn:  # every image is needed before the first prediction: load once, keep, then predict from memory
         loaded = list(loaded)
         arrays = [a for _, a, err, *_ in loaded if err is None]

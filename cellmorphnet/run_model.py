@@ -137,24 +137,26 @@ class InferenceOptions:
     tta: bool = False
     temperature: float = 1.0  # the run's calibration
     stain_norm: bool = False
+    scale_views: bool = False
 
     def kwargs(self) -> dict[str, Any]:
         return {"stain_norm": self.stain_norm, "colour_match": self.colour_match, "adapt_bn": self.adapt_bn,
-                "restrict_to": self.restrict_to, "tta": self.tta, "temperature": self.temperature}  # fmt: skip
+                "restrict_to": self.restrict_to, "tta": self.tta, "temperature": self.temperature,
+                "scale_views": self.scale_views}  # fmt: skip
 
 
 def inference_options(rm: RunModel, crop: str | None = None, crop_fraction: float | None = None,
                       colour_match: bool | None = None, adapt_bn: bool | None = None,
                       classes: str | None = None, tta: bool | None = None,
-                      stain_norm: bool | None = None) -> InferenceOptions:  # fmt: skip
+                      stain_norm: bool | None = None, scale_views: bool | None = None) -> InferenceOptions:  # fmt: skip
     """Resolve the command-line choices against the run and the measured defaults (``inference.DEFAULT_*``).
 
     The stain normalisation (on by default) and the colour match both change the set's colours: asking
     for the colour match turns the default normalisation off, and asking for both is an error.
     """
+    from cellmorphnet import inference
     from cellmorphnet.data.taxonomy import WHITE_CELLS
     from cellmorphnet.errors import ConfigError
-    from cellmorphnet.inference import DEFAULT_ADAPT_BN, DEFAULT_COLOUR_MATCH, DEFAULT_STAIN_NORM, DEFAULT_TTA
 
     policy = rm.record.inference
     if crop is not None:
@@ -184,15 +186,16 @@ def inference_options(rm: RunModel, crop: str | None = None, crop_fraction: floa
                           hint="Leave out --stain-norm, or retrain it with this version.")  # fmt: skip
     if stain_norm and colour_match:
         raise ConfigError("--stain-norm and --colour-match both change the colours: choose one.")
-    colour_match = bool(policy.colour) and (DEFAULT_COLOUR_MATCH if colour_match is None else colour_match)
+    colour_match = bool(policy.colour) and (inference.DEFAULT_COLOUR_MATCH if colour_match is None else colour_match)
     if stain_norm is None:
-        stain_norm = DEFAULT_STAIN_NORM and not colour_match
+        stain_norm = inference.DEFAULT_STAIN_NORM and not colour_match
     return InferenceOptions(
         stain_norm=bool(policy.stain) and stain_norm,
         policy=policy,
         colour_match=colour_match,
-        adapt_bn=DEFAULT_ADAPT_BN if adapt_bn is None else adapt_bn,
+        adapt_bn=inference.DEFAULT_ADAPT_BN if adapt_bn is None else adapt_bn,
         restrict_to=restrict,
-        tta=DEFAULT_TTA if tta is None else tta,
+        tta=inference.DEFAULT_TTA if tta is None else tta,
         temperature=rm.record.temperature,
+        scale_views=inference.DEFAULT_SCALE_VIEWS if scale_views is None else scale_views,
     )

@@ -30,13 +30,13 @@ from cellmorphnet.inference import (
     Upload,
     _load,
     class_probs,
-    scale_views,
+    crop_sides,
     single_view,
     survey_files,
     to_prediction,
 )
 
-DEFAULT_MAX_BATCH = 32  # images per forward pass (times 8 to 12 views with the test-time views)
+DEFAULT_MAX_BATCH = 32  # images per forward pass (times 8 views with the 8-view average)
 DEFAULT_MAX_WAIT_MS = 5.0  # how long the model thread waits for more requests to join a batch
 
 
@@ -189,7 +189,7 @@ class ModelService:
         """infer's preprocessing of one set: the survey over all of them, then each one's crop and colours."""
         o = self.options
         survey = survey_files(uploads, o.policy, workers=1, colour_match=o.colour_match, stain_norm=o.stain_norm)
-        return [(u, *_load(u, o.policy, survey, scale_views(o.policy, o.tta))) for u in uploads]
+        return [(u, *_load(u, o.policy, survey, crop_sides(o.policy, o.scale_views))) for u in uploads]
 
     def _predict(self, loaded, top_k: int) -> list[Prediction]:
         ok = [(u, arr, how, dist) for u, arr, err, how, dist in loaded if err is None]

@@ -295,7 +295,7 @@ def test_a_run_without_a_stain_reference_is_classified_without_one(run):
         inference_options(old, stain_norm=True)
 
 
-def test_framed_cells_are_seen_at_three_crop_sides_and_their_views_averaged():
+def test_scale_views_see_framed_cells_at_three_crop_sides_and_average_them(cli, tmp_path):
     from cellmorphnet import inference as inf
     from cellmorphnet import runs
     from cellmorphnet.data.loader import eval_transform
@@ -304,8 +304,8 @@ def test_framed_cells_are_seen_at_three_crop_sides_and_their_views_averaged():
     rm = load_run_model(runs.packaged_runs()[runs.PACKAGED], "best", "cpu")  # the shipped (default) model
     policy = rm.record.inference
     files = sorted((EXTERNAL / "lymphocyte").glob("*"))[:4] + sorted((EXTERNAL / "neutrophil").glob("*"))[:4]
-    assert inf.scale_views(policy, tta=True) == inf.SCALE_VIEWS and inf.scale_views(policy, tta=False) == (1.0,)
-    assert inf.scale_views(policy.with_crop("centre"), tta=True) == (1.0,)  # the exact geometry needs no scale views
+    assert inf.crop_sides(policy, True) == inf.SCALE_VIEWS and inf.crop_sides(policy, False) == (1.0,)
+    assert inf.crop_sides(policy.with_crop("centre"), True) == (1.0,)  # the exact geometry needs no scale views
     survey = inf.survey_files(files, policy, workers=1, stain_norm=True)
     views, _, how, dist = inf._load(files[0], policy, survey, inf.SCALE_VIEWS)
     alone, _, how1, dist1 = inf._load(files[0], policy, survey)
@@ -325,6 +325,25 @@ def test_framed_cells_are_seen_at_three_crop_sides_and_their_views_averaged():
                                for f, k in inf.ORIENTATIONS_PER_SCALE]).mean((0, 1))  # fmt: skip
     assert np.allclose(mixed[0], by_hand.numpy(), atol=1e-5)
 
-    preds, kept = inf.predict_files(rm.model, rm.classes, policy, files, tta=True, keep_inputs=True, stain_norm=True)
+    preds, kept = inf.predict_files(rm.model, rm.classes, policy, files, tta=True, keep_inputs=True, stain_norm=True,
+                                    scale_views=True)  # fmt: skip
     assert all(kept[f].shape == alone.shape for f in files)  # Grad-CAM gets the image at the set's side
     assert all(p.framing == "cell" for p in preds)
+
+    # off by default; --scale-views on infer's command line
+    from cellmorphnet.run_model import inference_options
+
+    assert not inference_options(rm).scale_views and inference_options(rm, scale_views=True).scale_views
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    for f in files:
+        shutil.copy(f, folder / f.name)
+    probs = {}
+    for flag in ("--scale-views", "--no-scale-views"):
+        out = tmp_path / f"{flag}.json"
+        r = cli("infer", runs.PACKAGED, folder, "--out", out, flag)
+        assert r.exit_code == 0, r
+        rows = json.loads(out.read_text())["predictions"]
+        probs[flag] = [row["top_k"][0]["probability"] for row in rows]
+        assert json.loads(out.read_text())["summary"]["adaptation"]["scale_views"] is (flag == "--scale-views")
+    assert probs["--scale-views"] != probs["--no-scale-views"]

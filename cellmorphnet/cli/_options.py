@@ -52,9 +52,14 @@ AdaptBnFlag = Annotated[
 ]  # fmt: skip
 TtaFlag = Annotated[
     bool | None,
-    typer.Option("--tta/--no-tta", help="Average over views of each image: the 8 flips and quarter turns, or, for "
-                 "cells framed by the cell finder, 3 crop sides around the set's x 4 orientations (8 to 12x the work). "
+    typer.Option("--tta/--no-tta", help="Average over the 8 flips and quarter turns of each image (8x the work). "
                  "(default: on)", show_default=False),
+]  # fmt: skip
+ScaleViewsFlag = Annotated[
+    bool | None,
+    typer.Option("--scale-views/--no-scale-views", help="Also see each cell the cell finder framed at 0.87, 1 and "
+                 "1.15 times the set's crop side, averaged (with --tta, 4 orientations each: 12 passes). Measured "
+                 "on another lab: mixed, half the speed (docs/benchmarks.md). (default: off)", show_default=False),
 ]  # fmt: skip
 ClassesOption = Annotated[
     str | None,

@@ -21,6 +21,7 @@ from cellmorphnet.cli._options import (
     CropOption,
     DeviceOption,
     JsonFlag,
+    ScaleViewsFlag,
     StainNormFlag,
     TtaFlag,
     home_of,
@@ -51,6 +52,7 @@ def command(
     colour_match: ColourMatchFlag = None,
     adapt_bn: AdaptBnFlag = None,
     tta: TtaFlag = None,
+    scale_views: ScaleViewsFlag = None,
     device: DeviceOption = "auto",
     accept_data_change: AcceptDataChangeFlag = False,
     json: JsonFlag = False,
@@ -68,7 +70,7 @@ def command(
     if on is not None:
         target = out or runs.output_dir(run_dir, home, "eval", f"on-{Path(on).expanduser().resolve().name}")
         _eval_on(run_dir, on, checkpoint, device, accept_data_change, classes_only, crop, colour_match, adapt_bn, tta,
-                 stain_norm, target, json)  # fmt: skip
+                 stain_norm, target, json, scale_views)  # fmt: skip
         return
     subset = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
     report = evaluate_run(run_dir, home=home, split=split, datasets=subset, which=checkpoint, device=device,
@@ -85,14 +87,14 @@ def command(
 
 
 def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, colour_match, adapt_bn, tta, stain_norm,
-             out, json):  # fmt: skip
+             out, json, scale_views=None):  # fmt: skip
     from cellmorphnet._io import write_json
     from cellmorphnet.evaluation.on_folder import evaluate_folder
     from cellmorphnet.evaluation.report import plot_dataset
     from cellmorphnet.run_model import inference_options, load_run_model
 
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept)
-    options = inference_options(rm, crop, None, colour_match, adapt_bn, classes_only, tta, stain_norm)
+    options = inference_options(rm, crop, None, colour_match, adapt_bn, classes_only, tta, stain_norm, scale_views)
     with _output.progress("Classifying") as cb:
         report = evaluate_folder(rm, folder, options, progress=cb)
     report.update(run=str(run_dir), checkpoint=str(rm.checkpoint), epoch=rm.epoch)

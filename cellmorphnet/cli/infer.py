@@ -21,6 +21,7 @@ from cellmorphnet.cli._options import (
     ColourMatchFlag,
     CropOption,
     DeviceOption,
+    ScaleViewsFlag,
     StainNormFlag,
     TtaFlag,
     home_of,
@@ -54,6 +55,7 @@ def command(
     colour_match: ColourMatchFlag = None,
     adapt_bn: AdaptBnFlag = None,
     tta: TtaFlag = None,
+    scale_views: ScaleViewsFlag = None,
     classes_only: ClassesOption = None,
     min_confidence: Annotated[
         float,
@@ -89,7 +91,8 @@ def command(
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept_data_change)
     for field in rm.record_mismatch:
         _output.warn(f"Using the checkpoint's {field}: config.json differs (accepted).")
-    options = inference_options(rm, crop, crop_fraction, colour_match, adapt_bn, classes_only, tta, stain_norm)
+    options = inference_options(rm, crop, crop_fraction, colour_match, adapt_bn, classes_only, tta, stain_norm,
+                                scale_views)  # fmt: skip
     classes = rm.classes
     policy = options.policy
     with _output.progress("Classifying") as cb:

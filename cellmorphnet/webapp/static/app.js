@@ -62,7 +62,7 @@ async function loadModel() {
     add("Test metrics", "not evaluated yet (cellmorphnet eval)");
   }
   const p = card.preprocessing;
-  add("Preprocessing", `crop: ${p.crop}; colour match: ${p.colour_match ? "on" : "off"}; test-time views: ${p.tta ? "on" : "off"}; temperature ${Number(p.temperature).toFixed(2)}`);
+  add("Preprocessing", `crop: ${p.crop}; colour match: ${p.colour_match ? "on" : "off"}; 8-view average: ${p.tta ? "on" : "off"}; temperature ${Number(p.temperature).toFixed(2)}`);
   add("Checkpoint", `${card.checkpoint} sha256 ${card.checkpoint_sha256.slice(0, 12)}…`);
 }
 
