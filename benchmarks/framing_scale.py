@@ -5,7 +5,7 @@
 Runs ``eval RUN --on ../shared/data/external/zheng2018-d1 --classes FIVE`` (the issue's five white-cell
 types, as benchmarks/generalisation.py; results/framing-scale-2026-11-27 used ``wbc``, which also allows
 ``ig``, and was measured before the stain normalisation) with every default (the stain normalisation
-where the run has a stain reference; with tta, the scale views around each factor's side), except
+where the run has a stain reference, the 8 flips and turns), except
 that the run's measured nucleus fraction is multiplied by each factor (a factor above 1 makes the
 crops smaller, so the cells appear larger). If the framing measured on the training images is right,
 factor 1 scores best.

@@ -434,7 +434,7 @@ def class_probs(model, arrays: list[np.ndarray], policy: InferencePolicy, *, dev
         if not idx:
             continue
         stack = np.stack([arrays[i] for i in idx])
-        n_views = stack.shape[1] if ndim == 4 else 1
+        n_sides = stack.shape[1] if ndim == 4 else 1
         x = torch.from_numpy(stack.reshape(-1, *stack.shape[-3:])).to(device)
         x = eval_transform(x, policy.image_size, policy.mean, policy.std).contiguous(memory_format=fmt)
         with torch.no_grad():
@@ -442,7 +442,7 @@ def class_probs(model, arrays: list[np.ndarray], policy: InferencePolicy, *, dev
             logits = torch.stack([model(v.contiguous(memory_format=fmt)).float().cpu() for v in turned]) / temperature
         if keep is not None:
             logits = torch.full_like(logits, float("-inf")).index_copy(2, keep, logits.index_select(2, keep))
-        probs = logits.softmax(2).mean(0).reshape(len(idx), n_views, -1).mean(1).numpy()
+        probs = logits.softmax(2).mean(0).reshape(len(idx), n_sides, -1).mean(1).numpy()
         for j, i in enumerate(idx):
             out[i] = probs[j]
     return np.stack(out)
