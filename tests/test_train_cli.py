@@ -93,7 +93,10 @@ def _spawn_training(home, name, epochs=500):
     # --patience: early stopping must not end the run before the test has done with it
     args = [sys.executable, "-m", "cellmorphnet", "train", "--datasets", "sample", "--name", name,
             "--epochs", str(epochs), "--patience", str(epochs), *QUICK]  # fmt: skip
-    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # a foreground command's Ctrl-C: a shell starts background jobs with SIGINT ignored, and Python then leaves it
+    # ignored, so a suite run in the background (nohup ... &) would otherwise never deliver it
+    return subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # fmt: skip
 
 
 def _status(cli, name):
