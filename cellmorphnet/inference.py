@@ -51,8 +51,7 @@ from cellmorphnet.record import InferencePolicy
 # 3.5), at half the speed (docs/benchmarks.md, "Scale views").
 SCALE_VIEWS = (0.87, 1.0, 1.15)  # multiples of the set's crop side; 1.0 in the middle
 DEFAULT_SCALE_VIEWS = False
-ORIENTATIONS = tuple((flip, k) for flip in (False, True) for k in range(4))  # the 8 flips and quarter turns
-ORIENTATIONS_PER_SCALE = ((False, 0), (False, 1), (True, 0), (True, 1))
+ORIENTATIONS_PER_SCALE = ((False, 0), (False, 1), (True, 0), (True, 1))  # (flipped, quarter turns)
 
 # Defaults decided by measurement on another lab's cells and on PBC's own JPEGs with the default model
 # (docs/benchmarks.md, "Generalisation to another lab"): the 8-view average helps there and at home;
@@ -426,6 +425,7 @@ def class_probs(model, arrays: list[np.ndarray], policy: InferencePolicy, *, dev
     import torch
 
     from cellmorphnet.data.loader import eval_transform
+    from cellmorphnet.prediction import ORIENTATIONS, oriented
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out: list[np.ndarray | None] = [None] * len(arrays)
@@ -438,8 +438,8 @@ def class_probs(model, arrays: list[np.ndarray], policy: InferencePolicy, *, dev
         x = torch.from_numpy(stack.reshape(-1, *stack.shape[-3:])).to(device)
         x = eval_transform(x, policy.image_size, policy.mean, policy.std).contiguous(memory_format=fmt)
         with torch.no_grad():
-            turned = [(x.flip(3) if flip else x).rot90(k, dims=(2, 3)) for flip, k in (views if tta else views[:1])]
-            logits = torch.stack([model(v.contiguous(memory_format=fmt)).float().cpu() for v in turned]) / temperature
+            turned = oriented(x, views if tta else views[:1])  # in x's memory format
+            logits = torch.stack([model(v).float().cpu() for v in turned]) / temperature
         if keep is not None:
             logits = torch.full_like(logits, float("-inf")).index_copy(2, keep, logits.index_select(2, keep))
         probs = logits.softmax(2).mean(0).reshape(len(idx), n_sides, -1).mean(1).numpy()

@@ -38,11 +38,20 @@ class LabelSpace:
         return self.target_table[start : start + len(self.taxonomy.targets[name])]
 
 
-def eight_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 flips and quarter turns of a batch (N, C, H, W): a cell has no up or down, so all are the same cell."""
+ORIENTATIONS = tuple((flip, k) for flip in (False, True) for k in range(4))  # (flipped, quarter turns): all 8
+
+
+def oriented(x: torch.Tensor, views=ORIENTATIONS) -> list[torch.Tensor]:
+    """The given flips and quarter turns of a batch (N, C, H, W), in its memory format: a cell has no up or
+    down, so all are the same cell."""
     fmt = torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) else None
-    views = [v.rot90(k, dims=(2, 3)) for v in (x, x.flip(3)) for k in range(4)]
-    return [v.contiguous(memory_format=fmt) if fmt else v.contiguous() for v in views]
+    out = [(x.flip(3) if flip else x).rot90(k, dims=(2, 3)) for flip, k in views]
+    return [v.contiguous(memory_format=fmt) if fmt else v.contiguous() for v in out]
+
+
+def eight_views(x: torch.Tensor) -> list[torch.Tensor]:
+    """The 8 flips and quarter turns of a batch (N, C, H, W)."""
+    return oriented(x)
 
 
 @torch.no_grad()
