@@ -12,7 +12,8 @@ training images, and stored in the run record at training time (``record.Inferen
    prepared at 64), exactly as prepare made the training arrays;
 3. the set's stain normalised to the training images' (``colour.normalise_stain``: background and
    nucleus colour; on by default), or optionally its colours matched to theirs (``colour.match``);
-   both need sets of at least ``MIN_COLOUR_SET`` readable images;
+   they need at least ``MIN_COLOUR_SET`` images with a nucleus (stain) or readable images (colour), and
+   each prediction records which was applied (``colour_step``);
 4. the evaluation transform of training (resize to the network's input size, normalise), then the
    model, optionally adapted (AdaBN), and the run's temperature; with ``tta`` (on by default) the
    probabilities are averaged over the 8 flips and quarter turns of each image, or, with the scale
@@ -127,6 +128,7 @@ class Prediction:
     box: tuple[int, int, int, int] | None = None  # the square cropped from the image (may reach past it)
     min_confidence: float = 0.0  # below this confidence the prediction is flagged (--min-confidence)
     colour_distance: float | None = None  # see colour.distance; above COLOUR_DISTANCE_WARN: unlike training
+    colour_step: str | None = None  # "stain-norm" or "colour-match" where the set's colours were adapted, else None
 
     @property
     def low_confidence(self) -> bool:
@@ -145,6 +147,7 @@ class Prediction:
             "top_k": [{"class": c, "probability": p} for c, p in self.top_k],
             "framing": self.framing,
             "colour_distance": self.colour_distance,
+            "colour_step": self.colour_step,
             "unlike_training": self.unusual,
             "low_confidence": self.low_confidence,
             "error": self.error,
@@ -256,7 +259,7 @@ def single_view(arr: np.ndarray) -> np.ndarray:
 
 
 def _load(path: Item, policy: InferencePolicy, survey: Survey, scales: tuple[float, ...] = (1.0,)):
-    """(array, error, framing label and crop box, colour distance) for one file.
+    """(array, error, (framing label, crop box, colour step), colour distance) for one file.
 
     The array is HxWx3, or SxHxWx3 where a cell was framed and ``scales`` holds several crop sides
     (multiples of the set's, 1.0 in the middle; see ``crop_sides``). The colour distance is that of the
@@ -271,12 +274,15 @@ def _load(path: Item, policy: InferencePolicy, survey: Survey, scales: tuple[flo
     crops = [preprocess(img, policy, nucleus, s) for s in sides]
     label = "cell" if nucleus is not None else ("centre (no cell found)" if policy.crop == "cell" else "centre")
     dist = round(colour.distance(crops[len(crops) // 2], policy.colour), 2) if policy.colour else None
+    step = None
     if survey.stain is not None and policy.stain:
         crops = [colour.normalise_stain(c, survey.stain, policy.stain) for c in crops]
+        step = "stain-norm"
     if survey.colour is not None and policy.colour:
         crops = [colour.match(c, survey.colour, policy.colour) for c in crops]
+        step = "colour-match"  # (the two are alternatives: inference_options refuses both)
     arr = crops[0] if len(crops) == 1 else np.stack(crops)
-    return arr, None, (label, crop_box(img.size, policy, nucleus, side)), dist
+    return arr, None, (label, crop_box(img.size, policy, nucleus, side), step), dist
 
 
 def _prefetched(files: list[Item], policy: InferencePolicy, survey: Survey, workers: int, window: int,
@@ -450,11 +456,13 @@ def class_probs(model, arrays: list[np.ndarray], policy: InferencePolicy, *, dev
 
 def to_prediction(item: Item, probs: np.ndarray, classes: list[str], k: int, how: tuple | None = None,
                   dist: float | None = None) -> Prediction:  # fmt: skip
-    """A ``Prediction`` from one row of ``class_probs``: the top ``k`` classes, the framing and colour distance."""
+    """A ``Prediction`` from one row of ``class_probs``: the top ``k`` classes, the framing, colour step and colour
+    distance (``how`` as ``_load`` gives it)."""
     order = np.argsort(-probs, kind="stable")[:k]
-    label, box = how if how is not None else (None, None)
+    label, box, step = how if how is not None else (None, None, None)
     top = [(classes[int(j)], float(probs[j])) for j in order]
-    return Prediction(item, top[0][0], top[0][1], top, framing=label, box=box, colour_distance=dist)
+    return Prediction(item, top[0][0], top[0][1], top, framing=label, box=box, colour_distance=dist,
+                      colour_step=step)  # fmt: skip
 
 
 def sort_into(preds: list[Prediction], target: Path) -> int:
@@ -493,7 +501,7 @@ def write_results(preds: list[Prediction], out: Path, summary: dict[str, Any]) -
     header = ["path", "status", "predicted", "confidence"]
     for i in range(1, k + 1):
         header += [f"top{i}", f"top{i}_probability"]
-    w.writerow([*header, "framing", "colour_distance", "unlike_training", "low_confidence", "error"])
+    w.writerow([*header, "framing", "colour_step", "colour_distance", "unlike_training", "low_confidence", "error"])
     for p in preds:
         row = [str(p.path), "skipped" if p.error else "ok", p.predicted or "",
                "" if p.confidence is None else f"{p.confidence:.6f}"]  # fmt: skip
@@ -501,6 +509,6 @@ def write_results(preds: list[Prediction], out: Path, summary: dict[str, Any]) -
             row += [p.top_k[i][0], f"{p.top_k[i][1]:.6f}"] if i < len(p.top_k) else ["", ""]
         dist = "" if p.colour_distance is None else f"{p.colour_distance:.2f}"
         flags = ["", ""] if p.error else ["yes" if p.unusual else "no", "yes" if p.low_confidence else "no"]
-        w.writerow([*row, p.framing or "", dist, *flags, p.error or ""])
+        w.writerow([*row, p.framing or "", p.colour_step or "", dist, *flags, p.error or ""])
     with atomic_path(out) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")

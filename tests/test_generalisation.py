@@ -197,6 +197,7 @@ def test_eval_on_a_labelled_folder_with_an_unknown_class_and_broken_files(cli, r
     assert report["unknown_folders"] == {"smudge cells": 7}
     assert report["per_class_images"] == {"lymphocyte": 7, "neutrophil": 7}
     assert len(report["skipped"]) == 2 and report["predicted"] == 14
+    assert report["colour_step"] == {"none": 14}  # 14 cells: too few to measure the set's stain
     assert report["classes_scored"] == ["basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil"]
     m = report["metrics"]
     assert sum(map(sum, m["confusion_matrix"])) == 14 and 0 <= report["balanced_accuracy_min5"] <= 1
@@ -267,6 +268,7 @@ def test_stain_normalisation_is_the_default_and_gives_way_to_the_colour_match(cl
     assert cli("infer", "g", EXTERNAL / "monocyte", "--out", out).exit_code == 0
     default = json.loads(out.read_text())
     assert default["summary"]["adaptation"]["stain_norm"] and default["summary"]["stain_norm_applied"]
+    assert {p["colour_step"] for p in default["predictions"]} == {"stain-norm"}
     assert cli("infer", "g", EXTERNAL / "monocyte", "--out", out, "--no-stain-norm").exit_code == 0
     plain = json.loads(out.read_text())
     assert not plain["summary"]["stain_norm_applied"]
@@ -278,6 +280,23 @@ def test_stain_normalisation_is_the_default_and_gives_way_to_the_colour_match(cl
     # a set smaller than 16 images is classified as it comes
     assert cli("infer", "g", *sorted((EXTERNAL / "monocyte").glob("*"))[:3], "--out", out).exit_code == 0
     assert not json.loads(out.read_text())["summary"]["stain_norm_applied"]
+    # 23 readable images, but only 3 with a nucleus: too few to measure the set's stain, so none is applied,
+    # and the summary and every row say so
+    mixed = tmp_path / "mostly-blank"
+    mixed.mkdir()
+    for f in sorted((EXTERNAL / "monocyte").glob("*"))[:3]:
+        shutil.copy(f, mixed / f.name)
+    for i in range(20):
+        Image.new("RGB", (120, 120), (255, 255, 255)).save(mixed / f"blank{i}.png")
+    csv_out = tmp_path / "p.csv"
+    assert cli("infer", "g", mixed, "--out", out).exit_code == 0
+    got = json.loads(out.read_text())
+    assert got["summary"]["predicted"] == 23 and not got["summary"]["stain_norm_applied"]
+    assert {p["colour_step"] for p in got["predictions"]} == {None}
+    assert cli("infer", "g", EXTERNAL / "monocyte", "--out", csv_out).exit_code == 0
+    header, *rows = csv_out.read_text().splitlines()
+    column = header.split(",").index("colour_step")
+    assert {r.split(",")[column] for r in rows} == {"stain-norm"}
 
 
 def test_a_run_without_a_stain_reference_is_classified_without_one(run):

@@ -69,7 +69,7 @@ def command(
 
     from cellmorphnet import runs
     from cellmorphnet.errors import ConfigError, InvalidData
-    from cellmorphnet.inference import MIN_COLOUR_SET, Prediction, collect_files, predict_files, write_results
+    from cellmorphnet.inference import Prediction, collect_files, predict_files, write_results
     from cellmorphnet.inference import sort_into as copy_sorted
     from cellmorphnet.run_model import inference_options, load_run_model
 
@@ -113,8 +113,8 @@ def command(
         "device": str(rm.device),
         "policy": policy.to_dict(),
         "adaptation": options.kwargs(),
-        "stain_norm_applied": options.stain_norm and len(ok) >= MIN_COLOUR_SET,
-        "colour_match_applied": options.colour_match and len(ok) >= MIN_COLOUR_SET,
+        "stain_norm_applied": any(p.colour_step == "stain-norm" for p in ok),
+        "colour_match_applied": any(p.colour_step == "colour-match" for p in ok),
         "framing": dict(Counter(p.framing for p in ok)),
         "unlike_training": sum(p.unusual for p in ok),
         "low_confidence": sum(p.low_confidence for p in ok),
