@@ -70,13 +70,13 @@ def test_framing_fraction_on_training_arrays_is_stable():
     assert n >= 0.95 * len(wbc) and 0.4 < f < 0.85
 
 
-@pytest.mark.parametrize("kind", ["hue", "white_balance", "hed", "blur", "jpeg", "grayscale", "density"])
+@pytest.mark.parametrize("kind", ["hue", "white_balance", "hed", "blur", "jpeg", "grayscale", "density", "randconv"])
 def test_each_stain_augmentation_on_a_fixed_seed(kind):
     with np.load(PBC_64) as z:
         x = torch.from_numpy(z["val_images"][:8]).permute(0, 3, 1, 2).float() / 255
     settings = {"hue": {"hue": 0.1}, "white_balance": {"white_balance": 0.2},
                 "hed": {"hed_scale": 0.2, "hed_shift": 0.05}, "blur": {"blur": 1.0}, "jpeg": {"jpeg": 1.0},
-                "grayscale": {"grayscale": 1.0}, "density": {"density": 0.3}}[kind]
+                "grayscale": {"grayscale": 1.0}, "density": {"density": 0.3}, "randconv": {"randconv": 1.0}}[kind]
     plain = AugmentConfig(hflip=0, vflip=0, rotation=0, translate=0, scale=(1, 1), brightness=0, contrast=0,
                           saturation=0)  # fmt: skip
     cfg = AugmentConfig(**{**plain.__dict__, **settings})
@@ -98,6 +98,15 @@ def test_each_stain_augmentation_on_a_fixed_seed(kind):
         white = torch.ones(2, 3, 8, 8)
         assert torch.allclose(augment_batch(white, 8, augment_params(2, cfg, torch.Generator().manual_seed(1))), white)
         assert "stain" in AUGMENTATIONS and AUGMENTATIONS["stain"].hed_scale > 0
+    if kind == "randconv":  # drawn after the others, which stay as they were; keeping all of the original is a no-op
+        params = augment_params(8, cfg, torch.Generator().manual_seed(1))
+        plain_params = augment_params(8, plain, torch.Generator().manual_seed(1))
+        assert all(torch.equal(params[k], v) for k, v in plain_params.items())
+        params["randconv_keep"] = torch.ones(8)
+        assert torch.allclose(augment_batch(x, 64, params), base, atol=1e-6)
+        w = augment_params(64, cfg, torch.Generator().manual_seed(1))["randconv_weights"]
+        extent = (w != 0).any(dim=(1, 2, 3)).sum(dim=1)  # kernels of 1, 3, 5 or 7 px, centred in 7x7
+        assert set(extent.tolist()) == {1, 3, 5, 7}
 
 
 def test_a_wider_blur_range_blurs_more_and_keeps_the_colours():

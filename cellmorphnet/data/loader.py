@@ -40,6 +40,7 @@ class AugmentConfig:
     jpeg: float = 0.0  # probability of JPEG re-compression (quality 40 to 90)
     grayscale: float = 0.0  # probability of dropping the colour (the network must read shape and texture too)
     density: float = 0.0  # each channel's optical density times a factor in [1/(1+this), 1+this]: stain and camera
+    randconv: float = 0.0  # probability of a random convolution (Xu et al. 2021), mixed in: local texture and colour
 
 
 # Named augmentation recipes (``train --augment``). "basic": geometry and mild colour jitter, as trained
@@ -123,7 +124,23 @@ def augment_params(n: int, cfg: AugmentConfig, generator: torch.Generator) -> di
         **({"grayscale": torch.rand(n, generator=generator) < cfg.grayscale} if cfg.grayscale > 0 else {}),
         **({"density": torch.exp((torch.rand(n, 3, generator=generator) * 2 - 1) * math.log1p(cfg.density))}
            if cfg.density > 0 else {}),
+        **(_randconv_params(n, cfg.randconv, generator) if cfg.randconv > 0 else {}),
     }
+
+
+RANDCONV_SIZES = (1, 3, 5, 7)
+
+
+def _randconv_params(n: int, prob: float, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    """Each image's random convolution: whether, a 3->3 kernel of size 1, 3, 5 or 7 (centred in 7x7) with
+    Kaiming-normal weights (std 1 / sqrt(3 k^2)), and the share of the original kept (uniform 0 to 1)."""
+    size = torch.tensor(RANDCONV_SIZES)[torch.randint(len(RANDCONV_SIZES), (n,), generator=generator)]
+    weights = torch.randn(n, 3, 3, 7, 7, generator=generator)
+    r = torch.arange(7) - 3
+    inside = (r.abs().view(1, 7, 1) <= size.view(-1, 1, 1) // 2) & (r.abs().view(1, 1, 7) <= size.view(-1, 1, 1) // 2)
+    weights = weights * inside.view(n, 1, 1, 7, 7) / (3 * size.float() ** 2).sqrt().view(n, 1, 1, 1, 1)
+    return {"randconv": torch.rand(n, generator=generator) < prob, "randconv_weights": weights,
+            "randconv_keep": torch.rand(n, generator=generator)}  # fmt: skip
 
 
 def augment_batch(x: torch.Tensor, size: int, params: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -162,6 +179,8 @@ def augment_batch(x: torch.Tensor, size: int, params: dict[str, torch.Tensor]) -
         x = _blur(x, p["blur"], p["blur_sigma"])
     if "jpeg" in p and bool(p["jpeg"].any()):
         x = _recompress(x, p["jpeg"], params["jpeg_quality"])
+    if "randconv" in p and bool(p["randconv"].any()):
+        x = _random_convolution(x, p["randconv"], p["randconv_weights"], p["randconv_keep"])
     if "grayscale" in p and bool(p["grayscale"].any()):
         gray = (x * gray_w).sum(1, keepdim=True).expand_as(x)
         x = torch.where(p["grayscale"].view(n, 1, 1, 1), gray, x)
@@ -202,6 +221,21 @@ def _blur(x: torch.Tensor, which: torch.Tensor, sigma: torch.Tensor) -> torch.Te
     out = F.conv2d(F.pad(sel.reshape(1, m * 3, h, w), (radius,) * 4, mode="reflect"), k2, groups=m * 3)
     x = x.clone()
     x[idx] = out.reshape(m, 3, h, w)
+    return x
+
+
+def _random_convolution(x: torch.Tensor, which: torch.Tensor, weights: torch.Tensor,
+                        keep: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """The chosen images convolved with their own random kernel around their mean colour, mixed with the original."""
+    idx = which.nonzero().flatten()
+    sel = x.index_select(0, idx)
+    m, _, h, w = sel.shape
+    mean = sel.mean(dim=(2, 3), keepdim=True)
+    k = weights.index_select(0, idx).to(x).reshape(m * 3, 3, 7, 7)
+    out = F.conv2d(F.pad((sel - mean).reshape(1, m * 3, h, w), (3,) * 4, mode="reflect"), k, groups=m)
+    a = keep.index_select(0, idx).to(x).view(m, 1, 1, 1)
+    x = x.clone()
+    x[idx] = (a * sel + (1 - a) * (out.reshape(m, 3, h, w) + mean)).clamp(0.0, 1.0)
     return x
 
 
