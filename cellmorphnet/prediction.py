@@ -49,11 +49,6 @@ def oriented(x: torch.Tensor, views=ORIENTATIONS) -> list[torch.Tensor]:
     return [v.contiguous(memory_format=fmt) if fmt else v.contiguous() for v in out]
 
 
-def eight_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """The 8 flips and quarter turns of a batch (N, C, H, W)."""
-    return oriented(x)
-
-
 @torch.no_grad()
 def collect_logits(
     model: torch.nn.Module, loader: BatchLoader, device: torch.device, precision: Precision, tta: bool = False
@@ -67,7 +62,7 @@ def collect_logits(
     out: dict[str, dict[str, list]] = {}
     for batch in loader:
         with autocast(device, precision):
-            views = [model(v) for v in eight_views(batch.images)] if tta else [model(batch.images)]
+            views = [model(v) for v in oriented(batch.images)] if tta else [model(batch.images)]
         logits = views[0]
         d = out.setdefault(batch.dataset, {"logits": [], "target_ids": [], "labels": []})
         if tta:
