@@ -70,13 +70,15 @@ def test_framing_fraction_on_training_arrays_is_stable():
     assert n >= 0.95 * len(wbc) and 0.4 < f < 0.85
 
 
-@pytest.mark.parametrize("kind", ["hue", "white_balance", "hed", "blur", "jpeg", "grayscale", "density", "randconv"])
+@pytest.mark.parametrize("kind", ["hue", "white_balance", "hed", "blur", "jpeg", "grayscale", "density", "randconv",
+                                  "stain_contrast"])
 def test_each_stain_augmentation_on_a_fixed_seed(kind):
     with np.load(PBC_64) as z:
         x = torch.from_numpy(z["val_images"][:8]).permute(0, 3, 1, 2).float() / 255
     settings = {"hue": {"hue": 0.1}, "white_balance": {"white_balance": 0.2},
                 "hed": {"hed_scale": 0.2, "hed_shift": 0.05}, "blur": {"blur": 1.0}, "jpeg": {"jpeg": 1.0},
-                "grayscale": {"grayscale": 1.0}, "density": {"density": 0.3}, "randconv": {"randconv": 1.0}}[kind]
+                "grayscale": {"grayscale": 1.0}, "density": {"density": 0.3}, "randconv": {"randconv": 1.0},
+                "stain_contrast": {"stain_contrast": 0.4}}[kind]
     plain = AugmentConfig(hflip=0, vflip=0, rotation=0, translate=0, scale=(1, 1), brightness=0, contrast=0,
                           saturation=0)  # fmt: skip
     cfg = AugmentConfig(**{**plain.__dict__, **settings})
@@ -107,6 +109,29 @@ def test_each_stain_augmentation_on_a_fixed_seed(kind):
         w = augment_params(64, cfg, torch.Generator().manual_seed(1))["randconv_weights"]
         extent = (w != 0).any(dim=(1, 2, 3)).sum(dim=1)  # kernels of 1, 3, 5 or 7 px, centred in 7x7
         assert set(extent.tolist()) == {1, 3, 5, 7}
+    if kind == "stain_contrast":  # gamma on the density, relative to the nucleus's: the cytoplasm moves, the nucleus stays
+        params = augment_params(8, cfg, torch.Generator().manual_seed(1))
+        plain_params = augment_params(8, plain, torch.Generator().manual_seed(1))
+        assert all(torch.equal(params[k], v) for k, v in plain_params.items())  # drawn last
+        gamma = params["stain_contrast"]
+        assert ((gamma >= 1 / 1.4) & (gamma <= 1.4)).all() and (gamma < 1).any() and (gamma > 1).any()
+        params["stain_contrast"] = torch.ones(8)
+        assert torch.allclose(augment_batch(x, 64, params), base, atol=1e-5)  # gamma 1 is a no-op
+
+        def density(t):  # each pixel's optical density magnitude against the image's bright background
+            lamp = t.flatten(2).quantile(0.98, dim=2).view(-1, 3, 1, 1)
+            return (-torch.log((t / lamp).clamp(1e-3, 1.0))).norm(dim=1)
+
+        d0 = density(x[:4])
+        nucleus = d0.flatten(1).quantile(0.95, dim=1).view(-1, 1, 1)
+        light = (d0 > 0.2 * nucleus) & (d0 < 0.4 * nucleus)  # cytoplasm-like, a third of the nucleus's density
+        dense = (d0 > 0.9 * nucleus) & (d0 < 1.1 * nucleus)
+        for g, sign in ((1.4, -1), (1 / 1.4, 1)):
+            d1 = density(augment_batch(x[:4], 64, {**params, **{k: v[:4] for k, v in params.items()},
+                                                   "stain_contrast": torch.full((4,), g)}))
+            ratio = (d1[light] / d0[light]).median().item()
+            assert sign * (ratio - 1) > 0.2, (g, ratio)  # 0.3 ** 0.4 = 0.62; 0.3 ** -0.29 = 1.42
+            assert abs((d1[dense] / d0[dense]).median().item() - 1) < 0.05
 
 
 def test_a_wider_blur_range_blurs_more_and_keeps_the_colours():

@@ -41,6 +41,10 @@ class AugmentConfig:
     grayscale: float = 0.0  # probability of dropping the colour (the network must read shape and texture too)
     density: float = 0.0  # each channel's optical density times a factor in [1/(1+this), 1+this]: stain and camera
     randconv: float = 0.0  # probability of a random convolution (Xu et al. 2021), mixed in: local texture and colour
+    # Stain contrast: each pixel's optical density raised to a power gamma in [1/(1+this), 1+this] relative to the
+    # nucleus's (the nucleus and the background stay, the cytoplasm and granules lighten or darken; the colour of each
+    # pixel's dye stays). Stain protocols differ in how densely they stain the cytoplasm next to the nucleus.
+    stain_contrast: float = 0.0
 
 
 # Named augmentation recipes (``train --augment``). "basic": geometry and mild colour jitter, as trained
@@ -125,6 +129,8 @@ def augment_params(n: int, cfg: AugmentConfig, generator: torch.Generator) -> di
         **({"density": torch.exp((torch.rand(n, 3, generator=generator) * 2 - 1) * math.log1p(cfg.density))}
            if cfg.density > 0 else {}),
         **(_randconv_params(n, cfg.randconv, generator) if cfg.randconv > 0 else {}),
+        **({"stain_contrast": torch.exp((torch.rand(n, generator=generator) * 2 - 1) * math.log1p(cfg.stain_contrast))}
+           if cfg.stain_contrast > 0 else {}),
     }
 
 
@@ -175,6 +181,8 @@ def augment_batch(x: torch.Tensor, size: int, params: dict[str, torch.Tensor]) -
         x = _jitter_stains(x, p["hed_scale"], p["hed_shift"])
     if "density" in p:  # x = exp(-OD), so scaling the optical density is a per-channel power
         x = x.clamp(min=1e-3).pow(p["density"].to(x).view(n, 3, 1, 1))
+    if "stain_contrast" in p:
+        x = _stain_contrast(x, p["stain_contrast"])
     if "blur" in p and bool(p["blur"].any()):
         x = _blur(x, p["blur"], p["blur_sigma"])
     if "jpeg" in p and bool(p["jpeg"].any()):
@@ -206,6 +214,26 @@ def _jitter_stains(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) ->
     hed = hed * scale.to(x).view(-1, 3, 1, 1) + shift.to(x).view(-1, 3, 1, 1)
     od = torch.einsum("ij,nihw->njhw", _RGB_FROM_HED.to(x), hed)
     return torch.exp(-od).clamp(0.0, 1.0)
+
+
+# The background is the median of the brightest pixels' colour; the nucleus's density a high quantile of the
+# density (the nucleus is the densest part of a blood-cell image and covers more than this share of it).
+_BACKGROUND_QUANTILE = 0.98
+_NUCLEUS_QUANTILE = 0.95
+
+
+def _stain_contrast(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
+    """Each image's optical density (against its background) times (density / nucleus density) ** (gamma - 1):
+    the nucleus keeps its density, lighter structures lighten (gamma > 1) or darken, each pixel's colour stays."""
+    n = len(x)
+    small = F.avg_pool2d(x, 2) if min(x.shape[-2:]) >= 32 else x  # the quantiles on a quarter of the pixels: cheaper
+    lamp = small.flatten(2).quantile(_BACKGROUND_QUANTILE, dim=2).clamp(min=0.05).view(n, 3, 1, 1)
+    od = -torch.log((x / lamp).clamp(min=1e-3))  # not clamped at 0 above: gamma 1 gives back x exactly
+    mag = od.clamp(min=0.0).square().sum(dim=1, keepdim=True).sqrt()  # (n, 1, h, w); 7x faster than .norm(dim=1)
+    small_mag = torch.log((small / lamp).clamp(1e-3, 1.0)).square().sum(dim=1).sqrt()
+    anchor = small_mag.flatten(1).quantile(_NUCLEUS_QUANTILE, dim=1).clamp(min=0.05).view(n, 1, 1, 1)
+    factor = ((mag / anchor).clamp(min=1e-3)).pow(gamma.to(x).view(n, 1, 1, 1) - 1)
+    return (lamp * torch.exp(-od * factor)).clamp(0.0, 1.0)
 
 
 def _blur(x: torch.Tensor, which: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
