@@ -109,7 +109,7 @@ def test_each_stain_augmentation_on_a_fixed_seed(kind):
         w = augment_params(64, cfg, torch.Generator().manual_seed(1))["randconv_weights"]
         extent = (w != 0).any(dim=(1, 2, 3)).sum(dim=1)  # kernels of 1, 3, 5 or 7 px, centred in 7x7
         assert set(extent.tolist()) == {1, 3, 5, 7}
-    if kind == "stain_contrast":  # gamma on the density, relative to the nucleus's: the cytoplasm moves, the nucleus stays
+    if kind == "stain_contrast":  # density to a power, against the nucleus: cytoplasm moves, nucleus stays
         params = augment_params(8, cfg, torch.Generator().manual_seed(1))
         plain_params = augment_params(8, plain, torch.Generator().manual_seed(1))
         assert all(torch.equal(params[k], v) for k, v in plain_params.items())  # drawn last
