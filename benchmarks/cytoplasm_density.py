@@ -1,0 +1,92 @@
+"""How densely is the cytoplasm stained next to the nucleus? The ratio, by white-cell type and by set.
+
+    python benchmarks/cytoplasm_density.py RUN --json       # results/cytoplasm-density-DATE.json
+
+Each image as the run's classifier sees it (``infer``'s framing and stain normalisation; the training
+arrays as they are): the median optical-density magnitude of a 4 px ring around the nuclear-stained
+pixels (those darker than a tenth of the nucleus), divided by the nucleus's median. The stain
+normalisation matches the sets' nuclei, so what is left in this ratio is how strongly a stain colours
+the cytoplasm and granules against the nucleus: the shift ``AugmentConfig.stain_contrast`` trains for.
+Sets: PBC's full-size test JPEGs, the other lab's white cells (``external/zheng2018-d1``) and 60
+training images per class.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import SHARED, emit, header  # noqa: E402
+
+RING_PX = 4
+PER_CLASS = 60
+
+
+def ring_ratio(image: np.ndarray) -> float | None:
+    """Cytoplasm ring density / nucleus density of one RGB image, or None without a nucleus or a ring."""
+    from scipy.ndimage import binary_dilation
+
+    from cellmorphnet import colour
+    from cellmorphnet.cellfinder import nuclear_stain
+
+    mask = nuclear_stain(image)
+    if mask is None or not mask.any():
+        return None
+    od = np.linalg.norm(colour._density(image, colour.background(image)), axis=-1)
+    nucleus = float(np.median(od[mask]))
+    ring = binary_dilation(mask, iterations=RING_PX) & ~mask & (od > 0.1 * nucleus)
+    return float(np.median(od[ring])) / nucleus if ring.sum() >= 10 else None
+
+
+def summary(by_type: dict[str, list[float]]) -> dict:
+    every = [r for v in by_type.values() for r in v]
+    return {"all": {"images": len(every), "median_ratio": round(float(np.median(every)), 3)},
+            "by_type": {t: {"images": len(v), "median_ratio": round(float(np.median(v)), 3)}
+                        for t, v in sorted(by_type.items())}}  # fmt: skip
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", type=Path)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    from cellmorphnet.inference import collect_files, predict_files
+    from cellmorphnet.run_model import inference_options, load_run_model
+
+    rm = load_run_model(args.run, "best", "cpu")
+    opt = inference_options(rm)
+    result = header("python benchmarks/cytoplasm_density.py " + " ".join(sys.argv[1:]))
+    for name, folder in (("pbc_jpegs", SHARED / "bloodmnist-pbc" / "test_images"),
+                         ("other_lab", SHARED / "external" / "zheng2018-d1")):  # fmt: skip
+        files, _ = collect_files([folder])
+        preds, inputs = predict_files(rm.model, rm.classes, opt.policy, files, keep_inputs=True, stain_norm=True,
+                                      tta=False, temperature=opt.temperature)  # fmt: skip
+        by_type: dict[str, list[float]] = {}
+        for p in preds:
+            r = ring_ratio(inputs[p.path])
+            if r is not None:
+                by_type.setdefault(p.path.parent.name, []).append(r)
+        result[name] = summary(by_type)
+    with np.load(SHARED / "bloodmnist-pbc" / "bloodmnist_pbc_64.npz") as z:
+        images, labels = z["train_images"], z["train_labels"].ravel()
+    rng = np.random.default_rng(0)
+    by_type = {}
+    for c, cls in enumerate(rm.classes):
+        for i in rng.choice(np.flatnonzero(labels == c), PER_CLASS, replace=False):
+            r = ring_ratio(images[i])
+            if r is not None:
+                by_type.setdefault(cls, []).append(r)
+    result["training_arrays"] = summary(by_type)
+    for name in ("pbc_jpegs", "other_lab", "training_arrays"):
+        print(name, result[name]["all"], {t: v["median_ratio"] for t, v in result[name]["by_type"].items()},
+              file=sys.stderr)  # fmt: skip
+    emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()
