@@ -127,7 +127,7 @@ def test_each_stain_augmentation_on_a_fixed_seed(kind):
         light = (d0 > 0.2 * nucleus) & (d0 < 0.4 * nucleus)  # cytoplasm-like, a third of the nucleus's density
         dense = (d0 > 0.9 * nucleus) & (d0 < 1.1 * nucleus)
         for g, sign in ((1.4, -1), (1 / 1.4, 1)):
-            d1 = density(augment_batch(x[:4], 64, {**params, **{k: v[:4] for k, v in params.items()},
+            d1 = density(augment_batch(x[:4], 64, {**{k: v[:4] for k, v in params.items()},
                                                    "stain_contrast": torch.full((4,), g)}))
             ratio = (d1[light] / d0[light]).median().item()
             assert sign * (ratio - 1) > 0.2, (g, ratio)  # 0.3 ** 0.4 = 0.62; 0.3 ** -0.29 = 1.42
