@@ -229,7 +229,7 @@ def _stain_contrast(x: torch.Tensor, gamma: torch.Tensor) -> torch.Tensor:
     small = F.avg_pool2d(x, 2) if min(x.shape[-2:]) >= 32 else x  # the quantiles on a quarter of the pixels: cheaper
     lamp = small.flatten(2).quantile(_BACKGROUND_QUANTILE, dim=2).clamp(min=0.05).view(n, 3, 1, 1)
     od = -torch.log((x / lamp).clamp(min=1e-3))  # not clamped at 0 above: gamma 1 gives back x exactly
-    mag = od.clamp(min=0.0).square().sum(dim=1, keepdim=True).sqrt()  # (n, 1, h, w); .norm(dim=1) is far slower on the CPU
+    mag = od.clamp(min=0.0).square().sum(dim=1, keepdim=True).sqrt()  # (n, 1, h, w); .norm(dim=1) is slower here
     small_mag = torch.log((small / lamp).clamp(1e-3, 1.0)).square().sum(dim=1).sqrt()
     anchor = small_mag.flatten(1).quantile(_NUCLEUS_QUANTILE, dim=1).clamp(min=0.05).view(n, 1, 1, 1)
     factor = ((mag / anchor).clamp(min=1e-3)).pow(gamma.to(x).view(n, 1, 1, 1) - 1)
