@@ -4,7 +4,8 @@
 
 Each image as the run's classifier sees it (``infer``'s framing and stain normalisation; the training
 arrays as they are): the median optical-density magnitude of a 4 px ring around the nuclear-stained
-pixels (those darker than a tenth of the nucleus), divided by the nucleus's median. The stain
+pixels (those darker than a tenth of the nucleus), divided by the nucleus's median (``colour.ring_ratio``, the
+measure ``infer``'s stain contrast matches). The stain
 normalisation matches the sets' nuclei, so what is left in this ratio is how strongly a stain colours
 the cytoplasm and granules against the nucleus: the shift ``AugmentConfig.stain_contrast`` trains for.
 Sets: PBC's full-size test JPEGs, the other lab's white cells (``external/zheng2018-d1``) and 60
@@ -22,24 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, emit, header  # noqa: E402
 
-RING_PX = 4
 PER_CLASS = 60
-
-
-def ring_ratio(image: np.ndarray) -> float | None:
-    """Cytoplasm ring density / nucleus density of one RGB image, or None without a nucleus or a ring."""
-    from scipy.ndimage import binary_dilation
-
-    from cellmorphnet import colour
-    from cellmorphnet.cellfinder import nuclear_stain
-
-    mask = nuclear_stain(image)
-    if mask is None or not mask.any():
-        return None
-    od = np.linalg.norm(colour._density(image, colour.background(image)), axis=-1)
-    nucleus = float(np.median(od[mask]))
-    ring = binary_dilation(mask, iterations=RING_PX) & ~mask & (od > 0.1 * nucleus)
-    return float(np.median(od[ring])) / nucleus if ring.sum() >= 10 else None
 
 
 def summary(by_type: dict[str, list[float]]) -> dict:
@@ -55,6 +39,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
+    from cellmorphnet.colour import ring_ratio
     from cellmorphnet.inference import collect_files, predict_files
     from cellmorphnet.run_model import inference_options, load_run_model
 
@@ -65,7 +50,7 @@ def main() -> None:
                          ("other_lab", SHARED / "external" / "zheng2018-d1")):  # fmt: skip
         files, _ = collect_files([folder])
         preds, inputs = predict_files(rm.model, rm.classes, opt.policy, files, keep_inputs=True, stain_norm=True,
-                                      tta=False, temperature=opt.temperature)  # fmt: skip
+                                      stain_contrast=False, tta=False, temperature=opt.temperature)  # fmt: skip
         by_type: dict[str, list[float]] = {}
         for p in preds:
             r = ring_ratio(inputs[p.path])

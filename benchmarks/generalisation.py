@@ -4,7 +4,9 @@
 
 For each run (trained on BloodMNIST/PBC alone, one with ``--augment basic`` and one with the default
 ``--augment stain``) and each combination of ``--crop centre|cell`` and adaptation (none,
-``--stain-norm`` (on by default), ``--colour-match``, ``--adapt-bn``, and AdaBN with either),
+``--stain-norm`` alone, with ``--stain-contrast`` (the two on by default), ``--colour-match``, ``--adapt-bn``,
+and AdaBN with either; files before 2026-11-28's stain contrast have no ``contrast`` rows, and their
+``stain-norm`` rows were the default then),
 exactly what ``cellmorphnet eval RUN --on`` computes (runs trained before the stain normalisation existed need
 ``benchmarks/stain_reference.py`` first for the stain-norm rows):
 
@@ -32,10 +34,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import SHARED, emit, header  # noqa: E402
 
-# name: (stain normalisation, colour match, AdaBN)
-ADAPTATIONS = {"none": (False, False, False), "stain-norm": (True, False, False), "colour-match": (False, True, False),
-               "adapt-bn": (False, False, True), "stain-norm + adapt-bn": (True, False, True),
-               "colour-match + adapt-bn": (False, True, True)}  # fmt: skip
+# name: (stain normalisation, colour match, AdaBN, stain contrast)
+ADAPTATIONS = {"none": (False, False, False, False), "stain-norm": (True, False, False, False),
+               "stain-norm + contrast": (True, False, False, True), "colour-match": (False, True, False, False),
+               "adapt-bn": (False, False, True, False), "stain-norm + adapt-bn": (True, False, True, False),
+               "colour-match + adapt-bn": (False, True, True, False)}  # fmt: skip
 
 
 def main() -> None:
@@ -70,11 +73,12 @@ def main() -> None:
         combos = [(c, n, t) for c in args.crops.split(",") for n in args.adaptations.split(",")
                   for t in args.tta.split(",")]  # fmt: skip
         for crop, name, tta in combos:
-            stain, colour, adapt = ADAPTATIONS[name]
+            stain, colour, adapt, contrast = ADAPTATIONS[name]
             on, scales = tta != "off", tta == "scales"
-            ext_options = inference_options(rm, crop, None, colour, adapt, args.classes, on, stain, scales)
+            ext_options = inference_options(rm, crop, None, colour, adapt, args.classes, on, stain, scales, contrast)
             ext = evaluate_folder(rm, external, ext_options)
-            home = evaluate_folder(rm, pbc, inference_options(rm, crop, None, colour, adapt, None, on, stain, scales))
+            home = evaluate_folder(rm, pbc, inference_options(rm, crop, None, colour, adapt, None, on, stain, scales,
+                                                              contrast))  # fmt: skip
             row = {
                 "run": run.name, "image_size": rm.record.image_size, "augment": augment, "classes": args.classes,
                 "crop": crop, "adaptation": name, "tta": tta,
@@ -84,11 +88,13 @@ def main() -> None:
                                               for c, v in ext["metrics"]["per_class"].items() if v["support"]},
                 "external_unlike_training": ext["unlike_training"], "external_framing": ext["framing"],
                 "pbc_jpeg_accuracy": home["metrics"]["accuracy"], "pbc_test_split_accuracy": test_acc,
+                "external_stain_contrast": ext["stain_contrast"], "pbc_jpeg_stain_contrast": home["stain_contrast"],
             }  # fmt: skip
             result["rows"].append(row)
             print(f"{run.name} [{augment}] crop {crop:6} {name:24} tta {tta:3} external bal. acc "
                   f"{row['external_balanced_accuracy']:.3f} (acc {row['external_accuracy']:.3f}) | PBC JPEGs "
-                  f"{row['pbc_jpeg_accuracy']:.3f}", file=sys.stderr, flush=True)  # fmt: skip
+                  f"{row['pbc_jpeg_accuracy']:.3f} | contrast {ext['stain_contrast']} / {home['stain_contrast']}",
+                  file=sys.stderr, flush=True)  # fmt: skip
     emit(result, args.json)
 
 

@@ -57,6 +57,7 @@ def predict(
     classes: str | None = None,
     stain_norm: bool | None = None,
     scale_views: bool | None = None,
+    stain_contrast: bool | None = None,
     home: Path | None = None,
 ) -> list[Prediction]:
     """Classify image files and folders (searched recursively) as ``cellmorphnet infer`` does; the options are
@@ -67,7 +68,8 @@ def predict(
 
     rm = run if isinstance(run, RunModel) else load_run(run, home=home)
     files, missing = collect_files([Path(p) for p in paths])
-    options = inference_options(rm, crop, crop_fraction, colour_match, adapt_bn, classes, tta, stain_norm, scale_views)
+    options = inference_options(rm, crop, crop_fraction, colour_match, adapt_bn, classes, tta, stain_norm, scale_views,
+                                stain_contrast)  # fmt: skip
     preds, _ = predict_files(rm.model, rm.classes, options.policy, files, batch_size=batch_size, top_k=top_k,
                              device=rm.device, channels_last=rm.channels_last, **options.kwargs())  # fmt: skip
     return preds + [Prediction(p, error=reason) for p, reason in missing]

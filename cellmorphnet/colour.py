@@ -145,3 +145,68 @@ def normalise_stain(image: np.ndarray, density: list[float], reference: dict[str
     power = np.clip(power, 0.25, 4.0)  # a set without real nuclei must not blow a channel up
     out = np.exp(-_density(image, background(image)) * power) * np.asarray(reference["background"])
     return np.clip(out, 0, 255).round().astype(np.uint8)
+
+
+# --- Stain contrast -----------------------------------------------------------------------------------
+# The normalisation above matches the nuclei, but stains differ also in how densely they colour the
+# cytoplasm and granules next to the nucleus: against its nucleus, another lab's rapid stain colours a
+# neutrophil's cytoplasm about 1.5 times as densely as PBC's May-Grünwald-Giemsa (docs/benchmarks.md,
+# "Stain contrast"), and a network trained on PBC reads dense cytoplasm as an eosinophil's. The ratio
+# of a ring around the nucleus to the nucleus (``ring_ratio``) depends on the cell type as much as on
+# the stain, so a set's own ratios say nothing until each is compared with the training ratio of the
+# type the cell is (``contrast_power``; the types come from the model), and the optical density
+# raised to a power relative to the nucleus (``apply_contrast``) steepens or flattens every ratio.
+
+RING_PX = 4  # the ring around the nucleus, in pixels of the prepared image
+CONTRAST_RANGE = (0.67, 1.5)  # a set's power is kept within this: a set unlike any stain must not run away
+
+
+def ring_ratio(image: np.ndarray, nucleus: np.ndarray | None = None) -> float | None:
+    """The median optical density of a ring around an image's nucleus over the nucleus's (magnitudes of the
+    RGB densities), or None without a nucleus or a ring of at least 10 pixels. ``nucleus``: the nuclear-stain
+    mask to use (``cellfinder.nuclear_stain`` of the image where not given)."""
+    from scipy.ndimage import binary_dilation
+
+    from cellmorphnet.cellfinder import nuclear_stain
+
+    mask = nuclear_stain(image) if nucleus is None else nucleus
+    if mask is None or not mask.any():
+        return None
+    od = np.linalg.norm(_density(image, background(image)), axis=-1)
+    core = float(np.median(od[mask]))
+    ring = binary_dilation(mask, iterations=RING_PX) & ~mask & (od > 0.1 * core)
+    return float(np.median(od[ring])) / core if ring.sum() >= 10 and core > 0 else None
+
+
+def contrast_reference(images: np.ndarray, labels: np.ndarray, classes: list[str]) -> dict[str, float]:
+    """The training images' median ``ring_ratio`` per class (``classes[label]``), for classes with 8 or more."""
+    out = {}
+    for c, name in enumerate(classes):
+        ratios = [r for r in (ring_ratio(im) for im in images[labels == c]) if r is not None and 0 < r < 1]
+        if len(ratios) >= 8:
+            out[name] = round(float(np.median(ratios)), 4)
+    return out
+
+
+def contrast_power(ratios: list[float | None], types: list[str], reference: dict[str, float],
+                   min_images: int) -> float | None:  # fmt: skip
+    """How far a set's ring ratios lie from the training ratios of the types its cells are taken for: the median
+    over images of log(reference ratio of its type) / log(its ratio) (1: as in training; above 1: the cytoplasm
+    is denser against the nucleus than in training). None where fewer than ``min_images`` images have a ratio
+    and a type with a reference."""
+    each = [np.log(reference[t]) / np.log(r) for r, t in zip(ratios, types, strict=True)
+            if r is not None and 0 < r < 1 and t in reference]  # fmt: skip
+    return float(np.median(each)) if len(each) >= min_images else None
+
+
+def apply_contrast(image: np.ndarray, power: float, reference: dict) -> np.ndarray:
+    """A stain-normalised ``image`` (H, W, 3 uint8) with each pixel's optical density raised to ``power``
+    relative to the training nuclei's (``reference`` as ``stain_reference`` gives it): the nucleus stays,
+    paler and denser stain move apart (power > 1) or together (< 1); each pixel keeps its colour's hue."""
+    if power == 1.0:
+        return image
+    lamp = np.asarray(reference["background"], dtype=np.float64)
+    od = np.maximum(_density(image, lamp), 0.0)
+    magnitude = np.linalg.norm(od, axis=-1, keepdims=True)
+    od = od * (np.maximum(magnitude, 1e-6) / np.linalg.norm(reference["nucleus_density"])) ** (power - 1.0)
+    return np.clip(np.exp(-od) * lamp, 0, 255).round().astype(np.uint8)

@@ -42,7 +42,7 @@ class InferencePolicy:
     crop: str = "centre"  # "cell": centred on the white cell found in each image (see cellfinder); "centre"
     nucleus_fraction: float | None = None  # median nucleus side / crop side of the training images
     colour: dict[str, list[float]] | None = None  # training images' CIELAB mean and std ("mean", "std")
-    stain: dict[str, list[float]] | None = None  # training nuclei's optical density and background (colour.py)
+    stain: dict[str, Any] | None = None  # training nuclei's optical density, background and contrast (colour.py)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -138,21 +138,24 @@ class InferenceOptions:
     temperature: float = 1.0  # the run's calibration
     stain_norm: bool = False
     scale_views: bool = False
+    stain_contrast: bool = False
 
     def kwargs(self) -> dict[str, Any]:
         return {"stain_norm": self.stain_norm, "colour_match": self.colour_match, "adapt_bn": self.adapt_bn,
                 "restrict_to": self.restrict_to, "tta": self.tta, "temperature": self.temperature,
-                "scale_views": self.scale_views}  # fmt: skip
+                "scale_views": self.scale_views, "stain_contrast": self.stain_contrast}  # fmt: skip
 
 
 def inference_options(rm: RunModel, crop: str | None = None, crop_fraction: float | None = None,
                       colour_match: bool | None = None, adapt_bn: bool | None = None,
                       classes: str | None = None, tta: bool | None = None,
-                      stain_norm: bool | None = None, scale_views: bool | None = None) -> InferenceOptions:  # fmt: skip
+                      stain_norm: bool | None = None, scale_views: bool | None = None,
+                      stain_contrast: bool | None = None) -> InferenceOptions:  # fmt: skip
     """Resolve the command-line choices against the run and the measured defaults (``inference.DEFAULT_*``).
 
     The stain normalisation (on by default) and the colour match both change the set's colours: asking
-    for the colour match turns the default normalisation off, and asking for both is an error.
+    for the colour match turns the default normalisation off, and asking for both is an error. The stain
+    contrast builds on the stain normalisation: on by default with it, an error to ask for without it.
     """
     from cellmorphnet import inference
     from cellmorphnet.data.taxonomy import WHITE_CELLS
@@ -189,8 +192,18 @@ def inference_options(rm: RunModel, crop: str | None = None, crop_fraction: floa
     colour_match = bool(policy.colour) and (inference.DEFAULT_COLOUR_MATCH if colour_match is None else colour_match)
     if stain_norm is None:
         stain_norm = inference.DEFAULT_STAIN_NORM and not colour_match
+    stain_norm = bool(policy.stain) and stain_norm
+    has_contrast = bool((policy.stain or {}).get("contrast"))
+    if stain_contrast and not (stain_norm and has_contrast):
+        raise ConfigError("--stain-contrast needs the stain normalisation" + (
+            "." if has_contrast else " and a run that measured its stain contrast (trained by this version)."),
+            hint="Leave out --stain-contrast" + (", or leave out --no-stain-norm / --colour-match."
+                                                 if has_contrast else "."))  # fmt: skip
+    if stain_contrast is None:
+        stain_contrast = inference.DEFAULT_STAIN_CONTRAST
     return InferenceOptions(
-        stain_norm=bool(policy.stain) and stain_norm,
+        stain_norm=stain_norm,
+        stain_contrast=stain_norm and has_contrast and stain_contrast,
         policy=policy,
         colour_match=colour_match,
         adapt_bn=inference.DEFAULT_ADAPT_BN if adapt_bn is None else adapt_bn,

@@ -30,7 +30,9 @@ from cellmorphnet.inference import (
     Upload,
     _load,
     class_probs,
+    contrast_sample,
     crop_sides,
+    settle_contrast,
     single_view,
     survey_files,
     to_prediction,
@@ -164,10 +166,10 @@ class ModelService:
         self.batcher = MicroBatcher(self._forward, max_batch, max_wait_ms)
 
     # --- the model thread -------------------------------------------------------------------------
-    def _forward(self, arrays: list[np.ndarray]) -> np.ndarray:
+    def _forward(self, arrays: list[np.ndarray], tta: bool | None = None) -> np.ndarray:
         o = self.options
         return class_probs(self.rm.model, arrays, o.policy, device=self.rm.device, channels_last=self.rm.channels_last,
-                           tta=o.tta, temperature=o.temperature)  # fmt: skip
+                           tta=o.tta if tta is None else tta, temperature=o.temperature)  # fmt: skip
 
     def warm_up(self) -> ModelService:
         """One real forward pass (and the checkpoint's digest), so the first request is not the slow one."""
@@ -186,9 +188,14 @@ class ModelService:
         return [Upload(name or f"file-{i + 1}", data, self.limits.max_pixels) for i, (name, data) in enumerate(files)]
 
     def _prepare(self, uploads: list[Upload]):
-        """infer's preprocessing of one set: the survey over all of them, then each one's crop and colours."""
+        """infer's preprocessing of one set: the survey over all of them, the set's stain contrast (where on and
+        the request has cells enough), then each one's crop and colours."""
         o = self.options
         survey = survey_files(uploads, o.policy, workers=1, colour_match=o.colour_match, stain_norm=o.stain_norm)
+        if o.stain_contrast and survey.stain is not None:  # one view each, as infer estimates it
+            first = [_load(u, o.policy, survey)[0] for u in contrast_sample(uploads)]
+            one_view = lambda arrays: self.batcher.call(lambda: self._forward(arrays, tta=False)).result()  # noqa: E731
+            survey = settle_contrast(survey, o.policy, [a for a in first if a is not None], self.classes, one_view)
         return [(u, *_load(u, o.policy, survey, crop_sides(o.policy, o.scale_views))) for u in uploads]
 
     def _predict(self, loaded, top_k: int) -> list[Prediction]:
@@ -279,6 +286,7 @@ class ModelService:
             "checkpoint_sha256": self.checkpoint_sha256(),
             "datasets": datasets,
             "preprocessing": {**o.policy.to_dict(), "stain_norm": o.stain_norm, "colour_match": o.colour_match,
+                              "stain_contrast": o.stain_contrast,
                               "tta": o.tta, "temperature": o.temperature,
                               "set": "the files of one request"},  # fmt: skip
             "test_metrics": metrics,

@@ -89,6 +89,8 @@ def test_predict_agrees_with_infer_on_the_real_test_jpegs(client, cli, tmp_path)
         assert x["status"] == "ok" and x["predicted"] == row["predicted"], x["file"]
         assert abs(x["confidence"] - float(row["confidence"])) < 1e-4
         assert x["framing"] == row["framing"]
+        assert x["stain_contrast"] == float(row["stain_contrast"])  # one set, one contrast, as infer found it
+    assert 0.95 < results[0]["stain_contrast"] < 1.08  # the training lab's own images: about as they are
     truth = [p.parent.name for p in JPEGS]
     accuracy = np.mean([x["predicted"] == t for x, t in zip(results, truth, strict=True)])
     assert accuracy > 0.9

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 
 import torch
-from conftest import PBC_64, PBC_TEST_IMAGES, assert_one_line_error
+from conftest import PBC_64, PBC_TEST_IMAGES, SHARED, assert_one_line_error
 
 from cellmorphnet import runs
 from cellmorphnet._io import read_json
@@ -32,6 +33,7 @@ def test_the_shipped_run_is_complete_small_and_calibrated():
     assert record.config.model == "tf_efficientnet_lite0" and record.config.recipe == "default"
     assert record.calibration and record.temperature != 1.0
     assert record.inference.stain and len(record.inference.stain["nucleus_density"]) == 3  # for --stain-norm
+    assert set(record.inference.stain["contrast"]) == set(record.classes)  # for the stain contrast
     metrics = read_json(folder / "eval" / "test" / "metrics.json")["datasets"]["bloodmnist"]["metrics"]
     assert metrics["accuracy"] > 0.98
     card = (folder / "MODEL_CARD.md").read_text()
@@ -65,6 +67,18 @@ def test_infer_status_and_eval_know_the_shipped_model(cli, home, tmp_path):
     assert_one_line_error(cli("train", "--resume", runs.PACKAGED), "ships with cellmorphnet")
     r = cli("infer", runs.PACKAGED, PBC_TEST_IMAGES / "monocyte", "--checkpoint", "last", "--out", tmp_path / "x.csv")
     assert_one_line_error(r, "best checkpoint only", "--checkpoint best")
+
+
+def test_the_shipped_model_on_another_labs_white_cells(cli):
+    """The default path on the other lab's 300 cells: framed, stain-normalised, the stain contrast found
+    (denser cytoplasm than PBC's, so above 1), 8 views; the figure docs/benchmarks.md reports, as a floor."""
+    five = "basophil,eosinophil,lymphocyte,monocyte,neutrophil"
+    r = cli("eval", runs.PACKAGED, "--on", SHARED / "external" / "zheng2018-d1", "--classes", five, "--json")
+    assert r.exit_code == 0, r
+    report = json.loads(r.stdout)
+    assert report["framing"] == {"cell": 300} and report["colour_step"] == {"stain-norm": 300}
+    assert 1.15 < report["stain_contrast"] < 1.4, report["stain_contrast"]
+    assert report["balanced_accuracy_min5"] >= 0.79, report["balanced_accuracy_min5"]
 
 
 def test_a_run_of_your_own_with_the_same_name_comes_first(cli, home):

@@ -44,6 +44,13 @@ StainNormFlag = Annotated[
                  "theirs, the nuclei's colour to theirs (sets of 16 or more images). (default: on where the run "
                  "measured its stain)", show_default=False),
 ]  # fmt: skip
+StainContrastFlag = Annotated[
+    bool | None,
+    typer.Option("--stain-contrast/--no-stain-contrast",
+                 help="With the stain normalisation, also match how densely the set's stain colours the cytoplasm "
+                 "against the nucleus to the training images', per the cell types the model takes the cells for "
+                 "(sets of 16 or more cells). (default: on where the stain normalisation is)", show_default=False),
+]  # fmt: skip
 AdaptBnFlag = Annotated[
     bool | None,
     typer.Option("--adapt-bn/--no-adapt-bn",

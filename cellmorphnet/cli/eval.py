@@ -22,6 +22,7 @@ from cellmorphnet.cli._options import (
     DeviceOption,
     JsonFlag,
     ScaleViewsFlag,
+    StainContrastFlag,
     StainNormFlag,
     TtaFlag,
     home_of,
@@ -49,6 +50,7 @@ def command(
     classes_only: ClassesOption = None,
     crop: CropOption = None,
     stain_norm: StainNormFlag = None,
+    stain_contrast: StainContrastFlag = None,
     colour_match: ColourMatchFlag = None,
     adapt_bn: AdaptBnFlag = None,
     tta: TtaFlag = None,
@@ -70,7 +72,7 @@ def command(
     if on is not None:
         target = out or runs.output_dir(run_dir, home, "eval", f"on-{Path(on).expanduser().resolve().name}")
         _eval_on(run_dir, on, checkpoint, device, accept_data_change, classes_only, crop, colour_match, adapt_bn, tta,
-                 stain_norm, target, json, scale_views)  # fmt: skip
+                 stain_norm, target, json, scale_views, stain_contrast)  # fmt: skip
         return
     subset = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
     report = evaluate_run(run_dir, home=home, split=split, datasets=subset, which=checkpoint, device=device,
@@ -87,14 +89,15 @@ def command(
 
 
 def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, colour_match, adapt_bn, tta, stain_norm,
-             out, json, scale_views=None):  # fmt: skip
+             out, json, scale_views=None, stain_contrast=None):  # fmt: skip
     from cellmorphnet._io import write_json
     from cellmorphnet.evaluation.on_folder import evaluate_folder
     from cellmorphnet.evaluation.report import plot_dataset
     from cellmorphnet.run_model import inference_options, load_run_model
 
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept)
-    options = inference_options(rm, crop, None, colour_match, adapt_bn, classes_only, tta, stain_norm, scale_views)
+    options = inference_options(rm, crop, None, colour_match, adapt_bn, classes_only, tta, stain_norm, scale_views,
+                                stain_contrast)  # fmt: skip
     with _output.progress("Classifying") as cb:
         report = evaluate_folder(rm, folder, options, progress=cb)
     report.update(run=str(run_dir), checkpoint=str(rm.checkpoint), epoch=rm.epoch)

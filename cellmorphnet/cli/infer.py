@@ -22,6 +22,7 @@ from cellmorphnet.cli._options import (
     CropOption,
     DeviceOption,
     ScaleViewsFlag,
+    StainContrastFlag,
     StainNormFlag,
     TtaFlag,
     home_of,
@@ -52,6 +53,7 @@ def command(
         typer.Option("--crop-fraction", help="Centre crop of this fraction of the shorter side (1.0 = whole square)."),
     ] = None,
     stain_norm: StainNormFlag = None,
+    stain_contrast: StainContrastFlag = None,
     colour_match: ColourMatchFlag = None,
     adapt_bn: AdaptBnFlag = None,
     tta: TtaFlag = None,
@@ -92,7 +94,7 @@ def command(
     for field in rm.record_mismatch:
         _output.warn(f"Using the checkpoint's {field}: config.json differs (accepted).")
     options = inference_options(rm, crop, crop_fraction, colour_match, adapt_bn, classes_only, tta, stain_norm,
-                                scale_views)  # fmt: skip
+                                scale_views, stain_contrast)  # fmt: skip
     classes = rm.classes
     policy = options.policy
     with _output.progress("Classifying") as cb:
@@ -115,6 +117,7 @@ def command(
         "adaptation": options.kwargs(),
         "stain_norm_applied": any(p.colour_step == "stain-norm" for p in ok),
         "colour_match_applied": any(p.colour_step == "colour-match" for p in ok),
+        "stain_contrast_applied": next((p.stain_contrast for p in ok if p.stain_contrast is not None), None),
         "framing": dict(Counter(p.framing for p in ok)),
         "unlike_training": sum(p.unusual for p in ok),
         "low_confidence": sum(p.low_confidence for p in ok),

@@ -94,6 +94,7 @@ def evaluate_folder(rm, root: Path, options, *, min_images: int = 5, batch_size:
         "skipped": [{"path": str(p.path), "reason": p.error} for p in preds if p.error],
         "framing": dict(Counter(p.framing for p in ok)),
         "colour_step": dict(Counter(p.colour_step or "none" for p in ok)),
+        "stain_contrast": next((p.stain_contrast for p in ok if p.stain_contrast is not None), None),
         "unlike_training": sum(p.unusual for p in ok),
         "policy": options.policy.to_dict(),
         "adaptation": options.kwargs(),

@@ -87,6 +87,7 @@ def _inverse_frequency(space: LabelSpace, train: dict[str, DeviceArrays]) -> tor
 
 
 APPEARANCE_PER_CLASS = 32  # training images per class measured for framing and colour
+CONTRAST_PER_CLASS = 128  # and for the stain contrast, a per-class median of a noisier measure
 
 
 def appearance(arrays: DeviceArrays, classes: list[str], seed: int = 0) -> dict:
@@ -96,7 +97,9 @@ def appearance(arrays: DeviceArrays, classes: list[str], seed: int = 0) -> dict:
     side / crop side) comes from the white-cell classes where the data has them, since the finder
     frames white cells (a platelet's or an erythroblast's small dark body would pull the median
     down); the cell policy is used only where a nucleus was found in most of them. The CIELAB
-    statistics and the stain reference (nucleus optical density, background) come from every class.
+    statistics and the stain reference (nucleus optical density, background) come from every class; the
+    stain reference also holds each class's cytoplasm-to-nucleus density ratio (``colour.contrast_reference``,
+    keyed by canonical class name), from up to ``CONTRAST_PER_CLASS`` images of each.
     """
     import numpy as np
 
@@ -105,7 +108,8 @@ def appearance(arrays: DeviceArrays, classes: list[str], seed: int = 0) -> dict:
 
     labels = arrays.labels_cpu.numpy()
     rng = np.random.default_rng(seed)
-    idx = {c: np.sort(rng.permutation(np.flatnonzero(labels == c))[:APPEARANCE_PER_CLASS]) for c in np.unique(labels)}
+    order = {c: rng.permutation(np.flatnonzero(labels == c)) for c in np.unique(labels)}
+    idx = {c: np.sort(o[:APPEARANCE_PER_CLASS]) for c, o in order.items()}
     white = [c for c in idx if canonical(classes[c]) in (*WHITE_CELLS, "wbc")] or list(idx)
 
     def images_of(cs) -> np.ndarray:
@@ -115,5 +119,10 @@ def appearance(arrays: DeviceArrays, classes: list[str], seed: int = 0) -> dict:
     fraction, found = cellfinder.nucleus_fraction(cells)
     use_cell = fraction is not None and found >= 0.5 * len(cells)
     every = images_of(list(idx))
+    stain = colour.stain_reference(every)
+    if stain is not None:
+        pick = np.sort(np.concatenate([o[:CONTRAST_PER_CLASS] for o in order.values()]))
+        sample = arrays.images[torch.from_numpy(pick)].cpu().numpy()
+        stain["contrast"] = colour.contrast_reference(sample, labels[pick], [canonical(c) for c in classes])
     return {"crop": "cell" if use_cell else "centre", "nucleus_fraction": fraction if use_cell else None,
-            "colour": colour.lab_stats(every, seed), "stain": colour.stain_reference(every)}  # fmt: skip
+            "colour": colour.lab_stats(every, seed), "stain": stain}  # fmt: skip

@@ -180,7 +180,7 @@ async function showGradcam(item) {
 function csvText() {
   const header = ["path", "status", "predicted", "confidence"];
   for (let i = 1; i <= TOP_K; i++) header.push(`top${i}`, `top${i}_probability`);
-  header.push("framing", "colour_step", "colour_distance", "unlike_training", "low_confidence", "error");
+  header.push("framing", "colour_step", "stain_contrast", "colour_distance", "unlike_training", "low_confidence", "error");
   const quote = (v) => (/[",\n\r]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v);
   const lines = [header.join(",")];
   const limit = threshold();
@@ -191,7 +191,8 @@ function csvText() {
       const t = ok ? r.top_k[i] : null;
       row.push(t ? t.class : "", t ? t.probability.toFixed(6) : "");
     }
-    row.push(ok ? r.framing || "" : "", ok ? r.colour_step || "" : "", ok && r.colour_distance != null ? r.colour_distance.toFixed(2) : "",
+    row.push(ok ? r.framing || "" : "", ok ? r.colour_step || "" : "", ok && r.stain_contrast != null ? r.stain_contrast.toFixed(3) : "",
+      ok && r.colour_distance != null ? r.colour_distance.toFixed(2) : "",
       ok ? (r.unlike_training ? "yes" : "no") : "", ok ? (r.confidence < limit ? "yes" : "no") : "", ok ? "" : r.error || "");
     lines.push(row.map((v) => quote(String(v))).join(","));
   }
