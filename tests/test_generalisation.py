@@ -4,6 +4,7 @@ AdaBN that leaves the checkpoint alone, colour matching, and `eval --on` a label
 import hashlib
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -350,7 +351,14 @@ def test_stain_contrast_finds_and_undoes_a_denser_cytoplasm_stain():
     more densely against the nucleus, as another lab's stain shows it): the set's power is found from the
     cells' types, the images brought back, and the training lab's own cells are left as they are."""
     from cellmorphnet import colour
-    from cellmorphnet.inference import CONTRAST_ROUNDS, MIN_COLOUR_SET, Survey, settle_contrast
+    from cellmorphnet.inference import (
+        CONTRAST_MAX_IMAGES,
+        CONTRAST_ROUNDS,
+        MIN_COLOUR_SET,
+        Survey,
+        contrast_sample,
+        settle_contrast,
+    )
 
     originals, types = _pbc_cells()
     classes = sorted(set(types))
@@ -391,6 +399,11 @@ def test_stain_contrast_finds_and_undoes_a_denser_cytoplasm_stain():
     blank = [np.full((64, 64, 3), 250, np.uint8)] * 20  # no nuclei, no ratios
     one_type = lambda a: np.eye(len(classes))[[0] * len(a)]  # noqa: E731
     assert settle_contrast(survey, policy, blank, classes, one_type).contrast is None
+    # a large set is measured on an even sample of it, first and last file included
+    many = [Path(f"cell{i:05d}.png") for i in range(5000)]
+    sample = contrast_sample(many)
+    assert len(set(sample)) == CONTRAST_MAX_IMAGES and sample[0] == many[0] and sample[-1] == many[-1]
+    assert contrast_sample(many[:40]) == many[:40]
 
 
 def _policy_with(stain):
