@@ -8,8 +8,8 @@ For each run (trained on BloodMNIST/PBC alone, one with ``--augment basic`` and 
 and AdaBN with either; files before 2026-11-28's stain contrast have no ``contrast`` rows, and their
 ``stain-norm`` rows were the default then),
 exactly what ``cellmorphnet eval RUN --on`` computes (runs trained before the stain normalisation existed need
-``benchmarks/stain_reference.py`` first for the stain-norm rows, and runs trained before the stain contrast
-``benchmarks/contrast_reference.py --write`` for the contrast rows):
+``benchmarks/stain_reference.py`` first for the stain-norm rows; run again, it adds the stain contrast's
+per-class ratios for the contrast rows to runs trained before those existed):
 
 - on ``../shared/data/external/zheng2018-d1`` (300 white cells from another lab, microscope, camera and
   stain), the argmax restricted to the five white-cell types (``--classes`` below; the issue's

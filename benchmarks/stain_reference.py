@@ -1,18 +1,23 @@
-"""Add the stain reference (``colour.stain_reference``) to a run trained before it existed.
+"""Add the stain reference (``colour.stain_reference``, with the stain contrast's per-class ratios,
+``colour.contrast_reference``) to a run trained before it existed.
 
     python benchmarks/stain_reference.py RUN --home HOME
 
-The stain normalisation of ``infer`` needs the training images' nucleus optical density and background
-colour, which training measures since the normalisation was added (``training.data.appearance``). This
-measures them on the run's own prepared training split exactly as training would (the same sample),
-and writes them into the run's config.json and the record inside each of its checkpoints (atomically),
-leaving everything else as it was. Used for the runs measured in docs/benchmarks.md and the shipped model.
+The stain normalisation and the stain contrast of ``infer`` need the training images' nucleus optical
+density, background colour and per-class cytoplasm-to-nucleus ratios, which training measures since they
+were added (``training.data.appearance``). This measures them on the run's own prepared training split
+exactly as training would (the same sample), and writes them into the run's config.json and the record
+inside each of its checkpoints (atomically), leaving everything else as it was. Where the run already has
+a stain reference, the data must give the same nucleus density and background (else it is not the data
+the run was trained on, and nothing is written). Used for the runs measured in docs/benchmarks.md and the
+shipped model.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 
@@ -35,6 +40,10 @@ def main() -> None:
     first = next(iter(record.datasets.values()))
     split = store.load_split(first.name, first.size, "train", args.home)
     stain = appearance(DeviceArrays(split.images, split.labels, torch.device("cpu")), first.classes)["stain"]
+    stored = {k: v for k, v in (record.inference.stain or {}).items() if k != "contrast"}
+    if stored and stored != {k: v for k, v in stain.items() if k != "contrast"}:
+        sys.exit(f"{first.name} as prepared here is not what {args.run} was trained on: its stain reference is "
+                 f"{stored}, the data gives {stain}")  # fmt: skip
     config = json.loads((args.run / "config.json").read_text())
     config["inference"]["stain"] = stain
     write_json(args.run / "config.json", config)

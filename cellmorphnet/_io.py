@@ -14,17 +14,29 @@ from typing import Any
 CHUNK = 1 << 20
 
 
+def _umask() -> int:
+    mask = os.umask(0)  # the only portable way to read it; set straight back (at import, before any threads)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _umask()
+
+
 @contextmanager
 def atomic_path(target: Path) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; on success rename it over ``target``.
 
     The rename is atomic on one file system, so a reader sees the old file or the new one,
-    never half of one. On failure the temporary file is removed and ``target`` is untouched.
+    never half of one. On failure the temporary file is removed and ``target`` is untouched. The file gets
+    ``target``'s permissions where it exists, else those of a file opened for writing (not the temporary
+    file's owner-only ones), so a run folder stays readable by whoever could read it before.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     os.close(fd)
     tmp_path = Path(tmp)
+    os.chmod(tmp_path, target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_UMASK)
     try:
         yield tmp_path
         os.replace(tmp_path, target)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import shutil
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -275,8 +275,6 @@ def settle_contrast(survey: Survey, policy: InferencePolicy, arrays: list[np.nda
     Unchanged where the set is not stain-normalised, the run has no contrast reference, or fewer than
     ``MIN_COLOUR_SET`` cells have a ratio.
     """
-    from dataclasses import replace
-
     from cellmorphnet.cellfinder import nuclear_stain
     from cellmorphnet.data.taxonomy import canonical
 

@@ -194,11 +194,12 @@ def inference_options(rm: RunModel, crop: str | None = None, crop_fraction: floa
         stain_norm = inference.DEFAULT_STAIN_NORM and not colour_match
     stain_norm = bool(policy.stain) and stain_norm
     has_contrast = bool((policy.stain or {}).get("contrast"))
-    if stain_contrast and not (stain_norm and has_contrast):
-        raise ConfigError("--stain-contrast needs the stain normalisation" + (
-            "." if has_contrast else " and a run that measured its stain contrast (trained by this version)."),
-            hint="Leave out --stain-contrast" + (", or leave out --no-stain-norm / --colour-match."
-                                                 if has_contrast else "."))  # fmt: skip
+    if stain_contrast and not has_contrast:
+        raise ConfigError("This run has no stain-contrast reference (it was trained by an earlier version).",
+                          hint="Leave out --stain-contrast, or retrain it with this version.")
+    if stain_contrast and not stain_norm:
+        raise ConfigError("--stain-contrast needs the stain normalisation.",
+                          hint="Leave out --stain-contrast, or leave out --no-stain-norm / --colour-match.")
     if stain_contrast is None:
         stain_contrast = inference.DEFAULT_STAIN_CONTRAST
     return InferenceOptions(

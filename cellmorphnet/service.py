@@ -192,9 +192,12 @@ class ModelService:
         the request has cells enough), then each one's crop and colours."""
         o = self.options
         survey = survey_files(uploads, o.policy, workers=1, colour_match=o.colour_match, stain_norm=o.stain_norm)
-        if o.stain_contrast and survey.stain is not None:  # one view each, as infer estimates it
+        if o.stain_contrast and survey.stain is not None:
             first = [_load(u, o.policy, survey)[0] for u in contrast_sample(uploads)]
-            one_view = lambda arrays: self.batcher.call(lambda: self._forward(arrays, tta=False)).result()  # noqa: E731
+
+            def one_view(arrays: list[np.ndarray]) -> np.ndarray:  # as infer estimates it
+                return self.batcher.call(lambda: self._forward(arrays, tta=False)).result()
+
             survey = settle_contrast(survey, o.policy, [a for a in first if a is not None], self.classes, one_view)
         return [(u, *_load(u, o.policy, survey, crop_sides(o.policy, o.scale_views))) for u in uploads]
 

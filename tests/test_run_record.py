@@ -130,3 +130,22 @@ def test_a_run_from_a_newer_version_is_refused_clearly(cli, home):
     path = home / "runs" / "new" / "config.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "schema": 99}))
     assert_one_line_error(cli("eval", "new"), "newer cellmorphnet", "schema 99")
+
+
+def test_atomic_writes_get_ordinary_permissions_and_keep_existing_ones(tmp_path):
+    """A run folder written atomically stays as readable as files written plainly (not owner-only, as the
+    temporary file was), and a file rewritten keeps the permissions it had."""
+    import os
+    import stat
+
+    from cellmorphnet._io import write_json
+
+    plain = tmp_path / "plain.json"
+    plain.write_text("{}")
+    written = tmp_path / "config.json"
+    write_json(written, {"a": 1})
+    assert stat.S_IMODE(written.stat().st_mode) == stat.S_IMODE(plain.stat().st_mode)
+    os.chmod(written, 0o640)
+    write_json(written, {"a": 2})
+    assert stat.S_IMODE(written.stat().st_mode) == 0o640 and '"a": 2' in written.read_text()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
