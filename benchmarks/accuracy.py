@@ -1,6 +1,6 @@
 """Accuracy on this machine: one full training on the rebuilt BloodMNIST (PBC) arrays, then the test split.
 
-    python benchmarks/accuracy.py --size 64 --json          # the default recipe (96 px input, 20 epochs)
+    python -m benchmarks.accuracy --size 64 --json          # the default recipe (96 px input, 20 epochs)
 
 Imports ../shared/data/bloodmnist-pbc (unverified: it is a rebuild, not the official file) into a
 temporary home, prepares it, trains with cellmorphnet's own loop (train flags pass through) and
@@ -17,8 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, emit, header  # noqa: E402
+from benchmarks._common import SHARED, emit, header
 
 FILES = {28: "bloodmnist_pbc.npz", 64: "bloodmnist_pbc_64.npz"}
 
@@ -57,15 +56,15 @@ def main() -> None:
 
     from sklearn.metrics import accuracy_score, f1_score
 
-    from cellmorphnet.data import loader
+    from cellmorphnet.config import TrainConfig
     from cellmorphnet.data.fetch import fetch
     from cellmorphnet.data.prepare import prepare
     from cellmorphnet.evaluation.report import evaluate_run
     from cellmorphnet.run_model import load_run_model, predict_split
-    from cellmorphnet.training.config import TrainConfig
+    from cellmorphnet.training import augment
     from cellmorphnet.training.fit import fit
 
-    result = header("python benchmarks/accuracy.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.accuracy " + " ".join(sys.argv[1:]))
     with tempfile.TemporaryDirectory() as tmp:
         home = args.home or Path(tmp)
         fetch("bloodmnist", home=home, source=SHARED / "bloodmnist-pbc" / FILES[args.size], allow_unverified=True)
@@ -79,9 +78,9 @@ def main() -> None:
         ).validate()  # fmt: skip
         for item in args.augment_set:
             field, value = item.split("=", 1)
-            loader.AUGMENTATIONS[args.augment] = dataclasses.replace(loader.AUGMENTATIONS[args.augment],
+            augment.AUGMENTATIONS[args.augment] = dataclasses.replace(augment.AUGMENTATIONS[args.augment],
                                                                      **{field: float(value)})  # fmt: skip
-        result["augment_settings"] = dataclasses.asdict(loader.AUGMENTATIONS[args.augment])
+        result["augment_settings"] = dataclasses.asdict(augment.AUGMENTATIONS[args.augment])
 
         def progress(kind, **data):
             if kind == "epoch_end":

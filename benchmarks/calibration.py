@@ -1,7 +1,7 @@
 """Calibration of a trained run: fit the temperature on validation (as training now does at its end) and report
 ECE before and after on the test split.
 
-    python benchmarks/calibration.py RUN --home HOME --json     # results/calibration-DATE.json
+    python -m benchmarks.calibration RUN --home HOME --json     # results/calibration-DATE.json
 
 For runs trained before temperature scaling existed; it stores nothing in the run.
 """
@@ -13,8 +13,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, header  # noqa: E402
+from benchmarks._common import emit, header
 
 
 def main() -> None:
@@ -30,10 +29,10 @@ def main() -> None:
     from cellmorphnet.data import store
     from cellmorphnet.data.loader import BatchLoader, DeviceArrays
     from cellmorphnet.data.taxonomy import Taxonomy
+    from cellmorphnet.devices import Precision
     from cellmorphnet.evaluation.metrics import classification_metrics
     from cellmorphnet.prediction import LabelSpace, collect_logits
     from cellmorphnet.run_model import load_run_model, predict_split
-    from cellmorphnet.training.precision import Precision
 
     rm = load_run_model(args.run, "best", "cpu")
     rec = rm.record
@@ -45,7 +44,7 @@ def main() -> None:
                          channels_last=rm.channels_last)  # fmt: skip
     cal = calibrate(collect_logits(rm.model, loader, torch.device("cpu"), Precision(None, False)), space)
     classes = rec.taxonomy["local_classes"][name]
-    result = header("python benchmarks/calibration.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.calibration " + " ".join(sys.argv[1:]))
     result["validation"] = cal
     for label, t in (("before", 1.0), ("after", cal["temperature"])):
         rm.record = dataclasses.replace(rec, calibration={"temperature": t})

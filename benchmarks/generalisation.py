@@ -1,6 +1,6 @@
 """Generalisation to another lab: crop policy x training augmentation x adaptation at prediction time.
 
-    python benchmarks/generalisation.py RUN_BASIC RUN_STAIN --json > docs/results/generalisation-DATE.json
+    python -m benchmarks.generalisation RUN_BASIC RUN_STAIN --json > docs/results/generalisation-DATE.json
 
 For each run (trained on BloodMNIST/PBC alone, one with ``--augment basic`` and one with the default
 ``--augment stain``) and each combination of ``--crop centre|cell`` and adaptation (none,
@@ -8,7 +8,7 @@ For each run (trained on BloodMNIST/PBC alone, one with ``--augment basic`` and 
 and AdaBN with either; files before 2026-11-28's stain contrast have no ``contrast`` rows, and their
 ``stain-norm`` rows were the default then),
 exactly what ``cellmorphnet eval RUN --on`` computes (runs trained before the stain normalisation existed need
-``benchmarks/stain_reference.py`` first for the stain-norm rows; run again, it adds the stain contrast's
+``cellmorphnet upgrade RUN`` first for the stain-norm rows; run again, it adds the stain contrast's
 per-class ratios for the contrast rows to runs trained before those existed):
 
 - on ``../shared/data/external/zheng2018-d1`` (300 white cells from another lab, microscope, camera and
@@ -32,8 +32,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, emit, header  # noqa: E402
+from benchmarks._common import SHARED, emit, header
 
 # name: (stain normalisation, colour match, AdaBN, stain contrast)
 ADAPTATIONS = {"none": (False, False, False, False), "stain-norm": (True, False, False, False),
@@ -56,11 +55,12 @@ def main() -> None:
 
     from cellmorphnet.evaluation.on_folder import evaluate_folder
     from cellmorphnet.evaluation.report import evaluate_run
-    from cellmorphnet.run_model import inference_options, load_run_model
+    from cellmorphnet.inference import inference_options
+    from cellmorphnet.run_model import load_run_model
 
     external = SHARED / "external" / "zheng2018-d1"
     pbc = SHARED / "bloodmnist-pbc" / "test_images"
-    result = header("python benchmarks/generalisation.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.generalisation " + " ".join(sys.argv[1:]))
     result["rows"] = []
     for run in args.runs:
         rm = load_run_model(run, "best", "cpu")
@@ -76,10 +76,10 @@ def main() -> None:
         for crop, name, tta in combos:
             stain, colour, adapt, contrast = ADAPTATIONS[name]
             on, scales = tta != "off", tta == "scales"
-            ext_options = inference_options(rm, crop, None, colour, adapt, args.classes, on, stain, scales, contrast)
-            ext = evaluate_folder(rm, external, ext_options)
-            home = evaluate_folder(rm, pbc, inference_options(rm, crop, None, colour, adapt, None, on, stain, scales,
-                                                              contrast))  # fmt: skip
+            choices = {"crop": crop, "colour_match": colour, "adapt_bn": adapt, "tta": on, "stain_norm": stain,
+                       "scale_views": scales, "stain_contrast": contrast}  # fmt: skip
+            ext = evaluate_folder(rm, external, inference_options(rm.record, classes=args.classes, **choices))
+            home = evaluate_folder(rm, pbc, inference_options(rm.record, **choices))
             row = {
                 "run": run.name, "image_size": rm.record.image_size, "augment": augment, "classes": args.classes,
                 "crop": crop, "adaptation": name, "tta": tta,

@@ -1,7 +1,7 @@
 """The GPU check: every precision, channels-last on and off, then eval, infer and ONNX export on the device.
 
-    python benchmarks/gpu_check.py --json > gpu.json                       # on a lent GPU (about 5 minutes)
-    python benchmarks/gpu_check.py --device cpu --epochs 1 --image-size 32  # a dry run of the script itself
+    python -m benchmarks.gpu_check --json > gpu.json                       # on a lent GPU (about 5 minutes)
+    python -m benchmarks.gpu_check --device cpu --epochs 1 --image-size 32  # a dry run of the script itself
 
 Needs only the repository (the embedded sample, upscaled to the input size on the device): each
 configuration trains ``--epochs`` epochs of 16 steps (batch 32) from ImageNet weights with every
@@ -22,8 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, header  # noqa: E402
+from benchmarks._common import emit, header
 
 
 def main() -> None:
@@ -40,14 +39,14 @@ def main() -> None:
     from PIL import Image
 
     import cellmorphnet as cmn
+    from cellmorphnet.config import TrainConfig
     from cellmorphnet.data import store
+    from cellmorphnet.devices import facts_for, pick_device
     from cellmorphnet.errors import CellMorphNetError
-    from cellmorphnet.training.config import TrainConfig
     from cellmorphnet.training.fit import fit
-    from cellmorphnet.training.precision import facts_for, pick_device
 
     device = pick_device(args.device)
-    result = header("python benchmarks/gpu_check.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.gpu_check " + " ".join(sys.argv[1:]))
     result["device"] = str(device)
     result["facts"] = facts_for(device).__dict__
     result["rows"] = []

@@ -1,6 +1,6 @@
 """Does infer on real microscope JPEGs agree with eval on the prepared test arrays?
 
-    python benchmarks/infer_check.py RUN_DIR --home HOME [--json]
+    python -m benchmarks.infer_check RUN_DIR --home HOME [--json]
 
 Runs ``cellmorphnet eval``'s computation on the run's test split (the arrays) and ``infer``'s on
 the 240 full-size JPEGs in ../shared/data/bloodmnist-pbc/test_images (labels from the folder
@@ -14,8 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, emit, header  # noqa: E402
+from benchmarks._common import SHARED, emit, header
 
 
 def main() -> None:
@@ -27,7 +26,7 @@ def main() -> None:
 
     import cellmorphnet as cmn
 
-    result = header("python benchmarks/infer_check.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.infer_check " + " ".join(sys.argv[1:]))
     report = cmn.evaluate(args.run, home=args.home, split="test", device="cpu")
     name = next(iter(report["datasets"]))
     eval_acc = report["datasets"][name]["metrics"]["accuracy"]

@@ -1,6 +1,6 @@
 """Inference throughput: infer's pipeline (decode in threads + model) vs the model-only ceiling.
 
-    python benchmarks/infer_throughput.py [--copies 5] [--size 64] [--batch-size 64] [--workers 2] [--json]
+    python -m benchmarks.infer_throughput [--copies 5] [--size 64] [--batch-size 64] [--workers 2] [--json]
 
 Copies the 240 full-size PBC test JPEGs ``copies`` times into a temporary folder (1,200 files by
 default), then times, in one process and with the same model (tf_efficientnet_lite0 at the given
@@ -20,8 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, emit, header  # noqa: E402
+from benchmarks._common import SHARED, emit, header
 
 
 def main() -> None:
@@ -34,18 +33,21 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
+    from types import SimpleNamespace
+
     import torch
 
     from cellmorphnet.data.loader import eval_transform
-    from cellmorphnet.inference import predict_files
+    from cellmorphnet.inference import InferenceOptions, predict_files
     from cellmorphnet.model import create_model, data_config
     from cellmorphnet.record import InferencePolicy
 
-    result = header("python benchmarks/infer_throughput.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.infer_throughput " + " ".join(sys.argv[1:]))
     model = create_model("tf_efficientnet_lite0", num_classes=8, pretrained=True).eval()
     model = model.to(memory_format=torch.channels_last)
     norm = data_config(model)
     classes = [str(i) for i in range(8)]
+    net = SimpleNamespace(model=model, classes=classes, device="cpu", channels_last=True)  # what predict_files reads
     policy = InferencePolicy("pbc", 200, 200 / 360, [args.size], "bicubic", args.size, norm["mean"], norm["std"])
     sources = sorted((SHARED / "bloodmnist-pbc" / "test_images").glob("*/*.jpg"))
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,8 +62,7 @@ def main() -> None:
                    for i in range(0, n, args.batch_size)]  # fmt: skip
 
         def pipeline():
-            predict_files(model, classes, policy, files, batch_size=args.batch_size, workers=args.workers,
-                          channels_last=True)  # fmt: skip
+            predict_files(net, files, InferenceOptions(policy), batch_size=args.batch_size, workers=args.workers)
 
         def ceiling():
             with torch.no_grad():

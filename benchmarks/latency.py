@@ -1,6 +1,6 @@
 """Reference latency: one image at a time through EfficientNet-Lite0, PyTorch and onnxruntime, on this CPU.
 
-    python benchmarks/latency.py [--sizes 64,224] [--repeats 50] [--json]
+    python -m benchmarks.latency [--sizes 64,224] [--repeats 50] [--json]
 
 The original design targets under 50 ms per image on an Apple M2. Latency does not depend on the
 weights, so this uses the ImageNet-initialised model with an 8-class head, exported exactly as
@@ -14,8 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, header  # noqa: E402
+from benchmarks._common import emit, header
 
 
 def main() -> None:
@@ -31,7 +30,7 @@ def main() -> None:
     from cellmorphnet.model import create_model, data_config
     from cellmorphnet.record import InferencePolicy
 
-    result = header("python benchmarks/latency.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.latency " + " ".join(sys.argv[1:]))
     result["rows"] = []
     for size in (int(s) for s in args.sizes.split(",")):
         model = create_model("tf_efficientnet_lite0", num_classes=8, pretrained=True).eval()

@@ -1,6 +1,6 @@
 """The README's main job on the embedded sample, timed, and why the sample is prepared at 64 px.
 
-    python benchmarks/sample_job.py --json > docs/results/sample-job-DATE.json
+    python -m benchmarks.sample_job --json > docs/results/sample-job-DATE.json
 
 1. ``cellmorphnet fetch sample && train --datasets sample && eval && status`` with the installed
    command in a fresh home: wall time of the whole job and of training, best validation macro-F1,
@@ -21,8 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, header  # noqa: E402
+from benchmarks._common import emit, header
 
 RECIPE_10 = ["--epochs", "10", "--lr", "1e-3", "--unfreeze-epochs", "1,3", "--patience", "10"]
 
@@ -39,7 +38,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    result = header("python benchmarks/sample_job.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.sample_job " + " ".join(sys.argv[1:]))
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "job"
         t_fetch, _ = _run(home, "fetch", "sample")

@@ -1,6 +1,6 @@
 """Throughput of `cellmorphnet serve` under 16 concurrent single-image clients, against `infer` on the same machine.
 
-    python benchmarks/serve_throughput.py --json      # results/serve-throughput-DATE.json
+    python -m benchmarks.serve_throughput --json      # results/serve-throughput-DATE.json
 
 1. infer: images/s of the library call `infer` makes (``inference.predict_files`` with the run's default
    options), over the 240 real test JPEGs, model already loaded; best of 3.
@@ -18,26 +18,24 @@ import argparse
 import sys
 import threading
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, emit, header, serving  # noqa: E402
+from benchmarks._common import SHARED, emit, header, serving
 
 JPEGS = sorted((SHARED / "bloodmnist-pbc" / "test_images").rglob("*.jpg"))
 
 
 def infer_rate(run: str) -> dict:
     from cellmorphnet import runs
-    from cellmorphnet.inference import predict_files
-    from cellmorphnet.run_model import inference_options, load_run_model
+    from cellmorphnet.inference import inference_options, predict_files
+    from cellmorphnet.run_model import load_run_model
 
     rm = load_run_model(runs.resolve_run(run), "best", "cpu")
-    o = inference_options(rm)
-    predict_files(rm.model, rm.classes, o.policy, JPEGS[:32], device=rm.device, **o.kwargs())  # warm-up
+    o = inference_options(rm.record)
+    predict_files(rm, JPEGS[:32], o)  # warm-up
     times = []
     for _ in range(3):
         start = time.perf_counter()
-        predict_files(rm.model, rm.classes, o.policy, JPEGS, device=rm.device, **o.kwargs())
+        predict_files(rm, JPEGS, o)
         times.append(time.perf_counter() - start)
     return {"images": len(JPEGS), "seconds": [round(t, 2) for t in times], "images_per_s": len(JPEGS) / min(times)}
 
@@ -90,7 +88,7 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    result = header("python benchmarks/serve_throughput.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.serve_throughput " + " ".join(sys.argv[1:]))
     result["infer"] = infer_rate(args.run)
     print(f"infer: {result['infer']['images_per_s']:.1f} images/s", file=sys.stderr)
     result["serve_micro_batching"] = serve_rate(args.run, args.seconds, args.clients, [])

@@ -1,6 +1,6 @@
 """Training throughput: cellmorphnet's step vs a naive MedMNIST-style pipeline vs the model-only ceiling.
 
-    python benchmarks/throughput.py [--configs 28:28,64:64,28:224] [--steps 8] [--repeats 3] [--json]
+    python -m benchmarks.throughput [--configs 28:28,64:64,28:224] [--steps 8] [--repeats 3] [--json]
 
 All three use the same model (tf_efficientnet_lite0, ImageNet weights), batch size, optimizer (AdamW)
 and loss, in one process:
@@ -25,19 +25,19 @@ import time
 from functools import partial
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from _common import SHARED, emit, header  # noqa: E402
 
+from benchmarks._common import SHARED, emit, header  # noqa: E402
+from cellmorphnet.config import TrainConfig  # noqa: E402
 from cellmorphnet.data.loader import BatchLoader, DeviceArrays  # noqa: E402
 from cellmorphnet.data.taxonomy import Taxonomy  # noqa: E402
+from cellmorphnet.devices import pick_device, pick_precision  # noqa: E402
 from cellmorphnet.model import create_model, data_config  # noqa: E402
 from cellmorphnet.prediction import LabelSpace  # noqa: E402
-from cellmorphnet.training.config import TrainConfig  # noqa: E402
+from cellmorphnet.training.augment import Augment, AugmentConfig  # noqa: E402
 from cellmorphnet.training.data import TrainData  # noqa: E402
 from cellmorphnet.training.engine import train_one_epoch  # noqa: E402
-from cellmorphnet.training.precision import pick_device, pick_precision  # noqa: E402
 
 FILES = {28: "bloodmnist_pbc.npz", 64: "bloodmnist_pbc_64.npz"}
 CLASSES = ["basophil", "eosinophil", "erythroblast", "ig", "lymphocyte", "monocyte", "neutrophil", "platelet"]
@@ -92,7 +92,8 @@ def bench_cellmorphnet(images, labels, image_size, batch, device, amp="off", cha
 
     def window(steps):
         loader = BatchLoader(data.train, data.space.target_offset, batch, image_size, norm["mean"], norm["std"],
-                             train=True, limit_batches=steps, channels_last=channels_last)  # fmt: skip
+                             train=True, limit_batches=steps, channels_last=channels_last,
+                             augment=Augment(AugmentConfig()))  # fmt: skip
         loader.set_epoch(state["epoch"])
         state["epoch"] += 1
         train_one_epoch(model, loader, opt, sched, None, device, precision, cfg, data)
@@ -171,7 +172,7 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     device = pick_device(args.device)
-    result = header("python benchmarks/throughput.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.throughput " + " ".join(sys.argv[1:]))
     result["device"] = str(device)
     result["rows"] = []
     with tempfile.TemporaryDirectory() as tmp:

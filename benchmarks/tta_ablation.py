@@ -1,6 +1,6 @@
 """Test-time augmentation on the test split: the 8 flips and quarter turns averaged, against one view.
 
-    python benchmarks/tta_ablation.py RUN --home HOME --json      # results/tta-ablation-DATE.json
+    python -m benchmarks.tta_ablation RUN --home HOME --json      # results/tta-ablation-DATE.json
 
 The prepared test arrays of the run's first dataset, through ``inference.class_probs`` (what infer,
 eval --on and serve run) with and without the 8-view average, calibrated; accuracy, macro-F1 and a
@@ -13,9 +13,9 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, header  # noqa: E402
 from accuracy import bootstrap_ci  # noqa: E402
+
+from benchmarks._common import emit, header
 
 
 def main() -> None:
@@ -35,7 +35,7 @@ def main() -> None:
     rm = load_run_model(args.run, "best", "cpu")
     first = next(iter(rm.record.datasets.values()))
     split = store.load_split(first.name, first.size, "test", args.home)
-    result = header("python benchmarks/tta_ablation.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.tta_ablation " + " ".join(sys.argv[1:]))
     result.update(run=str(args.run), dataset=first.name, data_size=first.size, image_size=rm.record.image_size)
     preds = {}
     for tta in (False, True):

@@ -1,6 +1,6 @@
 """What the test-time views cost: infer's default path on another lab's cells, timed per view setting.
 
-    python benchmarks/views_cost.py [--repeats 3] [--json]      # results/views-cost-DATE.json
+    python -m benchmarks.views_cost [--repeats 3] [--json]      # results/views-cost-DATE.json
 
 The shipped model with every default of ``infer`` (cell framing, stain normalisation and contrast), on the
 300 images of ``external/zheng2018-d1``: ``inference.predict_files`` timed with ``--scale-views`` (3 crop
@@ -15,10 +15,8 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, emit, header  # noqa: E402
+from benchmarks._common import SHARED, emit, header
 
 
 def main() -> None:
@@ -27,21 +25,21 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from cellmorphnet import inference, runs
-    from cellmorphnet.run_model import inference_options, load_run_model
+    import dataclasses
 
-    result = header("python benchmarks/views_cost.py " + " ".join(sys.argv[1:]))
+    from cellmorphnet import inference, runs
+    from cellmorphnet.run_model import load_run_model
+
+    result = header("python -m benchmarks.views_cost " + " ".join(sys.argv[1:]))
     rm = load_run_model(runs.packaged_runs()[runs.PACKAGED], "best", "cpu")
-    options = inference_options(rm)
+    options = inference.inference_options(rm.record)
     files, _ = inference.collect_files([SHARED / "external" / "zheng2018-d1"])
     settings = {"scale views": {"scale_views": True}, "8 flips and turns": {},
                 "8 flips and turns, --no-stain-contrast": {"stain_contrast": False},
                 "one view (--no-tta)": {"tta": False}}  # fmt: skip
 
     def run(name: str) -> None:
-        kwargs = {**options.kwargs(), **settings[name]}
-        inference.predict_files(rm.model, rm.classes, options.policy, files, device="cpu",
-                                channels_last=rm.channels_last, **kwargs)  # fmt: skip
+        inference.predict_files(rm, files, dataclasses.replace(options, **settings[name]))
 
     for name in settings:
         run(name)  # warm-up

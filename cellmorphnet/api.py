@@ -26,7 +26,7 @@ def train(datasets: list[str], *, name: str | None = None, home: Path | None = N
     Returns the summary ``cellmorphnet train --json`` prints (``run_dir``, ``state``, ``best_val_f1``...).
     """
     from cellmorphnet import runs
-    from cellmorphnet.training.config import resolve
+    from cellmorphnet.config import resolve
     from cellmorphnet.training.fit import fit
 
     cfg, _ = resolve({}, {"datasets": list(datasets), **settings})
@@ -63,15 +63,13 @@ def predict(
     """Classify image files and folders (searched recursively) as ``cellmorphnet infer`` does; the options are
     its flags (``None``: the same defaults). Unreadable files come back with ``error`` set and missing
     paths with ``error='does not exist'``."""
-    from cellmorphnet.inference import collect_files, predict_files
-    from cellmorphnet.run_model import inference_options
+    from cellmorphnet.inference import collect_files, inference_options, predict_files
 
     rm = run if isinstance(run, RunModel) else load_run(run, home=home)
     files, missing = collect_files([Path(p) for p in paths])
-    options = inference_options(rm, crop, crop_fraction, colour_match, adapt_bn, classes, tta, stain_norm, scale_views,
-                                stain_contrast)  # fmt: skip
-    preds, _ = predict_files(rm.model, rm.classes, options.policy, files, batch_size=batch_size, top_k=top_k,
-                             device=rm.device, channels_last=rm.channels_last, **options.kwargs())  # fmt: skip
+    options = inference_options(rm.record, crop, crop_fraction, colour_match, adapt_bn, classes, tta, stain_norm,
+                                scale_views, stain_contrast)  # fmt: skip
+    preds, _ = predict_files(rm, files, options, batch_size=batch_size, top_k=top_k)
     return preds + [Prediction(p, error=reason) for p, reason in missing]
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from cellmorphnet.record import StainReference
+
 SAMPLE_PIXELS = 200_000  # pixels drawn for the training statistics
 
 
@@ -117,14 +119,14 @@ def nucleus_density(image: np.ndarray) -> np.ndarray | None:
     return np.median(_density(image, background(image))[mask], axis=0)
 
 
-def stain_reference(images: np.ndarray) -> dict[str, list[float]] | None:
+def stain_reference(images: np.ndarray) -> StainReference | None:
     """The training images' nucleus optical density and background colour (medians over the images)."""
     dens = [d for d in (nucleus_density(im) for im in images) if d is not None]
     if not dens:
         return None
     lamps = [background(im) for im in images]
-    return {"nucleus_density": np.median(dens, axis=0).round(4).tolist(),
-            "background": np.median(lamps, axis=0).round(2).tolist()}  # fmt: skip
+    return StainReference(nucleus_density=np.median(dens, axis=0).round(4).tolist(),
+                          background=np.median(lamps, axis=0).round(2).tolist())  # fmt: skip
 
 
 def set_density(densities: list[np.ndarray]) -> list[float] | None:
@@ -132,7 +134,7 @@ def set_density(densities: list[np.ndarray]) -> list[float] | None:
     return np.median(densities, axis=0).tolist() if densities else None
 
 
-def normalise_stain(image: np.ndarray, density: list[float], reference: dict[str, list[float]]) -> np.ndarray:
+def normalise_stain(image: np.ndarray, density: list[float], reference: StainReference) -> np.ndarray:
     """``image`` (H, W, 3 uint8) from a set whose nuclei have optical density ``density``, shown as under the
     training images' lamp and stain (``reference``, from ``stain_reference``).
 
@@ -140,10 +142,10 @@ def normalise_stain(image: np.ndarray, density: list[float], reference: dict[str
     reference density / set density (optical density scaled per channel), then shown under the
     training images' background colour.
     """
-    ref = np.asarray(reference["nucleus_density"], dtype=np.float64)
+    ref = np.asarray(reference.nucleus_density, dtype=np.float64)
     power = ref / np.maximum(np.asarray(density, dtype=np.float64), 1e-3)
     power = np.clip(power, 0.25, 4.0)  # a set without real nuclei must not blow a channel up
-    out = np.exp(-_density(image, background(image)) * power) * np.asarray(reference["background"])
+    out = np.exp(-_density(image, background(image)) * power) * np.asarray(reference.background)
     return np.clip(out, 0, 255).round().astype(np.uint8)
 
 
@@ -199,14 +201,14 @@ def contrast_power(ratios: list[float | None], types: list[str], reference: dict
     return float(np.median(each)) if len(each) >= min_images else None
 
 
-def apply_contrast(image: np.ndarray, power: float, reference: dict) -> np.ndarray:
+def apply_contrast(image: np.ndarray, power: float, reference: StainReference) -> np.ndarray:
     """A stain-normalised ``image`` (H, W, 3 uint8) with each pixel's optical density raised to ``power``
     relative to the training nuclei's (``reference`` as ``stain_reference`` gives it): the nucleus stays,
     paler and denser stain move apart (power > 1) or together (< 1); each pixel keeps its colour's hue."""
     if power == 1.0:
         return image
-    lamp = np.asarray(reference["background"], dtype=np.float64)
+    lamp = np.asarray(reference.background, dtype=np.float64)
     od = np.maximum(_density(image, lamp), 0.0)
     magnitude = np.linalg.norm(od, axis=-1, keepdims=True)
-    od = od * (np.maximum(magnitude, 1e-6) / np.linalg.norm(reference["nucleus_density"])) ** (power - 1.0)
+    od = od * (np.maximum(magnitude, 1e-6) / np.linalg.norm(reference.nucleus_density)) ** (power - 1.0)
     return np.clip(np.exp(-od) * lamp, 0, 255).round().astype(np.uint8)

@@ -132,7 +132,7 @@ def metadata(rm) -> dict[str, str]:
         "datasets": ",".join(rec.datasets),
         "intended_use": "research use only; not a diagnostic device",
         "temperature": f"{rec.temperature:.4f} (calibration, applied inside the model)",
-        **({"stain_reference": json.dumps(policy.stain) + " (infer's stain normalisation of a set of images, "
+        **({"stain_reference": json.dumps(policy.stain.to_dict()) + " (infer's stain normalisation of a set of images, "
             "not inside the model; see docs/eval-infer-export.md)"} if policy.stain else {}),
     }
 
@@ -203,7 +203,7 @@ def benchmark_onnx(rm, path: Path, device: str = "cpu", repeats: int = 20) -> di
     import onnxruntime as ort
     import torch
 
-    from cellmorphnet.training.precision import pick_device, synchronize
+    from cellmorphnet.devices import pick_device, synchronize
 
     dev = pick_device(device)
     size = rm.record.image_size

@@ -87,7 +87,8 @@ def save_overlay(path: Path, image: np.ndarray, cam: np.ndarray, label: str | No
 
 
 def write_gradcams(model, policy, preds, arrays, folder: Path, *, channels_last: bool = False, progress=None):
-    """One overlay PNG per prediction: the centre crop of the original image beside its Grad-CAM.
+    """One overlay PNG per prediction: the square the model saw (the framed cell, or the centre crop where no cell
+    was found) cut from the original image, beside its Grad-CAM.
 
     ``arrays`` maps each path to the preprocessed array the model saw (``predict_files(keep_inputs=True)``).
     Returns the files written.

@@ -14,8 +14,8 @@ import torch
 
 from cellmorphnet.data.loader import BatchLoader
 from cellmorphnet.data.taxonomy import Taxonomy
-from cellmorphnet.training.losses import coarse_cross_entropy
-from cellmorphnet.training.precision import Precision, autocast
+from cellmorphnet.devices import Precision, autocast
+from cellmorphnet.losses import coarse_cross_entropy
 
 
 @dataclass

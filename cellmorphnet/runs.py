@@ -82,9 +82,13 @@ def output_dir(run_dir: Path, home: Path | None, *parts: str) -> Path:
     return Path(run_dir) / Path(*parts)
 
 
+LATEST = "latest"  # the word every command that takes a run accepts for the most recent run
+
+
 def resolve_run(run: str | Path | None, home: Path | None = None) -> Path:
-    """A run by path, by name under ``runs/``, a shipped run by name, or the latest run when ``run`` is None."""
-    if run is None:
+    """A run by path, by name under ``runs/``, a shipped run by name, or the latest run when ``run`` is None or
+    ``latest``. Every command that takes a run resolves it here."""
+    if run is None or str(run) == LATEST:
         runs = list_runs(home)
         if not runs:
             raise RunError("There are no runs yet.", hint="Start one with: cellmorphnet train --datasets sample")
@@ -96,7 +100,7 @@ def resolve_run(run: str | Path | None, home: Path | None = None) -> Path:
     shipped = packaged_runs()
     if str(run) in shipped:
         return shipped[str(run)]
-    hint = "cellmorphnet status lists the runs; give a name or a run folder"
+    hint = f"cellmorphnet status lists the runs; give a name, a run folder or '{LATEST}'"
     if shipped:
         hint += f", or {', '.join(shipped)} (shipped with cellmorphnet)"
     raise RunError(f"No run '{run}'.", hint=hint + ".")

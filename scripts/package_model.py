@@ -38,12 +38,11 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from cellmorphnet import runs
+    from cellmorphnet import checkpoint, runs
     from cellmorphnet._io import write_json
     from cellmorphnet.evaluation.report import evaluate_run
     from cellmorphnet.record import REFERENCE_FILE, RunRecord
     from cellmorphnet.run_model import load_run_model, predict_split
-    from cellmorphnet.training import checkpoint
 
     src = args.run.resolve()
     state = checkpoint.load(src / "checkpoints" / "best.pt")
@@ -85,6 +84,8 @@ def main() -> None:
             sys.exit(f"half precision loses accuracy: {compare}")
 
         report = evaluate_run(staged, home=args.home, device="cpu")
+        # shipped files name the run and its checkpoint relative to it: no machine's path goes into the package
+        report.update(run=args.name, checkpoint="checkpoints/best.pt")
         write_json(staged / "eval" / "test" / "metrics.json", report)
         m = report["datasets"][next(iter(report["datasets"]))]["metrics"]
         size = (staged / "checkpoints" / "best.pt").stat().st_size

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import re
 from pathlib import Path
 
@@ -16,6 +17,32 @@ PBC_TEST_IMAGES = SHARED / "bloodmnist-pbc" / "test_images"
 BCCD_ZIP = SHARED / "bccd" / "BCCD_Dataset-d272fb14cdff6e473fafeeeba32aba5f560e9e43.zip"
 
 ANSI = re.compile(r"\x1b\[[0-9;]*m")
+EXTERNAL = SHARED / "external" / "zheng2018-d1"
+
+# Names through which a test module reads ../shared/data: without that folder its tests are skipped with the
+# reason, except under CI (CI set), where they must run.
+_SHARED_NAMES = ("SHARED", "PBC_28", "PBC_64", "PBC_TEST_IMAGES", "BCCD_ZIP", "EXTERNAL")
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "slow: trains for more than a few batches, builds the package, starts live "
+                                       "servers or drives the browser (run with: pytest -m slow)")  # fmt: skip
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if SHARED.is_dir():
+        return
+    if os.environ.get("CI"):
+        raise pytest.UsageError(f"{SHARED} is missing: CI must run the tests that read the real data.")
+    reads: dict[str, bool] = {}
+    skip = pytest.mark.skip(reason=f"needs the real data in {SHARED} (see the README's Set-up)")
+    for item in items:
+        path = str(item.path)
+        if path not in reads:
+            text = Path(path).read_text(encoding="utf-8")
+            reads[path] = any(name in text for name in _SHARED_NAMES)
+        if reads[path]:
+            item.add_marker(skip)
 
 
 @pytest.fixture

@@ -38,15 +38,14 @@ def test_calibration_is_stored_and_lowers_validation_nll(run):
 
 
 def test_infer_and_eval_apply_the_temperature_and_flag_low_confidence(cli, run, tmp_path):
-    from cellmorphnet.inference import predict_files
+    from cellmorphnet.inference import InferenceOptions, predict_files
     from cellmorphnet.run_model import load_run_model
 
     rm = load_run_model(run, "best", "cpu")
     files = sorted((PBC_TEST_IMAGES / "ig").glob("*.jpg"))[:8]
     centre = rm.record.inference.with_crop("centre")
-    plain, _ = predict_files(rm.model, rm.classes, centre, files, top_k=8, channels_last=rm.channels_last)
-    scaled, _ = predict_files(rm.model, rm.classes, centre, files, top_k=8, channels_last=rm.channels_last,
-                              temperature=rm.record.temperature)  # fmt: skip
+    plain, _ = predict_files(rm, files, InferenceOptions(centre), top_k=8)
+    scaled, _ = predict_files(rm, files, InferenceOptions(centre, temperature=rm.record.temperature), top_k=8)
     assert [p.predicted for p in plain] == [p.predicted for p in scaled]  # a temperature never changes the class
     assert [p.confidence for p in plain] != [p.confidence for p in scaled]
     out = tmp_path / "p.json"

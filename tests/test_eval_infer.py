@@ -68,6 +68,29 @@ def trained(cli, home):
     return home / "runs" / "t"
 
 
+@pytest.mark.parametrize("command", [["eval", "latest"], ["status", "latest"], ["infer", "latest", "."],
+                                     ["export", "latest", "--format", "onnx"], ["serve", "latest"],
+                                     ["train", "--resume", "latest"]])  # fmt: skip
+def test_every_command_that_takes_a_run_knows_latest(cli, command):
+    # an empty home: 'latest' means the latest run, of which there is none yet (not a run named 'latest')
+    r = cli(*command)
+    assert_one_line_error(r, "There are no runs yet.")
+    assert "No run 'latest'" not in r.output
+
+
+def test_latest_is_the_latest_run_for_eval_infer_export_and_status(cli, trained, tmp_path):
+    r = cli("eval", "latest", "--json")
+    assert r.exit_code == 0, r
+    assert json.loads(r.stdout)["run"] == str(trained)
+    r = cli("status", "latest", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["run"]["name"] == "t", r
+    out = tmp_path / "p.json"
+    assert cli("infer", "latest", PBC_TEST_IMAGES / "monocyte", "--out", out).exit_code == 0
+    assert json.loads(out.read_text())["summary"]["run"] == str(trained)
+    r = cli("export", "latest", "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert r.exit_code == 0 and (tmp_path / "m.onnx").exists(), r
+
+
 def test_eval_writes_metrics_and_plots(cli, trained):
     r = cli("eval", "t", "--json")
     assert r.exit_code == 0, r

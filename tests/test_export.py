@@ -82,6 +82,7 @@ def test_static_padding_copy_computes_what_the_model_computes(arch, size):
     assert any(type(m).__name__ in SAME_PAD_TYPES for m in model.modules()) == arch.startswith("tf_")
 
 
+@pytest.mark.slow
 def test_default_architecture_exports_from_a_copied_run_folder_alone(cli, home, tmp_path):
     """The default model (tf_efficientnet_lite0, TF 'same' padding) to CoreML fp32/fp16/int8 and ONNX, from a run
     folder copied away from its dataset cache (as to a Mac)."""

@@ -1,6 +1,7 @@
 """Other labs' images: the cell finder on real images, framing measured in the run, stain augmentation,
 AdaBN that leaves the checkpoint alone, colour matching, and `eval --on` a labelled folder."""
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -13,7 +14,7 @@ from conftest import BCCD_ZIP, PBC_64, PBC_TEST_IMAGES, SHARED, assert_one_line_
 from PIL import Image
 
 from cellmorphnet.cellfinder import cell_crop, find_nucleus, nucleus_fraction
-from cellmorphnet.data.loader import AUGMENTATIONS, AugmentConfig, augment_batch, augment_params
+from cellmorphnet.training.augment import AUGMENTATIONS, AugmentConfig, augment_batch, augment_params
 
 EXTERNAL = SHARED / "external" / "zheng2018-d1"
 QUICK = ["--model", "test_efficientnet", "--no-pretrained", "--batch-size", "16", "--accum-steps", "1",
@@ -254,18 +255,18 @@ def test_stain_normalisation_undoes_another_lamp_and_stain():
 
     originals = _pbc_sample()
     ref = colour.stain_reference(np.stack(originals))
-    assert ref is not None and len(ref["nucleus_density"]) == 3
+    assert ref is not None and len(ref.nucleus_density) == 3
     # the same cells as another lab would record them: a yellow lamp, and each channel's optical density
     # scaled (another stain batch, staining time and camera response)
     lamp, power = np.array([255.0, 250.0, 180.0]), np.array([0.8, 1.4, 1.7])
 
     def other_lab(a: np.ndarray) -> np.ndarray:
-        od = -np.log(np.clip((a + 1.0) / (np.asarray(ref["background"]) + 1.0), 1e-3, 1.0))
+        od = -np.log(np.clip((a + 1.0) / (np.asarray(ref.background) + 1.0), 1e-3, 1.0))
         return np.clip(lamp * np.exp(-od * power), 0, 255).round().astype(np.uint8)
 
     shifted = [other_lab(a) for a in originals]
     density = colour.set_density([colour.nucleus_density(a) for a in shifted])
-    assert np.abs(np.asarray(density) / ref["nucleus_density"] - 1).max() > 0.3  # the shift is large
+    assert np.abs(np.asarray(density) / ref.nucleus_density - 1).max() > 0.3  # the shift is large
     restored = [colour.normalise_stain(a, density, ref) for a in shifted]
     before = np.mean([np.abs(s.astype(float) - o).mean() for s, o in zip(shifted, originals, strict=True)])
     after = np.mean([np.abs(r.astype(float) - o).mean() for r, o in zip(restored, originals, strict=True)])
@@ -285,10 +286,10 @@ def test_stain_normalisation_brings_the_other_labs_nuclei_and_colours_to_the_tra
     files = sorted(EXTERNAL.glob("*/*"))[::3]
     theirs = [np.asarray(Image.open(f).convert("RGB").resize((64, 64), Image.BICUBIC)) for f in files]
     density = colour.set_density([d for d in map(colour.nucleus_density, theirs) if d is not None])
-    assert np.abs(np.asarray(density) / ref["nucleus_density"] - 1).max() > 0.4  # their nuclei are another colour
+    assert np.abs(np.asarray(density) / ref.nucleus_density - 1).max() > 0.4  # their nuclei are another colour
     normalised = [colour.normalise_stain(a, density, ref) for a in theirs]
     after = colour.set_density([d for d in map(colour.nucleus_density, normalised) if d is not None])
-    assert np.abs(np.asarray(after) / ref["nucleus_density"] - 1).max() < 0.15
+    assert np.abs(np.asarray(after) / ref.nucleus_density - 1).max() < 0.15
     unlike_before = sum(colour.distance(a, stats) > 4 for a in theirs)
     unlike_after = sum(colour.distance(a, stats) > 4 for a in normalised)
     assert unlike_after < 0.5 * unlike_before, (unlike_before, unlike_after)
@@ -363,8 +364,8 @@ def test_stain_contrast_finds_and_undoes_a_denser_cytoplasm_stain():
     originals, types = _pbc_cells()
     classes = sorted(set(types))
     labels = np.array([classes.index(t) for t in types])
-    stain = colour.stain_reference(np.stack(originals))
-    stain["contrast"] = reference = colour.contrast_reference(np.stack(originals), labels, classes)
+    reference = colour.contrast_reference(np.stack(originals), labels, classes)
+    stain = dataclasses.replace(colour.stain_reference(np.stack(originals)), contrast=reference)
     assert set(reference) == set(types) and reference["eosinophil"] > reference["neutrophil"]  # granules stain densely
     shifted = [colour.apply_contrast(a, 1 / 1.3, stain) for a in originals]
     ratio = lambda images: np.nanmedian([colour.ring_ratio(a) or np.nan for a in images])  # noqa: E731
@@ -444,15 +445,14 @@ def test_stain_contrast_is_on_with_the_stain_normalisation_and_reported(cli, run
 
 def test_a_run_without_a_stain_reference_is_classified_without_one(run):
     import dataclasses
-    from types import SimpleNamespace
 
     from cellmorphnet.errors import ConfigError
-    from cellmorphnet.run_model import inference_options, load_run_model
+    from cellmorphnet.inference import inference_options
+    from cellmorphnet.run_model import load_run_model
 
     rm = load_run_model(run, "best", "cpu")
-    old = SimpleNamespace(record=dataclasses.replace(rm.record, inference=dataclasses.replace(
-        rm.record.inference, stain=None)), classes=rm.classes)  # fmt: skip
-    assert inference_options(rm).stain_norm and not inference_options(old).stain_norm
+    old = dataclasses.replace(rm.record, inference=dataclasses.replace(rm.record.inference, stain=None))
+    assert inference_options(rm.record).stain_norm and not inference_options(old).stain_norm
     with pytest.raises(ConfigError, match="no stain reference"):
         inference_options(old, stain_norm=True)
 
@@ -469,8 +469,8 @@ def test_scale_views_see_framed_cells_at_three_crop_sides_and_average_them(cli, 
     assert inf.crop_sides(policy, True) == inf.SCALE_VIEWS and inf.crop_sides(policy, False) == (1.0,)
     assert inf.crop_sides(policy.with_crop("centre"), True) == (1.0,)  # the exact geometry needs no scale views
     survey = inf.survey_files(files, policy, workers=1, stain_norm=True)
-    views, _, how, dist = inf._load(files[0], policy, survey, inf.SCALE_VIEWS)
-    alone, _, how1, dist1 = inf._load(files[0], policy, survey)
+    _, views, _, how, dist = inf.load(files[0], policy, survey, inf.SCALE_VIEWS)
+    _, alone, _, how1, dist1 = inf.load(files[0], policy, survey)
     assert views.shape == (3, *alone.shape) and np.array_equal(inf.single_view(views), alone)
     assert (how, dist) == (how1, dist1)  # framing and colour distance reported at the set's own side
     sides = [find_nucleus(v).side for v in views]
@@ -487,15 +487,14 @@ def test_scale_views_see_framed_cells_at_three_crop_sides_and_average_them(cli, 
                                for f, k in inf.ORIENTATIONS_PER_SCALE]).mean((0, 1))  # fmt: skip
     assert np.allclose(mixed[0], by_hand.numpy(), atol=1e-5)
 
-    preds, kept = inf.predict_files(rm.model, rm.classes, policy, files, tta=True, keep_inputs=True, stain_norm=True,
-                                    scale_views=True)  # fmt: skip
+    options = inf.InferenceOptions(policy, tta=True, stain_norm=True, scale_views=True)
+    preds, kept = inf.predict_files(rm, files, options, keep_inputs=True)
     assert all(kept[f].shape == alone.shape for f in files)  # Grad-CAM gets the image at the set's side
     assert all(p.framing == "cell" for p in preds)
 
     # off by default; --scale-views on infer's command line
-    from cellmorphnet.run_model import inference_options
-
-    assert not inference_options(rm).scale_views and inference_options(rm, scale_views=True).scale_views
+    assert not inf.inference_options(rm.record).scale_views
+    assert inf.inference_options(rm.record, scale_views=True).scale_views
     folder = tmp_path / "cells"
     folder.mkdir()
     for f in files:

@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 from conftest import BCCD_ZIP
 
 
+@pytest.mark.slow
 def test_sample_and_bccd_train_together_and_report_each_in_its_own_labels(cli, home):
     assert cli("fetch", "bccd", "--from", BCCD_ZIP).exit_code == 0
     assert cli("prepare", "bccd", "--size", "28").exit_code == 0

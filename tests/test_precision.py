@@ -5,16 +5,16 @@ functions of the machine's facts, so each branch runs here."""
 import pytest
 import torch
 
-from cellmorphnet.errors import ConfigError
-from cellmorphnet.training import schedule
-from cellmorphnet.training.engine import optimizer_step
-from cellmorphnet.training.precision import (
+from cellmorphnet.devices import (
     MachineFacts,
     decide_precision,
     default_channels_last,
     pick_device,
     resolve_channels_last,
 )
+from cellmorphnet.errors import ConfigError
+from cellmorphnet.training import schedule
+from cellmorphnet.training.engine import optimizer_step
 
 A100 = MachineFacts("cuda", (8, 0), (2, 14))
 H100 = MachineFacts("cuda", (9, 0), (2, 14))

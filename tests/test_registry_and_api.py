@@ -86,3 +86,15 @@ def test_public_api_trains_predicts_and_evaluates(home):
     assert all(p.predicted in run.classes for p in preds[:-1])
     report = cmn.evaluate("api", home=home, device="cpu")
     assert report["datasets"]["sample"]["metrics"]["n"] == 192 and report["data_changes_accepted"] == []
+
+
+def test_the_public_api_is_listed_for_tab_completion_without_importing_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, cellmorphnet as c; names = dir(c); "
+            "print(all(n in names for n in ('train', 'load_run', 'predict', 'evaluate', '__version__')), "
+            "sorted(c.__all__) == sorted(['train', 'load_run', 'predict', 'evaluate', '__version__']), "
+            "'torch' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["True", "True", "False"], out

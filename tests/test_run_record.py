@@ -149,3 +149,48 @@ def test_atomic_writes_get_ordinary_permissions_and_keep_existing_ones(tmp_path)
     write_json(written, {"a": 2})
     assert stat.S_IMODE(written.stat().st_mode) == 0o640 and '"a": 2' in written.read_text()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
+
+
+def test_upgrade_adds_the_stain_reference_to_an_older_run_from_its_own_data(cli, home):
+    from cellmorphnet import checkpoint
+
+    r = cli("train", "--datasets", "sample", "--name", "old", "--epochs", "1", *QUICK)
+    assert r.exit_code == 0, r
+    run = home / "runs" / "old"
+    config = json.loads((run / "config.json").read_text())
+    measured = config["inference"]["stain"]
+    assert measured["nucleus_density"] and measured["contrast"]
+    # what a run trained before the stain steps looks like: no stain reference, in config.json nor checkpoints
+    config["inference"]["stain"] = None
+    (run / "config.json").write_text(json.dumps(config))
+    for path in (run / "checkpoints").glob("*.pt"):
+        state = checkpoint.load(path)
+        state["record"]["inference"]["stain"] = None
+        checkpoint.save(state, path)
+    assert_one_line_error(cli("infer", "old", PBC_TEST_IMAGES / "monocyte", "--stain-norm"), "no stain reference",
+                          "cellmorphnet upgrade RUN")  # fmt: skip
+    weights = checkpoint.load(run / "checkpoints" / "best.pt")["model"]
+
+    r = cli("upgrade", "old", "--json")
+    assert r.exit_code == 0, r
+    assert json.loads(r.stdout)["changed"] is True
+    assert json.loads((run / "config.json").read_text())["inference"]["stain"] == measured  # as training measured it
+    for path in (run / "checkpoints").glob("*.pt"):
+        state = checkpoint.load(path)
+        assert state["record"]["inference"]["stain"] == measured
+    after = checkpoint.load(run / "checkpoints" / "best.pt")["model"]
+    assert all(torch.equal(weights[k], after[k]) for k in weights)  # the weights stay as they were
+    out = cli("infer", "old", PBC_TEST_IMAGES / "monocyte", "--out", home / "p.json")
+    assert out.exit_code == 0, out
+    rows = json.loads((home / "p.json").read_text())["predictions"]
+    assert all(p["colour_step"] == "stain-norm" for p in rows)  # the run works with every default again
+    assert json.loads(cli("upgrade", "old", "--json").stdout)["changed"] is False  # twice is a no-op
+
+    # a stored reference that the data does not give: not the data the run trained on, nothing written
+    config = json.loads((run / "config.json").read_text())
+    config["inference"]["stain"]["nucleus_density"] = [0.1, 0.1, 0.1]
+    (run / "config.json").write_text(json.dumps(config))
+    before = (run / "config.json").read_text()
+    assert_one_line_error(cli("upgrade", "old"), "is not what old was trained on")
+    assert (run / "config.json").read_text() == before
+    assert_one_line_error(cli("upgrade", "bloodmnist"), "ships with cellmorphnet")

@@ -20,7 +20,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from cellmorphnet import runs
-from cellmorphnet.service import Limits, MicroBatcher, ModelService
+from cellmorphnet.batching import MicroBatcher
+from cellmorphnet.service import Limits, ModelService
 from cellmorphnet.webapp import create_app
 
 JPEGS = sorted(PBC_TEST_IMAGES.rglob("*.jpg"))
@@ -73,6 +74,7 @@ def test_model_card(client, service):
     assert client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["requestBody"]
 
 
+@pytest.mark.slow
 def test_predict_agrees_with_infer_on_the_real_test_jpegs(client, cli, tmp_path):
     """All 240 JPEGs in one request are one set, as infer's folder; the same file gets the same answer."""
     assert len(JPEGS) == 240
@@ -101,7 +103,7 @@ def test_single_image_requests_match_infer_on_that_file(client, service):
 
     rm, o = service.rm, service.options
     for path in JPEGS[::60]:
-        (want,), _ = predict_files(rm.model, service.classes, o.policy, [path], device=rm.device, **o.kwargs())
+        (want,), _ = predict_files(rm, [path], o)
         got = client.post("/v1/predict", files=_files([path])).json()["results"][0]
         assert got["predicted"] == want.predicted and abs(got["confidence"] - want.confidence) < 1e-4
 

@@ -24,6 +24,8 @@ from conftest import PBC_TEST_IMAGES
 
 from cellmorphnet import runs
 
+pytestmark = pytest.mark.slow  # live servers and a real browser
+
 JPEGS = sorted(PBC_TEST_IMAGES.rglob("*.jpg"))
 CHROMIUM = os.environ.get("CELLMORPHNET_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
 # Chromium on a machine without a network (and as root in CI): no sandbox, no background connections.

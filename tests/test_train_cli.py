@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error
 
-from cellmorphnet.training import checkpoint
+from cellmorphnet import checkpoint
 
 QUICK = ["--model", "test_efficientnet", "--no-pretrained", "--batch-size", "8", "--accum-steps", "1",
          "--limit-batches", "2", "--data-size", "28"]  # fmt: skip
@@ -113,6 +113,7 @@ def _wait_for(predicate, timeout=90):
     raise AssertionError("timed out")
 
 
+@pytest.mark.slow
 def test_status_of_a_running_then_killed_run_and_in_use_refusal(cli, home):
     proc = _spawn_training(home, "live")
     try:
@@ -137,6 +138,7 @@ def test_status_of_a_running_then_killed_run_and_in_use_refusal(cli, home):
             proc.kill()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_ctrl_c_or_sigterm_saves_and_exits_cleanly_then_resumes(cli, home, signum, code):
     proc = _spawn_training(home, "sigint", epochs=500)

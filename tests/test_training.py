@@ -6,15 +6,17 @@ import math
 import pytest
 import torch
 
+from cellmorphnet import checkpoint, losses
+from cellmorphnet.config import TrainConfig
 from cellmorphnet.data.loader import BatchLoader, DeviceArrays
 from cellmorphnet.data.prepare import prepare
 from cellmorphnet.data.taxonomy import Taxonomy
+from cellmorphnet.devices import Precision
 from cellmorphnet.errors import RunError
-from cellmorphnet.training import checkpoint, engine, losses, schedule
+from cellmorphnet.training import engine, schedule
 from cellmorphnet.training import fit as fitmod
-from cellmorphnet.training.config import TrainConfig
+from cellmorphnet.training.augment import Augment, AugmentConfig
 from cellmorphnet.training.data import load_data
-from cellmorphnet.training.precision import Precision
 
 TINY = dict(model="test_efficientnet", pretrained=False, batch_size=8, accum_steps=1, limit_batches=3, lr=1e-3,
             image_size=None)
@@ -257,7 +259,8 @@ def test_loader_is_deterministic_per_epoch():
 
     images = np.random.default_rng(0).integers(0, 255, (20, 16, 16, 3), dtype=np.uint8)
     parts = {"d": DeviceArrays(images, np.arange(20) % 2, torch.device("cpu"))}
-    loader = BatchLoader(parts, {"d": 0}, 8, 24, [0.5] * 3, [0.5] * 3, train=True, seed=3)
+    loader = BatchLoader(parts, {"d": 0}, 8, 24, [0.5] * 3, [0.5] * 3, train=True, seed=3,
+                         augment=Augment(AugmentConfig()))
     loader.set_epoch(4)
     first = [b.images for b in loader]
     loader.set_epoch(4)

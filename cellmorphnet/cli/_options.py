@@ -13,6 +13,10 @@ DatasetsArg = Annotated[
     typer.Argument(help="bloodmnist, bccd, lisc, sample, or folder:PATH (your own class folders).", show_default=False),
 ]
 
+RUN_HELP = "A run: a name, a folder, 'latest', or a model that ships with cellmorphnet (bloodmnist)."
+LatestRunArg = Annotated[str | None, typer.Argument(help=RUN_HELP + " (default: the latest run)", show_default=False)]
+RunArg = Annotated[str, typer.Argument(help=RUN_HELP, show_default=False)]
+
 DeviceOption = Annotated[
     str, typer.Option("--device", help="auto (CUDA, then Apple MPS, then CPU), cuda, cuda:N, mps or cpu.")
 ]

@@ -33,6 +33,16 @@ def warn(message: str) -> None:
     err.print(f"[yellow]Warning:[/yellow] {message}")
 
 
+def duration(seconds: float | None) -> str:
+    """Seconds as ``m:ss`` or ``h:mm:ss`` (``—`` where unknown)."""
+    if seconds is None:
+        return "—"
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
 def _human_bytes(n: float) -> str:
     for unit in ("B", "KB", "MB", "GB"):
         if n < 1024 or unit == "GB":

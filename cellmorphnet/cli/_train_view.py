@@ -10,15 +10,6 @@ from typing import Any
 from cellmorphnet.cli import _output
 
 
-def _fmt_time(seconds: float | None) -> str:
-    if seconds is None:
-        return "—"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 class TrainView:
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
@@ -81,7 +72,7 @@ class TrainView:
         self.console.print(
             f"{record['epoch']:>3}/{self.epochs:<3} {record['stage']:>5} {record['train_loss']:>10.4f} "
             f"{record['train_acc']:>6.3f} {record['val_loss']:>9.4f} {record['val_acc']:>6.3f} "
-            f"{record['val_f1']:>6.3f} {_fmt_time(record['epoch_time']):>6} {record['images_per_s']:>7.0f}{star}"
+            f"{record['val_f1']:>6.3f} {_output.duration(record['epoch_time']):>6} {record['images_per_s']:>7.0f}{star}"
         )
 
     def _on_calibrated(self, calibration) -> None:
@@ -105,7 +96,7 @@ class TrainView:
         colour = {"finished": "green", "early-stopped": "green", "interrupted": "yellow"}.get(state, "red")
         self.console.print(
             f"[{colour}]{state}[/{colour}] after {summary['epochs_done']}/{summary['epochs_planned']} epochs "
-            f"({_fmt_time(summary.get('wall_time_s'))}); {best_text}."
+            f"({_output.duration(summary.get('wall_time_s'))}); {best_text}."
         )
         if state == "interrupted":
             self.console.print(f"Resume with: cellmorphnet train --resume {summary['run_dir']}")

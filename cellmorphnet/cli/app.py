@@ -94,9 +94,9 @@ def root(
 
 def _register() -> None:
     from cellmorphnet.cli import eval as eval_cmd
-    from cellmorphnet.cli import export, fetch, infer, prepare, serve, status, train
+    from cellmorphnet.cli import export, fetch, infer, prepare, serve, status, train, upgrade
 
-    for module in (fetch, prepare, train, status, eval_cmd, infer, export, serve):
+    for module in (fetch, prepare, train, status, eval_cmd, infer, export, serve, upgrade):
         app.command(module.NAME, help=module.__doc__)(_handle_errors(module.command))
 
 

@@ -21,6 +21,7 @@ from cellmorphnet.cli._options import (
     CropOption,
     DeviceOption,
     JsonFlag,
+    LatestRunArg,
     ScaleViewsFlag,
     StainContrastFlag,
     StainNormFlag,
@@ -33,7 +34,7 @@ NAME = "eval"
 
 def command(
     ctx: typer.Context,
-    run: Annotated[str | None, typer.Argument(help="A run name or folder. (default: the latest run)")] = None,
+    run: LatestRunArg = None,
     split: Annotated[str, typer.Option("--split", help="test or val.")] = "test",
     datasets: Annotated[
         str | None, typer.Option("--datasets", help="Comma-separated subset of the run's datasets.")
@@ -93,11 +94,12 @@ def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, co
     from cellmorphnet._io import write_json
     from cellmorphnet.evaluation.on_folder import evaluate_folder
     from cellmorphnet.evaluation.report import plot_dataset
-    from cellmorphnet.run_model import inference_options, load_run_model
+    from cellmorphnet.inference import inference_options
+    from cellmorphnet.run_model import load_run_model
 
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept)
-    options = inference_options(rm, crop, None, colour_match, adapt_bn, classes_only, tta, stain_norm, scale_views,
-                                stain_contrast)  # fmt: skip
+    options = inference_options(rm.record, crop, None, colour_match, adapt_bn, classes_only, tta, stain_norm,
+                                scale_views, stain_contrast)  # fmt: skip
     with _output.progress("Classifying") as cb:
         report = evaluate_folder(rm, folder, options, progress=cb)
     report.update(run=str(run_dir), checkpoint=str(rm.checkpoint), epoch=rm.epoch)

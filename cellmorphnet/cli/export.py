@@ -14,14 +14,14 @@ from typing import Annotated
 import typer
 
 from cellmorphnet.cli import _output
-from cellmorphnet.cli._options import AcceptDataChangeFlag, JsonFlag, home_of
+from cellmorphnet.cli._options import AcceptDataChangeFlag, JsonFlag, LatestRunArg, home_of
 
 NAME = "export"
 
 
 def command(
     ctx: typer.Context,
-    run: Annotated[str | None, typer.Argument(help="A run name or folder. (default: the latest run)")] = None,
+    run: LatestRunArg = None,
     format: Annotated[str, typer.Option("--format", "-f", help="onnx or coreml.")] = "onnx",
     quantize: Annotated[str | None, typer.Option("--quantize", help="CoreML: fp16 or int8.")] = None,
     all_variants: Annotated[

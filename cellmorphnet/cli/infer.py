@@ -1,8 +1,11 @@
 """Classify microscope images: any mix of files and folders (searched recursively).
 
-Rebuilds the run's preprocessing (centre crop and resizes as the training arrays were made),
-decodes images in parallel with the model, and writes one row per image (CSV or JSON). Unreadable
-files are listed with the reason and skipped; the exit code is 3 when any were.
+Rebuilds the run's preprocessing: each image is framed like the training images (the white cell found
+and cropped at the training data's scale; --crop centre for the exact BloodMNIST geometry) and resized as
+the training arrays were made, and a set's stain and stain contrast are normalised to the training
+images' (--no-stain-norm, --no-stain-contrast). Images are decoded in parallel with the model; one row per
+image (CSV or JSON). Unreadable files are listed with the reason and skipped; the exit code is 3 when any
+were.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from cellmorphnet.cli._options import (
     ColourMatchFlag,
     CropOption,
     DeviceOption,
+    RunArg,
     ScaleViewsFlag,
     StainContrastFlag,
     StainNormFlag,
@@ -34,7 +38,7 @@ EXIT_SOME_SKIPPED = 3
 
 def command(
     ctx: typer.Context,
-    run: Annotated[str, typer.Argument(help="A run name or folder, or 'latest'.")],
+    run: RunArg,
     paths: Annotated[list[Path], typer.Argument(help="Image files and/or folders.", show_default=False)],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write results to FILE.csv or FILE.json.")] = None,
     top_k: Annotated[int, typer.Option("--top-k", help="How many classes to list per image.")] = 3,
@@ -71,16 +75,16 @@ def command(
 
     from cellmorphnet import runs
     from cellmorphnet.errors import ConfigError, InvalidData
-    from cellmorphnet.inference import Prediction, collect_files, predict_files, write_results
+    from cellmorphnet.inference import Prediction, collect_files, inference_options, predict_files, write_results
     from cellmorphnet.inference import sort_into as copy_sorted
-    from cellmorphnet.run_model import inference_options, load_run_model
+    from cellmorphnet.run_model import load_run_model
 
     if batch_size < 1 or top_k < 1:
         raise ConfigError("--batch-size and --top-k must be at least 1.")
     if not 0 <= min_confidence <= 1:
         raise ConfigError("--min-confidence must be between 0 and 1.")
     home = home_of(ctx)
-    run_dir = runs.resolve_run(None if run == "latest" else run, home)
+    run_dir = runs.resolve_run(run, home)
     files, missing = collect_files(paths)
     if not files:
         if missing:
@@ -93,16 +97,13 @@ def command(
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept_data_change)
     for field in rm.record_mismatch:
         _output.warn(f"Using the checkpoint's {field}: config.json differs (accepted).")
-    options = inference_options(rm, crop, crop_fraction, colour_match, adapt_bn, classes_only, tta, stain_norm,
+    options = inference_options(rm.record, crop, crop_fraction, colour_match, adapt_bn, classes_only, tta, stain_norm,
                                 scale_views, stain_contrast)  # fmt: skip
     classes = rm.classes
     policy = options.policy
     with _output.progress("Classifying") as cb:
-        preds, kept = predict_files(
-            rm.model, classes, policy, files, batch_size=batch_size, top_k=top_k, workers=workers,
-            device=rm.device, channels_last=rm.channels_last, on_batch=cb, keep_inputs=gradcam is not None,
-            **options.kwargs(),
-        )  # fmt: skip
+        preds, kept = predict_files(rm, files, options, batch_size=batch_size, top_k=top_k, workers=workers,
+                                    on_batch=cb, keep_inputs=gradcam is not None)  # fmt: skip
     preds += [Prediction(p, error=reason) for p, reason in missing]
     for p in preds:
         p.min_confidence = min_confidence
@@ -114,7 +115,7 @@ def command(
         "checkpoint": str(rm.checkpoint),
         "device": str(rm.device),
         "policy": policy.to_dict(),
-        "adaptation": options.kwargs(),
+        "adaptation": options.to_dict(),
         "stain_norm_applied": any(p.colour_step == "stain-norm" for p in ok),
         "colour_match_applied": any(p.colour_step == "colour-match" for p in ok),
         "stain_contrast_applied": next((p.stain_contrast for p in ok if p.stain_contrast is not None), None),

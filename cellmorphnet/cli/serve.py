@@ -67,7 +67,7 @@ def command(
     from cellmorphnet.service import Limits, ModelService
     from cellmorphnet.webapp import create_app
 
-    run_dir = runs.resolve_run(None if run == "latest" else run, home_of(ctx))
+    run_dir = runs.resolve_run(run, home_of(ctx))
     _check_port(host, port)
     limits = Limits(max_file_bytes=int(max_file_mb * 1024 * 1024), max_request_bytes=int(max_request_mb * 1024 * 1024),
                     max_files=max_files, max_pixels=int(max_megapixels * 1_000_000))  # fmt: skip

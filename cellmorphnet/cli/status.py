@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from cellmorphnet.cli import _output
-from cellmorphnet.cli._options import JsonFlag, home_of
+from cellmorphnet.cli._options import JsonFlag, LatestRunArg, home_of
 
 NAME = "status"
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -27,12 +27,6 @@ def sparkline(values: list[float], width: int = 40) -> str:
     lo, hi = min(vals), max(vals)
     span = (hi - lo) or 1.0
     return "".join(SPARKS[min(len(SPARKS) - 1, int((v - lo) / span * (len(SPARKS) - 1) + 0.5))] for v in vals)
-
-
-def _fmt_time(seconds: float | None) -> str:
-    from cellmorphnet.cli._train_view import _fmt_time as fmt
-
-    return fmt(seconds)
 
 
 def _pct(v: float | None) -> str:
@@ -58,9 +52,9 @@ def run_renderable(st: dict[str, Any]):
     best = "—" if st["best_val_f1"] is None else f"{st['best_val_f1']:.4f} (epoch {st['best_epoch']})"
     head.add_row("best val macro-F1", best)
     head.add_row("train / val accuracy", f"{_pct(st['train_acc'])} / {_pct(st['val_acc'])}")
-    head.add_row("last epoch", _fmt_time(st["last_epoch_time"]))
+    head.add_row("last epoch", _output.duration(st["last_epoch_time"]))
     if st["state"] == "running":
-        head.add_row("time left", _fmt_time(st["eta_seconds"]))
+        head.add_row("time left", _output.duration(st["eta_seconds"]))
     curves = st["curves"]
     for key, label in (("train_loss", "train loss"), ("val_loss", "val loss"), ("val_f1", "val F1")):
         if curves.get(key):
@@ -118,7 +112,7 @@ def cache_table(cache: dict[str, Any]):
 
 def command(
     ctx: typer.Context,
-    run: Annotated[str | None, typer.Argument(help="A run name or folder. (default: the latest run)")] = None,
+    run: LatestRunArg = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until the run stops.")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 2.0,
     json: JsonFlag = False,

@@ -42,7 +42,7 @@ def command(
     ] = None,
     name: Annotated[str | None, typer.Option("--name", help="Run name under the home's runs/ folder.")] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run folder anywhere (instead of --name).")] = None,
-    resume: Annotated[str | None, typer.Option("--resume", help="Continue this run (a name or a folder).")] = None,
+    resume: Annotated[str | None, typer.Option("--resume", help="Continue this run (a name, 'latest').")] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="timm architecture. (default: tf_efficientnet_lite0)")
     ] = None,
@@ -105,9 +105,9 @@ def command(
     json: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON.")] = False,
 ) -> None:
     from cellmorphnet import runs
+    from cellmorphnet.config import TrainConfig, load_toml, resolve
     from cellmorphnet.errors import ConfigError
     from cellmorphnet.record import RunRecord
-    from cellmorphnet.training.config import TrainConfig, load_toml, resolve
 
     home = home_of(ctx)
     try:

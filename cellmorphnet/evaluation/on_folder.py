@@ -55,7 +55,7 @@ def labelled_files(root: Path, classes: list[str]) -> tuple[list[tuple[Path, str
 
 def evaluate_folder(rm, root: Path, options, *, min_images: int = 5, batch_size: int = 64, workers: int = 2,
                     progress=None) -> dict[str, Any]:  # fmt: skip
-    """Predict every labelled image with ``options`` (``run_model.InferenceOptions``) and score the predictions."""
+    """Predict every labelled image with ``options`` (``inference.InferenceOptions``) and score the predictions."""
     from cellmorphnet.evaluation.metrics import classification_metrics
     from cellmorphnet.inference import predict_files
 
@@ -66,9 +66,8 @@ def evaluate_folder(rm, root: Path, options, *, min_images: int = 5, batch_size:
         raise InvalidData(f"--classes leaves out {', '.join(outside)}, which {root} has images of.",
                           hint="Add them to --classes, or remove those folders.")  # fmt: skip
     truth = dict(items)
-    preds, _ = predict_files(rm.model, rm.classes, options.policy, [f for f, _ in items], batch_size=batch_size,
-                             top_k=len(space), workers=workers, device=rm.device, channels_last=rm.channels_last,
-                             on_batch=progress, **options.kwargs())  # fmt: skip
+    preds, _ = predict_files(rm, [f for f, _ in items], options, batch_size=batch_size, top_k=len(space),
+                             workers=workers, on_batch=progress)  # fmt: skip
     ok = [p for p in preds if not p.error]
     index = {c: i for i, c in enumerate(space)}
     labels = np.array([index[truth[p.path]] for p in ok], dtype=np.int64)
@@ -97,5 +96,5 @@ def evaluate_folder(rm, root: Path, options, *, min_images: int = 5, batch_size:
         "stain_contrast": next((p.stain_contrast for p in ok if p.stain_contrast is not None), None),
         "unlike_training": sum(p.unusual for p in ok),
         "policy": options.policy.to_dict(),
-        "adaptation": options.kwargs(),
+        "adaptation": options.to_dict(),
     }

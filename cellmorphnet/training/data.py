@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from cellmorphnet.config import TrainConfig
 from cellmorphnet.data import store
 from cellmorphnet.data.loader import DeviceArrays
 from cellmorphnet.data.taxonomy import Taxonomy
 from cellmorphnet.errors import ConfigError
 from cellmorphnet.prediction import LabelSpace
 from cellmorphnet.record import DatasetRecord
-from cellmorphnet.training.config import TrainConfig
 
 
 def pick_data_size(name: str, cfg: TrainConfig, home: Path | None) -> int:
@@ -123,6 +124,7 @@ def appearance(arrays: DeviceArrays, classes: list[str], seed: int = 0) -> dict:
     if stain is not None:
         pick = np.sort(np.concatenate([o[:CONTRAST_PER_CLASS] for o in order.values()]))
         sample = arrays.images[torch.from_numpy(pick)].cpu().numpy()
-        stain["contrast"] = colour.contrast_reference(sample, labels[pick], [canonical(c) for c in classes])
+        contrast = colour.contrast_reference(sample, labels[pick], [canonical(c) for c in classes])
+        stain = dataclasses.replace(stain, contrast=contrast)
     return {"crop": "cell" if use_cell else "centre", "nucleus_fraction": fraction if use_cell else None,
             "colour": colour.lab_stats(every, seed), "stain": stain}  # fmt: skip

@@ -9,15 +9,15 @@ from typing import Any
 import numpy as np
 import torch
 
+from cellmorphnet.config import TrainConfig
 from cellmorphnet.data.loader import BatchLoader
+from cellmorphnet.devices import Precision, autocast, synchronize
+from cellmorphnet.losses import coarse_cross_entropy
 from cellmorphnet.prediction import predict_local
 from cellmorphnet.training import schedule
-from cellmorphnet.training.config import TrainConfig
 from cellmorphnet.training.data import TrainData
 from cellmorphnet.training.ema import WeightAverage
-from cellmorphnet.training.losses import coarse_cross_entropy
 from cellmorphnet.training.mixing import mix_batch
-from cellmorphnet.training.precision import Precision, autocast, synchronize
 
 LOG_EVERY = 10  # batches between progress reports: each report reads the loss back (a device sync on GPUs)
 

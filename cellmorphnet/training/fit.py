@@ -16,23 +16,24 @@ from typing import Any
 import numpy as np
 import torch
 
-from cellmorphnet import __version__, runs
+from cellmorphnet import __version__, checkpoint, runs
 from cellmorphnet._io import atomic_path, write_json
-from cellmorphnet.data.loader import AUGMENTATIONS, BatchLoader
-from cellmorphnet.errors import CheckpointError, RunError
-from cellmorphnet.model import create_model, data_config
-from cellmorphnet.record import REFERENCE_FILE, REFERENCE_IMAGES, RunRecord, policy_for
-from cellmorphnet.training import checkpoint, schedule
-from cellmorphnet.training.config import TrainConfig
-from cellmorphnet.training.data import TrainData, appearance, load_data, pick_data_size
-from cellmorphnet.training.ema import WeightAverage
-from cellmorphnet.training.engine import evaluate, train_one_epoch
-from cellmorphnet.training.precision import (
+from cellmorphnet.config import TrainConfig
+from cellmorphnet.data.loader import BatchLoader
+from cellmorphnet.devices import (
     make_scaler,
     pick_device,
     pick_precision,
     resolve_channels_last,
 )
+from cellmorphnet.errors import CheckpointError, RunError
+from cellmorphnet.model import create_model, data_config
+from cellmorphnet.record import REFERENCE_FILE, REFERENCE_IMAGES, RunRecord, policy_for
+from cellmorphnet.training import schedule
+from cellmorphnet.training.augment import AUGMENTATIONS, Augment
+from cellmorphnet.training.data import TrainData, appearance, load_data, pick_data_size
+from cellmorphnet.training.ema import WeightAverage
+from cellmorphnet.training.engine import evaluate, train_one_epoch
 
 Events = Callable[..., None]
 
@@ -143,7 +144,7 @@ def _fit_locked(
     train_loader = BatchLoader(
         data.train, data.space.target_offset, cfg.batch_size, image_size, norm["mean"], norm["std"],
         train=True, seed=cfg.seed, limit_batches=cfg.limit_batches, channels_last=channels_last,
-        augment=AUGMENTATIONS[cfg.augment],
+        augment=Augment(AUGMENTATIONS[cfg.augment]),
     )  # fmt: skip
     val_loader = BatchLoader(
         data.val, data.space.target_offset, cfg.eval_batch_size, image_size, norm["mean"], norm["std"],

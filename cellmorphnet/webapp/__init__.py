@@ -42,6 +42,50 @@ def _prediction_json(p) -> dict[str, Any]:
     return d
 
 
+def model_card(service: ModelService) -> dict[str, Any]:
+    """What ``GET /v1/model`` answers: what the model is, how it preprocesses, and how well it did."""
+    from cellmorphnet._io import read_json
+    from cellmorphnet.data import registry
+
+    rec = service.rm.record
+    metrics = None
+    report = service.run_dir / "eval" / "test" / "metrics.json"
+    if report.exists():
+        try:
+            data = read_json(report)
+            metrics = {name: {k: d.get("metrics", {}).get(k) for k in ("accuracy", "balanced_accuracy", "macro_f1")}
+                       for name, d in data.get("datasets", {}).items()}  # fmt: skip
+        except (OSError, ValueError):
+            metrics = None
+    datasets = []
+    for name, d in rec.datasets.items():
+        info = registry.get_info(name) if name in registry.sources() else None
+        datasets.append({"name": name, "size": d.size, "title": info.title if info else None,
+                         "licence": info.licence if info else None})  # fmt: skip
+    o = service.options
+    return {
+        "run": service.run_dir.name,
+        "classes": service.classes,
+        "input_size": rec.image_size,
+        "architecture": rec.config.model,
+        "epoch": service.rm.epoch,
+        "checkpoint": service.rm.checkpoint.name,
+        "checkpoint_sha256": service.checkpoint_sha256(),
+        "datasets": datasets,
+        "preprocessing": {**o.policy.to_dict(), "stain_norm": o.stain_norm, "colour_match": o.colour_match,
+                          "stain_contrast": o.stain_contrast,
+                          "tta": o.tta, "temperature": o.temperature,
+                          "set": "the files of one request"},  # fmt: skip
+        "test_metrics": metrics,
+        "device": str(service.rm.device),
+        "micro_batching": {"max_batch": service.batcher.max_batch, "max_wait_ms": service.batcher.max_wait * 1000},
+        "limits": {"max_file_bytes": service.limits.max_file_bytes,
+                   "max_request_bytes": service.limits.max_request_bytes,
+                   "max_files": service.limits.max_files, "max_pixels": service.limits.max_pixels},  # fmt: skip
+        "notice": "Research tool: not a medical device; its predictions are not a diagnosis.",
+    }
+
+
 async def _read_files(request: Request, field: str, limits: Limits) -> list[tuple[str, bytes]]:
     """The uploaded files of a multipart request, in order, as ``(name, bytes)``; the limits enforced on the way."""
     declared = request.headers.get("content-length")
@@ -143,7 +187,7 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
     @v1.get("/model")
     def model() -> dict[str, Any]:
         """The model card: run, classes, input size, preprocessing, checkpoint digest, data and test metrics."""
-        return service.card()
+        return model_card(service)
 
     @v1.post("/predict", openapi_extra=_multipart("files", many=True))
     async def predict(

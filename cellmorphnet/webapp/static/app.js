@@ -62,7 +62,9 @@ async function loadModel() {
     add("Test metrics", "not evaluated yet (cellmorphnet eval)");
   }
   const p = card.preprocessing;
-  add("Preprocessing", `crop: ${p.crop}; colour match: ${p.colour_match ? "on" : "off"}; 8-view average: ${p.tta ? "on" : "off"}; temperature ${Number(p.temperature).toFixed(2)}`);
+  const colours = p.stain_norm ? `stain normalisation: on; stain contrast: ${p.stain_contrast ? "on" : "off"}`
+    : `stain normalisation: off; colour match: ${p.colour_match ? "on" : "off"}`;
+  add("Preprocessing", `crop: ${p.crop}; ${colours}; 8-view average: ${p.tta ? "on" : "off"}; temperature ${Number(p.temperature).toFixed(2)}`);
   add("Checkpoint", `${card.checkpoint} sha256 ${card.checkpoint_sha256.slice(0, 12)}…`);
 }
 

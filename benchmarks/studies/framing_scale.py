@@ -1,6 +1,6 @@
 """Is the cell framing's scale right? The default path on another lab's cells, with the crop scaled away from it.
 
-    python benchmarks/framing_scale.py RUN --json       # results/framing-scale-DATE.json
+    python -m benchmarks.studies.framing_scale RUN --json       # results/framing-scale-DATE.json
 
 Runs ``eval RUN --on ../shared/data/external/zheng2018-d1 --classes FIVE`` (the issue's five white-cell
 types, as benchmarks/generalisation.py; results/framing-scale-2026-11-27 used ``wbc``, which also allows
@@ -18,8 +18,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, emit, header  # noqa: E402
+from benchmarks._common import SHARED, emit, header
 
 
 def main() -> None:
@@ -31,13 +30,14 @@ def main() -> None:
     args = ap.parse_args()
 
     from cellmorphnet.evaluation.on_folder import evaluate_folder
-    from cellmorphnet.run_model import inference_options, load_run_model
+    from cellmorphnet.inference import inference_options
+    from cellmorphnet.run_model import load_run_model
 
     rm = load_run_model(args.run, "best", "cpu")
-    result = header("python benchmarks/framing_scale.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.studies.framing_scale " + " ".join(sys.argv[1:]))
     result["rows"] = []
     for factor in (float(f) for f in args.factors.split(",")):
-        options = inference_options(rm, classes=args.classes)
+        options = inference_options(rm.record, classes=args.classes)
         policy = dataclasses.replace(options.policy, nucleus_fraction=options.policy.nucleus_fraction * factor)
         report = evaluate_folder(rm, SHARED / "external" / "zheng2018-d1", dataclasses.replace(options, policy=policy))
         recall = {c: round(v["recall"], 3) for c, v in report["metrics"]["per_class"].items() if v["support"]}

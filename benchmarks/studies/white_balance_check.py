@@ -1,6 +1,6 @@
 """A background white balance for other labs' images, tried and not kept: does it help the default path?
 
-    python benchmarks/white_balance_check.py [RUN] --json   # results/white-balance-rejected-2026-11-27.json
+    python -m benchmarks.studies.white_balance_check [RUN] --json   # results/white-balance-rejected-2026-11-27.json
 
 The set's background colour (per image, the median of its brightest 20% of pixels; then the median
 over the set) is scaled per channel onto the training images' (the run's reference images, measured
@@ -13,10 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 from collections import defaultdict
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, emit, header  # noqa: E402
+from benchmarks._common import SHARED, emit, header
 
 FIVE = ["basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil"]
 
@@ -42,21 +40,21 @@ def main() -> None:
     import torch
 
     from cellmorphnet import runs
-    from cellmorphnet.inference import _load, class_probs, collect_files, survey_files
+    from cellmorphnet.inference import class_probs, collect_files, load, survey_files
     from cellmorphnet.run_model import load_run_model, reference_images
 
     run = runs.resolve_run(args.run)
     rm = load_run_model(run, "best", "cpu")
     policy = rm.record.inference
     target = background(reference_images(run, rm.record))
-    result = header("python benchmarks/white_balance_check.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.studies.white_balance_check " + " ".join(sys.argv[1:]))
     result.update(run=str(run), training_background_rgb=target.tolist(), sets={})
     for folder, restrict in ((SHARED / "external" / "zheng2018-d1", FIVE),
                              (SHARED / "bloodmnist-pbc" / "test_images", None)):  # fmt: skip
         files, _ = collect_files([folder])
         labels = [f.parent.name for f in files]
         survey = survey_files(files, policy, 2, False)
-        arrays = [_load(f, policy, survey)[0] for f in files]
+        arrays = [load(f, policy, survey).array for f in files]
         source = background(arrays)
         keep = torch.tensor([rm.classes.index(c) for c in restrict]) if restrict else None
         entry = {"background_rgb": source.tolist()}

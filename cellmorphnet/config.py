@@ -36,14 +36,14 @@ class TrainConfig:
     ema: float = 0.0  # decay of an exponential moving average of the weights, validated and saved (0: off)
     mixup: float = 0.0  # mixup's Beta alpha (0: off); half the batches are mixed (with cutmix: one or the other)
     cutmix: float = 0.0  # cutmix's Beta alpha (0: off)
-    augment: str = "stain"  # augmentation recipe (data.loader.AUGMENTATIONS): stain (for other labs' slides) or basic
+    augment: str = "stain"  # augmentation recipe (training.augment.AUGMENTATIONS): stain (other labs' slides) or basic
     amp: str = "auto"  # mixed precision: auto (CUDA bf16/fp16, MPS fp16 where scalable, CPU off), bf16, fp16 or off
     device: str = "auto"  # auto (CUDA, then MPS, then CPU), cuda, mps or cpu
     unfreeze_epochs: list[int] = field(default_factory=lambda: [1, 2])  # head only until [0], top half until [1]
     patience: int = 10  # early stopping: epochs without a better validation macro-F1
     seed: int = 42  # seeds data order, augmentation and initialisation
     drop_rate: float | None = None  # dropout before the classifier (model default if unset)
-    channels_last: bool | None = None  # channels-last memory layout; None: on, except on MPS (see precision.py)
+    channels_last: bool | None = None  # channels-last memory layout; None: on, except on MPS (see devices.py)
     limit_batches: int | None = None  # cap batches per epoch (quick checks)
     eval_batch_size: int = 256  # batch size for validation
 

@@ -2,7 +2,7 @@
 colours the cytoplasm more (or less) densely against the nucleus would show them, classified with and
 without ``infer``'s stain contrast.
 
-    python benchmarks/contrast_shift.py [RUN] [--powers 0.77,1,1.3] [--json]   # results/contrast-shift-DATE.json
+    python -m benchmarks.studies.contrast_shift [RUN] [--powers 0.77,1,1.3] [--json]  # results/contrast-shift-*
 
 Each of the 240 full-size PBC test JPEGs has its optical density (against its own background) raised to
 ``power`` relative to the training nuclei's (``colour.apply_contrast``; below 1: denser cytoplasm, as the
@@ -18,8 +18,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, emit, header  # noqa: E402
+from benchmarks._common import SHARED, emit, header
 
 
 def main() -> None:
@@ -29,28 +28,31 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
+    import dataclasses
+
     import numpy as np
     from PIL import Image
 
     from cellmorphnet import colour, runs
     from cellmorphnet.evaluation.on_folder import evaluate_folder
-    from cellmorphnet.run_model import inference_options, load_run_model
+    from cellmorphnet.inference import inference_options
+    from cellmorphnet.run_model import load_run_model
 
     rm = load_run_model(args.run or runs.packaged_runs()[runs.PACKAGED], "best", "cpu")
-    nucleus = rm.record.inference.stain["nucleus_density"]
+    stain = rm.record.inference.stain
     files = sorted((SHARED / "bloodmnist-pbc" / "test_images").glob("*/*.jpg"))
-    result = header("python benchmarks/contrast_shift.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.studies.contrast_shift " + " ".join(sys.argv[1:]))
     result["images"], result["rows"] = len(files), []
     for power in (float(p) for p in args.powers.split(",")):
         with tempfile.TemporaryDirectory() as tmp:
             for f in files:
                 img = np.asarray(Image.open(f).convert("RGB"))
-                ref = {"background": colour.background(img).tolist(), "nucleus_density": nucleus}
+                ref = dataclasses.replace(stain, background=colour.background(img).tolist())
                 folder = Path(tmp) / f.parent.name
                 folder.mkdir(exist_ok=True)
                 Image.fromarray(colour.apply_contrast(img, power, ref)).save(folder / f"{f.stem}.png")
             for contrast in (False, True):
-                report = evaluate_folder(rm, Path(tmp), inference_options(rm, stain_contrast=contrast))
+                report = evaluate_folder(rm, Path(tmp), inference_options(rm.record, stain_contrast=contrast))
                 row = {"power_applied": power, "stain_contrast": contrast, "power_found": report["stain_contrast"],
                        "accuracy": report["metrics"]["accuracy"],
                        "balanced_accuracy": report["balanced_accuracy_min5"]}  # fmt: skip

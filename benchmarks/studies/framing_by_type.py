@@ -1,6 +1,6 @@
 """How far off can one crop side per set be? The crop side each white-cell type's nuclei imply, by type.
 
-    python benchmarks/framing_by_type.py RUN --json       # results/framing-by-type-DATE.json
+    python -m benchmarks.studies.framing_by_type RUN --json       # results/framing-by-type-DATE.json
 
 The cell framing uses one crop side per set: the median over its images of the side each image's
 nucleus implies (``cellfinder.implied_side``, with the run's measured nucleus fraction). On PBC's own
@@ -17,8 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, emit, header  # noqa: E402
+from benchmarks._common import SHARED, emit, header
 
 PBC_CROP = 200  # the side of the centre square BloodMNIST was cut from
 
@@ -48,7 +47,7 @@ def main() -> None:
     from cellmorphnet.record import RunRecord
 
     policy = RunRecord.load(args.run).inference
-    result = header("python benchmarks/framing_by_type.py " + " ".join(sys.argv[1:]))
+    result = header("python -m benchmarks.studies.framing_by_type " + " ".join(sys.argv[1:]))
     for name, folder in (("pbc_jpegs", SHARED / "bloodmnist-pbc" / "test_images"),
                          ("other_lab", SHARED / "external" / "zheng2018-d1")):  # fmt: skip
         sides = sides_by_type(folder, policy.nucleus_fraction, policy.resize_chain[-1])

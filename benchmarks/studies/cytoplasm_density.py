@@ -1,6 +1,6 @@
 """How densely is the cytoplasm stained next to the nucleus? The ratio, by white-cell type and by set.
 
-    python benchmarks/cytoplasm_density.py RUN --json       # results/cytoplasm-density-DATE.json
+    python -m benchmarks.studies.cytoplasm_density RUN --json       # results/cytoplasm-density-DATE.json
 
 Each image as the run's classifier sees it (``infer``'s framing and stain normalisation; the training
 arrays as they are): the median optical-density magnitude of a 4 px ring around the nuclear-stained
@@ -20,8 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import SHARED, emit, header  # noqa: E402
+from benchmarks._common import SHARED, emit, header
 
 PER_CLASS = 60
 
@@ -39,18 +38,21 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
+    import dataclasses
+
     from cellmorphnet.colour import ring_ratio
-    from cellmorphnet.inference import collect_files, predict_files
-    from cellmorphnet.run_model import inference_options, load_run_model
+    from cellmorphnet.inference import collect_files, inference_options, predict_files
+    from cellmorphnet.run_model import load_run_model
 
     rm = load_run_model(args.run, "best", "cpu")
-    opt = inference_options(rm)
-    result = header("python benchmarks/cytoplasm_density.py " + " ".join(sys.argv[1:]))
+    opt = inference_options(rm.record)
+    result = header("python -m benchmarks.studies.cytoplasm_density " + " ".join(sys.argv[1:]))
     for name, folder in (("pbc_jpegs", SHARED / "bloodmnist-pbc" / "test_images"),
                          ("other_lab", SHARED / "external" / "zheng2018-d1")):  # fmt: skip
         files, _ = collect_files([folder])
-        preds, inputs = predict_files(rm.model, rm.classes, opt.policy, files, keep_inputs=True, stain_norm=True,
-                                      stain_contrast=False, tta=False, temperature=opt.temperature)  # fmt: skip
+        plain = dataclasses.replace(opt, stain_norm=True, stain_contrast=False, tta=False, colour_match=False,
+                                    adapt_bn=False, restrict_to=None, scale_views=False)  # fmt: skip
+        preds, inputs = predict_files(rm, files, plain, keep_inputs=True)
         by_type: dict[str, list[float]] = {}
         for p in preds:
             r = ring_ratio(inputs[p.path])

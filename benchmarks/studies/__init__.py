@@ -1,0 +1,1 @@
+"""One-off investigations, kept with the figures they produced (see README.md here)."""

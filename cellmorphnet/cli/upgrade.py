@@ -1,0 +1,32 @@
+"""Add what this version's prediction needs to a run trained by an earlier one, measured on its own data.
+
+The stain normalisation and the stain contrast of infer, eval --on and serve need the training images'
+stain, which runs trained before them lack: upgrade measures it on the run's prepared training split,
+exactly as training does, and writes it into the run (config.json and its checkpoints). The weights stay
+as they are. The data must be prepared as the run trained on it.
+"""
+
+from __future__ import annotations
+
+import typer
+
+from cellmorphnet.cli import _output
+from cellmorphnet.cli._options import JsonFlag, RunArg, home_of
+
+NAME = "upgrade"
+
+
+def command(ctx: typer.Context, run: RunArg, json: JsonFlag = False) -> None:
+    from cellmorphnet import runs
+    from cellmorphnet.training.upgrade import upgrade_run
+
+    home = home_of(ctx)
+    run_dir = runs.resolve_run(run, home)
+    _output.info(f"Measuring the training images' stain for {run_dir.name} …")
+    result = upgrade_run(run_dir, home)
+    if json:
+        _output.print_json(result)
+    elif result["changed"]:
+        _output.info(f"Added the stain reference to {result['run']}: its stain normalisation and contrast now work.")
+    else:
+        _output.info(f"{result['run']} is already up to date.")

@@ -1,0 +1,130 @@
+"""Reading and framing: how one full-size image becomes the square array the network takes.
+
+The policy (``record.InferencePolicy``) rebuilds the preprocessing of the run's training data: a
+square crop around the white cell found in the image, at the scale the training images show their
+cells (``crop == "cell"``, see ``cellfinder``; one crop side for the whole set), else, or where no
+cell is found, the training data's centre square; then the bicubic resizes prepare made.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cellmorphnet import colour
+from cellmorphnet.cellfinder import Nucleus, cell_box, padded_crop
+from cellmorphnet.errors import InvalidData
+from cellmorphnet.imaging import IMAGE_SUFFIXES, centre_square, load_rgb
+from cellmorphnet.record import InferencePolicy
+
+# The set's crop side is an estimate: it comes from the median nucleus, and the white-cell types' nuclei
+# differ in size (the PBC test images' types imply crop sides from 0.86 to 1.29 times the right one), so
+# a lab whose mix of types is not the training data's gets a side 10 % or more off. With the scale views
+# a framed cell is also seen 13 % closer and 15 % farther (with tta, 4 orientations at each side: 12
+# passes, where other images get the 8 flips and turns). Off by default: on nine models it gained 0.9
+# points on another lab's cells on average, but +0.2 over three seeds of the default recipe (one lost
+# 3.5), at half the speed (docs/benchmarks.md, "Scale views").
+SCALE_VIEWS = (0.87, 1.0, 1.15)  # multiples of the set's crop side; 1.0 in the middle
+DEFAULT_SCALE_VIEWS = False
+
+
+@dataclass(eq=False)
+class Upload:
+    """An image received in memory (by the server) rather than read from a file: its name and bytes.
+
+    Everything that classifies files takes these too; they are never written to disk.
+    """
+
+    name: str
+    data: bytes
+    max_pixels: int | None = None  # refuse larger images before decoding them (decompression bombs)
+    image: Any = field(default=None, repr=False)  # decoded once, for the survey and the prediction
+
+    def __str__(self) -> str:
+        return self.name
+
+
+Item = Path | Upload  # what the prediction functions classify
+
+
+def read_image(item: Item):
+    """The PIL RGB image of a file or an upload (an upload is decoded once and kept: a request's worth)."""
+    if isinstance(item, Upload):
+        if not item.data:
+            raise InvalidData(f"{item.name}: empty file (0 bytes)")
+        if item.image is None:
+            item.image = load_rgb(io.BytesIO(item.data), item.name, item.max_pixels)
+        return item.image
+    if item.stat().st_size == 0:
+        raise InvalidData(f"{item}: empty file (0 bytes)")
+    return load_rgb(item)
+
+
+def read_error(e: Exception) -> str:
+    """Why a file could not be read, in a few words (the per-file ``error`` of a prediction)."""
+    if isinstance(e, InvalidData):
+        return e.message.split(": ", 1)[-1]
+    if isinstance(e, PermissionError):
+        return "permission denied"
+    return f"cannot read ({getattr(e, 'strerror', None) or e})"
+
+
+def collect_files(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """Files to predict: given files as they are, folders searched recursively for image suffixes.
+
+    Returns the files and the paths that do not exist (with a reason).
+    """
+    files, missing = [], []
+    for p in paths:
+        p = Path(p).expanduser()
+        if p.is_dir():
+            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+        elif p.is_file():
+            files.append(p)
+        else:
+            missing.append((p, "does not exist"))
+    return files, missing
+
+
+def crop_box(size: tuple[int, int], policy: InferencePolicy, nucleus: Nucleus | None = None,
+             side: float | None = None) -> tuple[int, int, int, int]:  # fmt: skip
+    """The square an image is cropped to: around the nucleus under the cell policy, else at the centre."""
+    if policy.crop == "cell" and nucleus is not None and side is not None:
+        return cell_box(nucleus, side)
+    return centre_square(*size, policy.centre_crop_fraction, policy.centre_crop_px)
+
+
+def preprocess(img, policy: InferencePolicy, nucleus: Nucleus | None = None, side: float | None = None,
+               colour_source: dict[str, list[float]] | None = None) -> np.ndarray:  # fmt: skip
+    """A PIL RGB image to the uint8 array the network takes (HxWx3 at the last chain size).
+
+    With ``policy.crop == "cell"`` and a nucleus, a square of ``side`` pixels centred on it; else the
+    centre square of the training data's geometry (which reproduces BloodMNIST's arrays exactly).
+    Then the bicubic resizes prepare made, and, given the set's colour statistics, the colour match
+    to the training images'.
+    """
+    from PIL import Image
+
+    out = padded_crop(img, crop_box(img.size, policy, nucleus, side))
+    for s in policy.resize_chain:
+        out = out.resize((s, s), Image.BICUBIC)
+    arr = np.asarray(out, dtype=np.uint8)
+    if colour_source is not None and policy.colour:
+        arr = colour.match(arr, colour_source, policy.colour)
+    return arr
+
+
+def crop_sides(policy: InferencePolicy, scale_views: bool) -> tuple[float, ...]:
+    """The crop sides (multiples of the set's) a framed cell is seen at: ``SCALE_VIEWS`` with the scale views
+    under the cell policy, else the set's side alone."""
+    return SCALE_VIEWS if scale_views and policy.crop == "cell" else (1.0,)
+
+
+def single_view(arr: np.ndarray) -> np.ndarray:
+    """The array at the set's own crop side of a prepared image (HxWx3, or SxHxWx3 for scale views)."""
+    return arr[len(arr) // 2] if arr.ndim == 4 else arr

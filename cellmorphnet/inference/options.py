@@ -1,0 +1,112 @@
+"""How a set of images is preprocessed and adapted: the run's policy with the user's choices applied.
+
+``inference_options`` resolves the flags of ``infer``, ``eval --on``, ``serve`` and the Python API
+against the run and the measured defaults, in one place, so they all answer the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from cellmorphnet.errors import ConfigError
+from cellmorphnet.inference.adaptation import (
+    DEFAULT_ADAPT_BN,
+    DEFAULT_COLOUR_MATCH,
+    DEFAULT_STAIN_CONTRAST,
+    DEFAULT_STAIN_NORM,
+)
+from cellmorphnet.inference.images import DEFAULT_SCALE_VIEWS
+from cellmorphnet.record import InferencePolicy, RunRecord
+
+# The 8-view average (flips and quarter turns) helped on another lab's cells and at home (docs/benchmarks.md,
+# "Generalisation to another lab"), so it is on.
+DEFAULT_TTA = True
+
+
+@dataclass(frozen=True)
+class InferenceOptions:
+    """Everything that decides how a set of images becomes predictions, apart from the model itself."""
+
+    policy: InferencePolicy  # the run's preprocessing, with --crop / --crop-fraction applied
+    colour_match: bool = False  # match the set's colours to the training images' (colour.match)
+    adapt_bn: bool = False  # re-estimate batch-norm statistics on the set first (adaptation.adapt_batch_norm)
+    restrict_to: list[str] | None = None  # only these classes can be predicted (the rest renormalised)
+    tta: bool = False  # average over the 8 flips and quarter turns (a cell has no up or down)
+    temperature: float = 1.0  # the run's calibration: logits are divided by it before the softmax
+    stain_norm: bool = False  # normalise the set's stain and lamp to the training images' (colour.normalise_stain)
+    scale_views: bool = False  # a framed cell also seen at 3 crop sides around the set's (images.crop_sides)
+    stain_contrast: bool = False  # with stain_norm, match the set's cytoplasm-to-nucleus density too
+
+    def to_dict(self) -> dict[str, Any]:
+        """The user's choices (not the policy), as infer's summary and eval --on's report state them."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "policy"}
+
+
+def inference_options(record: RunRecord, crop: str | None = None, crop_fraction: float | None = None,
+                      colour_match: bool | None = None, adapt_bn: bool | None = None,
+                      classes: str | None = None, tta: bool | None = None,
+                      stain_norm: bool | None = None, scale_views: bool | None = None,
+                      stain_contrast: bool | None = None) -> InferenceOptions:  # fmt: skip
+    """Resolve the command-line choices (``None``: the default) against the run's record and the measured defaults.
+
+    The stain normalisation (on by default) and the colour match both change the set's colours: asking
+    for the colour match turns the default normalisation off, and asking for both is an error. The stain
+    contrast builds on the stain normalisation: on by default with it, an error to ask for without it.
+    """
+    from cellmorphnet.data.taxonomy import WHITE_CELLS
+
+    run_classes = list(record.classes)
+    policy = record.inference
+    if crop is not None:
+        if crop not in ("cell", "centre"):
+            raise ConfigError(f"--crop must be cell or centre, not '{crop}'.")
+        policy = policy.with_crop(crop)
+    if crop_fraction is not None:
+        if not 0 < crop_fraction <= 1:
+            raise ConfigError("--crop-fraction must be in (0, 1].")
+        if crop == "cell":
+            raise ConfigError("--crop-fraction sets a centre crop; it cannot go with --crop cell.")
+        policy = policy.with_crop_fraction(crop_fraction)
+    restrict = None
+    if classes:
+        wanted = [c.strip() for c in classes.split(",") if c.strip()]
+        if wanted == ["wbc"]:
+            wanted = [c for c in run_classes if c in WHITE_CELLS]
+        unknown = [c for c in wanted if c not in run_classes]
+        if unknown or not wanted:
+            raise ConfigError(f"--classes: the run has no class {', '.join(unknown) or '(none given)'}.",
+                              hint=f"Its classes: {', '.join(run_classes)} (or 'wbc').")  # fmt: skip
+        restrict = wanted
+    if colour_match and not policy.colour:
+        raise ConfigError("This run has no colour statistics to match to.", hint="Retrain it with this version.")
+    if stain_norm and not policy.stain:
+        raise ConfigError("This run has no stain reference to normalise to (it was trained by an earlier version).",
+                          hint="Add it with: cellmorphnet upgrade RUN; or leave out --stain-norm.")  # fmt: skip
+    if stain_norm and colour_match:
+        raise ConfigError("--stain-norm and --colour-match both change the colours: choose one.")
+    colour_match = bool(policy.colour) and (DEFAULT_COLOUR_MATCH if colour_match is None else colour_match)
+    if stain_norm is None:
+        stain_norm = DEFAULT_STAIN_NORM and not colour_match
+    stain_norm = bool(policy.stain) and stain_norm
+    has_contrast = policy.stain is not None and bool(policy.stain.contrast)
+    if stain_contrast and not has_contrast:
+        raise ConfigError("This run has no stain-contrast reference (it was trained by an earlier version).",
+                          hint="Add it with: cellmorphnet upgrade RUN; or leave out --stain-contrast.")
+    if stain_contrast and not stain_norm:
+        raise ConfigError("--stain-contrast needs the stain normalisation.",
+                          hint="Leave out --stain-contrast, or leave out --no-stain-norm / --colour-match.")
+    if stain_contrast is None:
+        stain_contrast = DEFAULT_STAIN_CONTRAST
+    return InferenceOptions(
+        policy=policy,
+        colour_match=colour_match,
+        adapt_bn=DEFAULT_ADAPT_BN if adapt_bn is None else adapt_bn,
+        restrict_to=restrict,
+        tta=DEFAULT_TTA if tta is None else tta,
+        temperature=record.temperature,
+        stain_norm=stain_norm,
+        scale_views=DEFAULT_SCALE_VIEWS if scale_views is None else scale_views,
+        stain_contrast=stain_norm and has_contrast and stain_contrast,
+    )

@@ -1,0 +1,176 @@
+"""Prediction: the model's calibrated class probabilities over views of prepared images, and ``Prediction``.
+
+With ``tta`` (on by default) the probabilities are averaged over the 8 flips and quarter turns of each image,
+or, with the scale views (off by default), over 3 crop sides around the set's in 4 orientations each; logits
+are divided by the run's temperature before the softmax.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from cellmorphnet.inference.images import Item, single_view
+from cellmorphnet.inference.options import InferenceOptions
+from cellmorphnet.inference.prepare import Loaded, prepare_set
+from cellmorphnet.record import InferencePolicy
+
+COLOUR_DISTANCE_WARN = 4.0  # |z| of an image's mean colour beyond which it is marked unlike the training data
+ORIENTATIONS_PER_SCALE = ((False, 0), (False, 1), (True, 0), (True, 1))  # (flipped, quarter turns)
+
+
+@dataclass
+class Prediction:
+    path: Item
+    predicted: str | None = None
+    confidence: float | None = None
+    top_k: list[tuple[str, float]] = field(default_factory=list)
+    error: str | None = None  # why the file was skipped
+    framing: str | None = None  # "cell", "centre", or "centre (no cell found)"
+    box: tuple[int, int, int, int] | None = None  # the square cropped from the image (may reach past it)
+    min_confidence: float = 0.0  # below this confidence the prediction is flagged (--min-confidence)
+    colour_distance: float | None = None  # see colour.distance; above COLOUR_DISTANCE_WARN: unlike training
+    colour_step: str | None = None  # "stain-norm" or "colour-match" where the set's colours were adapted, else None
+    stain_contrast: float | None = None  # the set's stain-contrast power where it was applied (colour.apply_contrast)
+
+    @property
+    def low_confidence(self) -> bool:
+        return self.confidence is not None and self.confidence < self.min_confidence
+
+    @property
+    def unusual(self) -> bool:
+        return self.colour_distance is not None and self.colour_distance > COLOUR_DISTANCE_WARN
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": str(self.path),
+            "status": "skipped" if self.error else "ok",
+            "predicted": self.predicted,
+            "confidence": self.confidence,
+            "top_k": [{"class": c, "probability": p} for c, p in self.top_k],
+            "framing": self.framing,
+            "colour_distance": self.colour_distance,
+            "colour_step": self.colour_step,
+            "stain_contrast": self.stain_contrast,
+            "unlike_training": self.unusual,
+            "low_confidence": self.low_confidence,
+            "error": self.error,
+        }
+
+
+def class_probs(model, arrays: list[np.ndarray], policy: InferencePolicy, *, device, channels_last: bool = False,
+                tta: bool = False, temperature: float = 1.0, keep=None) -> np.ndarray:  # fmt: skip
+    """The model's calibrated class probabilities (N, C) for prepared arrays (HxWx3, or SxHxWx3 for one image at
+    S crop sides, see ``prepare.load``, whose probabilities are averaged).
+
+    ``tta`` averages the 8 flips and quarter turns (4 orientations at each of several crop sides); ``keep``
+    (class indices) restricts the softmax to them.
+    """
+    import torch
+
+    from cellmorphnet.data.loader import eval_transform
+    from cellmorphnet.prediction import ORIENTATIONS, oriented
+
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    out: list[np.ndarray | None] = [None] * len(arrays)
+    for ndim, views in ((3, ORIENTATIONS), (4, ORIENTATIONS_PER_SCALE)):
+        idx = [i for i, a in enumerate(arrays) if a.ndim == ndim]
+        if not idx:
+            continue
+        stack = np.stack([arrays[i] for i in idx])
+        n_sides = stack.shape[1] if ndim == 4 else 1
+        x = torch.from_numpy(stack.reshape(-1, *stack.shape[-3:])).to(device)
+        x = eval_transform(x, policy.image_size, policy.mean, policy.std).contiguous(memory_format=fmt)
+        with torch.no_grad():
+            turned = oriented(x, views if tta else views[:1])  # in x's memory format
+            logits = torch.stack([model(v).float().cpu() for v in turned]) / temperature
+        if keep is not None:
+            logits = torch.full_like(logits, float("-inf")).index_copy(2, keep, logits.index_select(2, keep))
+        probs = logits.softmax(2).mean(0).reshape(len(idx), n_sides, -1).mean(1).numpy()
+        for j, i in enumerate(idx):
+            out[i] = probs[j]
+    return np.stack(out)
+
+
+def to_prediction(loaded: Loaded, probs: np.ndarray, classes: list[str], k: int) -> Prediction:
+    """A ``Prediction`` from one row of ``class_probs``: the top ``k`` classes, the framing, colour step and colour
+    distance of the loaded image."""
+    order = np.argsort(-probs, kind="stable")[:k]
+    top = [(classes[int(j)], float(probs[j])) for j in order]
+    f = loaded.framing
+    return Prediction(loaded.item, top[0][0], top[0][1], top, framing=f.label if f else None, box=f.box if f else None,
+                      colour_distance=loaded.colour_distance, colour_step=f.colour_step if f else None,
+                      stain_contrast=f.stain_contrast if f else None)  # fmt: skip
+
+
+def predict_files(
+    rm,
+    files: list[Item],
+    options: InferenceOptions,
+    *,
+    batch_size: int = 64,
+    top_k: int = 3,
+    workers: int = 2,
+    on_batch: Callable[[int, int], None] | None = None,
+    keep_inputs: bool = False,
+) -> tuple[list[Prediction], dict[Item, np.ndarray]]:
+    """Predict every file with a loaded run (``run_model.RunModel``) as ``options`` say; unreadable ones come back
+    with ``error`` set. With ``keep_inputs``, also each file's prepared array (at the set's crop side).
+
+    ``on_batch(done, total)`` is called as files are classified.
+    """
+    import torch
+
+    from cellmorphnet.inference.adaptation import adapt_batch_norm
+
+    model, classes, device, channels_last = rm.model, rm.classes, rm.device, rm.channels_last
+    policy = options.policy
+    keep = torch.tensor([classes.index(c) for c in options.restrict_to]) if options.restrict_to else None
+    dev = torch.device(device)
+
+    def probs(arrays: list[np.ndarray], tta: bool) -> np.ndarray:
+        return np.concatenate([class_probs(model, arrays[i : i + batch_size], policy, device=dev,
+                                           channels_last=channels_last, tta=tta, temperature=options.temperature,
+                                           keep=keep)
+                               for i in range(0, len(arrays), batch_size)])  # fmt: skip
+
+    _, loaded = prepare_set(files, options, classes, lambda arrays: probs(arrays, False), workers=workers,
+                            window=max(2 * batch_size, 8))  # fmt: skip
+    if options.adapt_bn:  # every image is needed before the first prediction: load once, keep, then predict
+        loaded = list(loaded)
+        arrays = [x.array for x in loaded if x.error is None]
+        if arrays:
+            model = adapt_batch_norm(model, arrays, policy, device, channels_last)
+
+    preds: list[Prediction] = []
+    kept: dict[Item, np.ndarray] = {}
+    batch: list[Loaded] = []
+    k = max(1, min(top_k, len(classes) if keep is None else len(keep)))
+
+    def flush() -> None:
+        if batch:
+            rows = class_probs(model, [x.array for x in batch], policy, device=dev, channels_last=channels_last,
+                               tta=options.tta, temperature=options.temperature, keep=keep)  # fmt: skip
+            preds.extend(to_prediction(x, row, classes, k) for x, row in zip(batch, rows, strict=True))
+            batch.clear()
+
+    done = 0
+    for x in loaded:
+        done += 1
+        if x.error is not None:
+            preds.append(Prediction(x.item, error=x.error))
+        else:
+            batch.append(x)
+            if keep_inputs:
+                kept[x.item] = single_view(x.array)
+            if len(batch) >= batch_size:
+                flush()
+        if on_batch is not None and (done % batch_size == 0 or done == len(files)):
+            on_batch(done, len(files))
+    flush()
+    order = {p: i for i, p in enumerate(files)}
+    preds.sort(key=lambda p: order.get(p.path, -1))
+    return preds, kept

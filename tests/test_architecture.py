@@ -1,0 +1,132 @@
+"""The package's import structure, read from the source (AST, every import, at module level or inside functions).
+
+Data flows one way (fetch, prepare, train, run folder, then eval, infer, export, serve), and so do imports:
+each top-level room (``cellmorphnet.X``, a module or a sub-package) sits on a layer and imports only rooms on
+lower layers. No two modules import each other, directly or round a loop, and no module imports another's
+private (``_``) names.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PKG = Path(__file__).resolve().parents[1] / "cellmorphnet"
+
+# Lowest first. A room may import rooms on lower layers only (rooms on one layer do not import each other).
+LAYERS = [
+    ["errors", "_io", "paths", "losses", "cellfinder", "models"],
+    ["imaging", "devices", "model", "batching"],
+    ["data"],
+    ["config", "cache", "gradcam"],
+    ["record"],  # the run record: what every later step reads
+    ["colour", "checkpoint", "runs", "prediction", "export"],
+    ["run_model"],
+    ["inference"],  # reading, framing, set-level adaptation, prediction, output
+    ["evaluation"],
+    ["calibration"],
+    ["training"],
+    ["service", "api"],
+    ["webapp"],
+    ["cli"],
+    ["__main__"],
+]
+LAYER = {room: i for i, rooms in enumerate(LAYERS) for room in rooms}
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for p in PKG.rglob("*.py"):
+        parts = list(p.relative_to(PKG.parent).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = p
+    return out
+
+
+def _imports(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, str]]:
+    """(imported module, imported name or '') for every import in one module, resolved to the package's modules."""
+    out = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            out += [(a.name, "") for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                here = name.split(".") if path.name == "__init__.py" else name.split(".")[:-1]
+                base = ".".join(here[: len(here) - node.level + 1] + ([node.module] if node.module else []))
+            for a in node.names:
+                full = f"{base}.{a.name}"
+                out.append((full, "") if full in modules else (base, a.name))
+    return [(m, n) for m, n in out if m == "cellmorphnet" or m.startswith("cellmorphnet.")]
+
+
+def _room(module: str) -> str | None:
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def _graph():
+    modules = _modules()
+    return modules, {m: _imports(m, p, modules) for m, p in modules.items()}
+
+
+def test_every_room_has_a_layer():
+    modules, _ = _graph()
+    rooms = {_room(m) for m in modules} - {None}
+    assert rooms <= set(LAYER), f"rooms without a layer in LAYERS: {sorted(rooms - set(LAYER))}"
+
+
+def test_rooms_import_only_rooms_below_them():
+    _, edges = _graph()
+    upward = []
+    for module, imports in edges.items():
+        here = _room(module)
+        if here is None:  # the package's __init__: the lazy public API
+            continue
+        for target, _ in imports:
+            there = _room(target)
+            if there is not None and there != here and LAYER[there] >= LAYER[here]:
+                upward.append(f"{module} imports {target} ({there} is not below {here})")
+    assert not upward, "\n".join(upward)
+
+
+def test_no_module_imports_another_in_a_loop():
+    modules, edges = _graph()
+
+    def resolve(target: str) -> str | None:
+        while target and target not in modules:
+            target = target.rpartition(".")[0]
+        return target or None
+
+    graph = {m: {r for t, _ in imps if (r := resolve(t)) and r != m and not m.startswith(r + ".")}
+             for m, imps in edges.items()}  # fmt: skip
+    graph = {m: {t for t in ts if t != "cellmorphnet"} for m, ts in graph.items()}
+    # a depth-first search that reports the first cycle it meets
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(m: str) -> list[str] | None:
+        state[m] = 1
+        stack.append(m)
+        for t in sorted(graph.get(m, ())):
+            if state.get(t) == 1:
+                return stack[stack.index(t) :] + [t]
+            if t not in state and (found := visit(t)):
+                return found
+        stack.pop()
+        state[m] = 2
+        return None
+
+    for m in sorted(graph):
+        if m not in state and (cycle := visit(m)):
+            pytest.fail("import cycle: " + " -> ".join(cycle))
+
+
+def test_no_module_imports_a_private_name_of_another():
+    _, edges = _graph()
+    private = [f"{m} imports {t}.{n}" for m, imps in edges.items() for t, n in imps
+               if n.startswith("_") and not n.startswith("__") and t != m]  # fmt: skip
+    assert not private, "\n".join(private)
