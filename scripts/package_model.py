@@ -1,6 +1,9 @@
 """Turn a trained run into the model that ships inside the package (cellmorphnet/models/NAME).
 
     python scripts/package_model.py RUN_DIR --home HOME [--name bloodmnist] [--command "how it was trained"]
+        [--results FILE] [--external ../shared/data/external/zheng2018-d1]
+    python scripts/package_model.py --card-only cellmorphnet/models/bloodmnist --summary SHIPPED.json
+        [--command ...] [--results ...] [--external DIR]      # write the model card of a packaged model again
 
 HOME must hold the run's data prepared as it was trained (``prepare bloodmnist --size 64``): the
 shipped run is evaluated there. The checkpoint is slimmed to what prediction needs (weights,
@@ -9,7 +12,8 @@ precision; batch-norm statistics and the classifier stay in single precision. Th
 the original and the slim copy are run on the test split: the script refuses to ship when the test
 accuracy drops or more than 1 in 1000 test predictions change. Writes config.json, history.json,
 reference_images.npz, the test metrics (eval/test/metrics.json), a finished heartbeat and
-MODEL_CARD.md, and prints a JSON summary (docs/results/shipped-model-*.json).
+MODEL_CARD.md, and prints a JSON summary (docs/results/shipped-model-*.json). With ``--external``, the
+model card also reports the packaged model on that folder of another lab's labelled cells.
 """
 
 from __future__ import annotations
@@ -28,17 +32,27 @@ sys.path.insert(0, str(ROOT))
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("run", type=Path)
-    ap.add_argument("--home", type=Path, required=True)
+    ap.add_argument("run", type=Path, nargs="?")
+    ap.add_argument("--home", type=Path)
     ap.add_argument("--name", default="bloodmnist")
     ap.add_argument("--command", default="", help="the command that trained the run (for the model card)")
     ap.add_argument("--results", default="", help="the result file of that training (for the model card)")
+    ap.add_argument("--external", type=Path, help="another lab's labelled cells (class folders), for the model card")
+    ap.add_argument("--card-only", type=Path, help="write the model card of this packaged model again, and stop")
+    ap.add_argument("--summary", type=Path, help="with --card-only: the JSON summary its packaging printed")
     args = ap.parse_args()
+    if args.card_only:
+        if not args.summary:
+            ap.error("--card-only needs --summary")
+        card_only(args.card_only, args.summary, args.external, args.command, args.results)
+        return
+    if args.run is None or args.home is None:
+        ap.error("RUN and --home are needed (or --card-only)")
 
     import numpy as np
     import torch
 
-    from cellmorphnet import checkpoint, runs
+    from cellmorphnet import __version__, checkpoint, runs
     from cellmorphnet._io import write_json
     from cellmorphnet.evaluation.report import evaluate_run
     from cellmorphnet.record import REFERENCE_FILE, RunRecord
@@ -89,7 +103,11 @@ def main() -> None:
         write_json(staged / "eval" / "test" / "metrics.json", report)
         m = report["datasets"][next(iter(report["datasets"]))]["metrics"]
         size = (staged / "checkpoints" / "best.pt").stat().st_size
-        (staged / "MODEL_CARD.md").write_text(_card(args, record, state["epoch"], m, compare, size), encoding="utf-8")
+        lab = other_lab(load_run_model(staged, "best", "cpu"), args.external) if args.external else None
+        today = datetime.now(timezone.utc).date().isoformat()
+        card = model_card(args.name, record, state["epoch"], m, compare, size, args.command, args.results, lab,
+                          __version__, today)  # fmt: skip
+        (staged / "MODEL_CARD.md").write_text(card, encoding="utf-8")
         dest.parent.mkdir(exist_ok=True)
         if dest.exists():
             shutil.rmtree(dest)
@@ -105,45 +123,176 @@ def main() -> None:
         "test_metrics": {k: m[k] for k in ("accuracy", "balanced_accuracy", "macro_f1", "ece")},
         "epoch": state["epoch"],
         "temperature": record.temperature,
+        "other_lab": lab,
     }
     print(json.dumps(summary, indent=2))
 
 
-def _card(args, record, epoch, m, compare, size) -> str:
+FIVE = "basophil,eosinophil,lymphocyte,monocyte,neutrophil"  # the white-cell types the other lab's set holds
+
+
+def other_lab(rm, folder: Path) -> dict:
+    """The shipped model on another lab's labelled white cells with every default of ``infer``: the plain argmax
+    over every class (what ``infer`` answers) and the argmax restricted to the five white-cell types."""
+    from cellmorphnet.evaluation.on_folder import evaluate_folder
+    from cellmorphnet.inference import inference_options
+
+    out = {}
+    for key, classes in (("plain", None), ("five_types", FIVE)):
+        r = evaluate_folder(rm, folder, inference_options(rm.record, classes=classes))
+        out[key] = {"balanced_accuracy_min5": r["balanced_accuracy_min5"], "accuracy": r["metrics"]["accuracy"],
+                    "per_class_images": r["per_class_images"], "stain_contrast": r["stain_contrast"],
+                    "recall": {c: v["recall"] for c, v in r["metrics"]["per_class"].items() if v["support"]}}
+    out["folder"] = folder.name
+    return out
+
+
+def _wilson(k: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion k / n."""
+    if n == 0:
+        return 0.0, 1.0
+    z, p = 1.959964, k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def model_card(name: str, record, epoch: int, m: dict, compare: dict, size: int, command: str, results: str,
+               lab: dict | None, version: str, date: str) -> str:  # fmt: skip
+    """MODEL_CARD.md, with the sections of Mitchell et al., "Model Cards for Model Reporting" (2019)."""
     datasets = ", ".join(f"{n} at {d.size} px" for n, d in record.datasets.items())
     fp = next(iter(compare.values()))
-    return f"""# The shipped model: `{args.name}`
+    cm = m["confusion_matrix"]
+    rows = []
+    for i, c in enumerate(m["classes"]):
+        support, hits, called = sum(cm[i]), cm[i][i], sum(r[i] for r in cm)
+        lo, hi = _wilson(hits, support)
+        plo, phi = _wilson(hits, called)
+        pc = m["per_class"][c]
+        rows.append(f"| {c} | {support} | {pc['precision']:.3f} ({plo:.3f}-{phi:.3f}) | {pc['recall']:.3f} "
+                    f"({lo:.3f}-{hi:.3f}) | {pc['f1']:.3f} |")
+    n_train = sum(d.counts.get("train", 0) for d in record.datasets.values())
+    n_val = sum(d.counts.get("val", 0) for d in record.datasets.values())
+    n_test = sum(d.counts.get("test", 0) for d in record.datasets.values())
+    if lab:
+        plain, five = lab["plain"], lab["five_types"]
+        counts = ", ".join(f"{c} {n}" for c, n in plain["per_class_images"].items())
 
-Ready to use right after install, offline: `cellmorphnet infer {args.name} FOLDER`,
-`cellmorphnet serve` (its default), `cellmorphnet status {args.name}`, `cellmorphnet eval {args.name}`
-(after `cellmorphnet fetch bloodmnist --size 64 && cellmorphnet prepare bloodmnist --size 64`).
+        def row(how: str, r: dict) -> str:
+            recall = ", ".join(f"{c} {v:.2f}" for c, v in r["recall"].items())
+            return f"| {how} | {r['balanced_accuracy_min5']:.3f} | {r['accuracy']:.3f} | {recall} |"
+
+        lab_text = f"""On one other lab's white cells (`{lab["folder"]}`: Zheng et al. 2018, Dataset 1, 300 images,
+another camera and a rapid stain; {counts}), with every default of `cellmorphnet infer` (cell framing, stain
+normalisation, stain contrast, 8-view average). Balanced accuracy is the mean recall over the types with
+at least 5 images (eosinophil, lymphocyte, monocyte, neutrophil):
+
+| how the answer is read | balanced accuracy | accuracy | recall per type |
+| --- | ---: | ---: | --- |
+{row(f"plain argmax over all {len(record.classes)} classes (what `infer` answers)", plain)}
+{row(f"argmax over the five white-cell types only (`--classes {FIVE}`)", five)}
+
+With the plain argmax most of that lab's lymphocytes are called erythroblasts (a small round dark nucleus
+in both). Where every image is known to be a white cell, `--classes` restricts the answer accordingly.
+Measured with `cellmorphnet eval {name} --on FOLDER [--classes {FIVE}]` (result files
+`docs/results/shipped-model-other-lab-*-2026-12-01.json`)."""
+    else:
+        lab_text = "Not measured for this build (package it with `--external DIR`)."
+    return f"""# Model card: `{name}` (the model that ships with cellmorphnet)
+
+Ready to use right after install, offline: `cellmorphnet infer {name} FOLDER`, `cellmorphnet serve` (its
+default), `cellmorphnet status {name}`, `cellmorphnet eval {name}` (after
+`cellmorphnet fetch bloodmnist --size 64 && cellmorphnet prepare bloodmnist --size 64`).
 
 **Research use only.** cellmorphnet is not a medical device; its predictions are not a diagnosis.
 
+## Model details
+- Version: cellmorphnet {version}, packaged {date}. Weights' licence: CC BY 4.0 (derived from the PBC
+  images); code: MIT.
 - Architecture: {record.config.model} (ImageNet weights, then trained), {record.image_size} px input,
   {len(record.classes)} classes: {", ".join(record.classes)}.
 - Trained on: {datasets}, recipe `{record.config.recipe}` ({record.config.epochs} epochs; the weights of epoch
-  {epoch}, the best by validation macro-F1); how: {args.command or "see docs/benchmarks.md"}
-  {f"(result file `{args.results}`)" if args.results else ""}.
+  {epoch}, the best by validation macro-F1); how: {command or "see docs/benchmarks.md"}
+  {f"(result file `{results}`)" if results else ""}.
 - Calibrated: temperature {record.temperature:.3f} fitted on the validation split.
 - Convolution weights stored in half precision ({size / 1e6:.1f} MB): on the {fp["images"]:,} test images
   {fp["top1_changed"]} prediction(s) changed against single precision (test accuracy {fp["accuracy_fp32"]:.4f} in
   single, {fp["accuracy_fp16"]:.4f} in half precision; largest probability difference {fp["max_abs_prob_diff"]:.1e}).
 
+## Intended use
+Sorting and counting single-cell images of peripheral blood smears (Romanowsky-type stains such as
+May-Grünwald-Giemsa) into the eight classes above, for research: pre-classification that a person
+reviews, and a starting point for training on a lab's own images.
+
+**Out of scope:** diagnosis or any clinical decision; cells outside the eight normal classes (blasts,
+smudge cells, atypical lymphocytes, parasites...), which it will still put into one of the eight; whole
+smear fields with many cells (it classifies one framed cell per image); bone marrow; other stains
+(e.g. Wright-only or immunostains) and non-blood images.
+
+## Factors
+What changes its accuracy: the stain and staining protocol, the camera and its white balance, the
+magnification (cells are framed at the training data's scale from each set's nuclei), focus and
+compression. `infer` adapts a set's stain and stain contrast to the training images' only for sets of
+16 or more images in which it finds a nucleus; smaller sets are classified as they come. Its confidence
+is calibrated on PBC's validation split, not on other labs' images.
+
+## Training data
+This project's rebuild of BloodMNIST from the 17,092 PBC source images (Acevedo et al. 2020), cut and
+resized as MedMNIST describes (centre crop 200x200, bicubic resize), with the official per-class split
+sizes ({n_train:,} train / {n_val:,} validation / {n_test:,} test) but **not the official split
+membership**, which MedMNIST does not publish: {datasets}.
+
+`cellmorphnet eval {name}` on the official BloodMNIST file is refused (its checksum differs from the
+rebuild this model was trained on), and must stay refused (so do not pass `--accept-data-change` for it):
+the official test split shares images with this model's training split, so it would report an inflated
+figure. Score it on the rebuild (as below) or on images of your own (`cellmorphnet eval {name} --on FOLDER`).
+
 ## Test metrics (PBC-rebuilt BloodMNIST test split, 8-view average as `cellmorphnet eval` computes them)
 
 accuracy {m["accuracy"]:.4f}, balanced accuracy {m["balanced_accuracy"]:.4f}, macro-F1 {m["macro_f1"]:.4f},
-ECE {m["ece"]:.4f} (after calibration). On images from other labs it is much less accurate: see
-docs/benchmarks.md, "Generalisation to another lab", and check it on labelled images of your own first
-(`cellmorphnet eval {args.name} --on FOLDER`).
+ECE {m["ece"]:.4f} (after calibration). Per class, with 95% Wilson intervals:
+
+| class | test images | precision | recall | F1 |
+| --- | ---: | --- | --- | ---: |
+{chr(10).join(rows)}
+
+## Another lab's cells
+{lab_text}
+
+## Caveats
+- The test split comes from the same lab, microscope and stain as the training data; expect lower
+  accuracy on other labs' images (above), and check it on labelled images of your own first
+  (`cellmorphnet eval {name} --on FOLDER`).
+- The stain normalisation and stain contrast need sets of 16 or more images with a nucleus.
+- Only the eight normal classes are known; an abnormal cell gets one of them.
 
 ## Data and attribution
 
 Trained on images of the PBC dataset (Acevedo et al., "A dataset of microscopic peripheral blood cell
 images for development of automatic recognition systems", Data in Brief 30, 2020; Mendeley Data,
-doi:10.17632/snkd93bnjr.1), licensed CC BY 4.0, as cut and resized by MedMNIST (BloodMNIST; Yang et al.,
-Scientific Data 10, 2023). The weights are derived from that data; cite both when you publish results.
+doi:10.17632/snkd93bnjr.1), licensed CC BY 4.0, in the BloodMNIST format of MedMNIST (Yang et al.,
+Scientific Data 10, 2023) as rebuilt by this project (above). The weights are derived from that data;
+cite both when you publish results.
 """
+
+
+def card_only(folder: Path, summary: Path, external: Path | None, command: str, results: str) -> None:
+    """Write MODEL_CARD.md of an already packaged model again (from its files, its packaging summary and, with
+    ``external``, another lab's cells)."""
+    from cellmorphnet import __version__, checkpoint
+    from cellmorphnet._io import read_json
+    from cellmorphnet.run_model import load_run_model
+
+    info = read_json(summary)
+    state = checkpoint.load(folder / "checkpoints" / "best.pt")
+    record = checkpoint.record_of(state)
+    report = read_json(folder / "eval" / "test" / "metrics.json")
+    m = report["datasets"][next(iter(report["datasets"]))]["metrics"]
+    lab = other_lab(load_run_model(folder, "best", "cpu"), external) if external else None
+    text = model_card(folder.name, record, state["epoch"], m, info["fp16_vs_fp32_on_test"],
+                      (folder / "checkpoints" / "best.pt").stat().st_size, command, results, lab, __version__,
+                      info["date"][:10])  # fmt: skip
+    (folder / "MODEL_CARD.md").write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -11,8 +11,8 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from _common import serving  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from benchmarks._common import serving  # noqa: E402
 
 JPEGS = sorted((ROOT.parent / "shared" / "data" / "bloodmnist-pbc" / "test_images").rglob("*.jpg"))
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-quic", "--no-first-run",

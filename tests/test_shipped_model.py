@@ -103,3 +103,21 @@ def test_a_run_of_your_own_with_the_same_name_comes_first(cli, home):
     (own / runs.CONFIG).write_text("{}")
     assert runs.resolve_run(runs.PACKAGED, home) == own.resolve()
     assert runs.resolve_run(runs.PACKAGED, home / "elsewhere") == runs.packaged_runs()[runs.PACKAGED]
+
+
+def test_eval_of_the_shipped_model_refuses_a_bloodmnist_file_other_than_its_training_data(cli, home, tmp_path):
+    """The official BloodMNIST file is another file than the PBC rebuild the model was trained on (and its test
+    split shares images with this model's training split): eval refuses it and names the difference."""
+    import numpy as np
+    from medmnist import INFO
+
+    record = RunRecord.load(runs.packaged_runs()[runs.PACKAGED])
+    trained_on = record.datasets["bloodmnist"]
+    assert trained_on.checksum != "md5:" + INFO["bloodmnist"]["MD5_64"] and not trained_on.verified
+    with np.load(PBC_64) as z:  # any BloodMNIST-format file but the one it trained on (here: a tenth of it)
+        other = {k: z[k][: len(z[k]) // 10] for k in z.files}
+    path = tmp_path / "bloodmnist_64.npz"
+    np.savez(path, **other)
+    assert cli("fetch", "bloodmnist", "--from", path, "--size", "64", "--allow-unverified").exit_code == 0
+    assert cli("prepare", "bloodmnist", "--size", "64").exit_code == 0
+    assert_one_line_error(cli("eval", runs.PACKAGED), "The data changed since this run trained", "source checksum")
