@@ -13,9 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from accuracy import bootstrap_ci  # noqa: E402
-
 from benchmarks._common import emit, header
+from benchmarks.accuracy import bootstrap_ci
 
 
 def main() -> None:

@@ -21,6 +21,7 @@ from cellmorphnet.inference import (
     Prediction,
     Upload,
     class_probs,
+    inference_options,
     prepare_set,
     read_image,
     single_view,
@@ -44,7 +45,6 @@ class ModelService:
     def __init__(self, run_dir: Path, which: str = "best", device: str = "auto", *,
                  max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
                  limits: Limits = Limits()) -> None:  # fmt: skip
-        from cellmorphnet.inference import inference_options
         from cellmorphnet.run_model import load_run_model
 
         self.run_dir = Path(run_dir)

@@ -130,3 +130,20 @@ def test_no_module_imports_a_private_name_of_another():
     private = [f"{m} imports {t}.{n}" for m, imps in edges.items() for t, n in imps
                if n.startswith("_") and not n.startswith("__") and t != m]  # fmt: skip
     assert not private, "\n".join(private)
+
+
+def test_benchmarks_import_as_a_package_without_path_edits_and_nothing_depends_on_them():
+    import importlib
+
+    root = PKG.parent / "benchmarks"
+    scripts = [p for p in [*root.glob("*.py"), *(root / "studies").glob("*.py")] if not p.name.startswith("_")]
+    assert scripts and (root / "studies" / "README.md").exists()
+    for path in scripts:
+        assert "sys.path" not in path.read_text(encoding="utf-8"), path
+        name = ".".join(path.relative_to(PKG.parent).with_suffix("").parts)
+        assert callable(importlib.import_module(name).main), name
+    for path in PKG.rglob("*.py"):  # nothing in the package depends on a benchmark
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])  # fmt: skip
+            assert not [n for n in names if n.split(".")[0] == "benchmarks"], path

@@ -70,6 +70,8 @@ def test_model_card(client, service):
     assert card["datasets"][0]["name"] == "bloodmnist" and card["datasets"][0]["licence"] == "CC BY 4.0"
     assert card["test_metrics"]["bloodmnist"]["accuracy"] > 0.97  # the shipped run was evaluated
     assert card["preprocessing"]["crop"] == "cell" and card["preprocessing"]["tta"] is True
+    assert card["preprocessing"]["stain_norm"] and card["preprocessing"]["stain_contrast"]  # what the page shows
+    assert card["datasets"][0]["verified"] is False  # this project's PBC rebuild, not the official BloodMNIST file
     assert "not a medical device" in card["notice"]
     assert client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["requestBody"]
 

@@ -35,7 +35,7 @@ class DatasetInfo:
     homepage: str  # where a person can read about it and download it by hand
     citation: str  # who to cite
     default_size: int  # the size ``prepare`` uses when none is given
-    recipe: str | None = None  # the training recipe (training.config.RECIPES) when trained alone
+    recipe: str | None = None  # the training recipe (config.RECIPES) when trained alone
     extra: dict[str, Any] = field(default_factory=dict)  # source-specific pins (URLs, digests, folder names)
 
 

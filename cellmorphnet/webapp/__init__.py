@@ -61,7 +61,7 @@ def model_card(service: ModelService) -> dict[str, Any]:
     for name, d in rec.datasets.items():
         info = registry.get_info(name) if name in registry.sources() else None
         datasets.append({"name": name, "size": d.size, "title": info.title if info else None,
-                         "licence": info.licence if info else None})  # fmt: skip
+                         "licence": info.licence if info else None, "verified": d.verified})  # fmt: skip
     o = service.options
     return {
         "run": service.run_dir.name,

@@ -52,7 +52,8 @@ async function loadModel() {
   const add = (term, value) => { dl.append(el("dt", { text: term }), el("dd", { text: value })); };
   add("Run", card.run);
   add("Architecture", `${card.architecture}, ${card.input_size} px input, epoch ${card.epoch}`);
-  add("Trained on", card.datasets.map((d) => `${d.title || d.name} (${d.size} px${d.licence ? `, ${d.licence}` : ""})`).join("; "));
+  // an unverified source is not the registry's official file (the shipped model: this project's PBC rebuild)
+  add("Trained on", card.datasets.map((d) => `${d.title || d.name} (${d.size} px${d.licence ? `, ${d.licence}` : ""}${d.verified === false ? ", not the official file: see the model card" : ""})`).join("; "));
   add("Classes", card.classes.join(", "));
   if (card.test_metrics) {
     for (const [name, m] of Object.entries(card.test_metrics)) {
