@@ -73,3 +73,13 @@ def tree_digest(root: Path) -> tuple[str, int]:
     files = sorted((p.relative_to(root).as_posix(), p) for p in root.rglob("*") if p.is_file())
     lines = [f"{rel} {file_digest(p)}" for rel, p in files]
     return hashlib.sha256("\n".join(lines).encode()).hexdigest(), len(lines)
+
+
+# A spreadsheet reads a cell that starts with one of these as a formula (OWASP, "CSV Injection"): a file named
+# "=HYPERLINK(...).jpg" would become a link, or worse, in the CSV a colleague opens.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(cell: str) -> str:
+    """A CSV cell that a spreadsheet shows as the text it is: one that would start a formula gets a leading '."""
+    return "'" + cell if cell.startswith(FORMULA_START) else cell

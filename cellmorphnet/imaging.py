@@ -7,7 +7,12 @@ from PIL import Image, ImageFile, UnidentifiedImageError
 
 from cellmorphnet.errors import InvalidData
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+# The formats a microscope camera or a lab's software writes. Only these are decoded, whatever a file is named:
+# Pillow has decoders for many more (EPS runs Ghostscript where it is installed; ICO, PCX, TGA...), and an
+# upload must not reach them. (The multi-frame JPEG some cameras write, MPO, opens through the JPEG plugin.)
+IMAGE_FORMATS = ("JPEG", "PNG", "TIFF", "BMP", "WEBP")
+FORMAT_NAMES = "JPEG, PNG, TIFF, BMP or WebP"
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is an error, not a grey half-image
 
 
@@ -29,16 +34,22 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _formats() -> list[str]:
+    """``IMAGE_FORMATS`` that this Pillow build can open (a build without WebP simply does not list it)."""
+    Image.init()
+    return [f for f in IMAGE_FORMATS if f in Image.OPEN]
+
+
 def load_rgb(source, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
     """Open an image (a path, or a binary file object named ``name``) fully as RGB.
 
-    Raises ``InvalidData`` with the reason if it cannot be read, and before decoding anything when
-    it has more than ``max_pixels`` pixels (a decompression bomb: a small file that decodes to
-    gigabytes); without ``max_pixels``, PIL's own limit applies.
+    Raises ``InvalidData`` with the reason if it cannot be read or is not in one of ``IMAGE_FORMATS``, and
+    before decoding anything when it has more than ``max_pixels`` pixels (a decompression bomb: a small file
+    that decodes to gigabytes); without ``max_pixels``, PIL's own limit applies.
     """
     label = name if name is not None else source
     try:
-        with Image.open(source) as img:
+        with Image.open(source, formats=_formats()) as img:
             w, h = img.size
             if max_pixels is not None and w * h > max_pixels:
                 raise InvalidData(f"{label}: image too large ({w}x{h} pixels; the limit is {max_pixels:,})")
@@ -47,7 +58,8 @@ def load_rgb(source, name: str | None = None, max_pixels: int | None = None) -> 
     except Image.DecompressionBombError:
         raise InvalidData(f"{label}: image too large (more pixels than PIL decodes safely)") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        reason = "not an image" if isinstance(e, UnidentifiedImageError) else str(e) or type(e).__name__
+        reason = (f"not an image in a supported format ({FORMAT_NAMES})" if isinstance(e, UnidentifiedImageError)
+                  else str(e) or type(e).__name__)  # fmt: skip
         raise InvalidData(f"{label}: {reason}") from None
 
 

@@ -149,7 +149,12 @@ def messy_folder(tmp_path):
     Image.new("L", (90, 90), 128).save(nested / "gray.tif")
     good += [nested / "deep16.png", nested / "alpha.png", nested / "palette.bmp", nested / "gray.tif"]
     (nested / "bomb.png").write_bytes(png_claiming(100_000, 100_000))  # a decompression bomb's header
-    bad = {"cut.jpg", "zero.jpg", "text.png", "bomb.png"}
+    # formats Pillow opens but no microscope writes, named like images: refused, their decoders never run
+    Image.new("RGB", (32, 32), (200, 100, 150)).save(nested / "icon.png", format="ICO")
+    (nested / "figure.tif").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n")
+    Image.new("RGB", (90, 90), (200, 120, 160)).save(nested / "cell.webp")
+    good.append(nested / "cell.webp")
+    bad = {"cut.jpg", "zero.jpg", "text.png", "bomb.png", "icon.png", "figure.tif"}
     return root, good, bad
 
 
@@ -160,7 +165,7 @@ def test_infer_over_messy_folder(cli, trained, messy_folder, tmp_path):
     sorted_dir = tmp_path / "sorted"
     r = cli("infer", "t", root, "--out", out, "--top-k", "3", "--sort-into", sorted_dir, "--gradcam", tmp_path / "cams")
     assert r.exit_code == 3, r  # some files skipped, the rest classified
-    assert "Skipped 4 of" in r.stderr
+    assert f"Skipped {len(bad)} of" in r.stderr
     rows = list(csv.DictReader(out.open()))
     by_name = {os.path.basename(row["path"]): row for row in rows}
     assert len(rows) == len(good) + len(bad)
@@ -172,6 +177,8 @@ def test_infer_over_messy_folder(cli, trained, messy_folder, tmp_path):
         assert by_name[name]["status"] == "skipped" and by_name[name]["error"]
     assert "0 bytes" in by_name["zero.jpg"]["error"]
     assert "too large" in by_name["bomb.png"]["error"]
+    for name in ("icon.png", "figure.tif"):
+        assert "not an image in a supported format (JPEG, PNG, TIFF, BMP or WebP)" in by_name[name]["error"]
     # --sort-into copies and leaves the sources untouched
     after = {p: hashlib.sha256(p.read_bytes()).hexdigest() for p in root.rglob("*") if p.is_file()}
     assert after == before
@@ -182,6 +189,68 @@ def test_infer_over_messy_folder(cli, trained, messy_folder, tmp_path):
     assert len(cams) == len(good)
 
 
+def test_infer_csv_shows_formula_like_names_as_text(cli, trained, tmp_path, monkeypatch):
+    """A file name a spreadsheet would run as a formula (OWASP: CSV injection) is written as text."""
+    folder = tmp_path / "cells"
+    folder.mkdir()
+    names = ["=HYPERLINK(1).jpg", "+1.jpg", "-2.jpg", "@SUM(3).jpg", "plain.jpg"]
+    for name, src in zip(names, sorted((PBC_TEST_IMAGES / "monocyte").glob("*.jpg")), strict=False):
+        shutil.copy(src, folder / name)
+    monkeypatch.chdir(folder)  # relative paths: the CSV's path column starts with the file name
+    r = cli("infer", "t", "--out", tmp_path / "p.csv", "--", *names)  # "--": "-2.jpg" is a name, not an option
+    assert r.exit_code == 0, r
+    rows = list(csv.DictReader((tmp_path / "p.csv").open(newline="")))
+    assert [row["path"] for row in rows] == ["'=HYPERLINK(1).jpg", "'+1.jpg", "'-2.jpg", "'@SUM(3).jpg", "plain.jpg"]
+    assert all(not v.startswith(("=", "+", "-", "@")) for row in rows for v in row.values())
+
+
+def test_sort_into_never_follows_a_link_out_of_the_folder_and_names_what_is_in_the_way(cli, trained, tmp_path):
+    classes = json.loads((trained / "config.json").read_text())["classes"]
+    files = sorted((PBC_TEST_IMAGES / "monocyte").glob("*.jpg"))[:3]
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    target = tmp_path / "sorted"
+    for c in classes:  # a dangling link where each copy would go, pointing out of the folder
+        (target / c).mkdir(parents=True)
+        for f in files:
+            (target / c / f.name).symlink_to(outside / f"{c}-{f.name}")
+    r = cli("infer", "t", *files, "--sort-into", target)
+    assert r.exit_code == 0, r
+    assert list(outside.iterdir()) == []  # nothing written through a link
+    copies = [p for p in target.rglob("*.jpg") if not p.is_symlink()]
+    assert len(copies) == 3 and all(p.stem.endswith("-1") for p in copies)
+    assert all(p.read_bytes() == (PBC_TEST_IMAGES / "monocyte" / p.name.replace("-1.", ".")).read_bytes()
+               for p in copies)  # fmt: skip
+
+    blocked = tmp_path / "blocked"
+    blocked.mkdir()
+    for c in classes:  # a plain file where each class folder should be
+        (blocked / c).write_text("in the way")
+    r = cli("infer", "t", *files, "--sort-into", blocked)
+    assert_one_line_error(r, "--sort-into:", "is in the way", "a file where a folder of copies should be")
+    assert all((blocked / c).read_text() == "in the way" for c in classes)  # nothing touched
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for c in classes:  # a class folder that is a link out of DIR
+        (linked / c).symlink_to(outside, target_is_directory=True)
+    assert_one_line_error(cli("infer", "t", *files, "--sort-into", linked), "is in the way", "a link")
+    assert list(outside.iterdir()) == []
+
+
+def test_a_very_large_image_prints_no_raw_warning(cli, trained, tmp_path, monkeypatch):
+    import warnings
+
+    from PIL import Image as PILImage
+
+    Image.open(sorted((PBC_TEST_IMAGES / "monocyte").glob("*.jpg"))[0]).resize((180, 150)).save(tmp_path / "big.jpg")
+    monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 20_000)  # Pillow warns above this, refuses above twice it
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        r = cli("infer", "t", tmp_path / "big.jpg")
+    assert r.exit_code == 0, r
+    assert not [w for w in seen if "decompression bomb" in str(w.message)], [str(w.message) for w in seen]
+
+
 def test_infer_json_and_errors(cli, trained, tmp_path):
     img = sorted((PBC_TEST_IMAGES / "platelet").glob("*.jpg"))[0]
     out = tmp_path / "one.json"
@@ -190,7 +259,13 @@ def test_infer_json_and_errors(cli, trained, tmp_path):
     data = json.loads(out.read_text())
     assert data["summary"]["predicted"] == 1 and data["predictions"][0]["status"] == "ok"
     assert data["summary"]["policy"]["centre_crop_px"] == 200
-    assert_one_line_error(cli("infer", "t", tmp_path / "nothing-here"), "nothing-here does not exist")
+    assert_one_line_error(cli("infer", "t", tmp_path / "nothing-here"), "nothing-here: does not exist")
+    os.mkfifo(tmp_path / "pipe.jpg")  # given directly: said for what it is, not "does not exist"
+    assert_one_line_error(cli("infer", "t", tmp_path / "pipe.jpg"), "pipe.jpg: a named pipe, not a file")
+    (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
+    assert_one_line_error(cli("infer", "t", tmp_path / "loop.jpg"), "loop.jpg: a link that loops back on itself")
+    r = cli("infer", "t", tmp_path / "loop.jpg", tmp_path / "nothing-here")
+    assert_one_line_error(r, "None of the 2 paths can be read", "(a link that loops back on itself)", "(does not exist)")
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a.jpg").write_bytes(b"not a jpeg")
     r = cli("infer", "t", tmp_path / "junk")

@@ -54,6 +54,7 @@ def test_health_routes_and_readiness(service):
     try:
         c = TestClient(create_app(fresh))
         assert c.get("/healthz").json() == {"status": "ok"}
+        assert c.head("/healthz").status_code == 200 and c.head("/").status_code == 200  # monitors send HEAD
         assert c.get("/readyz").status_code == 503  # loaded, not yet warmed up
         fresh.warm_up()
         assert c.get("/readyz").json() == {"status": "ready"}
@@ -122,18 +123,29 @@ def test_bad_files_get_an_error_entry_and_never_fail_the_request(client):
         ("files", ("bomb.png", png_claiming(100_000, 100_000), "image/png")),
         ("files", ("rgba.png", _png(rgba), "image/png")),
         ("files", ("16bit.png", _png(sixteen), "image/png")),
+        # formats Pillow can open but a microscope does not write: refused before any decoder of theirs runs
+        ("files", ("figure.eps", b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n", "image/png")),
+        ("files", ("favicon.png", _saved(Image.open(JPEGS[3]).resize((32, 32)), "ICO"), "image/png")),
+        ("files", ("cell.webp", _saved(Image.open(JPEGS[3]), "WEBP"), "image/webp")),
     ]
     res = client.post("/v1/predict", files=files, params={"top_k": 2})
     assert res.status_code == 200
     by = {x["file"]: x for x in res.json()["results"]}
     assert [x["file"] for x in res.json()["results"]] == [f[1][0] for f in files]
-    for ok in ("good.jpg", "rgba.png", "16bit.png"):
+    for ok in ("good.jpg", "rgba.png", "16bit.png", "cell.webp"):
         assert by[ok]["status"] == "ok" and len(by[ok]["top_k"]) == 2, by[ok]
     assert "empty" in by["zero.jpg"]["error"]
     assert by["truncated.jpg"]["status"] == "error" and by["truncated.jpg"]["error"]
-    assert by["text.png"]["error"] == "not an image"
+    for refused in ("text.png", "figure.eps", "favicon.png"):
+        assert by[refused]["error"] == "not an image in a supported format (JPEG, PNG, TIFF, BMP or WebP)"
     assert "too large" in by["bomb.png"]["error"]
     assert all(by[f]["predicted"] is None for f in ("zero.jpg", "truncated.jpg", "text.png", "bomb.png"))
+
+
+def _saved(img, fmt: str) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt)
+    return buf.getvalue()
 
 
 def test_min_confidence_flags_and_top_k(client):
@@ -176,6 +188,19 @@ def test_token_guards_v1_but_not_health(service):
     assert c.get("/").status_code == 200  # the page itself asks for the token
 
 
+def test_an_empty_token_is_refused_and_tokens_compare_as_utf8(service):
+    from cellmorphnet.errors import ConfigError
+
+    for empty in ("", "  "):
+        with pytest.raises(ConfigError, match="token is empty"):
+            create_app(service, token=empty)
+    c = TestClient(create_app(service, token="clé-secrète"))
+    utf8 = "Bearer clé-secrète".encode()  # what a client sends: the token's UTF-8 bytes
+    assert c.get("/v1/model", headers=[("Authorization", utf8)]).status_code == 200
+    assert c.get("/v1/model", headers=[("Authorization", "Bearer clé-secrètE".encode())]).status_code == 401
+    assert c.get("/v1/model", headers={"Authorization": "Bearer "}).status_code == 401
+
+
 def test_cors_is_off_unless_an_origin_is_given(service):
     origin = {"Origin": "http://lims.example"}
     assert "access-control-allow-origin" not in TestClient(create_app(service)).get("/v1/model", headers=origin).headers
@@ -196,7 +221,7 @@ def test_gradcam_returns_the_overlay_png(client):
     left, right = np.asarray(img)[:, :256].astype(int), np.asarray(img)[:, 260:].astype(int)
     assert np.abs(left - right).mean() > 5  # the heat map is drawn over the crop
     bad = client.post("/v1/gradcam", files=[("file", ("x.png", b"nope", "image/png"))])
-    assert bad.status_code == 422 and bad.json()["detail"] == "not an image"
+    assert bad.status_code == 422 and bad.json()["detail"].startswith("not an image")
 
 
 def test_the_page_is_served_and_needs_no_cdn(client):
@@ -273,6 +298,7 @@ def test_serve_refuses_a_broken_run_before_opening_the_port(cli, tmp_path):
     ckpt.write_bytes(ckpt.read_bytes()[:1000])
     assert_one_line_error(cli("serve", broken, "--port", str(_free_port())), "cannot be loaded safely")
     assert_one_line_error(cli("serve", tmp_path / "nowhere"), "No run")
+    assert_one_line_error(cli("serve", "--token", ""), "The token is empty")  # before anything loads
 
 
 def test_serve_refuses_a_port_in_use(cli):

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
 from cellmorphnet import __version__
 from cellmorphnet.cli import _output
@@ -41,9 +43,10 @@ def _handle_errors(fn):
         except CellMorphNetError as e:
             if _debug():
                 raise
-            _output.err.print(f"[bold red]Error:[/bold red] {e.message}", soft_wrap=True)
+            # messages and hints are text: "cellmorphnet[serve]" must not be read as a style tag
+            _output.err.print(f"[bold red]Error:[/bold red] {escape(e.message)}", soft_wrap=True)
             if e.hint:
-                _output.err.print(f"[dim]Hint:[/dim] {e.hint}", soft_wrap=True)
+                _output.err.print(f"[dim]Hint:[/dim] {escape(e.hint)}", soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             if _debug():
@@ -56,7 +59,7 @@ def _handle_errors(fn):
             if _debug():
                 raise
             _output.err.print(
-                f"[bold red]Unexpected error:[/bold red] {type(e).__name__}: {e}. "
+                f"[bold red]Unexpected error:[/bold red] {type(e).__name__}: {escape(str(e))}. "
                 "Set CELLMORPHNET_DEBUG=1 to see the traceback, and please report it.",
                 soft_wrap=True,
             )
@@ -89,6 +92,9 @@ def root(
 ) -> None:
     from cellmorphnet.paths import home_dir
 
+    # Pillow warns (three raw lines) when an image has more pixels than it considers safe; cellmorphnet reads
+    # such an image on purpose (serve has its own pixel limit) or reports it as too large, one line per file.
+    warnings.filterwarnings("ignore", message="Image size .* could be decompression bomb DOS attack")
     ctx.obj = {"home": home.expanduser().resolve() if home else home_dir()}
 
 

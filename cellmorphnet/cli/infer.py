@@ -89,9 +89,9 @@ def command(
     if not files:
         if missing:
             raise InvalidData(
-                f"{missing[0][0]} does not exist."
+                f"{missing[0][0]}: {missing[0][1]}."
                 if len(missing) == 1
-                else f"None of the {len(missing)} paths exist: {', '.join(str(m) for m, _ in missing)}."
+                else f"None of the {len(missing)} paths can be read: {'; '.join(f'{m} ({why})' for m, why in missing)}."
             )
         raise InvalidData("No image files found in the given paths.", hint="Images end in .jpg, .png, .bmp or .tif.")
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept_data_change)

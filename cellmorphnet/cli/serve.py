@@ -1,7 +1,7 @@
 """Serve a run over HTTP: a REST API (/v1, OpenAPI at /docs) and a web page at / for the people around you.
 
 Loads the model once and classifies uploads exactly as infer does. Binds to 127.0.0.1 unless told
-otherwise; on a network, set a token. Needs the serve extra: pipx install "cellmorphnet[serve]".
+otherwise; on a network, set a token. Needs the serve extra: pipx install "cellmorphnet\\[serve]".
 """
 
 from __future__ import annotations
@@ -65,7 +65,9 @@ def command(
         hint = 'pipx install "cellmorphnet[serve]" (or pip install "cellmorphnet[serve]").'
         raise ConfigError("cellmorphnet serve needs its extra packages.", hint=hint) from None
     from cellmorphnet.service import Limits, ModelService
-    from cellmorphnet.webapp import create_app
+    from cellmorphnet.webapp import check_token_value, create_app
+
+    check_token_value(token)  # before the model loads
 
     run_dir = runs.resolve_run(run, home_of(ctx))
     _check_port(host, port)

@@ -77,7 +77,8 @@ def read_error(e: Exception) -> str:
 def collect_files(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, str]]]:
     """Files to predict: given files as they are, folders searched recursively for image suffixes.
 
-    Returns the files and the paths that do not exist (with a reason).
+    Returns the files and the paths that cannot be read, each with the reason ("does not exist", a link loop,
+    a named pipe...).
     """
     files, missing = [], []
     for p in paths:
@@ -87,8 +88,29 @@ def collect_files(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, s
         elif p.is_file():
             files.append(p)
         else:
-            missing.append((p, "does not exist"))
+            missing.append((p, _not_a_file(p)))
     return files, missing
+
+
+def _not_a_file(p: Path) -> str:
+    """Why a path given by the user is neither a folder nor a regular file."""
+    import errno
+    import os
+    import stat
+
+    if not os.path.lexists(p):
+        return "does not exist"
+    try:
+        mode = p.stat().st_mode
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            return "a link that loops back on itself"
+        return "a link to something that does not exist" if p.is_symlink() else f"cannot be read ({e.strerror})"
+    if stat.S_ISFIFO(mode):
+        return "a named pipe, not a file"
+    if stat.S_ISSOCK(mode):
+        return "a socket, not a file"
+    return "not a regular file (a device?)"
 
 
 def crop_box(size: tuple[int, int], policy: InferencePolicy, nucleus: Nucleus | None = None,

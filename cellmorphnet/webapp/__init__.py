@@ -137,12 +137,24 @@ def _multipart(field: str, many: bool) -> dict[str, Any]:
         "schema": {"type": "object", "required": [field], "properties": {field: schema}}}}}}  # fmt: skip
 
 
+def check_token_value(token: str | None) -> None:
+    """Refuse an empty token (``--token ''``): every client would pass with ``Authorization: Bearer ``."""
+    from cellmorphnet.errors import ConfigError
+
+    if token is not None and not token.strip():
+        raise ConfigError("The token is empty: every client would pass with 'Authorization: Bearer '.",
+                          hint="Give a real token, or leave out --token (and unset CELLMORPHNET_TOKEN).")  # fmt: skip
+
+
 def create_app(service: ModelService, *, token: str | None = None, cors_origins: list[str] | None = None,
                limits: Limits | None = None) -> FastAPI:  # fmt: skip
     """The application: ``service`` answers, ``token`` (if any) guards ``/v1``, ``cors_origins`` opens CORS,
     ``limits`` bound each request (default: the service's)."""
     limits = limits or service.limits
     from cellmorphnet import __version__
+
+    check_token_value(token)
+    expected = token.encode("utf-8") if token is not None else b""
 
     app = FastAPI(
         title="cellmorphnet",
@@ -162,7 +174,9 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
             return
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip().encode(), token.encode()):
+        # HTTP headers arrive as bytes, which Starlette hands over decoded as Latin-1: encoding them back gives the
+        # bytes the client sent (UTF-8 for a non-ASCII token), compared with the token's own UTF-8 bytes
+        if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip().encode("latin-1"), expected):
             raise HTTPException(401, "A valid 'Authorization: Bearer <token>' header is required.",
                                 headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
 
@@ -170,12 +184,12 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
     async def refused(_request, exc: _Refused):
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
 
-    @app.get("/healthz", tags=["health"])
+    @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["health"])
     def healthz() -> dict[str, str]:
         """The process is alive."""
         return {"status": "ok"}
 
-    @app.get("/readyz", tags=["health"])
+    @app.api_route("/readyz", methods=["GET", "HEAD"], tags=["health"])
     def readyz():
         """The model is loaded and warmed up (503 until then)."""
         if not service.ready:
@@ -218,7 +232,7 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
 
     app.include_router(v1)
 
-    @app.get("/", include_in_schema=False)
+    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
     def index():
         return FileResponse(str(STATIC / "index.html"), media_type="text/html")
 

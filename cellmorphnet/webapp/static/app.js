@@ -184,6 +184,8 @@ function csvText() {
   const header = ["path", "status", "predicted", "confidence"];
   for (let i = 1; i <= TOP_K; i++) header.push(`top${i}`, `top${i}_probability`);
   header.push("framing", "colour_step", "stain_contrast", "colour_distance", "unlike_training", "low_confidence", "error");
+  // a cell that a spreadsheet would read as a formula (=, +, -, @, tab, CR first) gets a leading ', as infer writes it
+  const safe = (v) => (/^[=+\-@\t\r]/.test(v) ? `'${v}` : v);
   const quote = (v) => (/[",\n\r]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v);
   const lines = [header.join(",")];
   const limit = threshold();
@@ -197,7 +199,7 @@ function csvText() {
     row.push(ok ? r.framing || "" : "", ok ? r.colour_step || "" : "", ok && r.stain_contrast != null ? r.stain_contrast.toFixed(3) : "",
       ok && r.colour_distance != null ? r.colour_distance.toFixed(2) : "",
       ok ? (r.unlike_training ? "yes" : "no") : "", ok ? (r.confidence < limit ? "yes" : "no") : "", ok ? "" : r.error || "");
-    lines.push(row.map((v) => quote(String(v))).join(","));
+    lines.push(row.map((v) => quote(safe(String(v)))).join(","));
   }
   return lines.join("\r\n") + "\r\n";
 }
