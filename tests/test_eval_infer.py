@@ -265,7 +265,8 @@ def test_infer_json_and_errors(cli, trained, tmp_path):
     (tmp_path / "loop.jpg").symlink_to(tmp_path / "loop.jpg")
     assert_one_line_error(cli("infer", "t", tmp_path / "loop.jpg"), "loop.jpg: a link that loops back on itself")
     r = cli("infer", "t", tmp_path / "loop.jpg", tmp_path / "nothing-here")
-    assert_one_line_error(r, "None of the 2 paths can be read", "(a link that loops back on itself)", "(does not exist)")
+    assert_one_line_error(r, "None of the 2 paths can be read", "(a link that loops back on itself)",
+                          "(does not exist)")  # fmt: skip
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "a.jpg").write_bytes(b"not a jpeg")
     r = cli("infer", "t", tmp_path / "junk")
