@@ -201,6 +201,27 @@ def test_an_empty_token_is_refused_and_tokens_compare_as_utf8(service):
     assert c.get("/v1/model", headers={"Authorization": "Bearer "}).status_code == 401
 
 
+def test_other_sites_cannot_use_a_local_server_by_origin_or_by_host(service):
+    from cellmorphnet.webapp import trusted_hosts
+
+    one = _files(JPEGS[:1])
+    for token in (None, "s3cret"):  # a cross-origin POST is refused with or without a token
+        auth = {"Authorization": "Bearer s3cret"} if token else {}
+        c = TestClient(create_app(service, token=token, hosts=trusted_hosts("127.0.0.1")), base_url="http://127.0.0.1:8000")
+        refused = c.post("/v1/predict", files=one, headers={**auth, "Origin": "http://evil.example"})
+        assert refused.status_code == 403 and "Cross-origin" in refused.json()["detail"]
+        assert c.post("/v1/predict", files=one, headers={**auth, "Origin": "null"}).status_code == 403
+        assert c.post("/v1/predict", files=one, headers={**auth, "Origin": "http://127.0.0.1:8000"}).status_code == 200
+        assert c.post("/v1/predict", files=one, headers=auth).status_code == 200  # no Origin: curl, scripts
+        # DNS rebinding: a foreign name that resolves to 127.0.0.1 is not answered, the loopback names are
+        assert c.get("/healthz", headers={"Host": "evil.example:8000"}).status_code == 400
+        assert c.get("/v1/model", headers={**auth, "Host": "localhost:8000"}).status_code == 200
+    allowed = TestClient(create_app(service, cors_origins=["http://lims.example"]))
+    assert allowed.post("/v1/predict", files=one, headers={"Origin": "http://lims.example"}).status_code == 200
+    assert trusted_hosts("0.0.0.0") == ["*"] and "lab-pc" in trusted_hosts("0.0.0.0", ["lab-pc"])
+    assert set(trusted_hosts("::1")) == {"[::1]", "localhost", "127.0.0.1"}
+
+
 def test_cors_is_off_unless_an_origin_is_given(service):
     origin = {"Origin": "http://lims.example"}
     assert "access-control-allow-origin" not in TestClient(create_app(service)).get("/v1/model", headers=origin).headers

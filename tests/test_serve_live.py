@@ -98,8 +98,17 @@ def test_binding_to_every_address_without_a_token_warns(tmp_path):
         s.url = f"http://127.0.0.1:{s.port}"
         s.wait_ready()
         assert "without a token" in s.log.read_text()
+        assert httpx.get(f"{s.url}/healthz", headers={"Host": "lab-pc.example"}).status_code == 200  # any name
     finally:
         s.stop()
+
+
+def test_a_local_server_answers_only_its_own_names_and_origin(server):
+    assert httpx.get(f"{server.url}/healthz").status_code == 200
+    assert httpx.get(f"{server.url}/healthz", headers={"Host": "rebound.example"}).status_code == 400
+    one = {"files": ("a.jpg", JPEGS[0].read_bytes(), "image/jpeg")}
+    assert httpx.post(f"{server.url}/v1/predict", files=one, headers={"Origin": "http://evil.example"},
+                      timeout=60).status_code == 403  # fmt: skip
 
 
 def test_sixteen_clients_for_twenty_seconds(server):

@@ -37,6 +37,11 @@ def command(
         typer.Option("--cors-origin", help="Allow browser pages from this origin to call the API (repeatable).",
                      show_default=False),
     ] = None,  # fmt: skip
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option("--allowed-host", help="Also answer requests addressed to this host name (repeatable); "
+                     "by default only the bound address and localhost (any, with 0.0.0.0).", show_default=False),
+    ] = None,  # fmt: skip
     max_batch: Annotated[
         int, typer.Option("--max-batch", help="Images per forward pass across requests (1: no micro-batching).")
     ] = 32,
@@ -65,7 +70,7 @@ def command(
         hint = 'pipx install "cellmorphnet[serve]" (or pip install "cellmorphnet[serve]").'
         raise ConfigError("cellmorphnet serve needs its extra packages.", hint=hint) from None
     from cellmorphnet.service import Limits, ModelService
-    from cellmorphnet.webapp import check_token_value, create_app
+    from cellmorphnet.webapp import check_token_value, create_app, trusted_hosts
 
     check_token_value(token)  # before the model loads
 
@@ -79,7 +84,7 @@ def command(
     if host not in LOCAL_HOSTS and not token:
         _output.warn(f"Listening on {host} without a token: anyone who can reach this machine can use the model. "
                      f"Set --token or {ENV_TOKEN}.")  # fmt: skip
-    app = create_app(service, token=token, cors_origins=cors_origin or None)
+    app = create_app(service, token=token, cors_origins=cors_origin or None, hosts=trusted_hosts(host, allowed_host))
     shown = f"[{host}]" if ":" in host else host
     _output.info(f"Serving {run_dir.name} ({len(service.classes)} classes, {service.rm.device}) on "
                  f"http://{shown}:{port}/  (API docs: /docs; Ctrl+C stops)")  # fmt: skip

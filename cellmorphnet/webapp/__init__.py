@@ -137,6 +137,47 @@ def _multipart(field: str, many: bool) -> dict[str, Any]:
         "schema": {"type": "object", "required": [field], "properties": {field: schema}}}}}}  # fmt: skip
 
 
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def trusted_hosts(bound: str, allowed: list[str] | None = None) -> list[str]:
+    """The ``Host`` header values the server answers: the address it is bound to, the loopback names and ``allowed``
+    (``--allowed-host``). Bound to every interface (0.0.0.0 or ::), any name, unless ``allowed`` narrows it.
+
+    A server that answers any ``Host`` is open to DNS rebinding: a web page whose name is made to resolve to
+    127.0.0.1 is then same-origin with the local server, and its scripts can read the answers.
+    """
+    if bound in ("0.0.0.0", "::", ""):
+        return [*LOOPBACK_NAMES, *allowed] if allowed else ["*"]
+    name = f"[{bound}]" if ":" in bound else bound
+    return sorted({name.lower(), *LOOPBACK_NAMES, *(a.lower() for a in allowed or [])})
+
+
+class OriginCheck:
+    """Refuse a state-changing request (POST...) whose ``Origin`` is neither the server's own nor a CORS origin.
+
+    A browser sends a form POST to any server without asking (no CORS preflight), and the server would act on
+    it: any web page could use a local server that has no token. Such a request carries the page's ``Origin``,
+    so it is refused here (403), with or without a token. Requests without ``Origin`` (curl, scripts) pass.
+    """
+
+    def __init__(self, app, allowed: list[str] | None = None) -> None:
+        self.app = app
+        self.allowed = {o.rstrip("/") for o in allowed or []}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] not in SAFE_METHODS:
+            headers = dict(scope["headers"])
+            origin = headers.get(b"origin")
+            own = f"{scope.get('scheme', 'http')}://{headers.get(b'host', b'').decode('latin-1')}"
+            if origin is not None and origin.decode("latin-1") not in {own, *self.allowed}:
+                response = JSONResponse({"detail": "Cross-origin requests are refused (see --cors-origin)."}, 403)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def check_token_value(token: str | None) -> None:
     """Refuse an empty token (``--token ''``): every client would pass with ``Authorization: Bearer ``."""
     from cellmorphnet.errors import ConfigError
@@ -147,9 +188,10 @@ def check_token_value(token: str | None) -> None:
 
 
 def create_app(service: ModelService, *, token: str | None = None, cors_origins: list[str] | None = None,
-               limits: Limits | None = None) -> FastAPI:  # fmt: skip
-    """The application: ``service`` answers, ``token`` (if any) guards ``/v1``, ``cors_origins`` opens CORS,
-    ``limits`` bound each request (default: the service's)."""
+               limits: Limits | None = None, hosts: list[str] | None = None) -> FastAPI:  # fmt: skip
+    """The application: ``service`` answers, ``token`` (if any) guards ``/v1``, ``cors_origins`` opens CORS (and
+    are the only other origins whose POSTs are served), ``limits`` bound each request (default: the service's),
+    ``hosts`` are the ``Host`` values it answers (``trusted_hosts``; None: any)."""
     limits = limits or service.limits
     from cellmorphnet import __version__
 
@@ -163,11 +205,16 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
         "device. The files of one request are classified as one set, as `cellmorphnet infer` classifies the "
         "files given to it together.",
     )
+    app.add_middleware(OriginCheck, allowed=cors_origins)  # (the last added runs first)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
 
         app.add_middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
                            allow_headers=["Authorization", "Content-Type"])  # fmt: skip
+    if hosts is not None:
+        from starlette.middleware.trustedhost import TrustedHostMiddleware
+
+        app.add_middleware(TrustedHostMiddleware, allowed_hosts=hosts)
 
     def check_token(request: Request) -> None:
         if token is None:
