@@ -53,9 +53,9 @@ def emit(result: dict, as_json: bool) -> None:
 
 
 @contextmanager
-def serving(run: str = "bloodmnist", *extra: str, timeout: float = 120) -> Iterator[str]:
+def serving(run: str = "bloodmnist", *extra: str, timeout: float = 120, pids: list[int] | None = None) -> Iterator[str]:
     """``cellmorphnet serve RUN`` (the installed command) on a free local port, in a temporary home; yields its
-    URL once ``/readyz`` answers, and stops it afterwards."""
+    URL once ``/readyz`` answers, and stops it afterwards. ``pids``, if given, receives the server's process id."""
     import socket
     import subprocess
     import tempfile
@@ -71,6 +71,8 @@ def serving(run: str = "bloodmnist", *extra: str, timeout: float = 120) -> Itera
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen([str(exe), "serve", run, "--port", str(port), "--device", "cpu", *extra],
                                 env={**os.environ, "CELLMORPHNET_HOME": tmp}, stdout=subprocess.DEVNULL)  # fmt: skip
+        if pids is not None:
+            pids.append(proc.pid)
         try:
             deadline = time.monotonic() + timeout
             while True:

@@ -5,7 +5,7 @@ Research use only; not a diagnostic device. The public Python API (``train``, ``
 and tab completion list it all the same.
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0.dev0"
 _API = ("train", "load_run", "predict", "evaluate")
 __all__ = [*_API, "__version__"]
 

@@ -70,7 +70,8 @@ def find_nucleus(img: Image.Image | np.ndarray) -> Nucleus | None:
     if min(w, h) < MIN_SIDE:
         return None
     scale = WORK_SIDE / max(w, h)
-    small = img.convert("RGB").resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
+    rgb = img if img.mode == "RGB" else img.convert("RGB")  # (no full-size copy of an RGB image)
+    small = rgb.resize((max(1, round(w * scale)), max(1, round(h * scale))), Image.BILINEAR)
     stained = nuclear_stain(np.asarray(small))
     if stained is None:
         return None

@@ -34,6 +34,10 @@ class InvalidData(CellMorphNetError):
     """A file or folder does not have the layout, keys, shapes or counts expected."""
 
 
+class LimitExceeded(CellMorphNetError):
+    """A request asks for more than a documented limit allows (the server answers 413)."""
+
+
 class UnsafeArchive(CellMorphNetError):
     """An archive member would be written outside its target folder."""
 

@@ -40,6 +40,16 @@ def _formats() -> list[str]:
     return [f for f in IMAGE_FORMATS if f in Image.OPEN]
 
 
+def pixel_count(source) -> int | None:
+    """Width x height from an image's header, without decoding it (None where it is not a supported image)."""
+    try:
+        with Image.open(source, formats=_formats()) as img:
+            w, h = img.size
+            return w * h
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+        return None
+
+
 def load_rgb(source, name: str | None = None, max_pixels: int | None = None) -> Image.Image:
     """Open an image (a path, or a binary file object named ``name``) fully as RGB.
 

@@ -10,6 +10,8 @@ thread, in order; request threads only decode and crop.
 from __future__ import annotations
 
 import hashlib
+import io
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,12 +33,20 @@ from cellmorphnet.inference import (
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may send. Sizes in bytes; ``max_pixels`` per decoded image."""
+    """What one request may send, and how much decoding the server does at once. Sizes in bytes; pixels decoded.
+
+    A request's images are decoded and held while its set is surveyed and framed (a 62 KB PNG can be a
+    49-megapixel canvas, 147 MB decoded): ``max_request_pixels`` bounds what one request holds and
+    ``max_concurrent_sets`` how many requests are decoding at once, so the server's memory stays bounded
+    whatever arrives (about 3 bytes a pixel x both, plus the model; docs/serve.md measures it).
+    """
 
     max_file_bytes: int = 20 * 1024 * 1024
     max_request_bytes: int = 100 * 1024 * 1024
     max_files: int = 256
-    max_pixels: int = 50_000_000
+    max_pixels: int = 50_000_000  # per image
+    max_request_pixels: int = 200_000_000  # all the images of one request together
+    max_concurrent_sets: int = 2  # requests decoding and framing their images at the same time
 
 
 class ModelService:
@@ -54,6 +64,10 @@ class ModelService:
         self.classes = self.rm.classes
         self.ready = False
         self._checkpoint_sha256: str | None = None
+        # Every request's images are decoded on these threads, never on the web server's many: at most this many
+        # requests decode at once, and only these threads' memory pools ever hold a decoded canvas (a freed block
+        # stays in its thread's pool, so decoding on 40 threads would keep 40 pools' worth).
+        self._decoder = ThreadPoolExecutor(limits.max_concurrent_sets, thread_name_prefix="cellmorphnet-decode")
         self.batcher = MicroBatcher(self._forward, max_batch, max_wait_ms)
 
     # --- the model thread -------------------------------------------------------------------------
@@ -72,10 +86,22 @@ class ModelService:
 
     def close(self) -> None:
         self.ready = False
+        self._decoder.shutdown(wait=False, cancel_futures=True)
         self.batcher.close()
 
     # --- what clients call ------------------------------------------------------------------------
     def _uploads(self, files: list[tuple[str, bytes]]) -> list[Upload]:
+        """The request's files as uploads, refused whole (``LimitExceeded``) when their images' headers add up to
+        more pixels than ``max_request_pixels``: checked before any is decoded."""
+        from cellmorphnet.errors import LimitExceeded
+        from cellmorphnet.imaging import pixel_count
+
+        counts = [pixel_count(io.BytesIO(data)) or 0 for _, data in files]
+        counts = [c for c in counts if c <= self.limits.max_pixels]  # larger ones are refused one by one
+        if sum(counts) > self.limits.max_request_pixels:
+            raise LimitExceeded(f"The images of this request have {sum(counts) / 1e6:,.0f} million pixels together; "
+                                f"the limit is {self.limits.max_request_pixels / 1e6:,.0f} million: send fewer "
+                                "images per request.")  # fmt: skip
         return [Upload(name or f"file-{i + 1}", data, self.limits.max_pixels) for i, (name, data) in enumerate(files)]
 
     def _prepare(self, uploads: list[Upload]) -> list[Loaded]:
@@ -85,8 +111,14 @@ class ModelService:
         def one_view(arrays: list[np.ndarray]) -> np.ndarray:
             return self.batcher.call(lambda: self._forward(arrays, tta=False)).result()
 
-        _, loaded = prepare_set(uploads, self.options, self.classes, one_view, workers=1)
-        return list(loaded)
+        def prepare() -> list[Loaded]:
+            _, loaded = prepare_set(uploads, self.options, self.classes, one_view, workers=1)
+            loaded = list(loaded)
+            for u in uploads:
+                u.image = None  # the full-size pixels go at once: what the model needs is in ``loaded``
+            return loaded
+
+        return self._decoder.submit(prepare).result()
 
     def _predict(self, loaded: list[Loaded], top_k: int) -> list[Prediction]:
         ok = [x for x in loaded if x.error is None]
@@ -105,8 +137,6 @@ class ModelService:
 
     def gradcam_png(self, name: str, data: bytes) -> tuple[Prediction, bytes]:
         """The prediction for one image and its Grad-CAM overlay (the crop beside the heat map) as PNG bytes."""
-        import io
-
         from cellmorphnet.cellfinder import padded_crop
         from cellmorphnet.gradcam import overlay_image
 

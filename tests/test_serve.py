@@ -175,6 +175,21 @@ def test_limits_answer_413_and_bad_bodies_400(service):
     assert c.post("/v1/gradcam", files=_files(JPEGS[:2], "file")).status_code == 400
 
 
+
+def test_a_request_of_large_canvases_is_refused_before_anything_is_decoded(client, service):
+    """Blank 7000x7000 PNGs are tiny on the wire and 49 megapixels each decoded: a request whose images add up to
+    more than max_request_pixels (200 million by default) is refused from their headers alone."""
+    import time
+
+    canvas = _png(Image.new("RGB", (7000, 7000), "white"))
+    assert len(canvas) < 300_000 and service.limits.max_request_pixels == 200_000_000
+    start = time.monotonic()
+    r = client.post("/v1/predict", files=[("files", (f"{i}.png", canvas, "image/png")) for i in range(5)])
+    assert r.status_code == 413 and "245 million pixels" in r.json()["detail"], r.text
+    assert time.monotonic() - start < 5  # nothing was decoded
+    assert client.post("/v1/predict", files=_files(JPEGS[:3])).status_code == 200  # the server goes on
+
+
 def test_token_guards_v1_but_not_health(service):
     c = TestClient(create_app(service, token="s3cret"))
     assert c.get("/healthz").status_code == 200 and c.get("/readyz").status_code == 200

@@ -232,3 +232,66 @@ def test_the_web_page_in_a_real_browser(server, page, tmp_path):
                 assert abs(float(a) - float(b)) < 1e-4, (row[0], column, a, b)
             else:
                 assert a == b, (row[0], column, a, b)
+
+
+def test_memory_stays_bounded_under_large_canvases_and_health_answers(tmp_path):
+    """Blank 7000x7000 PNGs (about 60 KB each, 49 megapixels decoded), four to a request (within the request's
+    pixel budget), three such requests at once: the server's resident memory peaks well under 2.5 GB, /healthz
+    answers within a second throughout, and a fifth canvas in one request is refused from the headers (413)."""
+    import io
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (7000, 7000), "white").save(buf, format="PNG")
+    canvas = buf.getvalue()
+    s = Server(tmp_path).wait_ready()
+    try:
+        slowest, stop = [0.0], threading.Event()
+
+        def watch() -> None:
+            while not stop.is_set():
+                t = time.monotonic()
+                assert httpx.get(f"{s.url}/healthz", timeout=5).status_code == 200
+                slowest[0] = max(slowest[0], time.monotonic() - t)
+                time.sleep(0.1)
+
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+
+        def post(n: int) -> int:
+            files = [("files", (f"{i}.png", canvas, "image/png")) for i in range(n)]
+            return httpx.post(f"{s.url}/v1/predict", files=files, timeout=300).status_code
+
+        with ThreadPoolExecutor(3) as pool:
+            assert list(pool.map(post, [4, 4, 4])) == [200, 200, 200]
+        assert post(5) == 413
+        stop.set()
+        watcher.join()
+        peak = next(int(line.split()[1]) / 1024 for line in Path(f"/proc/{s.proc.pid}/status").read_text().splitlines()
+                    if line.startswith("VmHWM:"))  # fmt: skip
+        assert peak < 2500, f"peak resident memory {peak:.0f} MB"
+        assert slowest[0] < 1.0, f"/healthz took {slowest[0]:.2f} s"
+    finally:
+        s.stop()
+
+
+def test_a_client_that_disconnects_mid_upload_is_one_log_line(tmp_path):
+    s = Server(tmp_path).wait_ready()
+    try:
+        for _ in range(5):  # each sends the headers and part of a 1 MB body, then hangs up
+            with socket.create_connection(("127.0.0.1", s.port), timeout=5) as c:
+                c.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                          b"boundary=b\r\nContent-Length: 1000000\r\n\r\n--b\r\n" + b"x" * 50_000)  # fmt: skip
+                time.sleep(0.2)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and s.log.read_text().count("disconnected during its upload") < 5:
+            time.sleep(0.2)
+        assert httpx.get(f"{s.url}/healthz", timeout=5).status_code == 200
+        log = s.log.read_text()
+        assert log.count("INFO: ") >= 5 and log.count("disconnected during its upload") == 5, log
+        assert "Traceback" not in log, log
+    finally:
+        s.stop()

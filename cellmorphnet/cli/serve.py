@@ -54,13 +54,20 @@ def command(
     max_megapixels: Annotated[
         float, typer.Option("--max-megapixels", help="Decoded size of one image (decompression bombs).")
     ] = 50.0,
+    max_request_megapixels: Annotated[
+        float, typer.Option("--max-request-megapixels", help="Decoded size of all the images of one request.")
+    ] = 200.0,
+    max_concurrent_sets: Annotated[
+        int, typer.Option("--max-concurrent-sets", help="Requests decoding their images at the same time (each "
+                          "holds at most --max-request-megapixels decoded).")
+    ] = 2,
 ) -> None:
     from cellmorphnet import runs
     from cellmorphnet.errors import ConfigError
 
     if not 1 <= port <= 65535:
         raise ConfigError("--port must be between 1 and 65535.")
-    if min(max_files, max_file_mb, max_request_mb, max_megapixels) <= 0:
+    if min(max_files, max_file_mb, max_request_mb, max_megapixels, max_request_megapixels, max_concurrent_sets) <= 0:
         raise ConfigError("The --max-* limits must be positive.")
     try:
         import fastapi  # noqa: F401
@@ -77,7 +84,9 @@ def command(
     run_dir = runs.resolve_run(run, home_of(ctx))
     _check_port(host, port)
     limits = Limits(max_file_bytes=int(max_file_mb * 1024 * 1024), max_request_bytes=int(max_request_mb * 1024 * 1024),
-                    max_files=max_files, max_pixels=int(max_megapixels * 1_000_000))  # fmt: skip
+                    max_files=max_files, max_pixels=int(max_megapixels * 1_000_000),
+                    max_request_pixels=int(max_request_megapixels * 1_000_000),
+                    max_concurrent_sets=max_concurrent_sets)  # fmt: skip
     _output.info(f"Loading {run_dir.name} …")
     service = ModelService(run_dir, checkpoint, device, max_batch=max_batch, max_wait_ms=batch_wait_ms, limits=limits)
     service.warm_up()  # a broken run fails here, before the port opens
@@ -88,6 +97,14 @@ def command(
     shown = f"[{host}]" if ":" in host else host
     _output.info(f"Serving {run_dir.name} ({len(service.classes)} classes, {service.rm.device}) on "
                  f"http://{shown}:{port}/  (API docs: /docs; Ctrl+C stops)")  # fmt: skip
+    import logging
+
+    handler = logging.StreamHandler()  # the server's own one-line notices (a client that went away...)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    served = logging.getLogger("cellmorphnet.serve")
+    served.addHandler(handler)
+    served.setLevel(logging.INFO)
+    served.propagate = False
     try:
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
     finally:

@@ -29,6 +29,10 @@ from cellmorphnet.record import InferencePolicy
 # passes, where other images get the 8 flips and turns). Off by default: on nine models it gained 0.9
 # points on another lab's cells on average, but +0.2 over three seeds of the default recipe (one lost
 # 3.5), at half the speed (docs/benchmarks.md, "Scale views").
+# An upload is read twice (the set's survey, then its framing): one of at most this many pixels is kept decoded in
+# between (a microscope photo: 12 MB at 4 megapixels); a larger one is decoded again rather than held, so a request
+# of large canvases holds one at a time (docs/serve.md, "Limits").
+KEEP_DECODED_PIXELS = 4_000_000
 SCALE_VIEWS = (0.87, 1.0, 1.15)  # multiples of the set's crop side; 1.0 in the middle
 DEFAULT_SCALE_VIEWS = False
 
@@ -43,7 +47,7 @@ class Upload:
     name: str
     data: bytes
     max_pixels: int | None = None  # refuse larger images before decoding them (decompression bombs)
-    image: Any = field(default=None, repr=False)  # decoded once, for the survey and the prediction
+    image: Any = field(default=None, repr=False)  # kept decoded between the survey and the framing, if small
 
     def __str__(self) -> str:
         return self.name
@@ -53,13 +57,17 @@ Item = Path | Upload  # what the prediction functions classify
 
 
 def read_image(item: Item):
-    """The PIL RGB image of a file or an upload (an upload is decoded once and kept: a request's worth)."""
+    """The PIL RGB image of a file or an upload (an upload of up to ``KEEP_DECODED_PIXELS`` is decoded once and
+    kept for its second reading)."""
     if isinstance(item, Upload):
         if not item.data:
             raise InvalidData(f"{item.name}: empty file (0 bytes)")
-        if item.image is None:
-            item.image = load_rgb(io.BytesIO(item.data), item.name, item.max_pixels)
-        return item.image
+        if item.image is not None:
+            return item.image
+        img = load_rgb(io.BytesIO(item.data), item.name, item.max_pixels)
+        if img.width * img.height <= KEEP_DECODED_PIXELS:
+            item.image = img
+        return img
     if item.stat().st_size == 0:
         raise InvalidData(f"{item}: empty file (0 bytes)")
     return load_rgb(item)

@@ -7,6 +7,7 @@ the bearer token, request limits, and turning predictions into JSON. Uploads are
 
 from __future__ import annotations
 
+import logging
 import secrets
 from importlib import resources
 from typing import Any
@@ -16,9 +17,12 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
+from cellmorphnet.errors import LimitExceeded
 from cellmorphnet.service import Limits, ModelService
 
+log = logging.getLogger("cellmorphnet.serve")  # the CLI shows its INFO lines
 STATIC = resources.files(__package__) / "static"
 API_VERSION = "v1"
 
@@ -81,7 +85,9 @@ def model_card(service: ModelService) -> dict[str, Any]:
         "micro_batching": {"max_batch": service.batcher.max_batch, "max_wait_ms": service.batcher.max_wait * 1000},
         "limits": {"max_file_bytes": service.limits.max_file_bytes,
                    "max_request_bytes": service.limits.max_request_bytes,
-                   "max_files": service.limits.max_files, "max_pixels": service.limits.max_pixels},  # fmt: skip
+                   "max_files": service.limits.max_files, "max_pixels": service.limits.max_pixels,
+                   "max_request_pixels": service.limits.max_request_pixels,
+                   "max_concurrent_sets": service.limits.max_concurrent_sets},  # fmt: skip
         "notice": "Research tool: not a medical device; its predictions are not a diagnosis.",
     }
 
@@ -92,10 +98,15 @@ async def _read_files(request: Request, field: str, limits: Limits) -> list[tupl
     if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
         raise _too_large(f"The request is larger than {limits.max_request_bytes:,} bytes.")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limits.max_request_bytes:
-            raise _too_large(f"The request is larger than {limits.max_request_bytes:,} bytes.")
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limits.max_request_bytes:
+                raise _too_large(f"The request is larger than {limits.max_request_bytes:,} bytes.")
+    except ClientDisconnect:  # an everyday event, not an error of the server: one line, no traceback
+        who = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+        log.info("%s disconnected during its upload (%s bytes received)", who, f"{len(body):,}")
+        raise _Refused("The client disconnected during the upload.") from None
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
         raise _Refused("Send the images as multipart/form-data.")
@@ -230,6 +241,10 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
     @app.exception_handler(_Refused)
     async def refused(_request, exc: _Refused):
         return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(LimitExceeded)
+    async def over_limit(_request, exc: LimitExceeded):
+        return JSONResponse({"detail": exc.message}, status_code=413)
 
     @app.api_route("/healthz", methods=["GET", "HEAD"], tags=["health"])
     def healthz() -> dict[str, str]:
