@@ -61,10 +61,26 @@ def test_success_criteria():
 # --- a trained run for the command tests ------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def trained_home(tmp_path_factory):
+    """One tiny run, trained once for this module's tests with the real command (each test gets a copy)."""
+    from typer.testing import CliRunner
+
+    from cellmorphnet.cli.app import app
+
+    home = tmp_path_factory.mktemp("trained") / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CELLMORPHNET_HOME", str(home))
+        mp.delenv("CELLMORPHNET_DEBUG", raising=False)
+        r = CliRunner().invoke(app, ["train", "--datasets", "sample", "--name", "t", "--epochs", "1", *QUICK])
+    assert r.exit_code == 0, r.output
+    return home
+
+
 @pytest.fixture
-def trained(cli, home):
-    r = cli("train", "--datasets", "sample", "--name", "t", "--epochs", "1", *QUICK)
-    assert r.exit_code == 0, r
+def trained(trained_home, home):
+    """The module's run, in this test's own home (runs/t and the prepared sample), free to be changed."""
+    shutil.copytree(trained_home, home, dirs_exist_ok=True)
     return home / "runs" / "t"
 
 
