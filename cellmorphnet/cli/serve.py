@@ -99,10 +99,11 @@ def command(
                  f"http://{shown}:{port}/  (API docs: /docs; Ctrl+C stops)")  # fmt: skip
     import logging
 
-    handler = logging.StreamHandler()  # the server's own one-line notices (a client that went away...)
-    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
-    served = logging.getLogger("cellmorphnet.serve")
-    served.addHandler(handler)
+    served = logging.getLogger("cellmorphnet.serve")  # the server's own one-line notices (a client that went away...)
+    if not served.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        served.addHandler(handler)
     served.setLevel(logging.INFO)
     served.propagate = False
     try:
