@@ -83,6 +83,29 @@ def cli(home):
     return run
 
 
+def train_once(tmp_path_factory, name: str, *args: str) -> tuple[Path, Result]:
+    """Train a tiny run on the sample with the real command, once for a test module, in a home of its own.
+
+    Returns that home and the command's result; ``in_home`` gives each test its own copy.
+    """
+    home = tmp_path_factory.mktemp(f"trained-{name}") / "home"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("CELLMORPHNET_HOME", str(home))
+        mp.delenv("CELLMORPHNET_DEBUG", raising=False)
+        mp.setenv("COLUMNS", "200")
+        r = Result(CliRunner().invoke(app, ["train", "--datasets", "sample", "--name", name, *args]))
+    assert r.exit_code == 0, r
+    return home, r
+
+
+def in_home(trained_home: Path, home: Path, name: str) -> Path:
+    """A copy of a ``train_once`` home (the run and the prepared sample) in a test's own home; the run's folder."""
+    import shutil
+
+    shutil.copytree(trained_home, home, dirs_exist_ok=True)
+    return home / "runs" / name
+
+
 def assert_one_line_error(result: Result, *fragments: str) -> None:
     """A failed command: non-zero exit, an 'Error:' line, no traceback, and each fragment in the output."""
     assert result.exit_code != 0, result

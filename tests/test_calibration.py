@@ -4,7 +4,7 @@ import json
 
 import pytest
 import torch
-from conftest import PBC_TEST_IMAGES, assert_one_line_error
+from conftest import PBC_TEST_IMAGES, assert_one_line_error, in_home, train_once
 
 from cellmorphnet.calibration import fit_temperature
 
@@ -22,12 +22,16 @@ def test_fit_temperature_recovers_a_known_temperature():
     assert fit_temperature(true_logits / 2, labels, table) == pytest.approx(0.5, rel=0.1)
 
 
-@pytest.fixture
-def run(cli, home):
-    r = cli("train", "--datasets", "sample", "--name", "c", "--epochs", "2", "--limit-batches", "6", *QUICK)
-    assert r.exit_code == 0, r
+@pytest.fixture(scope="module")
+def run_home(tmp_path_factory):
+    home, r = train_once(tmp_path_factory, "c", "--epochs", "2", "--limit-batches", "6", *QUICK)
     assert "Calibrated the confidences" in r.stderr
-    return home / "runs" / "c"
+    return home
+
+
+@pytest.fixture
+def run(run_home, home):
+    return in_home(run_home, home, "c")
 
 
 def test_calibration_is_stored_and_lowers_validation_nll(run):

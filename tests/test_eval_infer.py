@@ -9,7 +9,7 @@ import shutil
 import numpy as np
 import pytest
 import torch
-from conftest import PBC_TEST_IMAGES, assert_one_line_error, png_claiming
+from conftest import PBC_TEST_IMAGES, assert_one_line_error, in_home, png_claiming, train_once
 from PIL import Image
 
 from cellmorphnet.evaluation.metrics import classification_metrics, expected_calibration_error, success_criteria
@@ -63,25 +63,13 @@ def test_success_criteria():
 
 @pytest.fixture(scope="module")
 def trained_home(tmp_path_factory):
-    """One tiny run, trained once for this module's tests with the real command (each test gets a copy)."""
-    from typer.testing import CliRunner
-
-    from cellmorphnet.cli.app import app
-
-    home = tmp_path_factory.mktemp("trained") / "home"
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("CELLMORPHNET_HOME", str(home))
-        mp.delenv("CELLMORPHNET_DEBUG", raising=False)
-        r = CliRunner().invoke(app, ["train", "--datasets", "sample", "--name", "t", "--epochs", "1", *QUICK])
-    assert r.exit_code == 0, r.output
-    return home
+    return train_once(tmp_path_factory, "t", "--epochs", "1", *QUICK)[0]
 
 
 @pytest.fixture
 def trained(trained_home, home):
-    """The module's run, in this test's own home (runs/t and the prepared sample), free to be changed."""
-    shutil.copytree(trained_home, home, dirs_exist_ok=True)
-    return home / "runs" / "t"
+    """The module's run, in this test's own home, free to be changed."""
+    return in_home(trained_home, home, "t")
 
 
 @pytest.mark.parametrize("command", [["eval", "latest"], ["status", "latest"], ["infer", "latest", "."],

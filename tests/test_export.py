@@ -6,17 +6,20 @@ import shutil
 
 import onnx
 import pytest
-from conftest import assert_one_line_error
+from conftest import assert_one_line_error, in_home, train_once
 
 QUICK = ["--model", "test_efficientnet", "--no-pretrained", "--batch-size", "16", "--accum-steps", "1",
          "--limit-batches", "2", "--data-size", "28"]  # fmt: skip
 
 
+@pytest.fixture(scope="module")
+def trained_home(tmp_path_factory):
+    return train_once(tmp_path_factory, "x", "--epochs", "1", *QUICK)[0]
+
+
 @pytest.fixture
-def trained(cli, home):
-    r = cli("train", "--datasets", "sample", "--name", "x", "--epochs", "1", *QUICK)
-    assert r.exit_code == 0, r
-    return home / "runs" / "x"
+def trained(trained_home, home):
+    return in_home(trained_home, home, "x")
 
 
 def test_onnx_export_matches_pytorch(cli, trained, tmp_path):

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import BCCD_ZIP, PBC_64, PBC_TEST_IMAGES, SHARED, assert_one_line_error
+from conftest import BCCD_ZIP, PBC_64, PBC_TEST_IMAGES, SHARED, assert_one_line_error, in_home, train_once
 from PIL import Image
 
 from cellmorphnet.cellfinder import cell_crop, find_nucleus, nucleus_fraction
@@ -149,11 +149,14 @@ def test_a_wider_blur_range_blurs_more_and_keeps_the_colours():
     assert (wide.mean(dim=(2, 3)) - narrow.mean(dim=(2, 3))).abs().max() < 0.02  # the kernel is not cut short
 
 
+@pytest.fixture(scope="module")
+def run_home(tmp_path_factory):
+    return train_once(tmp_path_factory, "g", "--epochs", "1", *QUICK)[0]
+
+
 @pytest.fixture
-def run(cli, home):
-    r = cli("train", "--datasets", "sample", "--name", "g", "--epochs", "1", *QUICK)
-    assert r.exit_code == 0, r
-    return home / "runs" / "g"
+def run(run_home, home):
+    return in_home(run_home, home, "g")
 
 
 def test_framing_and_colour_are_measured_into_the_run(run):
