@@ -7,7 +7,9 @@ about 60 KB on the wire and 49 megapixels (147 MB) decoded. Scenarios, in order:
 
 1. one request of 4 such canvases (196 million pixels: just under the request's default budget of 200);
 2. eight such requests at once (decoding is bounded to ``--max-concurrent-sets`` requests at a time);
-3. one request of 5 (245 million pixels: over the budget, refused from the headers, 413).
+3. one request of 5 (245 million pixels: over the budget, refused from the headers, 413);
+4. slow clients: 200 connections sending their headers one byte a second for 20 s, then 1000 sending a
+   body the same way (``--slow 0`` skips them). Reported: how many the server answered or closed, and when.
 
 Throughout, a thread asks ``/healthz`` every 100 ms (its slowest answer is reported) and another reads the
 server's resident memory from /proc every 50 ms; the peak is the kernel's high-water mark (VmHWM) at the end.
@@ -34,9 +36,66 @@ def _rss(pid: int, field: str = "VmRSS") -> int:
     return 0
 
 
+def _slow_clients(url: str, seconds: float, heads: int = 200, bodies: int = 1000) -> dict:
+    """``heads`` connections sending a request's headers and ``bodies`` sending a 1 MB body, one byte a second
+    each; how the server dealt with them within ``seconds``."""
+    import selectors
+    import socket
+
+    host, port = url.removeprefix("http://").split(":")
+    start, conns = time.monotonic(), []
+    for i in range(heads + bodies):
+        c = socket.create_connection((host, int(port)), timeout=10)
+        if i < heads:
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+        else:
+            c.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                      b"boundary=b\r\nContent-Length: 1000000\r\n\r\n--b")  # fmt: skip
+        c.setblocking(False)
+        conns.append(c)
+    opened_s = time.monotonic() - start
+    sel = selectors.DefaultSelector()
+    for i, c in enumerate(conns):
+        sel.register(c, selectors.EVENT_READ, i)
+    ended: dict[int, tuple[float, str]] = {}
+    next_byte = time.monotonic()
+    while time.monotonic() - start < seconds and len(ended) < len(conns):
+        for key, _ in sel.select(timeout=0.2):
+            i = key.data
+            try:
+                got = conns[i].recv(65536)
+            except OSError:
+                got = b""
+            answer = got.split(b" ", 2)[1].decode() if got.startswith(b"HTTP/1.1 ") else "closed"
+            ended[i] = (time.monotonic() - start, answer)
+            sel.unregister(conns[i])
+        if time.monotonic() >= next_byte:  # one more byte from each connection still open
+            next_byte += 1.0
+            for i, c in enumerate(conns):
+                if i not in ended:
+                    try:
+                        c.send(b"s" if i < heads else b"x")
+                    except OSError:
+                        pass
+    for c in conns:
+        c.close()
+
+    def summary(indices: range) -> dict:
+        done = [ended[i] for i in indices if i in ended]
+        answers = [a for _, a in done]
+        return {"connections": len(indices), "still_open": len(indices) - len(done),
+                "answers": {a: answers.count(a) for a in sorted(set(answers))},
+                "last_ended_s": round(max((t for t, _ in done), default=0.0), 1)}  # fmt: skip
+
+    return {"scenario": f"{heads} slow-header and {bodies} slow-body clients, 1 byte/s, {seconds:g} s",
+            "opened_in_s": round(opened_s, 1), "slow_headers": summary(range(heads)),
+            "slow_bodies": summary(range(heads, heads + bodies))}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", type=int, default=7000, help="side of the blank PNG canvases")
+    ap.add_argument("--slow", type=float, default=20.0, help="seconds of the slow-client scenario (0: skip it)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -55,13 +114,17 @@ def main() -> None:
         result["rss_ready_mb"] = round(_rss(pid) / 1e6)
         stop = threading.Event()
         health: list[float] = []
+        statuses: list[int] = []
         samples: list[int] = []
 
         def watch_health() -> None:
             with httpx.Client(timeout=30) as c:
                 while not stop.is_set():
                     t = time.monotonic()
-                    c.get(f"{url}/healthz").raise_for_status()
+                    try:
+                        statuses.append(c.get(f"{url}/healthz").status_code)
+                    except httpx.HTTPError:
+                        statuses.append(0)
                     health.append(time.monotonic() - t)
                     time.sleep(0.1)
 
@@ -90,6 +153,15 @@ def main() -> None:
                    "wall_s": round(time.monotonic() - start, 1),
                    "slowest_healthz_s": round(max(health, default=0.0), 3),
                    "rss_peak_so_far_mb": round(max(samples, default=0) / 1e6)}  # fmt: skip
+            result["scenarios"].append(row)
+            print(row, file=sys.stderr, flush=True)
+        for heads, bodies in ((200, 0), (0, 1000)) if args.slow else ():
+            health.clear()
+            statuses.clear()
+            row = _slow_clients(url, args.slow, heads, bodies)
+            row.update(slowest_healthz_s=round(max(health, default=0.0), 3),
+                       healthz_status={str(k): statuses.count(k) for k in sorted(set(statuses))},
+                       rss_peak_so_far_mb=round(max(samples, default=0) / 1e6))  # fmt: skip
             result["scenarios"].append(row)
             print(row, file=sys.stderr, flush=True)
         stop.set()

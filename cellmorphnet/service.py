@@ -47,6 +47,9 @@ class Limits:
     max_pixels: int = 50_000_000  # per image
     max_request_pixels: int = 200_000_000  # all the images of one request together
     max_concurrent_sets: int = 2  # requests decoding and framing their images at the same time
+    # an upload is cut off (408, connection closed) once it falls body_timeout_s behind min_upload_rate (bytes/s)
+    body_timeout_s: float = 10.0
+    min_upload_rate: float = 50_000.0
 
 
 class ModelService:

@@ -295,3 +295,90 @@ def test_a_client_that_disconnects_mid_upload_is_one_log_line(tmp_path):
         assert "Traceback" not in log, log
     finally:
         s.stop()
+
+
+def _trickle(conns: list[socket.socket], seconds: float) -> dict[int, tuple[float, bytes]]:
+    """Send one byte a connection every 0.4 s until the server answers or closes each; ``{index: (when, answer)}``."""
+    start, done = time.monotonic(), {}
+    while time.monotonic() - start < seconds and len(done) < len(conns):
+        for i, c in enumerate(conns):
+            if i in done:
+                continue
+            c.setblocking(False)
+            try:
+                got = c.recv(65536)
+            except BlockingIOError:
+                c.setblocking(True)
+                try:
+                    c.sendall(b"x")
+                except OSError:
+                    done[i] = (time.monotonic() - start, b"")
+                continue
+            except ConnectionResetError:
+                got = b""
+            done[i] = (time.monotonic() - start, got)
+        time.sleep(0.4)
+    return done
+
+
+def _slow_uploads(port: int, n: int) -> list[socket.socket]:
+    """``n`` connections that send a POST's headers and the first bytes of a 1 MB body, one after the other."""
+    conns = []
+    for _ in range(n):
+        c = socket.create_connection(("127.0.0.1", port), timeout=5)
+        conns.append(c)
+        c.sendall(b"POST /v1/predict HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: multipart/form-data; "
+                  b"boundary=b\r\nContent-Length: 1000000\r\n\r\n--b")  # fmt: skip
+        time.sleep(0.05)  # each request in before the next connection opens
+    return conns
+
+
+def test_slow_clients_are_cut_off_and_cannot_keep_others_out(tmp_path):
+    """Slowloris both ways, with --max-connections 20. 30 connections sending their headers a byte at a time:
+    the oldest are closed to make room for new ones (a real request is answered meanwhile) and every one is
+    closed after --header-timeout. 20 connections sending a body a byte at a time: a real request still gets
+    in (the slowest upload makes room) and every slow upload is answered 408 or closed after --body-timeout."""
+    s = Server(tmp_path, "--max-connections", "20", "--header-timeout", "2", "--body-timeout", "3").wait_ready()
+    opened = []
+    try:
+        heads = [socket.create_connection(("127.0.0.1", s.port), timeout=5) for _ in range(30)]
+        opened += heads
+        for c in heads:
+            c.sendall(b"GET /healthz HTTP/1.1\r\nHo")
+        time.sleep(0.3)
+        assert httpx.get(f"{s.url}/healthz", timeout=5).status_code == 200  # room was made for it
+        closed = _trickle(heads, 8)
+        assert len(closed) == 30 and max(t for t, _ in closed.values()) < 4.0, closed
+
+        bodies = _slow_uploads(s.port, 20)
+        opened += bodies
+        time.sleep(1.2)
+        assert httpx.get(f"{s.url}/healthz", timeout=5).status_code == 200  # a slow upload made room
+        answers = _trickle(bodies, 8)
+        assert len(answers) == 20 and max(t for t, _ in answers.values()) < 4.0, answers
+        assert sum(a.startswith(b"HTTP/1.1 408") for _, a in answers.values()) >= 15, answers
+        assert httpx.get(f"{s.url}/healthz", timeout=5).status_code == 200
+        log = s.log.read_text()
+        assert log.count("closed to make room") >= 11 and log.count("sent no complete request within 2 s") >= 5, log
+        assert log.count("uploaded too slowly") >= 15 and "Traceback" not in log, log
+    finally:
+        for c in opened:
+            c.close()
+        s.stop()
+
+
+def test_past_the_connection_cap_of_busy_uploads_a_request_is_answered_503(tmp_path):
+    """--max-connections 3 uploads that keep above --min-upload-kbps are all served; a fourth request is 503."""
+    s = Server(tmp_path, "--max-connections", "3", "--min-upload-kbps", "0.001").wait_ready()
+    bodies = _slow_uploads(s.port, 3)
+    try:
+        time.sleep(1.2)
+        for c in bodies:
+            c.sendall(b"xx")
+        assert httpx.get(f"{s.url}/healthz", timeout=5).status_code == 503
+        for c in bodies:
+            c.close()
+        time.sleep(0.3)
+        assert httpx.get(f"{s.url}/healthz", timeout=5).status_code == 200
+    finally:
+        s.stop()

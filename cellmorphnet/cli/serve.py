@@ -61,14 +61,30 @@ def command(
         int, typer.Option("--max-concurrent-sets", help="Requests decoding their images at the same time (each "
                           "holds at most --max-request-megapixels decoded).")
     ] = 2,
+    max_connections: Annotated[
+        int, typer.Option("--max-connections", help="Open connections; past this, requests are answered 503.")
+    ] = 100,
+    header_timeout: Annotated[
+        float, typer.Option("--header-timeout", help="Seconds a connection has to send a request's headers.")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option("--body-timeout", help="Seconds an upload may fall behind --min-upload-kbps before it "
+                            "is cut off (408).")
+    ] = 10.0,
+    min_upload_kbps: Annotated[
+        float, typer.Option("--min-upload-kbps", help="The slowest upload served, in KB/s (after --body-timeout).")
+    ] = 50.0,
 ) -> None:
     from cellmorphnet import runs
     from cellmorphnet.errors import ConfigError
 
     if not 1 <= port <= 65535:
         raise ConfigError("--port must be between 1 and 65535.")
-    if min(max_files, max_file_mb, max_request_mb, max_megapixels, max_request_megapixels, max_concurrent_sets) <= 0:
+    if min(max_files, max_file_mb, max_request_mb, max_megapixels, max_request_megapixels, max_concurrent_sets,
+           max_connections) <= 0:
         raise ConfigError("The --max-* limits must be positive.")
+    if min(header_timeout, body_timeout, min_upload_kbps) <= 0:
+        raise ConfigError("--header-timeout, --body-timeout and --min-upload-kbps must be positive.")
     try:
         import fastapi  # noqa: F401
         import python_multipart  # noqa: F401
@@ -78,6 +94,7 @@ def command(
         raise ConfigError("cellmorphnet serve needs its extra packages.", hint=hint) from None
     from cellmorphnet.service import Limits, ModelService
     from cellmorphnet.webapp import check_token_value, create_app, trusted_hosts
+    from cellmorphnet.webapp.connections import protocol_class
 
     check_token_value(token)  # before the model loads
 
@@ -86,7 +103,8 @@ def command(
     limits = Limits(max_file_bytes=int(max_file_mb * 1024 * 1024), max_request_bytes=int(max_request_mb * 1024 * 1024),
                     max_files=max_files, max_pixels=int(max_megapixels * 1_000_000),
                     max_request_pixels=int(max_request_megapixels * 1_000_000),
-                    max_concurrent_sets=max_concurrent_sets)  # fmt: skip
+                    max_concurrent_sets=max_concurrent_sets, body_timeout_s=body_timeout,
+                    min_upload_rate=min_upload_kbps * 1000)  # fmt: skip
     _output.info(f"Loading {run_dir.name} …")
     service = ModelService(run_dir, checkpoint, device, max_batch=max_batch, max_wait_ms=batch_wait_ms, limits=limits)
     service.warm_up()  # a broken run fails here, before the port opens
@@ -107,7 +125,11 @@ def command(
     served.setLevel(logging.INFO)
     served.propagate = False
     try:
-        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+        # uvicorn's own settings where they cover it (idle keep-alive 5 s, 503 past the connection cap); the header
+        # deadline and making room are on its h11 protocol (webapp.connections), the body deadline in the app (408)
+        uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
+                    http=protocol_class(header_timeout, max_connections, min_upload_kbps * 1000), limit_concurrency=max_connections + 1,
+                    timeout_keep_alive=5)  # fmt: skip
     finally:
         service.close()
 

@@ -7,6 +7,7 @@ the bearer token, request limits, and turning predictions into JSON. Uploads are
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import secrets
 from importlib import resources
@@ -28,11 +29,13 @@ API_VERSION = "v1"
 
 
 class _Refused(Exception):
-    """A request refused with an HTTP status: 413 over a limit, 400 malformed."""
+    """A request refused with an HTTP status: 413 over a limit, 400 malformed, 408 too slow (``close``: the
+    connection is closed after the answer, whatever of the body is still coming)."""
 
-    def __init__(self, message: str, status: int = 400) -> None:
+    def __init__(self, message: str, status: int = 400, *, close: bool = False) -> None:
         self.message = message
         self.status = status
+        self.close = close
 
 
 def _too_large(message: str) -> _Refused:
@@ -87,7 +90,9 @@ def model_card(service: ModelService) -> dict[str, Any]:
                    "max_request_bytes": service.limits.max_request_bytes,
                    "max_files": service.limits.max_files, "max_pixels": service.limits.max_pixels,
                    "max_request_pixels": service.limits.max_request_pixels,
-                   "max_concurrent_sets": service.limits.max_concurrent_sets},  # fmt: skip
+                   "max_concurrent_sets": service.limits.max_concurrent_sets,
+                   "body_timeout_s": service.limits.body_timeout_s,
+                   "min_upload_rate": service.limits.min_upload_rate},  # fmt: skip
         "notice": "Research tool: not a medical device; its predictions are not a diagnosis.",
     }
 
@@ -98,15 +103,32 @@ async def _read_files(request: Request, field: str, limits: Limits) -> list[tupl
     if declared and declared.isdigit() and int(declared) > limits.max_request_bytes:
         raise _too_large(f"The request is larger than {limits.max_request_bytes:,} bytes.")
     body = bytearray()
-    try:
-        async for chunk in request.stream():
-            body += chunk
+    who = f"{request.client.host}:{request.client.port}" if request.client else "a client"
+
+    async def receive() -> None:
+        # every byte buys time: the upload may lag ``body_timeout_s`` behind ``min_upload_rate`` at most
+        loop = asyncio.get_running_loop()
+        start, chunks = loop.time(), request.stream().__aiter__()
+        while True:
+            deadline = start + limits.body_timeout_s + len(body) / limits.min_upload_rate
+            try:
+                chunk = await asyncio.wait_for(chunks.__anext__(), max(0.0, deadline - loop.time()))
+            except StopAsyncIteration:
+                return
+            body.extend(chunk)
             if len(body) > limits.max_request_bytes:
                 raise _too_large(f"The request is larger than {limits.max_request_bytes:,} bytes.")
+
+    try:
+        await receive()
     except ClientDisconnect:  # an everyday event, not an error of the server: one line, no traceback
-        who = f"{request.client.host}:{request.client.port}" if request.client else "a client"
         log.info("%s disconnected during its upload (%s bytes received)", who, f"{len(body):,}")
         raise _Refused("The client disconnected during the upload.") from None
+    except asyncio.TimeoutError:  # a slow (or slowloris) client: cut off, its connection closed
+        log.info("%s uploaded too slowly (%s bytes received): cut off", who, f"{len(body):,}")
+        rate = f"{limits.min_upload_rate / 1000:g} KB/s"
+        raise _Refused(f"The upload was too slow (it fell {limits.body_timeout_s:g} s behind {rate}).", 408,
+                       close=True) from None  # fmt: skip
     ctype = request.headers.get("content-type", "")
     if not ctype.startswith("multipart/form-data"):
         raise _Refused("Send the images as multipart/form-data.")
@@ -240,7 +262,8 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
 
     @app.exception_handler(_Refused)
     async def refused(_request, exc: _Refused):
-        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+        headers = {"Connection": "close"} if exc.close else None
+        return JSONResponse({"detail": exc.message}, status_code=exc.status, headers=headers)
 
     @app.exception_handler(LimitExceeded)
     async def over_limit(_request, exc: LimitExceeded):
