@@ -20,10 +20,12 @@ def to_rgb(img: Image.Image) -> Image.Image:
     """Convert any PIL mode (L, P, RGBA, I;16, I, F, CMYK...) to 8-bit RGB.
 
     16-bit and float images are scaled by their own range, since PIL's plain conversion would clip
-    them to white.
+    them to white. A float image with NaN or infinite values raises ``ValueError`` (no range to scale by).
     """
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
+        if not np.isfinite(arr).all():
+            raise ValueError("a float image with NaN or infinite values")
         lo, hi = float(arr.min()), float(arr.max())
         arr = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
         img = Image.fromarray(arr.round().astype(np.uint8), mode="L")

@@ -152,13 +152,18 @@ def messy_folder(tmp_path):
     Image.new("P", (90, 90)).save(nested / "palette.bmp")
     Image.new("L", (90, 90), 128).save(nested / "gray.tif")
     good += [nested / "deep16.png", nested / "alpha.png", nested / "palette.bmp", nested / "gray.tif"]
+    ramp = np.linspace(-0.5, 3.0, 96 * 96, dtype=np.float32).reshape(96, 96)  # ImageJ's 32-bit float TIFF
+    Image.fromarray(ramp, mode="F").save(nested / "float.tif")
+    good.append(nested / "float.tif")
+    ramp[:10] = np.nan
+    Image.fromarray(ramp, mode="F").save(nested / "nan.tif")
     (nested / "bomb.png").write_bytes(png_claiming(100_000, 100_000))  # a decompression bomb's header
     # formats Pillow opens but no microscope writes, named like images: refused, their decoders never run
     Image.new("RGB", (32, 32), (200, 100, 150)).save(nested / "icon.png", format="ICO")
     (nested / "figure.tif").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\nshowpage\n")
     Image.new("RGB", (90, 90), (200, 120, 160)).save(nested / "cell.webp")
     good.append(nested / "cell.webp")
-    bad = {"cut.jpg", "zero.jpg", "text.png", "bomb.png", "icon.png", "figure.tif"}
+    bad = {"cut.jpg", "zero.jpg", "text.png", "bomb.png", "icon.png", "figure.tif", "nan.tif"}
     return root, good, bad
 
 
@@ -181,6 +186,7 @@ def test_infer_over_messy_folder(cli, trained, messy_folder, tmp_path):
         assert by_name[name]["status"] == "skipped" and by_name[name]["error"]
     assert "0 bytes" in by_name["zero.jpg"]["error"]
     assert "too large" in by_name["bomb.png"]["error"]
+    assert "NaN or infinite" in by_name["nan.tif"]["error"]
     for name in ("icon.png", "figure.tif"):
         assert "not an image in a supported format (JPEG, PNG, TIFF, BMP or WebP)" in by_name[name]["error"]
     # --sort-into copies and leaves the sources untouched
