@@ -128,7 +128,8 @@ def command(
         # uvicorn's own settings where they cover it (idle keep-alive 5 s, 503 past the connection cap); the header
         # deadline and making room are on its h11 protocol (webapp.connections), the body deadline in the app (408)
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
-                    http=protocol_class(header_timeout, max_connections, min_upload_kbps * 1000), limit_concurrency=max_connections + 1,
+                    http=protocol_class(header_timeout, max_connections, min_upload_kbps * 1000),
+                    limit_concurrency=max_connections + 1,
                     timeout_keep_alive=5)  # fmt: skip
     finally:
         service.close()

@@ -9,6 +9,7 @@ reported, never fatal.
 
 from __future__ import annotations
 
+import dataclasses
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ def evaluate_folder(rm, root: Path, options, *, min_images: int = 5, batch_size:
         raise InvalidData(f"--classes leaves out {', '.join(outside)}, which {root} has images of.",
                           hint="Add them to --classes, or remove those folders.")  # fmt: skip
     truth = dict(items)
+    options = dataclasses.replace(options, cells="one")  # one label per file: scored as one cell each
     preds, _ = predict_files(rm, [f for f, _ in items], options, batch_size=batch_size, top_k=len(space),
                              workers=workers, on_batch=progress)  # fmt: skip
     ok = [p for p in preds if not p.error]

@@ -32,9 +32,11 @@ from cellmorphnet.inference.adaptation import (
     settle_contrast,
     survey_files,
 )
+from cellmorphnet.inference.cells import CELL_MODES, ImageInfo, find_cells
 from cellmorphnet.inference.images import (
     DEFAULT_SCALE_VIEWS,
     SCALE_VIEWS,
+    CellItem,
     Item,
     Upload,
     collect_files,
@@ -60,7 +62,8 @@ from cellmorphnet.inference.prepare import Framing, Loaded, load, load_all, prep
 __all__ = [
     "ADAPT_BN_MAX_IMAGES", "COLOUR_DISTANCE_WARN", "CONTRAST_MAX_IMAGES", "CONTRAST_ROUNDS", "DEFAULT_ADAPT_BN",
     "DEFAULT_COLOUR_MATCH", "DEFAULT_SCALE_VIEWS", "DEFAULT_STAIN_CONTRAST", "DEFAULT_STAIN_NORM", "DEFAULT_TTA",
-    "MIN_COLOUR_SET", "ORIENTATIONS_PER_SCALE", "SCALE_VIEWS", "Framing", "InferenceOptions", "Item", "Loaded",
+    "CELL_MODES", "MIN_COLOUR_SET", "ORIENTATIONS_PER_SCALE", "SCALE_VIEWS", "CellItem", "Framing", "ImageInfo",
+    "InferenceOptions", "Item", "Loaded", "find_cells",
     "Prediction", "Survey", "Upload", "adapt_batch_norm", "class_probs", "collect_files", "contrast_sample",
     "crop_box", "crop_sides", "inference_options", "load", "load_all", "predict_files", "prepare_set",
     "preprocess", "read_error", "read_image", "settle_contrast", "single_view", "sort_into", "survey_files",

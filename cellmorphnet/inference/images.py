@@ -53,12 +53,33 @@ class Upload:
         return self.name
 
 
-Item = Path | Upload  # what the prediction functions classify
+@dataclass(eq=False)
+class CellItem:
+    """One white cell found in a field (``fields.find_white_cells``): the field it came from, where it lies there,
+    and its crop, held in memory (a few hundred kilobytes) while the set is classified."""
+
+    source: Path | Upload
+    index: int  # 1, 2, ... in the field's reading order
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the field's pixels
+    edge: bool  # cut by the field's border
+    image: Any = field(repr=False)  # the crop (fields.cell_crop)
+
+    @property
+    def name(self) -> str:
+        return f"{getattr(self.source, 'name', self.source)}#{self.index}"
+
+    def __str__(self) -> str:
+        return f"{self.source}#{self.index}"
+
+
+Item = Path | Upload | CellItem  # what the prediction functions classify
 
 
 def read_image(item: Item):
     """The PIL RGB image of a file or an upload (an upload of up to ``KEEP_DECODED_PIXELS`` is decoded once and
-    kept for its second reading)."""
+    kept for its second reading), or a found cell's crop."""
+    if isinstance(item, CellItem):
+        return item.image
     if isinstance(item, Upload):
         if not item.data:
             raise InvalidData(f"{item.name}: empty file (0 bytes)")

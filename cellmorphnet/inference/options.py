@@ -23,6 +23,7 @@ from cellmorphnet.record import InferencePolicy, RunRecord
 # The 8-view average (flips and quarter turns) helped on another lab's cells and at home (docs/benchmarks.md,
 # "Generalisation to another lab"), so it is on.
 DEFAULT_TTA = True
+DEFAULT_CELLS = "auto"  # --cells: fields (shorter side >= fields.FIELD_MIN_SIDE) searched for every white cell
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,7 @@ class InferenceOptions:
     stain_norm: bool = False  # normalise the set's stain and lamp to the training images' (colour.normalise_stain)
     scale_views: bool = False  # a framed cell also seen at 3 crop sides around the set's (images.crop_sides)
     stain_contrast: bool = False  # with stain_norm, match the set's cytoplasm-to-nucleus density too
+    cells: str = "one"  # "auto": fields searched for every white cell, crops as one; "one"; "all" (inference.cells)
 
     def to_dict(self) -> dict[str, Any]:
         """The user's choices (not the policy), as infer's summary and eval --on's report state them."""
@@ -48,7 +50,7 @@ def inference_options(record: RunRecord, crop: str | None = None, crop_fraction:
                       colour_match: bool | None = None, adapt_bn: bool | None = None,
                       classes: str | None = None, tta: bool | None = None,
                       stain_norm: bool | None = None, scale_views: bool | None = None,
-                      stain_contrast: bool | None = None) -> InferenceOptions:  # fmt: skip
+                      stain_contrast: bool | None = None, cells: str | None = None) -> InferenceOptions:  # fmt: skip
     """Resolve the command-line choices (``None``: the default) against the run's record and the measured defaults.
 
     The stain normalisation (on by default) and the colour match both change the set's colours: asking
@@ -109,4 +111,11 @@ def inference_options(record: RunRecord, crop: str | None = None, crop_fraction:
         stain_norm=stain_norm,
         scale_views=DEFAULT_SCALE_VIEWS if scale_views is None else scale_views,
         stain_contrast=stain_norm and has_contrast and stain_contrast,
+        cells=DEFAULT_CELLS if cells is None else _cell_mode(cells),
     )
+
+
+def _cell_mode(cells: str) -> str:
+    if cells not in ("auto", "one", "all"):
+        raise ConfigError(f"--cells must be auto, one or all, not '{cells}'.")
+    return cells

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from cellmorphnet.inference.images import Item, single_view
+from cellmorphnet.inference.cells import ImageInfo, find_cells, source_of
+from cellmorphnet.inference.images import CellItem, Item, Upload, single_view
 from cellmorphnet.inference.options import InferenceOptions
 from cellmorphnet.inference.prepare import Loaded, prepare_set
 from cellmorphnet.record import InferencePolicy
@@ -35,6 +37,21 @@ class Prediction:
     colour_distance: float | None = None  # see colour.distance; above COLOUR_DISTANCE_WARN: unlike training
     colour_step: str | None = None  # "stain-norm" or "colour-match" where the set's colours were adapted, else None
     stain_contrast: float | None = None  # the set's stain-contrast power where it was applied (colour.apply_contrast)
+    image: ImageInfo | None = None  # how its image was taken: a crop, or a field with its scale (inference.cells)
+    no_cells: bool = False  # a field in which no white cell was found (no class)
+
+    @property
+    def source(self) -> Path | Upload:
+        """The file or upload this row is about (a found cell's field)."""
+        return source_of(self.path)
+
+    @property
+    def cell(self) -> CellItem | None:
+        return self.path if isinstance(self.path, CellItem) else None
+
+    @property
+    def status(self) -> str:
+        return "skipped" if self.error else ("no cells" if self.no_cells else "ok")
 
     @property
     def low_confidence(self) -> bool:
@@ -45,9 +62,15 @@ class Prediction:
         return self.colour_distance is not None and self.colour_distance > COLOUR_DISTANCE_WARN
 
     def to_dict(self) -> dict[str, Any]:
+        c, info = self.cell, self.image
         return {
-            "path": str(self.path),
-            "status": "skipped" if self.error else "ok",
+            "path": str(self.source),
+            "kind": info.kind if info else None,
+            "cell": c.index if c else None,
+            "box": list(c.box) if c else None,
+            "edge": c.edge if c else None,
+            "rbc_diameter_px": None if info is None or info.diameter is None else round(info.diameter, 1),
+            "status": self.status,
             "predicted": self.predicted,
             "confidence": self.confidence,
             "top_k": [{"class": c, "probability": p} for c, p in self.top_k],
@@ -137,7 +160,8 @@ def predict_files(
                                            keep=keep)
                                for i in range(0, len(arrays), batch_size)])  # fmt: skip
 
-    _, loaded = prepare_set(files, options, classes, lambda arrays: probs(arrays, False), workers=workers,
+    items, taken, refused = find_cells(files, options.cells, workers)
+    _, loaded = prepare_set(items, options, classes, lambda arrays: probs(arrays, False), workers=workers,
                             window=max(2 * batch_size, 8))  # fmt: skip
     if options.adapt_bn:  # every image is needed before the first prediction: load once, keep, then predict
         loaded = list(loaded)
@@ -168,9 +192,13 @@ def predict_files(
                 kept[x.item] = single_view(x.array)
             if len(batch) >= batch_size:
                 flush()
-        if on_batch is not None and (done % batch_size == 0 or done == len(files)):
-            on_batch(done, len(files))
+        if on_batch is not None and (done % batch_size == 0 or done == len(items)):
+            on_batch(done, len(items))
     flush()
+    preds += [Prediction(item, error=why) for item, why in refused.items()]
+    preds += [Prediction(i, no_cells=True) for i, info in taken.items() if info.kind == "field" and not info.cells]
+    for p in preds:
+        p.image = taken.get(p.source)
     order = {p: i for i, p in enumerate(files)}
-    preds.sort(key=lambda p: order.get(p.path, -1))
+    preds.sort(key=lambda p: (order.get(p.source, -1), p.cell.index if p.cell else 0))
     return preds, kept

@@ -1,0 +1,122 @@
+"""From images to cells: each field becomes one item per white cell found in it (``fields``), before the set
+is prepared and classified as single-cell images are.
+
+Per image: a single-cell crop (today's path, unchanged) or a field (``fields.is_field``: ``--cells auto``
+decides by size; ``one`` and ``all`` override). The fields of one set share one scale, the median of their
+red cells' diameters, as the fields of one microscope do. Fields are decoded twice (the scale, then the
+cells), one at a time per worker; only the found cells' crops are kept.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+from cellmorphnet import fields
+from cellmorphnet.errors import InvalidData
+from cellmorphnet.inference.images import CellItem, Item, Upload, read_image
+
+CELL_MODES = ("auto", "one", "all")
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """How one image was taken: a crop (one cell) or a field (``cells`` found at ``diameter`` px per red cell)."""
+
+    kind: str  # "crop" or "field"
+    cells: int = 1
+    diameter: float | None = None  # the red-cell diameter used (the set's), in the image's pixels
+    own_diameter: float | None = None  # measured on this image alone
+    note: str | None = None  # why a field was taken as one cell instead
+
+    @property
+    def microns_per_pixel(self) -> float | None:
+        return fields.RBC_DIAMETER_UM / self.diameter if self.diameter else None
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "cells": self.cells,
+                "rbc_diameter_px": None if self.diameter is None else round(self.diameter, 1),
+                "own_rbc_diameter_px": None if self.own_diameter is None else round(self.own_diameter, 1),
+                "microns_per_pixel": None if self.microns_per_pixel is None else round(self.microns_per_pixel, 4),
+                "note": self.note}  # fmt: skip
+
+
+def _size(item: Item) -> tuple[int, int] | None:
+    """Width and height from the header, or None where it cannot be read (its own error comes later)."""
+    import io
+
+    from PIL import Image
+
+    from cellmorphnet.imaging import IMAGE_FORMATS
+
+    try:
+        source = io.BytesIO(item.data) if isinstance(item, Upload) else item
+        with Image.open(source, formats=list(IMAGE_FORMATS)) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - any unreadable file is reported by the normal path
+        return None
+
+
+def _diameter(item: Item) -> float | None | str:
+    """The red-cell diameter measured on one field (a string: why the field cannot be searched)."""
+    try:
+        img = read_image(item)
+    except (InvalidData, OSError):
+        return None  # reported by the normal path
+    if img.width * img.height > fields.MAX_FIELD_PIXELS:
+        return (f"too large to search as a field ({img.width}x{img.height}; the limit is "
+                f"{fields.MAX_FIELD_PIXELS / 1e6:g} megapixels: cut it into tiles)")  # fmt: skip
+    return fields.rbc_diameter(img)
+
+
+def _cells(item: Item, diameter: float) -> list[CellItem]:
+    img = read_image(item)
+    found = fields.find_white_cells(img, diameter)
+    return [CellItem(item, i, c.box, c.edge, fields.cell_crop(img, c, diameter)) for i, c in enumerate(found, 1)]
+
+
+def find_cells(items: list[Item], mode: str = "auto", workers: int = 2
+               ) -> tuple[list[Item], dict[Item, ImageInfo], dict[Item, str]]:  # fmt: skip
+    """Every item as it will be classified: crops as they are, each field replaced by its cells (a field with
+    none drops out); per original item, how it was taken; and the fields refused, with the reason."""
+    if mode not in CELL_MODES:
+        raise InvalidData(f"--cells must be one of {', '.join(CELL_MODES)}, not '{mode}'.")
+    if mode == "one":
+        return list(items), {i: ImageInfo("crop") for i in items}, {}
+    sizes = {i: _size(i) for i in items}
+    candidates = [i for i in items if sizes[i] is not None and fields.is_field(sizes[i], mode)]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        measured = dict(zip(candidates, pool.map(_diameter, candidates), strict=True))
+    refused = {i: d for i, d in measured.items() if isinstance(d, str)}
+    diameter = fields.set_diameter(d for d in measured.values() if not isinstance(d, str))
+    searched = [i for i in candidates if i not in refused] if diameter is not None else []
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        found = dict(zip(searched, pool.map(lambda i: _safe_cells(i, diameter), searched), strict=True))
+    out: list[Item] = []
+    info: dict[Item, ImageInfo] = {}
+    for item in items:
+        if item in refused:
+            continue
+        cells = found.get(item)
+        if cells is not None:
+            own = measured.get(item)
+            info[item] = ImageInfo("field", len(cells), diameter, own if isinstance(own, float) else None)
+            out.extend(cells)
+        else:  # a crop; or a field without red cells to measure (or unreadable: its error comes later)
+            note = "no red cells to measure the scale: taken as one cell" if item in candidates else None
+            info[item] = ImageInfo("crop", note=note)
+            out.append(item)
+    return out, info, refused
+
+
+def _safe_cells(item: Item, diameter: float) -> list[CellItem] | None:
+    try:
+        return _cells(item, diameter)
+    except (InvalidData, OSError):
+        return None  # the normal path reports why
+
+
+def source_of(item: Item) -> Path | Upload:
+    """The file or upload an item came from (a found cell's field)."""
+    return item.source if isinstance(item, CellItem) else item
