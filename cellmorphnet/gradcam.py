@@ -106,12 +106,14 @@ def write_gradcams(model, policy, preds, arrays, folder: Path, *, channels_last:
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         cam, _ = gradcam(model, x)
-        img = load_rgb(p.path)
+        cell = getattr(p, "cell", None)  # a cell found in a field: framed within its crop
+        img = cell.image if cell is not None else load_rgb(p.path)
         box = p.box or centre_square(*img.size, policy.centre_crop_fraction, policy.centre_crop_px)
         crop = np.asarray(padded_crop(img, box))
-        seen[p.path.stem] = seen.get(p.path.stem, 0) + 1
-        suffix = "" if seen[p.path.stem] == 1 else f"-{seen[p.path.stem]}"
-        written.append(save_overlay(folder / f"{p.path.stem}{suffix}_gradcam.png", crop, cam[0],
+        stem = f"{p.source.stem}-cell{cell.index}" if cell is not None else p.path.stem
+        seen[stem] = seen.get(stem, 0) + 1
+        suffix = "" if seen[stem] == 1 else f"-{seen[stem]}"
+        written.append(save_overlay(folder / f"{stem}{suffix}_gradcam.png", crop, cam[0],
                                     f"{p.predicted} {p.confidence:.2f}"))  # fmt: skip
         if progress:
             progress(i + 1, len(preds))

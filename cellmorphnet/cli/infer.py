@@ -1,11 +1,13 @@
-"""Classify microscope images: any mix of files and folders (searched recursively).
+"""Classify microscope images: any mix of files and folders (searched recursively), single-cell crops or
+photos of whole smear fields.
 
-Rebuilds the run's preprocessing: each image is framed like the training images (the white cell found
-and cropped at the training data's scale; --crop centre for the exact BloodMNIST geometry) and resized as
-the training arrays were made, and a set's stain and stain contrast are normalised to the training
-images' (--no-stain-norm, --no-stain-contrast). Images are decoded in parallel with the model; one row per
-image (CSV or JSON). Unreadable files are listed with the reason and skipped; the exit code is 3 when any
-were.
+A field (by default, an image whose shorter side has 400 pixels or more; --cells) is searched for every
+white cell, at a scale read from its red cells, and each cell found is classified; a crop is one cell.
+Each cell is framed like the training images (the white cell found and cropped at the training data's
+scale; --crop centre for the exact BloodMNIST geometry) and resized as the training arrays were made, and a
+set's stain and stain contrast are normalised to the training images' (--no-stain-norm,
+--no-stain-contrast). One row per cell (CSV or JSON), and the differential of the whole set. Unreadable
+files are listed with the reason and skipped; the exit code is 3 when any were.
 """
 
 from __future__ import annotations
@@ -68,6 +70,17 @@ def command(
         typer.Option("--min-confidence", help="Flag (not drop) predictions whose calibrated confidence is below this "
                      "(column low_confidence)."),
     ] = 0.0,
+    cells: Annotated[
+        str, typer.Option("--cells", help="auto: search fields (shorter side >= 400 px) for every white cell, take "
+                          "smaller images as one cell; one: every image is one cell; all: search every image.")
+    ] = "auto",
+    count_edge_cells: Annotated[
+        bool, typer.Option("--count-edge-cells", help="Count cells cut by a field's border in the differential "
+                           "(a lab leaves them out; they are always listed).")
+    ] = False,
+    overlays: Annotated[
+        Path | None, typer.Option("--overlays", help="Draw each field with its cells' boxes and classes into DIR.")
+    ] = None,
     device: DeviceOption = "auto",
     accept_data_change: AcceptDataChangeFlag = False,
 ) -> None:
@@ -77,6 +90,7 @@ def command(
     from cellmorphnet.errors import ConfigError, InvalidData
     from cellmorphnet.inference import Prediction, collect_files, inference_options, predict_files, write_results
     from cellmorphnet.inference import sort_into as copy_sorted
+    from cellmorphnet.inference.differential import differential
     from cellmorphnet.run_model import load_run_model
 
     if batch_size < 1 or top_k < 1:
@@ -98,7 +112,7 @@ def command(
     for field in rm.record_mismatch:
         _output.warn(f"Using the checkpoint's {field}: config.json differs (accepted).")
     options = inference_options(rm.record, crop, crop_fraction, colour_match, adapt_bn, classes_only, tta, stain_norm,
-                                scale_views, stain_contrast)  # fmt: skip
+                                scale_views, stain_contrast, cells)  # fmt: skip
     classes = rm.classes
     policy = options.policy
     with _output.progress("Classifying") as cb:
@@ -107,9 +121,12 @@ def command(
     preds += [Prediction(p, error=reason) for p, reason in missing]
     for p in preds:
         p.min_confidence = min_confidence
-    ok = [p for p in preds if not p.error]
+    ok = [p for p in preds if p.status == "ok"]
     skipped = [p for p in preds if p.error]
     counts = Counter(p.predicted for p in ok)
+    taken = {p.source: p.image for p in preds if p.image is not None}
+    fields_seen = {s: i for s, i in taken.items() if i.kind == "field"}
+    diff = differential(preds, classes, include_edge=count_edge_cells)
     summary = {
         "run": str(run_dir),
         "checkpoint": str(rm.checkpoint),
@@ -123,10 +140,14 @@ def command(
         "unlike_training": sum(p.unusual for p in ok),
         "low_confidence": sum(p.low_confidence for p in ok),
         "min_confidence": min_confidence,
-        "images": len(preds),
+        "images": len({p.source for p in preds}),
+        "fields": len(fields_seen),
+        "cells": len(ok),
         "predicted": len(ok),
         "skipped": len(skipped),
         "class_counts": {c: counts.get(c, 0) for c in classes},
+        "differential": diff,
+        "per_image": [{"path": str(s), **i.to_dict()} for s, i in taken.items()],
     }
     if out is not None:
         write_results(preds, out, summary)
@@ -139,19 +160,29 @@ def command(
         _output.info(f"Wrote {len(written)} Grad-CAM overlays to {gradcam}")
     if sort_into is not None:
         n = copy_sorted(ok, sort_into)
-        _output.info(f"Copied {n} images into {sort_into}/<class>/ (the originals are untouched).")
+        _output.info(f"Copied {n} images into {sort_into}/<class>/ (the originals are untouched; a cell of a field "
+                     "as its crop).")  # fmt: skip
+    if overlays is not None and fields_seen:
+        from cellmorphnet.inference.output import write_overlays
 
-    table = Table(title=f"Predictions ({len(ok)} images) with {run_dir.name}", title_justify="left")
+        drawn = write_overlays(preds, overlays)
+        _output.info(f"Drew {len(drawn)} fields with their cells into {overlays}")
+
+    unit = "cells" if fields_seen else "images"
+    table = Table(title=f"Predictions ({len(ok)} {unit}) with {run_dir.name}", title_justify="left")
     table.add_column("class")
-    table.add_column("images", justify="right")
+    table.add_column(unit, justify="right")
     table.add_column("share", justify="right")
     for c in classes:
         n = counts.get(c, 0)
         table.add_row(c, f"{n:,}", f"{n / max(len(ok), 1):.1%}")
     _output.out.print(table)
+    if fields_seen:
+        _print_fields(fields_seen, diff, preds)
     if out is None and ok:
         for p in ok[:20]:
-            _output.out.print(f"{p.path}  {p.predicted}  {p.confidence:.3f}")
+            where = f"#{p.cell.index} {p.cell.box}" if p.cell else ""
+            _output.out.print(f"{p.source}{where}  {p.predicted}  {p.confidence:.3f}")
         if len(ok) > 20:
             _output.out.print(f"… {len(ok) - 20} more; use --out FILE.csv for all of them.")
     if out is not None:
@@ -172,6 +203,41 @@ def command(
             raise InvalidData(f"None of the {len(preds)} files could be read; see the skipped-files report above.")
         _output.err.print(f"[yellow]Skipped {len(skipped)} of {len(preds)} files[/yellow]; the others were classified.")
         raise typer.Exit(EXIT_SOME_SKIPPED)
+
+
+def _print_fields(fields_seen, diff, preds) -> None:
+    """The fields in a few words, and the differential as a lab reads it."""
+    from rich.table import Table
+
+    cells = sum(i.cells for i in fields_seen.values())
+    empty = diff["fields_without_cells"]
+    scales = sorted({round(i.diameter) for i in fields_seen.values() if i.diameter})
+    scale = f"; red cells {scales[0]} px across ({7.5 / scales[0]:.3f} µm per pixel)" if len(scales) == 1 else ""
+    _output.info(f"{len(fields_seen)} fields: {cells} white cells found, {empty} fields without any{scale}.")
+    n = diff["white_cells"]
+    table = Table(title=f"Differential ({n} white cells)", title_justify="left")
+    table.add_column("type")
+    table.add_column("count", justify="right")
+    table.add_column("%", justify="right")
+    table.add_column("95% interval", justify="right")
+    for t in diff["types"]:
+        ci = f"{t['ci95'][0]:.1f}–{t['ci95'][1]:.1f}" if t["ci95"] else ""
+        table.add_row(t["class"], str(t["count"]), "" if t["percent"] is None else f"{t['percent']:.1f}", ci)
+    if diff["nucleated_red_cells"] is not None:
+        per = diff["nrbc_per_100_wbc"]
+        table.add_row("nucleated red cells", str(diff["nucleated_red_cells"]), "", "" if per is None else
+                      f"{per:.1f} per 100 WBC")  # fmt: skip
+    for c, k in diff["other"].items():
+        table.add_row(f"other: {c}", str(k), "", "")
+    _output.out.print(table)
+    notes = []
+    if diff["edge_cells"]:
+        notes.append(f"{diff['edge_cells']} cells cut by a field's border are "
+                     + ("counted" if diff["edge_cells_counted"] else "left out (--count-edge-cells counts them)"))
+    if diff["low_confidence"]:
+        notes.append(f"{diff['low_confidence']} below the confidence threshold are counted apart: check them by eye")
+    if notes:
+        _output.info("; ".join(notes) + ".")
 
 
 def _report_framing_and_colour(ok) -> None:

@@ -1,0 +1,60 @@
+"""The leukocyte differential of a set of predictions: how many of each white-cell type, as a lab reports it.
+
+Counted: every classified cell of a white-cell type (``data.taxonomy.WHITE_CELLS`` among the run's classes),
+except cells cut by a field's border (a lab leaves those out; ``include_edge`` counts them) and cells
+below the confidence threshold (``low_confidence``: counted apart, to be checked by eye). Each type gets its
+count, its share of the counted white cells and the 95% Wilson interval of that share. Nucleated red cells
+(erythroblasts) are not white cells: they are reported per 100 white cells, as labs do. Anything else the
+model calls a cell (a platelet clump) is listed as other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import Any
+
+Z95 = 1.959963984540054
+
+
+def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """The Wilson score interval of a proportion ``k / n`` (``(0, 1)`` when ``n`` is 0)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def differential(preds, classes: list[str], *, include_edge: bool = False) -> dict[str, Any]:
+    """The differential of ``preds`` (``Prediction``s: crops and the cells of fields) over a run's ``classes``."""
+    from cellmorphnet.data.taxonomy import WHITE_CELLS
+
+    white = [c for c in classes if c in WHITE_CELLS]
+    cells = [p for p in preds if not p.error and not p.no_cells and p.predicted is not None]
+    edge = [p for p in cells if p.cell is not None and p.cell.edge]
+    counted = cells if include_edge else [p for p in cells if p not in edge]
+    low = [p for p in counted if p.low_confidence]
+    sure = [p for p in counted if not p.low_confidence]
+    counts = Counter(p.predicted for p in sure)
+    n_white = sum(counts[c] for c in white)
+    types = []
+    for c in white:
+        lo, hi = wilson(counts[c], n_white)
+        types.append({"class": c, "count": counts[c], "percent": round(100 * counts[c] / n_white, 1) if n_white else None,
+                      "ci95": [round(100 * lo, 1), round(100 * hi, 1)] if n_white else None})  # fmt: skip
+    nrbc = counts.get("erythroblast", 0) if "erythroblast" in classes else None
+    other = {c: counts[c] for c in classes if c not in white and c != "erythroblast" and counts[c]}
+    return {
+        "white_cells": n_white,
+        "types": types,
+        "nucleated_red_cells": nrbc,
+        "nrbc_per_100_wbc": round(100 * nrbc / n_white, 1) if nrbc is not None and n_white else None,
+        "other": other,
+        "low_confidence": len(low),
+        "edge_cells": len(edge),
+        "edge_cells_counted": include_edge,
+        "images": len({p.source for p in preds}),
+        "fields_without_cells": sum(1 for p in preds if p.no_cells),
+    }
