@@ -19,10 +19,12 @@ import numpy as np
 
 from cellmorphnet.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, MicroBatcher
 from cellmorphnet.inference import (
+    ImageInfo,
     Loaded,
     Prediction,
     Upload,
     class_probs,
+    find_cells,
     inference_options,
     prepare_set,
     read_image,
@@ -50,6 +52,16 @@ class Limits:
     # an upload is cut off (408, connection closed) once it falls body_timeout_s behind min_upload_rate (bytes/s)
     body_timeout_s: float = 10.0
     min_upload_rate: float = 50_000.0
+
+
+@dataclass
+class _Prepared:
+    """One request's set, ready for the model."""
+
+    uploads: list[Upload]
+    loaded: list[Loaded]
+    taken: dict[Upload, ImageInfo]  # how each upload was taken: a crop, or a field with its cells
+    refused: dict[Upload, str]  # fields too large to search
 
 
 class ModelService:
@@ -107,52 +119,78 @@ class ModelService:
                                 "images per request.")  # fmt: skip
         return [Upload(name or f"file-{i + 1}", data, self.limits.max_pixels) for i, (name, data) in enumerate(files)]
 
-    def _prepare(self, uploads: list[Upload]) -> list[Loaded]:
-        """infer's preprocessing of one set (``inference.prepare_set``); the model questions the stain contrast
-        asks go through the model thread like every other forward pass."""
+    def _prepare(self, uploads: list[Upload], cells: str | None = None) -> _Prepared:
+        """infer's preprocessing of one set: fields become their cells (``inference.find_cells``), then
+        ``inference.prepare_set``; the model questions the stain contrast asks go through the model thread like
+        every other forward pass."""
 
         def one_view(arrays: list[np.ndarray]) -> np.ndarray:
             return self.batcher.call(lambda: self._forward(arrays, tta=False)).result()
 
-        def prepare() -> list[Loaded]:
-            _, loaded = prepare_set(uploads, self.options, self.classes, one_view, workers=1)
+        def prepare() -> _Prepared:
+            items, taken, refused = find_cells(uploads, cells or self.options.cells, workers=1)
+            _, loaded = prepare_set(items, self.options, self.classes, one_view, workers=1)
             loaded = list(loaded)
             for u in uploads:
                 u.image = None  # the full-size pixels go at once: what the model needs is in ``loaded``
-            return loaded
+            return _Prepared(uploads, loaded, taken, refused)
 
         return self._decoder.submit(prepare).result()
 
-    def _predict(self, loaded: list[Loaded], top_k: int) -> list[Prediction]:
+    def _predict(self, prepared: _Prepared, top_k: int) -> list[Prediction]:
+        loaded = prepared.loaded
         ok = [x for x in loaded if x.error is None]
         probs = self.batcher.submit([x.array for x in ok]).result() if ok else []
         k = max(1, min(top_k, len(self.classes)))
         by_item = {x.item: to_prediction(x, row, self.classes, k) for x, row in zip(ok, probs, strict=True)}
-        return [by_item.get(x.item) or Prediction(x.item, error=x.error) for x in loaded]
+        preds = [by_item.get(x.item) or Prediction(x.item, error=x.error) for x in loaded]
+        preds += [Prediction(u, error=why) for u, why in prepared.refused.items()]
+        preds += [Prediction(u, no_cells=True) for u, i in prepared.taken.items() if i.kind == "field" and not i.cells]
+        for p in preds:
+            p.image = prepared.taken.get(p.source)
+        order = {u: i for i, u in enumerate(prepared.uploads)}
+        preds.sort(key=lambda p: (order.get(p.source, -1), p.cell.index if p.cell else 0))
+        return preds
 
     def predict(self, files: list[tuple[str, bytes]], top_k: int = 3, min_confidence: float = 0.0
                 ) -> list[Prediction]:  # fmt: skip
-        """One prediction per ``(name, bytes)``, in order; unreadable ones carry their ``error``."""
+        """Predictions for ``(name, bytes)``, in upload order: one per crop, one per white cell found in a field
+        (and one saying so for a field without any); unreadable files carry their ``error``."""
         preds = self._predict(self._prepare(self._uploads(files)), top_k)
         for p in preds:
             p.min_confidence = min_confidence
         return preds
 
-    def gradcam_png(self, name: str, data: bytes) -> tuple[Prediction, bytes]:
-        """The prediction for one image and its Grad-CAM overlay (the crop beside the heat map) as PNG bytes."""
+    def gradcam_png(self, name: str, data: bytes, cell: tuple[tuple[int, int, int, int], float] | None = None
+                    ) -> tuple[Prediction, bytes]:  # fmt: skip
+        """The prediction for one image and its Grad-CAM overlay (the crop beside the heat map) as PNG bytes;
+        with ``cell`` (a box in the image and its red-cell diameter, as ``predict`` reported them), of that cell."""
         from cellmorphnet.cellfinder import padded_crop
         from cellmorphnet.gradcam import overlay_image
 
-        loaded = self._prepare(self._uploads([(name, data)]))
-        pred = self._predict(loaded, 1)[0]
+        uploads = self._uploads([(name, data)])
+        if cell is not None:
+            uploads = [self._cell_upload(uploads[0], *cell)]
+        prepared = self._prepare(uploads, cells="one")
+        pred = self._predict(prepared, 1)[0]
         if pred.error:
             return pred, b""
-        arr, idx = single_view(loaded[0].array), self.classes.index(pred.predicted)
+        arr, idx = single_view(prepared.loaded[0].array), self.classes.index(pred.predicted)
         cam = self.batcher.call(lambda: self._cam(arr, idx)).result()
         crop = np.asarray(padded_crop(read_image(pred.path), pred.box))
         buf = io.BytesIO()
         overlay_image(crop, cam, f"{pred.predicted} {pred.confidence:.2f}").save(buf, format="PNG")
         return pred, buf.getvalue()
+
+    def _cell_upload(self, upload: Upload, box: tuple[int, int, int, int], diameter: float) -> Upload:
+        """The crop of one cell of a field, as an upload of its own (PNG bytes; a few hundred kilobytes)."""
+        from cellmorphnet import fields
+
+        img = read_image(upload)
+        crop = fields.cell_crop(img, fields.FoundCell(box, False, 0.0), diameter)
+        buf = io.BytesIO()
+        crop.save(buf, format="PNG")
+        return Upload(f"{upload.name}#cell", buf.getvalue(), self.limits.max_pixels)
 
     def _cam(self, arr: np.ndarray, idx: int) -> np.ndarray:
         import torch

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import PBC_TEST_IMAGES
+from conftest import BCCD_ZIP, PBC_TEST_IMAGES
 
 from cellmorphnet import runs
 
@@ -165,7 +165,10 @@ def browser_type_launch_args(browser_type_launch_args):
 
 
 def test_the_web_page_in_a_real_browser(server, page, tmp_path):
-    """Upload real JPEGs and a broken file, compare with infer, open a Grad-CAM, download the CSV."""
+    """Upload real JPEGs, a real smear field and a broken file, compare with infer, open a Grad-CAM and a cell of the
+    field, download the CSV."""
+    import zipfile
+
     from playwright.sync_api import expect
 
     folder = tmp_path / "upload"
@@ -173,6 +176,10 @@ def test_the_web_page_in_a_real_browser(server, page, tmp_path):
     picked = JPEGS[::20]  # 12 images, every class
     for p in picked:
         shutil.copy(p, folder / p.name)
+    with zipfile.ZipFile(BCCD_ZIP) as z:  # BCCD fields: two white cells side by side, and one neutrophil
+        for n in ("00176", "00000"):
+            name = next(m for m in z.namelist() if m.endswith(f"JPEGImages/BloodImage_{n}.jpg"))
+            (folder / f"field-{n}.jpg").write_bytes(z.read(name))
     shutil.copy(picked[0], folder / "=HYPERLINK(1).jpg")  # a name a spreadsheet would run as a formula
     picked = [*picked, folder / "=HYPERLINK(1).jpg"]
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
@@ -186,7 +193,10 @@ def test_the_web_page_in_a_real_browser(server, page, tmp_path):
     assert r.returncode == 3, r.stderr  # 3: some files skipped (the broken one)
     with want_csv.open(newline="") as f:
         want_rows = list(csv.reader(f))
-    want = {Path(row[0]).name: row for row in want_rows[1:]}
+    col = {c: i for i, c in enumerate(want_rows[0])}
+    want = {(Path(row[0]).name, row[col["cell"]]): row for row in want_rows[1:]}
+    field_rows = [row for row in want_rows[1:] if row[col["kind"]] == "field"]
+    assert len(field_rows) == 3 and all(row[col["status"]] == "ok" for row in field_rows), field_rows
 
     page.goto(server.url)
     expect(page.locator("#model-name")).to_contain_text(runs.PACKAGED, timeout=30_000)
@@ -202,14 +212,32 @@ def test_the_web_page_in_a_real_browser(server, page, tmp_path):
         shown = card.locator(".cls").inner_text()
         if name == "broken.jpg":
             assert shown == "could not be read" and "error" in card.get_attribute("class")
+        elif name == "field-00176.jpg":
+            assert shown == "field: 2 white cells"
+            expect(card.locator("svg rect.box")).to_have_count(2)
+            assert card.locator("ol li").count() == 2
+        elif name == "field-00000.jpg":
+            assert shown == "field: 1 white cell"
         else:
-            assert shown == want[name][2], name  # the predicted class column of infer's CSV
+            row = want[(name, "")]
+            assert shown == row[col["predicted"]], name
             assert card.locator("ol li").count() == 3
-            assert ("low" in card.get_attribute("class")) == (want[name][-2] == "yes"), name
+            assert ("low" in card.get_attribute("class")) == (row[col["low_confidence"]] == "yes"), name
     bars = page.locator("#chart .bar .n")
-    assert sum(int(bars.nth(i).inner_text()) for i in range(bars.count())) == len(picked)
+    assert sum(int(bars.nth(i).inner_text()) for i in range(bars.count())) == len(picked) + 3
+    white = page.locator("#differential tbody tr[data-class] td:nth-child(2)")
+    counted = [r for r in want_rows[1:] if r[col["status"]] == "ok" and r[col["edge"]] != "yes"
+               and r[col["low_confidence"]] == "no"]  # fmt: skip
+    wbc = ("basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil")
+    assert sum(int(white.nth(i).inner_text()) for i in range(white.count())) == sum(
+        r[col["predicted"]] in wbc for r in counted)
 
-    page.locator("article.result:not(.error)").first.click()
+    page.locator("article.result.field svg rect.box").first.click()  # a cell of the field: its top 3 and Grad-CAM
+    expect(page.locator("#cam-image")).to_be_visible(timeout=60_000)
+    expect(page.locator("#cam-body ol.top li")).to_have_count(3)
+    page.locator("dialog .close").click()
+
+    page.locator("article.result:not(.error):not(.field)").first.click()
     expect(page.locator("#cam-image")).to_be_visible(timeout=60_000)
     page.wait_for_function("document.getElementById('cam-image').naturalWidth === 516")
     page.locator("dialog .close").click()
@@ -225,7 +253,7 @@ def test_the_web_page_in_a_real_browser(server, page, tmp_path):
     assert len(got_rows) == len(want_rows)
     assert any(row[0] == "'=HYPERLINK(1).jpg" for row in got_rows)  # written as text, as infer writes it
     for row in got_rows[1:]:
-        expected = want[Path(row[0].removeprefix("'")).name]
+        expected = want[(Path(row[0].removeprefix("'")).name, row[col["cell"]])]
         for column, a, b in zip(want_rows[0][1:], row[1:], expected[1:], strict=True):
             numeric = column == "confidence" or column.endswith("_probability")
             if numeric and a and b:

@@ -42,7 +42,8 @@ def differential(preds, classes: list[str], *, include_edge: bool = False) -> di
     types = []
     for c in white:
         lo, hi = wilson(counts[c], n_white)
-        types.append({"class": c, "count": counts[c], "percent": round(100 * counts[c] / n_white, 1) if n_white else None,
+        share = round(100 * counts[c] / n_white, 1) if n_white else None
+        types.append({"class": c, "count": counts[c], "percent": share,
                       "ci95": [round(100 * lo, 1), round(100 * hi, 1)] if n_white else None})  # fmt: skip
     nrbc = counts.get("erythroblast", 0) if "erythroblast" in classes else None
     other = {c: counts[c] for c in classes if c not in white and c != "erythroblast" and counts[c]}

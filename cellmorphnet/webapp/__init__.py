@@ -45,8 +45,32 @@ def _too_large(message: str) -> _Refused:
 def _prediction_json(p) -> dict[str, Any]:
     d = p.to_dict()
     d["file"] = d.pop("path")
-    d["status"] = "error" if p.error else "ok"
+    d["status"] = "error" if p.error else p.status
     return d
+
+
+def _file_results(preds) -> list[dict[str, Any]]:
+    """One result per uploaded file, in order: a crop's prediction as before (and as its one cell), or a field's
+    cells (``cells``: each with its box, edge flag and prediction; top-level ``predicted`` is null)."""
+    by_file: dict[Any, list] = {}
+    for p in preds:
+        by_file.setdefault(p.source, []).append(p)
+    out = []
+    for rows in by_file.values():
+        first = rows[0]
+        info = first.image
+        if info is not None and info.kind == "field":
+            cells = [_prediction_json(p) for p in rows if p.cell is not None]
+            out.append({"file": str(first.source), "kind": "field", "status": "error" if first.error else
+                        ("ok" if cells else "no cells"), "error": first.error, "predicted": None, "confidence": None,
+                        "top_k": [], "rbc_diameter_px": None if info.diameter is None else round(info.diameter, 1),
+                        "microns_per_pixel": None if info.microns_per_pixel is None else
+                        round(info.microns_per_pixel, 4), "cells": cells})  # fmt: skip
+        else:
+            d = _prediction_json(first)
+            d["cells"] = [] if first.error else [dict(d)]
+            out.append(d)
+    return out
 
 
 def model_card(service: ModelService) -> dict[str, Any]:
@@ -296,20 +320,42 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
     ) -> dict[str, Any]:
         """Classify one or many images (multipart field `files`); one result per file, in upload order.
 
-        A file that cannot be read gets `status: error` with the reason; the others are classified.
+        A single-cell image is one prediction (also listed as its one entry of `cells`). A photo of a smear
+        field (shorter side 400 px or more) is searched for every white cell: its result lists them in
+        `cells`, each with its `box` (x0, y0, x1, y1 in the image's pixels), `edge` flag and prediction, and
+        `status: no cells` where none was found. `differential` counts the white-cell types of the request
+        (cells cut by a border left out). A file that cannot be read gets `status: error` with the reason; the
+        others are classified.
         """
+        from cellmorphnet.inference.differential import differential
+
         files = await _read_files(request, "files", limits)
         preds = await run_in_threadpool(service.predict, files, top_k, min_confidence)
-        return {"model": service.run_dir.name, "results": [_prediction_json(p) for p in preds]}
+        return {"model": service.run_dir.name, "results": _file_results(preds),
+                "differential": differential(preds, service.classes)}  # fmt: skip
 
     @v1.post("/gradcam", openapi_extra=_multipart("file", many=False),
              responses={200: {"content": {"image/png": {}}}})  # fmt: skip
-    async def gradcam(request: Request):
-        """The Grad-CAM overlay of one image (multipart field `file`) as PNG: the crop beside the heat map."""
+    async def gradcam(
+        request: Request,
+        x0: int | None = Query(None, ge=0, description="With y0, x1, y1 and rbc: one cell of a field (its box)."),
+        y0: int | None = Query(None, ge=0),
+        x1: int | None = Query(None, ge=1),
+        y1: int | None = Query(None, ge=1),
+        rbc: float | None = Query(None, gt=0, description="The field's red-cell diameter, as /v1/predict gave it."),
+    ):
+        """The Grad-CAM overlay of one image (multipart field `file`) as PNG: the crop beside the heat map; with a
+        box and `rbc`, of that cell of a field."""
         files = await _read_files(request, "file", limits)
         if len(files) != 1:
             raise _Refused("Send exactly one image as field 'file'.")
-        pred, png = await run_in_threadpool(service.gradcam_png, *files[0])
+        given = [v is not None for v in (x0, y0, x1, y1, rbc)]
+        if any(given) and not all(given):
+            raise _Refused("Give all of x0, y0, x1, y1 and rbc for one cell of a field, or none.")
+        cell = ((x0, y0, x1, y1), rbc) if all(given) else None
+        if cell is not None and not (x0 < x1 and y0 < y1):
+            raise _Refused("The box must have x0 < x1 and y0 < y1.")
+        pred, png = await run_in_threadpool(service.gradcam_png, *files[0], cell)
         if pred.error:
             return JSONResponse({"detail": pred.error}, status_code=422)
         return Response(png, media_type="image/png", headers={

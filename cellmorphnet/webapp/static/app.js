@@ -3,10 +3,12 @@
 
 const CHUNK = 16;          // files per request: each request is one set, as one `infer` call
 const TOP_K = 3;
-const IMAGE_EXT = /\.(jpe?g|png|bmp|tiff?)$/i;
+const IMAGE_EXT = /\.(jpe?g|png|bmp|tiff?|webp)$/i;
 const $ = (id) => document.getElementById(id);
 
 const state = { classes: [], items: [], queue: [], busy: false };
+const WHITE_CELLS = ["basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil"];
+const SVG = "http://www.w3.org/2000/svg";
 
 function token() { return sessionStorage.getItem("cellmorphnet-token") || ""; }
 function headers() { return token() ? { Authorization: `Bearer ${token()}` } : {}; }
@@ -93,14 +95,69 @@ function renderPending(item) {
   const node = el("article", { class: "result pending", "data-name": item.name },
     img, el("div", { class: "name", title: item.name, text: item.name }),
     el("div", { class: "cls", text: "classifying…" }), el("div", { class: "conf" }), el("div", { class: "flag" }), el("ol"));
-  node.addEventListener("click", () => { if (item.result && item.result.status === "ok") showGradcam(item); });
+  node.addEventListener("click", () => {
+    if (item.result && item.result.status === "ok" && item.result.kind !== "field") showGradcam(item);
+  });
   return node;
+}
+
+// Every classified cell of the page: a crop's one cell, and each cell found in a field.
+function allCells() {
+  const out = [];
+  for (const item of state.items) {
+    const r = item.result;
+    if (!r || r.status !== "ok") continue;
+    for (const c of r.kind === "field" ? r.cells : [r]) out.push({ item, cell: c });
+  }
+  return out;
+}
+
+// A field: the photo with a box per cell found (click one for its top 3 and Grad-CAM), and a line per cell.
+function renderField(item) {
+  const r = item.result;
+  const node = item.node;
+  node.classList.add("field");
+  const img = node.querySelector("img");
+  const figure = el("div", { class: "figure" });
+  img.replaceWith(figure);
+  figure.append(img);
+  const draw = () => {
+    const svg = document.createElementNS(SVG, "svg");
+    svg.setAttribute("viewBox", `0 0 ${img.naturalWidth} ${img.naturalHeight}`);
+    svg.setAttribute("preserveAspectRatio", "none");
+    for (const c of r.cells) {
+      const [x0, y0, x1, y1] = c.box;
+      const rect = document.createElementNS(SVG, "rect");
+      for (const [k, v] of Object.entries({ x: x0, y: y0, width: x1 - x0, height: y1 - y0 })) rect.setAttribute(k, v);
+      rect.setAttribute("class", `box${c.edge ? " edge" : ""}${c.confidence < threshold() ? " low" : ""}`);
+      rect.setAttribute("data-cell", c.cell);
+      const title = document.createElementNS(SVG, "title");
+      title.textContent = `${c.cell}: ${c.predicted} ${pct(c.confidence)}${c.edge ? " (cut by the border)" : ""}`;
+      rect.append(title);
+      rect.addEventListener("click", (e) => { e.stopPropagation(); showCell(item, c); });
+      svg.append(rect);
+    }
+    figure.querySelector("svg")?.remove();
+    figure.append(svg);
+  };
+  if (img.complete && img.naturalWidth) draw(); else img.addEventListener("load", draw, { once: true });
+  const found = r.cells.length;
+  node.querySelector(".cls").textContent = found ? `field: ${found} white cell${found > 1 ? "s" : ""}` : "field: no white cell found";
+  node.querySelector(".conf").textContent = r.rbc_diameter_px ? `red cells ${Math.round(r.rbc_diameter_px)} px across` : "";
+  const ol = node.querySelector("ol");
+  ol.replaceChildren(...r.cells.map((c) => {
+    const li = el("li", { class: `cell${c.edge ? " edge" : ""}`, text: `${c.predicted} ${pct(c.confidence)}${c.edge ? " (edge)" : ""}` });
+    li.addEventListener("click", (e) => { e.stopPropagation(); showCell(item, c); });
+    return li;
+  }));
+  node.title = "Click a box for the cell's top 3 and Grad-CAM";
 }
 
 function renderResult(item) {
   const r = item.result;
   const node = item.node;
   node.classList.remove("pending");
+  if (r.kind === "field" && r.status !== "error") { renderField(item); return; }
   node.querySelector(".cls").textContent = r.status === "ok" ? r.predicted : "could not be read";
   node.classList.toggle("error", r.status !== "ok");
   if (r.status !== "ok") {
@@ -127,7 +184,7 @@ async function pump() {
         const res = await api(`/v1/predict?top_k=${TOP_K}&min_confidence=${threshold()}`, { method: "POST", body: form });
         results = (await res.json()).results;
       } catch (e) {
-        results = chunk.map(() => ({ status: "error", error: e.message, top_k: [] }));
+        results = chunk.map(() => ({ status: "error", error: e.message, top_k: [], cells: [] }));
       }
       chunk.forEach((item, i) => { item.result = { ...results[i], file: item.name }; renderResult(item); });
       updateToolbar();
@@ -147,19 +204,77 @@ function updateToolbar() {
 }
 
 function renderSummary() {
-  const ok = state.items.filter((i) => i.result && i.result.status === "ok");
-  $("summary").hidden = ok.length === 0;
+  const cells = allCells();
+  $("summary").hidden = cells.length === 0;
   const counts = new Map(state.classes.map((c) => [c, 0]));
-  for (const i of ok) counts.set(i.result.predicted, (counts.get(i.result.predicted) || 0) + 1);
+  for (const { cell } of cells) counts.set(cell.predicted, (counts.get(cell.predicted) || 0) + 1);
   const max = Math.max(1, ...counts.values());
   const rows = [...counts.entries()].map(([c, n]) => {
     const fill = el("div", { class: "fill" });
     fill.style.width = `${(100 * n) / max}%`;
     return el("div", { class: "bar", "data-class": c }, el("span", { text: c }), el("div", {}, fill), el("span", { class: "n", text: String(n) }));
   });
-  const failed = state.items.filter((i) => i.result && i.result.status !== "ok").length;
+  const failed = state.items.filter((i) => i.result && i.result.status === "error").length;
   if (failed) rows.push(el("p", { class: "error", text: `${failed} file(s) could not be read.` }));
   $("chart").replaceChildren(...rows);
+  renderDifferential(cells);
+}
+
+// The differential of everything on the page, as infer reports it: white-cell types (cells cut by a field's border
+// and those below the confidence mark left out), 95% Wilson intervals, nucleated red cells per 100 white cells.
+function wilson(k, n) {
+  if (!n) return [0, 1];
+  const z = 1.959963984540054, p = k / n, d = 1 + (z * z) / n;
+  const centre = (p + (z * z) / (2 * n)) / d;
+  const half = (z * Math.sqrt((p * (1 - p)) / n + (z * z) / (4 * n * n))) / d;
+  return [Math.max(0, centre - half), Math.min(1, centre + half)];
+}
+
+function renderDifferential(cells) {
+  const limit = threshold();
+  const counted = cells.filter(({ cell }) => !cell.edge);
+  const sure = counted.filter(({ cell }) => !(cell.confidence < limit));
+  const white = state.classes.filter((c) => WHITE_CELLS.includes(c));
+  const n = sure.filter(({ cell }) => white.includes(cell.predicted)).length;
+  const table = $("differential");
+  const body = white.map((c) => {
+    const k = sure.filter(({ cell }) => cell.predicted === c).length;
+    const [lo, hi] = wilson(k, n);
+    return el("tr", { "data-class": c }, el("td", { text: c }), el("td", { text: String(k) }),
+      el("td", { text: n ? (100 * k / n).toFixed(1) : "" }), el("td", { text: n ? `${(100 * lo).toFixed(1)}–${(100 * hi).toFixed(1)}` : "" }));
+  });
+  if (state.classes.includes("erythroblast")) {
+    const k = sure.filter(({ cell }) => cell.predicted === "erythroblast").length;
+    body.push(el("tr", {}, el("td", { text: "nucleated red cells" }), el("td", { text: String(k) }), el("td"),
+      el("td", { text: n ? `${(100 * k / n).toFixed(1)} per 100 WBC` : "" })));
+  }
+  table.querySelector("tbody").replaceChildren(...body);
+  const notes = [];
+  const edge = cells.length - counted.length, low = counted.length - sure.length;
+  if (edge) notes.push(`${edge} cell(s) cut by a field's border left out`);
+  if (low) notes.push(`${low} below the confidence mark counted apart`);
+  $("differential-title").textContent = `Differential (${n} white cells)`;
+  $("differential-notes").textContent = notes.join("; ");
+}
+
+async function showCell(item, c) {
+  const dialog = $("cam-dialog");
+  $("cam-title").textContent = `${item.name}, cell ${c.cell} → ${c.predicted} (${pct(c.confidence)})${c.edge ? ", cut by the border" : ""}`;
+  const top = el("ol", { class: "top" }, ...c.top_k.map((t) => el("li", { text: `${t.class} ${pct(t.probability)}` })));
+  $("cam-body").replaceChildren(top, el("p", { class: "muted", text: "computing…" }));
+  dialog.showModal();
+  try {
+    const form = new FormData();
+    form.append("file", item.file, item.name);
+    const [x0, y0, x1, y1] = c.box;
+    const query = `x0=${x0}&y0=${y0}&x1=${x1}&y1=${y1}&rbc=${item.result.rbc_diameter_px}`;
+    const blob = await (await api(`/v1/gradcam?${query}`, { method: "POST", body: form })).blob();
+    const img = el("img", { id: "cam-image", alt: `Grad-CAM of cell ${c.cell} of ${item.name}` });
+    img.src = URL.createObjectURL(blob);
+    $("cam-body").replaceChildren(top, img);
+  } catch (e) {
+    $("cam-body").replaceChildren(top, el("p", { class: "error", text: e.message }));
+  }
 }
 
 async function showGradcam(item) {
@@ -179,27 +294,38 @@ async function showGradcam(item) {
   }
 }
 
-// The columns of `cellmorphnet infer --out results.csv` (top 3), with the same conventions.
+// The columns of `cellmorphnet infer --out results.csv` (top 3), with the same conventions: one row per cell.
 function csvText() {
-  const header = ["path", "status", "predicted", "confidence"];
+  const header = ["path", "cell", "kind", "x0", "y0", "x1", "y1", "edge", "status", "predicted", "confidence"];
   for (let i = 1; i <= TOP_K; i++) header.push(`top${i}`, `top${i}_probability`);
-  header.push("framing", "colour_step", "stain_contrast", "colour_distance", "unlike_training", "low_confidence", "error");
+  header.push("framing", "colour_step", "stain_contrast", "colour_distance", "unlike_training", "low_confidence",
+    "rbc_diameter_px", "error");
   // a cell that a spreadsheet would read as a formula (=, +, -, @, tab, CR first) gets a leading ', as infer writes it
   const safe = (v) => (/^[=+\-@\t\r]/.test(v) ? `'${v}` : v);
   const quote = (v) => (/[",\n\r]/.test(v) ? `"${v.replace(/"/g, '""')}"` : v);
   const lines = [header.join(",")];
   const limit = threshold();
-  for (const { name, result: r } of state.items) {
-    const ok = r.status === "ok";
-    const row = [name, ok ? "ok" : "skipped", ok ? r.predicted : "", ok ? r.confidence.toFixed(6) : ""];
+  const scale = (r) => (r.rbc_diameter_px != null ? r.rbc_diameter_px.toFixed(1) : "");
+  const row = (name, r, kind, c, field) => {
+    const ok = c && c.status === "ok";
+    const place = field && c ? [String(c.cell), ...c.box.map(String), c.edge ? "yes" : "no"] : ["", "", "", "", "", ""];
+    const status = r.status === "error" ? "skipped" : (c ? "ok" : "no cells");
+    const out = [name, place[0], kind, ...place.slice(1), status, ok ? c.predicted : "", ok ? c.confidence.toFixed(6) : ""];
     for (let i = 0; i < TOP_K; i++) {
-      const t = ok ? r.top_k[i] : null;
-      row.push(t ? t.class : "", t ? t.probability.toFixed(6) : "");
+      const t = ok ? c.top_k[i] : null;
+      out.push(t ? t.class : "", t ? t.probability.toFixed(6) : "");
     }
-    row.push(ok ? r.framing || "" : "", ok ? r.colour_step || "" : "", ok && r.stain_contrast != null ? r.stain_contrast.toFixed(3) : "",
-      ok && r.colour_distance != null ? r.colour_distance.toFixed(2) : "",
-      ok ? (r.unlike_training ? "yes" : "no") : "", ok ? (r.confidence < limit ? "yes" : "no") : "", ok ? "" : r.error || "");
-    lines.push(row.map((v) => quote(safe(String(v)))).join(","));
+    out.push(ok ? c.framing || "" : "", ok ? c.colour_step || "" : "", ok && c.stain_contrast != null ? c.stain_contrast.toFixed(3) : "",
+      ok && c.colour_distance != null ? c.colour_distance.toFixed(2) : "",
+      ok ? (c.unlike_training ? "yes" : "no") : "", ok ? (c.confidence < limit ? "yes" : "no") : "",
+      field ? scale(r) : "", r.status === "error" ? r.error || "" : "");
+    return out;
+  };
+  for (const { name, result: r } of state.items) {
+    const rows = r.kind === "field" && r.status !== "error"
+      ? (r.cells.length ? r.cells.map((c) => row(name, r, "field", c, true)) : [row(name, r, "field", null, true)])
+      : [row(name, r, r.kind || "", r.status === "error" ? null : r, false)];
+    for (const cells of rows) lines.push(cells.map((v) => quote(safe(String(v)))).join(","));
   }
   return lines.join("\r\n") + "\r\n";
 }
@@ -249,7 +375,10 @@ function setUp() {
   for (const id of ["pick-files", "pick-folder"]) {
     $(id).addEventListener("change", (e) => { addFiles([...e.target.files]); e.target.value = ""; });
   }
-  $("threshold").addEventListener("change", () => { state.items.filter((i) => i.result).forEach(renderResult); });
+  $("threshold").addEventListener("change", () => {
+    state.items.filter((i) => i.result && i.result.kind !== "field").forEach(renderResult);
+    renderSummary();
+  });
   $("download").addEventListener("click", download);
   $("clear").addEventListener("click", () => {
     state.items.forEach((i) => URL.revokeObjectURL(i.node.querySelector("img").src));
