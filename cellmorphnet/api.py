@@ -58,17 +58,20 @@ def predict(
     stain_norm: bool | None = None,
     scale_views: bool | None = None,
     stain_contrast: bool | None = None,
+    cells: str | None = None,
     home: Path | None = None,
 ) -> list[Prediction]:
     """Classify image files and folders (searched recursively) as ``cellmorphnet infer`` does; the options are
-    its flags (``None``: the same defaults). Unreadable files come back with ``error`` set and missing
-    paths with ``error='does not exist'``."""
+    its flags (``None``: the same defaults). One prediction per cell: a crop's, each white cell found in a
+    field (``p.cell``: its index, box and edge flag; ``p.image``: how the image was taken), or one with
+    ``no_cells`` for a field without any. Unreadable files come back with ``error`` set and missing paths with
+    ``error='does not exist'``."""
     from cellmorphnet.inference import collect_files, inference_options, predict_files
 
     rm = run if isinstance(run, RunModel) else load_run(run, home=home)
     files, missing = collect_files([Path(p) for p in paths])
     options = inference_options(rm.record, crop, crop_fraction, colour_match, adapt_bn, classes, tta, stain_norm,
-                                scale_views, stain_contrast)  # fmt: skip
+                                scale_views, stain_contrast, cells)  # fmt: skip
     preds, _ = predict_files(rm, files, options, batch_size=batch_size, top_k=top_k)
     return preds + [Prediction(p, error=reason) for p, reason in missing]
 

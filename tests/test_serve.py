@@ -345,3 +345,34 @@ def test_serve_refuses_a_port_in_use(cli):
         s.listen()
         port = s.getsockname()[1]
         assert_one_line_error(cli("serve", "--port", str(port)), f"Cannot listen on 127.0.0.1:{port}")
+
+
+def test_serve_and_infer_agree_on_smear_fields(client, service, tmp_path):
+    """Two real BCCD fields in one request: each file's list of cells (box, edge, class) is infer's for the same
+    files together; the request's differential counts them; Grad-CAM of one cell by its box."""
+    import zipfile
+
+    from conftest import BCCD_ZIP
+
+    from cellmorphnet import api
+
+    with zipfile.ZipFile(BCCD_ZIP) as z:
+        for n in ("00176", "00000"):
+            name = next(m for m in z.namelist() if m.endswith(f"JPEGImages/BloodImage_{n}.jpg"))
+            (tmp_path / f"{n}.jpg").write_bytes(z.read(name))
+    paths = [tmp_path / "00176.jpg", tmp_path / "00000.jpg"]
+    body = client.post("/v1/predict", files=_files(paths)).json()
+    want = api.predict(service.rm, paths)
+    assert [r["kind"] for r in body["results"]] == ["field", "field"]
+    got = [(r["file"], c["cell"], tuple(c["box"]), c["edge"], c["predicted"])
+           for r in body["results"] for c in r["cells"]]  # fmt: skip
+    assert got == [(p.source.name, p.cell.index, p.cell.box, p.cell.edge, p.predicted) for p in want]
+    assert len(got) == 3 and body["results"][0]["predicted"] is None
+    assert body["differential"]["white_cells"] + body["differential"]["nucleated_red_cells"] + sum(
+        body["differential"]["other"].values()) + body["differential"]["low_confidence"] == 3
+    cell = body["results"][0]["cells"][1]
+    x0, y0, x1, y1 = cell["box"]
+    r = client.post(f"/v1/gradcam?x0={x0}&y0={y0}&x1={x1}&y1={y1}&rbc={body['results'][0]['rbc_diameter_px']}",
+                    files=_files(paths[:1], field="file"))  # fmt: skip
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert client.post("/v1/gradcam?x0=1&y0=2", files=_files(paths[:1], field="file")).status_code == 400

@@ -58,15 +58,12 @@ def _size(item: Item) -> tuple[int, int] | None:
         return None
 
 
-def _diameter(item: Item) -> float | None | str:
-    """The red-cell diameter measured on one field (a string: why the field cannot be searched)."""
+def _diameter(item: Item) -> float | None:
+    """The red-cell diameter measured on one field."""
     try:
         img = read_image(item)
     except (InvalidData, OSError):
         return None  # reported by the normal path
-    if img.width * img.height > fields.MAX_FIELD_PIXELS:
-        return (f"too large to search as a field ({img.width}x{img.height}; the limit is "
-                f"{fields.MAX_FIELD_PIXELS / 1e6:g} megapixels: cut it into tiles)")  # fmt: skip
     return fields.rbc_diameter(img)
 
 
@@ -86,11 +83,14 @@ def find_cells(items: list[Item], mode: str = "auto", workers: int = 2
         return list(items), {i: ImageInfo("crop") for i in items}, {}
     sizes = {i: _size(i) for i in items}
     candidates = [i for i in items if sizes[i] is not None and fields.is_field(sizes[i], mode)]
+    refused = {i: (f"too large to search as a field ({sizes[i][0]}x{sizes[i][1]}; the limit is "
+                   f"{fields.MAX_FIELD_PIXELS / 1e6:g} megapixels: cut it into tiles)")
+               for i in candidates if sizes[i][0] * sizes[i][1] > fields.MAX_FIELD_PIXELS}  # fmt: skip
+    candidates = [i for i in candidates if i not in refused]  # refused from the header, never decoded
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         measured = dict(zip(candidates, pool.map(_diameter, candidates), strict=True))
-    refused = {i: d for i, d in measured.items() if isinstance(d, str)}
-    diameter = fields.set_diameter(d for d in measured.values() if not isinstance(d, str))
-    searched = [i for i in candidates if i not in refused] if diameter is not None else []
+    diameter = fields.set_diameter(measured.values())
+    searched = candidates if diameter is not None else []
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         found = dict(zip(searched, pool.map(lambda i: _safe_cells(i, diameter), searched), strict=True))
     out: list[Item] = []
@@ -100,8 +100,7 @@ def find_cells(items: list[Item], mode: str = "auto", workers: int = 2
             continue
         cells = found.get(item)
         if cells is not None:
-            own = measured.get(item)
-            info[item] = ImageInfo("field", len(cells), diameter, own if isinstance(own, float) else None)
+            info[item] = ImageInfo("field", len(cells), diameter, measured.get(item))
             out.extend(cells)
         else:  # a crop; or a field without red cells to measure (or unreadable: its error comes later)
             note = "no red cells to measure the scale: taken as one cell" if item in candidates else None
