@@ -193,3 +193,19 @@ def test_the_differential_counts_white_cells_with_wilson_intervals():
     assert d["fields_without_cells"] == 1
     assert differential(preds, classes, include_edge=True)["white_cells"] == 12
     assert wilson(0, 0) == (0.0, 1.0)
+
+
+def test_eval_on_a_labelled_folder_scores_the_central_cell_of_a_field(shipped, tmp_path):
+    """A labelled field names the white cell nearest its centre; the other cells of the field are not scored."""
+    from cellmorphnet.evaluation.on_folder import evaluate_folder
+    from cellmorphnet.inference import inference_options
+
+    for label, other in (("neutrophil", "lymphocyte"), ("lymphocyte", "neutrophil")):
+        (tmp_path / label).mkdir()
+        pasted = [(_pbc_cell(label), (330, 250), 1.0), (_pbc_cell(other), (110, 110), 0.9)]
+        field = _compose(_no_white_cell_field(), pasted)
+        field.save(tmp_path / label / "field.png")
+        _pbc_cell(label, 1).save(tmp_path / label / "crop.png")
+    report = evaluate_folder(shipped, tmp_path, inference_options(shipped.record))
+    assert report["images"] == report["predicted"] == 4 and report["fields"] == 2
+    assert report["metrics"]["accuracy"] == 1.0

@@ -9,7 +9,6 @@ reported, never fatal.
 
 from __future__ import annotations
 
-import dataclasses
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -54,9 +53,33 @@ def labelled_files(root: Path, classes: list[str]) -> tuple[list[tuple[Path, str
     return items, unknown
 
 
+def _one_per_file(preds) -> list:
+    """One prediction per labelled file: a crop's own; in a field, the label names the white cell nearest its
+    centre (a field without one is skipped, saying so)."""
+    from cellmorphnet.inference import Prediction
+
+    out, fields_seen = [], {}
+    for p in preds:
+        if p.cell is None:
+            out.append(Prediction(p.source, error="no white cell found in the field") if p.no_cells else p)
+        else:
+            fields_seen.setdefault(p.source, []).append(p)
+    for cells in fields_seen.values():
+        out.append(min(cells, key=_off_centre))
+    return out
+
+
+def _off_centre(p) -> float:
+    """How far a found cell lies from its field's centre (squared pixels)."""
+    w, h = p.image.size
+    x0, y0, x1, y1 = p.cell.box
+    return ((x0 + x1 - w) / 2) ** 2 + ((y0 + y1 - h) / 2) ** 2
+
+
 def evaluate_folder(rm, root: Path, options, *, min_images: int = 5, batch_size: int = 64, workers: int = 2,
                     progress=None) -> dict[str, Any]:  # fmt: skip
-    """Predict every labelled image with ``options`` (``inference.InferenceOptions``) and score the predictions."""
+    """Predict every labelled image with ``options`` (``inference.InferenceOptions``) and score the predictions
+    (one per file: in a photo of a smear field, of the white cell nearest its centre)."""
     from cellmorphnet.evaluation.metrics import classification_metrics
     from cellmorphnet.inference import predict_files
 
@@ -67,19 +90,19 @@ def evaluate_folder(rm, root: Path, options, *, min_images: int = 5, batch_size:
         raise InvalidData(f"--classes leaves out {', '.join(outside)}, which {root} has images of.",
                           hint="Add them to --classes, or remove those folders.")  # fmt: skip
     truth = dict(items)
-    options = dataclasses.replace(options, cells="one")  # one label per file: scored as one cell each
     preds, _ = predict_files(rm, [f for f, _ in items], options, batch_size=batch_size, top_k=len(space),
                              workers=workers, on_batch=progress)  # fmt: skip
+    preds = _one_per_file(preds)
     ok = [p for p in preds if not p.error]
     index = {c: i for i, c in enumerate(space)}
-    labels = np.array([index[truth[p.path]] for p in ok], dtype=np.int64)
+    labels = np.array([index[truth[p.source]] for p in ok], dtype=np.int64)
     probs = np.zeros((len(ok), len(space)))
     for row, p in enumerate(ok):
         for c, v in p.top_k:
             if c in index:
                 probs[row, index[c]] = v
     m = classification_metrics(labels, probs, list(space)) if ok else None
-    counts = Counter(truth[p.path] for p in ok)
+    counts = Counter(truth[p.source] for p in ok)
     scored = [c for c in space if counts.get(c, 0) >= min_images]
     recalls = [m["per_class"][c]["recall"] for c in scored] if m else []
     return {
@@ -92,7 +115,8 @@ def evaluate_folder(rm, root: Path, options, *, min_images: int = 5, batch_size:
         f"balanced_accuracy_min{min_images}": float(np.mean(recalls)) if recalls else None,
         "metrics": m,
         "unknown_folders": unknown,
-        "skipped": [{"path": str(p.path), "reason": p.error} for p in preds if p.error],
+        "skipped": [{"path": str(p.source), "reason": p.error} for p in preds if p.error],
+        "fields": sum(1 for p in preds if p.image is not None and p.image.kind == "field"),
         "framing": dict(Counter(p.framing for p in ok)),
         "colour_step": dict(Counter(p.colour_step or "none" for p in ok)),
         "stain_contrast": next((p.stain_contrast for p in ok if p.stain_contrast is not None), None),

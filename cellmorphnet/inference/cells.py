@@ -29,6 +29,7 @@ class ImageInfo:
     diameter: float | None = None  # the red-cell diameter used (the set's), in the image's pixels
     own_diameter: float | None = None  # measured on this image alone
     note: str | None = None  # why a field was taken as one cell instead
+    size: tuple[int, int] | None = None  # width and height of a field
 
     @property
     def microns_per_pixel(self) -> float | None:
@@ -100,7 +101,7 @@ def find_cells(items: list[Item], mode: str = "auto", workers: int = 2
             continue
         cells = found.get(item)
         if cells is not None:
-            info[item] = ImageInfo("field", len(cells), diameter, measured.get(item))
+            info[item] = ImageInfo("field", len(cells), diameter, measured.get(item), size=sizes[item])
             out.extend(cells)
         else:  # a crop; or a field without red cells to measure (or unreadable: its error comes later)
             note = "no red cells to measure the scale: taken as one cell" if item in candidates else None
