@@ -213,3 +213,38 @@ class ModelService:
                     h.update(chunk)
             self._checkpoint_sha256 = h.hexdigest()
         return self._checkpoint_sha256
+
+
+MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "TIFF": "image/tiff", "BMP": "image/bmp", "WEBP": "image/webp"}
+
+
+def add_to_case(service: ModelService, store, case: str, files: list[tuple[str, bytes]]) -> list:
+    """Classify a request's files as ``predict`` does and keep every cell in ``store`` (``reviews.ReviewStore``)
+    under ``case``: a single-cell image as its own bytes, a cell of a field as its crop (PNG), each with the
+    model's probabilities over every class. Returns the stored cells and the files that could not be read."""
+    from PIL import Image
+
+    preds = service.predict(files, top_k=len(service.classes))
+    stored, skipped = [], []
+    for p in preds:
+        if p.error or p.no_cells:
+            skipped.append({"file": str(p.source), "reason": p.error or "no white cell found"})
+            continue
+        upload = p.source
+        digest = hashlib.sha256(upload.data).hexdigest()
+        if p.cell is not None:
+            buf = io.BytesIO()
+            p.cell.image.save(buf, format="PNG")
+            crop, media = buf.getvalue(), "image/png"
+        else:
+            with Image.open(io.BytesIO(upload.data)) as img:
+                media = MEDIA_TYPES.get(img.format or "", "image/png")
+            crop = upload.data
+        cell_id = store.add_cell(case, source=upload.name, image_sha256=digest,
+                                 cell_index=p.cell.index if p.cell else None, box=p.cell.box if p.cell else None,
+                                 edge=bool(p.cell and p.cell.edge), crop=crop, crop_type=media,
+                                 run=service.run_dir.name, checkpoint_sha256=service.checkpoint_sha256(),
+                                 predicted=p.predicted, confidence=p.confidence,
+                                 probabilities={c: round(v, 6) for c, v in p.top_k})  # fmt: skip
+        stored.append(store.cell(cell_id))
+    return stored, skipped

@@ -100,10 +100,13 @@ def root(
 
 def _register() -> None:
     from cellmorphnet.cli import eval as eval_cmd
-    from cellmorphnet.cli import export, fetch, infer, prepare, serve, status, train, upgrade
+    from cellmorphnet.cli import export, fetch, infer, prepare, reviews, serve, status, train, upgrade
 
     for module in (fetch, prepare, train, status, eval_cmd, infer, export, serve, upgrade):
         app.command(module.NAME, help=module.__doc__)(_handle_errors(module.command))
+    for command in reviews.app.registered_commands:  # a group: reviews list, reviews export
+        command.callback = _handle_errors(command.callback)
+    app.add_typer(reviews.app, name=reviews.NAME, help=reviews.__doc__)
 
 
 _register()

@@ -6,6 +6,7 @@ otherwise; on a network, set a token. Needs the serve extra: pipx install "cellm
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -61,6 +62,15 @@ def command(
         int, typer.Option("--max-concurrent-sets", help="Requests decoding their images at the same time (each "
                           "holds at most --max-request-megapixels decoded).")
     ] = 2,
+    reviews_db: Annotated[
+        Path | None, typer.Option("--reviews", help="The review database (default: HOME/reviews.sqlite).",
+                                  show_default=False)
+    ] = None,
+    extra_class: Annotated[
+        list[str] | None,
+        typer.Option("--extra-class", help="A class reviewers may give besides the model's (repeatable), e.g. "
+                     "smudge or blast; train --init adds it to the adapted model.", show_default=False),
+    ] = None,  # fmt: skip
     max_connections: Annotated[
         int, typer.Option("--max-connections", help="Open connections; past this, requests are answered 503.")
     ] = 100,
@@ -111,7 +121,12 @@ def command(
     if host not in LOCAL_HOSTS and not token:
         _output.warn(f"Listening on {host} without a token: anyone who can reach this machine can use the model. "
                      f"Set --token or {ENV_TOKEN}.")  # fmt: skip
-    app = create_app(service, token=token, cors_origins=cors_origin or None, hosts=trusted_hosts(host, allowed_host))
+    from cellmorphnet.reviews import ReviewStore, check_class_name, store_path
+
+    extra = [check_class_name(c) for c in extra_class or []]
+    store = ReviewStore(reviews_db or store_path(home_of(ctx)), [*service.classes, *extra])
+    app = create_app(service, token=token, cors_origins=cors_origin or None, hosts=trusted_hosts(host, allowed_host),
+                     reviews=store)  # fmt: skip
     shown = f"[{host}]" if ":" in host else host
     _output.info(f"Serving {run_dir.name} ({len(service.classes)} classes, {service.rm.device}) on "
                  f"http://{shown}:{port}/  (API docs: /docs; Ctrl+C stops)")  # fmt: skip
@@ -133,6 +148,7 @@ def command(
                     timeout_keep_alive=5)  # fmt: skip
     finally:
         service.close()
+        store.close()
 
 
 def _check_port(host: str, port: int) -> None:

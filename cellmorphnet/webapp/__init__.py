@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -235,6 +236,113 @@ class OriginCheck:
         await self.app(scope, receive, send)
 
 
+class ReviewBody(BaseModel):
+    """A reviewer's decision on one cell."""
+
+    model_config = ConfigDict(populate_by_name=True)
+    cls: str = Field(alias="class", description="The cell's class: one of GET /v1/cases/{case}'s classes.")
+    reviewer: str | None = Field(None, description="Who reviewed it (optional).")
+
+
+class UndoBody(BaseModel):
+    reviewer: str | None = None
+
+
+def _review_routes(v1: APIRouter, service: ModelService, store, limits: Limits) -> None:
+    """Cases of cells, their reviews and the export: the routes of the review view (docs/serve.md, "Review")."""
+    from cellmorphnet.errors import InvalidData
+    from cellmorphnet.reviews import export
+
+    def refused(e: InvalidData, status: int = 422) -> _Refused:
+        return _Refused(e.message + (f" {e.hint}" if e.hint else ""), status)
+
+    def case_json(case: str) -> dict[str, Any]:
+        cells = store.cells(case)
+        return {"case": case, "classes": store.classes, "cells": [c.to_dict() for c in cells],
+                "reviewed": sum(c.reviewed is not None for c in cells)}  # fmt: skip
+
+    @v1.get("/cases", tags=["review"])
+    def cases() -> dict[str, Any]:
+        """Every case: name, when it was opened, its cells and how many are reviewed."""
+        return {"classes": store.classes, "cases": store.cases()}
+
+    @v1.post("/cases/{case}/cells", tags=["review"], openapi_extra=_multipart("files", many=True))
+    async def add_cells(request: Request, case: str) -> dict[str, Any]:
+        """Classify images (multipart field `files`) and keep their cells in the case (opened if new)."""
+        from cellmorphnet.service import add_to_case
+
+        files = await _read_files(request, "files", limits)
+        try:
+            stored, skipped = await run_in_threadpool(add_to_case, service, store, case, files)
+        except InvalidData as e:
+            raise refused(e, 400) from None
+        return {**case_json(case), "added": [c.id for c in stored], "skipped": skipped}
+
+    @v1.get("/cases/{case}", tags=["review"])
+    def get_case(case: str) -> dict[str, Any]:
+        """A case's cells with the model's prediction and their current review."""
+        if case not in {c["name"] for c in store.cases()}:
+            raise HTTPException(404, f"There is no case '{case}'.")
+        return case_json(case)
+
+    @v1.post("/cells/{cell_id}/review", tags=["review"])
+    def review(cell_id: int, body: ReviewBody) -> dict[str, Any]:
+        """Confirm or reassign a cell (422 for a class that is not one of the case's classes)."""
+        try:
+            return store.review(cell_id, body.cls, body.reviewer).to_dict()
+        except InvalidData as e:
+            raise refused(e, 404 if "no cell" in e.message else 422) from None
+
+    @v1.post("/cells/{cell_id}/undo", tags=["review"])
+    def undo(cell_id: int, body: UndoBody | None = None) -> dict[str, Any]:
+        """Take back the cell's latest review (kept in its history)."""
+        try:
+            return store.undo(cell_id, body.reviewer if body else None).to_dict()
+        except InvalidData as e:
+            raise refused(e, 404 if "no cell" in e.message else 409) from None
+
+    @v1.get("/cells/{cell_id}/history", tags=["review"])
+    def history(cell_id: int) -> dict[str, Any]:
+        try:
+            return {"cell": store.cell(cell_id).to_dict(), "history": store.history(cell_id)}
+        except InvalidData as e:
+            raise refused(e, 404) from None
+
+    @v1.get("/cells/{cell_id}/crop", tags=["review"])
+    def crop(cell_id: int):
+        """The cell's image as it was stored."""
+        try:
+            data, media = store.crop(cell_id)
+        except InvalidData as e:
+            raise refused(e, 404) from None
+        return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
+
+    @v1.get("/cases/{case}/export", tags=["review"], responses={200: {"content": {"application/zip": {}}}})
+    def export_zip(case: str):
+        """The case's reviewed cells as a dataset (class folders and cells.csv), zipped: what
+        `cellmorphnet reviews export` writes."""
+        import io
+        import tempfile
+        import zipfile
+        from pathlib import Path
+
+        from cellmorphnet.reviews import safe_stem
+
+        with tempfile.TemporaryDirectory() as tmp:
+            try:
+                export(store, Path(tmp) / "cells", case)
+            except InvalidData as e:
+                raise refused(e, 404 if "no case" in e.message else 409) from None
+            buf = io.BytesIO()
+            with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+                for f in sorted((Path(tmp) / "cells").rglob("*")):
+                    if f.is_file():
+                        z.write(f, f.relative_to(Path(tmp) / "cells").as_posix())
+        name = f"{safe_stem(case)}-reviewed.zip"
+        return Response(buf.getvalue(), media_type="application/zip",
+                        headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip
+
+
 def check_token_value(token: str | None) -> None:
     """Refuse an empty token (``--token ''``): every client would pass with ``Authorization: Bearer ``."""
     from cellmorphnet.errors import ConfigError
@@ -245,10 +353,11 @@ def check_token_value(token: str | None) -> None:
 
 
 def create_app(service: ModelService, *, token: str | None = None, cors_origins: list[str] | None = None,
-               limits: Limits | None = None, hosts: list[str] | None = None) -> FastAPI:  # fmt: skip
+               limits: Limits | None = None, hosts: list[str] | None = None, reviews=None) -> FastAPI:  # fmt: skip
     """The application: ``service`` answers, ``token`` (if any) guards ``/v1``, ``cors_origins`` opens CORS (and
     are the only other origins whose POSTs are served), ``limits`` bound each request (default: the service's),
-    ``hosts`` are the ``Host`` values it answers (``trusted_hosts``; None: any)."""
+    ``hosts`` are the ``Host`` values it answers (``trusted_hosts``; None: any), ``reviews`` (a
+    ``reviews.ReviewStore``) keeps cases, cells and reviews (None: no review routes)."""
     limits = limits or service.limits
     from cellmorphnet import __version__
 
@@ -361,6 +470,8 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
         return Response(png, media_type="image/png", headers={
             "X-Predicted-Class": pred.predicted, "X-Confidence": f"{pred.confidence:.6f}"})  # fmt: skip
 
+    if reviews is not None:
+        _review_routes(v1, service, reviews, limits)
     app.include_router(v1)
 
     @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)

@@ -1,0 +1,68 @@
+"""The cells a lab reviewed in `cellmorphnet serve`: list the cases, or export the reviewed cells as a dataset
+(class sub-folders and cells.csv) to adapt a model with: cellmorphnet train --init RUN --datasets folder:DIR."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cellmorphnet.cli import _output
+from cellmorphnet.cli._options import home_of
+
+NAME = "reviews"
+app = typer.Typer(no_args_is_help=True, add_completion=False)
+
+DbArg = Annotated[
+    Path | None,
+    typer.Argument(help="The review database (default: HOME/reviews.sqlite, serve's).", show_default=False),
+]
+
+
+def _open(ctx: typer.Context, db: Path | None):
+    from cellmorphnet.errors import InvalidData
+    from cellmorphnet.reviews import ReviewStore, store_path
+
+    path = db or store_path(home_of(ctx))
+    if not path.is_file():
+        raise InvalidData(f"{path} does not exist.", hint="Reviews are made in cellmorphnet serve's review view.")
+    return ReviewStore(path, [])
+
+
+@app.command("list")
+def list_cases(ctx: typer.Context, db: DbArg = None) -> None:
+    """The cases, with their cells and how many are reviewed."""
+    from rich.table import Table
+
+    store = _open(ctx, db)
+    try:
+        table = Table(title=f"Cases in {store.path}", title_justify="left")
+        for col in ("case", "opened", "cells", "reviewed"):
+            table.add_column(col, justify="right" if col in ("cells", "reviewed") else "left")
+        for c in store.cases():
+            table.add_row(c["name"], c["created"][:19].replace("T", " "), str(c["cells"]), str(c["reviewed"]))
+        _output.out.print(table)
+    finally:
+        store.close()
+
+
+@app.command("export")
+def export_cmd(
+    ctx: typer.Context,
+    db: DbArg = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="A new folder for the dataset.")] = ...,
+    case: Annotated[str | None, typer.Option("--case", help="Only this case (default: every case).")] = None,
+) -> None:
+    """Write the reviewed cells as class sub-folders plus cells.csv (source file, box, predicted, reviewed class,
+    reviewer, time). Refuses to write into an existing folder."""
+    from cellmorphnet.reviews import export
+
+    store = _open(ctx, db)
+    try:
+        result = export(store, out, case)
+    finally:
+        store.close()
+    per = ", ".join(f"{c} {n}" for c, n in result["per_class"].items())
+    _output.info(f"Exported {result['cells']} reviewed cells to {out} ({per}).")
+    _output.info(f"Adapt a model to them: cellmorphnet train --init RUN --datasets folder:{out}")

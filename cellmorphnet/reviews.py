@@ -1,0 +1,348 @@
+"""The review database: cells a lab has looked at, what the model said of each, and what the reviewers decided.
+
+A technologist reviews the machine's pre-classification and confirms or reassigns each cell; those cells are the
+labelled data that adapt a model to the lab (``train --init``). What people enter is never lost, so it lives in
+SQLite (the standard library's ``sqlite3``, WAL journal, one file in the server's home), not in JSON:
+
+- ``cases``: a named set of uploads (one slide, one patient sample), and when it was opened;
+- ``cells``: one per white cell (a single-cell image, or a cell found in a field): the upload's name and
+  SHA-256, the cell's index and box in it, its crop (PNG or the upload's own bytes), and the model's
+  prediction (run, checkpoint digest, class, probabilities);
+- ``reviews``: an append-only history per cell (class, reviewer, time). A cell's review is its latest row; an
+  undo appends the row before it again (or ``NULL``: not reviewed), so two reviewers at once, or a review and
+  its undo, all stay in the history.
+
+Every write is one transaction: a killed server leaves the last committed state, never half a review. The file
+carries a schema version (``PRAGMA user_version``) and is migrated forward on open, like the run record; a
+newer one is refused with a clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from cellmorphnet.errors import ConfigError, InvalidData
+
+SCHEMA = 1
+FILENAME = "reviews.sqlite"
+MAX_NAME = 200  # characters of a case or reviewer name
+
+_MIGRATIONS = {  # from version N-1 to N
+    1: """
+        CREATE TABLE cases (
+            id INTEGER PRIMARY KEY,
+            name TEXT NOT NULL UNIQUE,
+            created TEXT NOT NULL
+        );
+        CREATE TABLE cells (
+            id INTEGER PRIMARY KEY,
+            case_id INTEGER NOT NULL REFERENCES cases(id),
+            source TEXT NOT NULL,            -- the upload's name, as sent
+            image_sha256 TEXT NOT NULL,      -- of the upload's bytes
+            cell_index INTEGER,              -- in a field (1, 2, ...); NULL for a single-cell image
+            x0 INTEGER, y0 INTEGER, x1 INTEGER, y1 INTEGER,  -- its box in a field
+            edge INTEGER NOT NULL DEFAULT 0, -- cut by the field's border
+            crop BLOB NOT NULL,              -- the cell's image (PNG, or the upload's own bytes)
+            crop_type TEXT NOT NULL,         -- its media type
+            run TEXT NOT NULL,               -- the model that pre-classified it
+            checkpoint_sha256 TEXT NOT NULL,
+            predicted TEXT NOT NULL,
+            confidence REAL NOT NULL,
+            probabilities TEXT NOT NULL,     -- JSON: {class: probability}
+            created TEXT NOT NULL,
+            UNIQUE (case_id, image_sha256, cell_index)
+        );
+        CREATE TABLE reviews (
+            id INTEGER PRIMARY KEY,
+            cell_id INTEGER NOT NULL REFERENCES cells(id),
+            class TEXT,                      -- NULL: back to not reviewed (an undo)
+            reviewer TEXT,
+            created TEXT NOT NULL,
+            action TEXT NOT NULL DEFAULT 'review'  -- review or undo
+        );
+        CREATE INDEX reviews_by_cell ON reviews (cell_id, id);
+    """,
+}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One stored cell with the model's prediction and its current review."""
+
+    id: int
+    case: str
+    source: str
+    image_sha256: str
+    cell_index: int | None
+    box: tuple[int, int, int, int] | None
+    edge: bool
+    run: str
+    checkpoint_sha256: str
+    predicted: str
+    confidence: float
+    probabilities: dict[str, float]
+    created: str
+    reviewed: str | None  # the current review's class (None: not reviewed)
+    reviewer: str | None
+    reviewed_at: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"id": self.id, "case": self.case, "source": self.source, "image_sha256": self.image_sha256,
+                "cell": self.cell_index, "box": list(self.box) if self.box else None, "edge": self.edge,
+                "run": self.run, "checkpoint_sha256": self.checkpoint_sha256, "predicted": self.predicted,
+                "confidence": self.confidence, "probabilities": self.probabilities, "created": self.created,
+                "reviewed": self.reviewed, "reviewer": self.reviewer, "reviewed_at": self.reviewed_at}  # fmt: skip
+
+
+def _name(value: str | None, what: str, *, required: bool) -> str | None:
+    value = (value or "").strip()
+    if not value:
+        if required:
+            raise InvalidData(f"The {what} is empty.")
+        return None
+    if len(value) > MAX_NAME or any(ord(ch) < 32 for ch in value):
+        raise InvalidData(f"The {what} must be at most {MAX_NAME} printable characters.")
+    return value
+
+
+class ReviewStore:
+    """The review database at ``path`` (created and migrated on open), usable from many threads."""
+
+    def __init__(self, path: Path, classes: list[str]) -> None:
+        self.path = Path(path)
+        self.classes = list(classes)  # what a review may say: the model's classes and the lab's own
+        self._lock = threading.Lock()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")  # a committed review survives a power cut
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._migrate()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One transaction: all of it is committed, or none."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA:
+            raise ConfigError(f"{self.path} was written by a newer cellmorphnet (review schema {version}; this one "
+                              f"reads up to {SCHEMA}).",
+                              hint="Upgrade cellmorphnet: pipx upgrade cellmorphnet")  # fmt: skip
+        for target in range(version + 1, SCHEMA + 1):
+            script = re.sub(r"--[^\n]*", "", _MIGRATIONS[target])  # (comments may hold a ';')
+            with self._write() as db:  # the whole step or none of it
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {target}")
+
+    @property
+    def schema(self) -> int:
+        return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    # --- cases and cells ---------------------------------------------------------------------------
+    def case_id(self, name: str) -> int:
+        """The case called ``name``, opened if new."""
+        name = _name(name, "case name", required=True)
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO cases (name, created) VALUES (?, ?)", (name, _now()))
+            return db.execute("SELECT id FROM cases WHERE name = ?", (name,)).fetchone()[0]
+
+    def cases(self) -> list[dict[str, Any]]:
+        rows = self._db.execute("""
+            SELECT c.name, c.created, COUNT(x.id) AS cells FROM cases c LEFT JOIN cells x ON x.case_id = c.id
+            GROUP BY c.id ORDER BY c.id""").fetchall()
+        out = []
+        for r in rows:
+            cells = self.cells(r["name"])
+            out.append({"name": r["name"], "created": r["created"], "cells": r["cells"],
+                        "reviewed": sum(c.reviewed is not None for c in cells)})  # fmt: skip
+        return out
+
+    def add_cell(self, case: str, *, source: str, image_sha256: str, cell_index: int | None,
+                 box: tuple[int, int, int, int] | None, edge: bool, crop: bytes, crop_type: str, run: str,
+                 checkpoint_sha256: str, predicted: str, confidence: float,
+                 probabilities: dict[str, float]) -> int:  # fmt: skip
+        """Store one cell of ``case`` (the same cell of the same image again: the stored one is kept); its id."""
+        case_id = self.case_id(case)
+        with self._write() as db:
+            found = db.execute("SELECT id FROM cells WHERE case_id = ? AND image_sha256 = ? AND cell_index IS ?",
+                               (case_id, image_sha256, cell_index)).fetchone()  # fmt: skip
+            if found:
+                return found[0]
+            x0, y0, x1, y1 = box if box else (None, None, None, None)
+            cur = db.execute(
+                "INSERT INTO cells (case_id, source, image_sha256, cell_index, x0, y0, x1, y1, edge, crop, crop_type, "
+                "run, checkpoint_sha256, predicted, confidence, probabilities, created) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (case_id, source, image_sha256, cell_index, x0, y0, x1, y1, int(edge), crop, crop_type, run,
+                 checkpoint_sha256, predicted, float(confidence), json.dumps(probabilities), _now()))  # fmt: skip
+            return cur.lastrowid
+
+    def _cell_rows(self, where: str, args: tuple) -> list[Cell]:
+        rows = self._db.execute(f"""
+            SELECT x.*, c.name AS case_name,
+                   (SELECT class FROM reviews r WHERE r.cell_id = x.id ORDER BY r.id DESC LIMIT 1) AS reviewed,
+                   (SELECT reviewer FROM reviews r WHERE r.cell_id = x.id ORDER BY r.id DESC LIMIT 1) AS reviewer,
+                   (SELECT created FROM reviews r WHERE r.cell_id = x.id ORDER BY r.id DESC LIMIT 1) AS reviewed_at
+            FROM cells x JOIN cases c ON c.id = x.case_id WHERE {where} ORDER BY x.id""", args).fetchall()
+        return [Cell(r["id"], r["case_name"], r["source"], r["image_sha256"], r["cell_index"],
+                     (r["x0"], r["y0"], r["x1"], r["y1"]) if r["x0"] is not None else None, bool(r["edge"]), r["run"],
+                     r["checkpoint_sha256"], r["predicted"], r["confidence"], json.loads(r["probabilities"]),
+                     r["created"], r["reviewed"], r["reviewer"] if r["reviewed"] else None,
+                     r["reviewed_at"] if r["reviewed"] else None) for r in rows]  # fmt: skip
+
+    def cells(self, case: str | None = None) -> list[Cell]:
+        """Every cell (of one case), in the order they were stored."""
+        if case is None:
+            return self._cell_rows("1", ())
+        return self._cell_rows("c.name = ?", (case,))
+
+    def cell(self, cell_id: int) -> Cell:
+        found = self._cell_rows("x.id = ?", (cell_id,))
+        if not found:
+            raise InvalidData(f"There is no cell {cell_id}.")
+        return found[0]
+
+    def crop(self, cell_id: int) -> tuple[bytes, str]:
+        row = self._db.execute("SELECT crop, crop_type FROM cells WHERE id = ?", (cell_id,)).fetchone()
+        if row is None:
+            raise InvalidData(f"There is no cell {cell_id}.")
+        return bytes(row["crop"]), row["crop_type"]
+
+    # --- reviews -----------------------------------------------------------------------------------
+    def review(self, cell_id: int, cls: str, reviewer: str | None = None) -> Cell:
+        """Confirm or reassign a cell: ``cls`` must be one of the store's classes."""
+        if cls not in self.classes:
+            raise InvalidData(f"'{cls}' is not a class here.", hint=f"The classes: {', '.join(self.classes)}.")
+        reviewer = _name(reviewer, "reviewer name", required=False)
+        with self._write() as db:
+            if db.execute("SELECT 1 FROM cells WHERE id = ?", (cell_id,)).fetchone() is None:
+                raise InvalidData(f"There is no cell {cell_id}.")
+            db.execute("INSERT INTO reviews (cell_id, class, reviewer, created, action) VALUES (?, ?, ?, ?, 'review')",
+                       (cell_id, cls, reviewer, _now()))  # fmt: skip
+        return self.cell(cell_id)
+
+    def undo(self, cell_id: int, reviewer: str | None = None) -> Cell:
+        """Take back a cell's latest review: the one before it is current again (appended, so history stays)."""
+        reviewer = _name(reviewer, "reviewer name", required=False)
+        with self._write() as db:
+            rows = db.execute("SELECT class, action FROM reviews WHERE cell_id = ? ORDER BY id",
+                              (cell_id,)).fetchall()  # fmt: skip
+            state: list[str | None] = []  # the stack of reviews an undo walks back through
+            for r in rows:
+                if r["action"] == "undo":
+                    if state:
+                        state.pop()
+                else:
+                    state.append(r["class"])
+            if not state:
+                raise InvalidData(f"Cell {cell_id} has no review to undo.")
+            previous = state[-2] if len(state) > 1 else None
+            db.execute("INSERT INTO reviews (cell_id, class, reviewer, created, action) VALUES (?, ?, ?, ?, 'undo')",
+                       (cell_id, previous, reviewer, _now()))  # fmt: skip
+        return self.cell(cell_id)
+
+    def history(self, cell_id: int) -> list[dict[str, Any]]:
+        rows = self._db.execute("SELECT class, reviewer, created, action FROM reviews WHERE cell_id = ? ORDER BY id",
+                                (cell_id,)).fetchall()  # fmt: skip
+        return [dict(r) for r in rows]
+
+
+def store_path(home: Path) -> Path:
+    return home / FILENAME
+
+
+EXTENSIONS = {"image/png": ".png", "image/jpeg": ".jpg", "image/tiff": ".tif", "image/bmp": ".bmp",
+              "image/webp": ".webp"}  # fmt: skip
+
+
+def safe_stem(name: str, limit: int = 60) -> str:
+    """A file-name stem from any upload name: letters, digits, dot, dash and underscore; never hidden, never an
+    option, never a path."""
+    stem = Path(name.replace("\\", "/")).name.rsplit(".", 1)[0] if "." in Path(name).name else Path(name).name
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "_", stem).strip("._-")[:limit]
+    return stem or "cell"
+
+
+def export(store: ReviewStore, out: Path, case: str | None = None) -> dict[str, Any]:
+    """Write the reviewed cells (of one case) as a dataset: ``out/<class>/<id>-<name>.<ext>`` and ``cells.csv``
+    (source file, cell, box, predicted, reviewed class, reviewer, time). ``out`` must not exist yet (nothing
+    is overwritten); it is written whole into a temporary folder beside it and renamed at the end."""
+    import csv
+    import io
+    import shutil
+    import tempfile
+
+    from cellmorphnet._io import spreadsheet_safe
+
+    out = Path(out)
+    if out.exists():
+        raise InvalidData(f"{out} already exists: the export writes a new folder.", hint="Give another --out.")
+    if case is not None and case not in {c["name"] for c in store.cases()}:
+        raise InvalidData(f"There is no case '{case}'.")
+    cells = [c for c in store.cells(case) if c.reviewed is not None]
+    if not cells:
+        raise InvalidData("No reviewed cells to export" + (f" in case '{case}'." if case else "."))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        buf = io.StringIO()
+        w = csv.writer(buf)
+        w.writerow(["file", "case", "source", "image_sha256", "cell", "x0", "y0", "x1", "y1", "edge", "predicted",
+                    "confidence", "reviewed", "reviewer", "reviewed_at", "run", "checkpoint_sha256"])  # fmt: skip
+        counts: dict[str, int] = {}
+        for c in cells:
+            data, media = store.crop(c.id)
+            name = f"{c.id:06d}-{safe_stem(c.source)}" + (f"-cell{c.cell_index}" if c.cell_index else "")
+            rel = Path(c.reviewed) / (name + EXTENSIONS.get(media, ".png"))
+            (tmp / c.reviewed).mkdir(exist_ok=True)
+            (tmp / rel).write_bytes(data)
+            counts[c.reviewed] = counts.get(c.reviewed, 0) + 1
+            box = list(c.box) if c.box else ["", "", "", ""]
+            row = [rel.as_posix(), c.case, c.source, c.image_sha256, c.cell_index or "", *box,
+                   "yes" if c.edge else "no", c.predicted, f"{c.confidence:.6f}", c.reviewed, c.reviewer or "",
+                   c.reviewed_at, c.run, c.checkpoint_sha256]  # fmt: skip
+            w.writerow([spreadsheet_safe(str(v)) for v in row])
+        (tmp / "cells.csv").write_text(buf.getvalue(), encoding="utf-8")
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"folder": str(out), "cells": len(cells), "per_class": dict(sorted(counts.items()))}
+
+
+def check_class_name(name: str) -> str:
+    """A lab's own class name (``serve --extra-class``): a folder name on every system."""
+    name = name.strip()
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}", name):
+        raise ConfigError(f"'{name}' is not a usable class name.",
+                          hint="Letters, digits, - and _ (at most 40), starting with a letter or a digit.")  # fmt: skip
+    return name
