@@ -194,6 +194,8 @@ class RunRecord:
     created: str = ""  # ISO time the run started
     resumed: list[dict[str, Any]] = field(default_factory=list)  # each resume: when, and settings it changed
     calibration: dict[str, float] | None = None  # temperature scaling fitted on validation (see calibration.py)
+    parent: dict[str, Any] | None = None  # train --init: the run adapted from (name, path, checkpoint_sha256, epoch)
+    adaptation: dict[str, Any] | None = None  # train --init: the lab's cells, new classes, replay, held-out scores
     schema: int = SCHEMA
 
     @property
@@ -223,6 +225,8 @@ class RunRecord:
             "versions": {k: str(v) for k, v in self.versions.items()},
             "resumed": list(self.resumed),
             "calibration": self.calibration,
+            **({"parent": self.parent} if self.parent else {}),
+            **({"adaptation": self.adaptation} if self.adaptation else {}),
         }
 
     @classmethod
@@ -254,6 +258,8 @@ class RunRecord:
                 created=str(d.get("created", "")),
                 resumed=list(d.get("resumed", [])),
                 calibration=d.get("calibration"),
+                parent=d.get("parent"),
+                adaptation=d.get("adaptation"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise RunError(f"The run record is damaged or incomplete ({type(e).__name__}: {e}).") from None

@@ -278,6 +278,7 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         "state": state,
         "reason": reason,
         "datasets": list(record.config.datasets) if record else [],
+        "parent": record.parent if record else None,  # train --init: the run it was adapted from
         "device": (record.resumed[-1]["device"] if record.resumed and "device" in record.resumed[-1]
                    else record.device) if record else None,
         "epochs_done": done,

@@ -410,3 +410,58 @@ def test_past_the_connection_cap_of_busy_uploads_a_request_is_answered_503(tmp_p
         assert httpx.get(f"{s.url}/healthz", timeout=5).status_code == 200
     finally:
         s.stop()
+
+
+def test_reviewing_cells_by_keyboard_in_a_real_browser(server, page, tmp_path):
+    """Open a case, add 12 real JPEGs, review each with one key (Enter confirms, a digit or a class's first letters
+    reassigns, u undoes), reload (the reviews are still there), export them, and adapt a model to the export."""
+    from playwright.sync_api import expect
+
+    picked = JPEGS[::20]
+    page.goto(f"{server.url}/review")
+    expect(page.locator("#model-name")).to_contain_text(runs.PACKAGED, timeout=30_000)
+    page.fill("#case", "slide A")
+    page.fill("#reviewer", "Ana")
+    page.locator("#reviewer").dispatch_event("change")
+    page.click("#case-form button[type=submit]")
+    page.set_input_files("#pick-files", [str(p) for p in picked])
+    expect(page.locator("#progress")).to_have_text("12 of 12 images added", timeout=120_000)
+    tiles = page.locator(".cell-tile")
+    expect(tiles).to_have_count(12)
+    tiles.first.focus()
+    keys = ["Enter", "n", "Enter", "2", "l", "Enter", "Enter", "m", "Enter", "e", "o", "Enter", "Enter"]  # "e","o": eo…
+    for key in keys:
+        page.keyboard.press(key)
+        page.wait_for_timeout(150)
+    expect(page.locator(".cell-tile.done")).to_have_count(12, timeout=30_000)
+    tiles.nth(11).focus()
+    page.keyboard.press("u")  # undo the last review...
+    expect(page.locator(".cell-tile.done")).to_have_count(11, timeout=10_000)
+    page.keyboard.press("1")  # ...and give it another class: basophil
+    expect(page.locator(".cell-tile.done")).to_have_count(12, timeout=10_000)
+    reassigned = page.locator(".cell-tile.changed").count()
+    assert reassigned >= 3  # "n", "2", "l", "m", "eo", "1" reassign wherever the model said otherwise
+
+    page.reload()  # the reviews live on the server
+    expect(page.locator(".cell-tile")).to_have_count(12, timeout=30_000)
+    expect(page.locator(".cell-tile.done")).to_have_count(12)
+    now = page.locator("#counts tbody td:nth-child(3)")
+    assert sum(int(now.nth(i).inner_text()) for i in range(now.count())) == 12
+    expect(page.locator("#reviewed")).to_have_text("12 of 12 cells reviewed")
+
+    with page.expect_download() as download:
+        page.click("#export")
+    zipped = tmp_path / "reviewed.zip"
+    download.value.save_as(zipped)
+    import zipfile
+
+    with zipfile.ZipFile(zipped) as z:
+        z.extractall(tmp_path / "reviewed")
+    rows = list(csv.DictReader((tmp_path / "reviewed" / "cells.csv").open()))
+    assert len(rows) == 12 and {r["reviewer"] for r in rows} == {"Ana"}
+    assert all((tmp_path / "reviewed" / r["file"]).is_file() for r in rows)
+    env = {**os.environ, "CELLMORPHNET_HOME": str(tmp_path / "home")}
+    r = subprocess.run([*_command(), "train", "--init", runs.PACKAGED, "--datasets", f"folder:{tmp_path / 'reviewed'}",
+                        "--steps", "3", "--device", "cpu"], env=env, capture_output=True, text=True)  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert "Adapted bloodmnist to 12 cells" in r.stderr

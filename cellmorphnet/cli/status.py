@@ -45,6 +45,10 @@ def run_renderable(st: dict[str, Any]):
     head.add_row("run", f"[bold]{st['name']}[/bold]  {st['run']}")
     head.add_row("state", state)
     head.add_row("datasets", ", ".join(st["datasets"]) + (f" on {st['device']}" if st.get("device") else ""))
+    if st.get("parent"):
+        p = st["parent"]
+        head.add_row("adapted from", f"{p['name']} (epoch {p.get('epoch')}, checkpoint sha256 "
+                     f"{str(p.get('checkpoint_sha256', ''))[:12]}…)")  # fmt: skip
     epochs = f"{st['epochs_done']} of {st['epochs_planned']}"
     if st["state"] == "running" and st.get("batches"):
         epochs += f" (epoch {st['current_epoch'] + 1}: batch {st['batch']}/{st['batches']})"

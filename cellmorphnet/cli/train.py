@@ -3,6 +3,10 @@
 AdamW with warmup and cosine decay, gradient accumulation, mixed precision on GPUs, progressive
 unfreezing, gradient clipping and early stopping on validation macro-F1. Checkpoints every epoch;
 Ctrl-C stops cleanly and --resume continues. Flags override a --config TOML file.
+
+--init RUN --datasets folder:DIR adapts a trained run (the shipped bloodmnist included) to a lab's own
+labelled cells, such as those reviewed in cellmorphnet serve: classes matched by name, new ones added,
+the parent's training data replayed where it is prepared here; a few minutes on a CPU.
 """
 
 from __future__ import annotations
@@ -43,6 +47,17 @@ def command(
     name: Annotated[str | None, typer.Option("--name", help="Run name under the home's runs/ folder.")] = None,
     run_dir: Annotated[Path | None, typer.Option("--run-dir", help="Run folder anywhere (instead of --name).")] = None,
     resume: Annotated[str | None, typer.Option("--resume", help="Continue this run (a name, 'latest').")] = None,
+    init: Annotated[
+        str | None,
+        typer.Option("--init", help="Adapt this trained run (a name, folder, 'latest', or the shipped bloodmnist) to "
+                     "--datasets folder:DIR, a lab's labelled cells.", show_default=False),
+    ] = None,
+    replay: Annotated[
+        bool | None,
+        typer.Option("--replay/--no-replay", help="With --init: mix the parent's training data into every batch "
+                     "(default: where it is prepared here).", show_default=False),
+    ] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="With --init: optimizer steps. (default: 300)")] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="timm architecture. (default: tf_efficientnet_lite0)")
     ] = None,
@@ -123,6 +138,13 @@ def command(
         "device": device, "unfreeze_epochs": unfreeze,
         "patience": patience, "seed": seed, "channels_last": channels_last, "limit_batches": limit_batches,
     }  # fmt: skip
+    if init:
+        own = ("datasets", "lr", "seed", "device", "model")
+        _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, json, model,
+               [k for k, v in flags.items() if v is not None and k not in own])
+        return
+    if replay is not None or steps is not None:
+        raise ConfigError("--replay and --steps go with --init.")
     if resume:
         target = runs.resolve_run(resume, home)
         if runs.is_packaged(target):
@@ -156,3 +178,61 @@ def command(
         view.finish(summary)
     if summary["state"] == "interrupted":
         raise typer.Exit(143 if summary.get("reason") == "stopped by SIGTERM" else 130)
+
+
+def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, json, model, ignored) -> None:
+    """train --init: adapt a run to a lab's cells (training.adapt)."""
+    import dataclasses
+
+    from cellmorphnet import runs
+    from cellmorphnet.data.registry import FOLDER_PREFIX
+    from cellmorphnet.errors import ConfigError
+    from cellmorphnet.training.adapt import AdaptSettings, adapt
+
+    home = home_of(ctx)
+    names = _csv(datasets) or []
+    if len(names) != 1 or not names[0].startswith(FOLDER_PREFIX):
+        raise ConfigError("--init adapts a run to one folder of a lab's labelled cells: --datasets folder:DIR.",
+                          hint="Export reviewed cells with: cellmorphnet reviews export --out DIR")  # fmt: skip
+    folder = Path(names[0][len(FOLDER_PREFIX) :]).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(f"{folder} is not a folder.", hint="Use folder:PATH with one sub-folder per class.")
+    if ignored:
+        _output.warn(f"--init adapts with its own settings; ignoring {', '.join(sorted(ignored))}.")
+    parent = runs.resolve_run(init, home)
+    from cellmorphnet.record import RunRecord
+
+    architecture = RunRecord.load(parent).config.model
+    if model is not None and model != architecture:
+        raise ConfigError(f"{parent.name} is a {architecture}; --init keeps its architecture, not {model}.",
+                          hint="Leave out --model, or train a run of that architecture without --init.")  # fmt: skip
+    settings = AdaptSettings()
+    changes = {k: v for k, v in {"replay": replay, "steps": steps, "lr": lr, "seed": seed}.items() if v is not None}
+    settings = dataclasses.replace(settings, **changes)
+    if settings.steps < 1 or settings.lr <= 0:
+        raise ConfigError("--steps must be at least 1 and --lr positive.")
+    target = run_dir.expanduser().resolve() if run_dir else runs.new_run_dir(home, name, [f"{parent.name}-adapted"])
+    with _output.progress("Adapting", unit="steps") as bar:
+
+        def events(kind: str, **info) -> None:
+            if kind == "adapt_prepare" and not json:
+                _output.info(f"Reading {info['folder']} as {parent.name}'s infer sees it …")
+            elif kind == "adapt_step":
+                bar(info["step"], info["steps"])
+
+        summary = adapt(parent, folder, target, home=home, settings=settings, device=device or "auto", events=events)
+    if json:
+        _output.print_json(summary)
+        return
+    a = summary["adaptation"]
+    replayed = (f"replaying {a['replay']['images']:,} of the parent's training images" if a["replay"]
+                else "without replay (the parent's training data is not prepared here)")  # fmt: skip
+    _output.info(f"Adapted {parent.name} to {a['cells']} cells of {folder} in {a['seconds']:.0f} s, {replayed}.")
+    if a["new_classes"]:
+        _output.info(f"New classes: {', '.join(a['new_classes'])}.")
+    held = a["held_out"]
+    if held:
+        t = summary["calibration"]["temperature"]
+        _output.info(f"Held-out reviewed cells ({held['cells']}): accuracy {held['accuracy']:.3f}, balanced "
+                     f"{held['balanced_accuracy']:.3f}; temperature {t:.3f}.")  # fmt: skip
+    _output.info(f"Run: {summary['run_dir']} (use it as any run: cellmorphnet infer {Path(summary['run_dir']).name} …)")

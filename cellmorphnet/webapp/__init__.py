@@ -478,6 +478,10 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
     def index():
         return FileResponse(str(STATIC / "index.html"), media_type="text/html")
 
+    @app.api_route("/review", methods=["GET", "HEAD"], include_in_schema=False)
+    def review_page():
+        return FileResponse(str(STATIC / "review.html"), media_type="text/html")
+
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str):
         allowed = {p.name: p for p in STATIC.iterdir() if p.is_file()}

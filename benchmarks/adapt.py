@@ -1,0 +1,152 @@
+"""Adapting the shipped model to another lab with k of its labelled cells per type (``train --init``).
+
+    python -m benchmarks.adapt --json      # results/adapt-DATE.json
+
+On ``external/zheng2018-d1`` (the other lab's 300 white cells; the one use of that set for training, and only
+here): for k = 0, 5, 10 and 20 labelled cells per white-cell type, three seeded draws each (a class with fewer
+cells gives what it has; the picks are recorded in the result file), the shipped model is adapted to the
+picked cells with every default of ``train --init`` (replaying its PBC training data, prepared here from
+``../shared/data``), and the rest of the set is scored with every default of ``infer``: balanced accuracy over
+the types with at least 5 cells left, with the plain argmax over every class and restricted to the five
+white-cell types. k = 0 is the shipped model itself (the zero-shot figure). Also: the adapted model's accuracy
+on PBC's test split (3,421 arrays, one view) against the parent's, and the adaptation's wall time.
+``--no-replay`` measures the fallback for a parent whose training data is not prepared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks._common import SHARED, emit, header
+
+EXTERNAL = SHARED / "external" / "zheng2018-d1"
+PBC_64 = SHARED / "bloodmnist-pbc" / "bloodmnist_pbc_64.npz"
+FIVE = "basophil,eosinophil,lymphocyte,monocyte,neutrophil"
+
+
+def _draw(files: dict[str, list[Path]], k: int, seed: int) -> dict[str, list[Path]]:
+    rng = np.random.default_rng(seed)
+    return {c: [fs[i] for i in sorted(rng.permutation(len(fs))[: min(k, len(fs))])] for c, fs in files.items()}
+
+
+def _link_folder(root: Path, files: dict[str, list[Path]]) -> Path:
+    for c, fs in files.items():
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for f in fs:
+            (root / c / f.name).symlink_to(f)
+    return root
+
+
+def _score(rm, folder: Path) -> dict:
+    from cellmorphnet.evaluation.on_folder import evaluate_folder
+    from cellmorphnet.inference import inference_options
+
+    out = {}
+    for label, classes in (("plain", None), ("five_types", FIVE)):
+        r = evaluate_folder(rm, folder, inference_options(rm.record, classes=classes))
+        out[label] = {"balanced_accuracy": r["balanced_accuracy_min5"], "accuracy": r["metrics"]["accuracy"],
+                      "images": r["predicted"]}  # fmt: skip
+    return out
+
+
+def _pbc_test(rm) -> float:
+    import torch
+
+    from cellmorphnet.data.loader import eval_transform
+
+    d = np.load(PBC_64)
+    images, labels = d["test_images"], d["test_labels"].reshape(-1)
+    rec = rm.record
+    order = [rec.classes.index(c) for c in rec.classes[: int(labels.max()) + 1]]  # the parent's first 8 classes
+    hits = 0
+    with torch.no_grad():
+        for i in range(0, len(images), 256):
+            x = eval_transform(torch.from_numpy(images[i : i + 256]), rec.image_size, rec.mean, rec.std)
+            pred = rm.model(x.to(rm.device)).argmax(1).cpu().numpy()
+            hits += int((np.array(order)[labels[i : i + 256]] == pred).sum())
+    return hits / len(images)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--ks", default="0,5,10,20")
+    ap.add_argument("--draws", type=int, default=3)
+    ap.add_argument("--no-replay", action="store_true")
+    ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    import dataclasses
+
+    from typer.testing import CliRunner
+
+    from cellmorphnet import api, runs
+    from cellmorphnet.cli.app import app
+    from cellmorphnet.training.adapt import AdaptSettings, adapt
+
+    result = header("python -m benchmarks.adapt " + " ".join(sys.argv[1:]))
+    files = {c.name: sorted(p for p in c.iterdir() if p.is_file()) for c in sorted(EXTERNAL.iterdir()) if c.is_dir()}
+    result.update(per_class=({c: len(f) for c, f in files.items()}), rows=[])
+    settings = AdaptSettings(replay=False if args.no_replay else None)
+    if args.steps:
+        settings = dataclasses.replace(settings, steps=args.steps)
+    result["settings"] = dataclasses.asdict(settings)
+    with tempfile.TemporaryDirectory() as tmp:
+        home = Path(tmp) / "home"
+        if not args.no_replay:  # the parent's training data, prepared here as it trained on it
+            runner = CliRunner()
+            for cmd in (["fetch", "bloodmnist", "--from", str(PBC_64)], ["prepare", "bloodmnist", "--size", "64"]):
+                r = runner.invoke(app, ["--home", str(home), *cmd])
+                if r.exit_code != 0:
+                    raise SystemExit(f"{' '.join(cmd)} failed: {r.output}")
+        parent_dir = runs.packaged_runs()[runs.PACKAGED]
+        parent = api.load_run(runs.PACKAGED, device="cpu")
+        result["parent_pbc_test_accuracy"] = round(_pbc_test(parent), 4)
+        for k in [int(v) for v in args.ks.split(",")]:
+            for draw in range(args.draws if k else 1):
+                seed = 1000 * k + draw
+                picked = _draw(files, k, seed) if k else {c: [] for c in files}
+                rest = {c: [f for f in fs if f not in picked[c]] for c, fs in files.items()}
+                work = Path(tmp) / f"k{k}-{draw}"
+                rest_dir = _link_folder(work / "rest", rest)
+                names = {c: [f.name for f in fs] for c, fs in picked.items()}
+                row = {"k": k, "draw": draw, "seed": seed, "picked": names}
+                if k == 0:
+                    rm, seconds, summary = parent, 0.0, None
+                else:
+                    lab = _link_folder(work / "lab", {c: fs for c, fs in picked.items() if fs})
+                    t = time.perf_counter()
+                    summary = adapt(parent_dir, lab, work / "run", home=home, settings=settings, device="cpu")
+                    seconds = time.perf_counter() - t
+                    rm = api.load_run(str(work / "run"), device="cpu")
+                row.update(seconds=round(seconds, 1), rest=_score(rm, rest_dir),
+                           pbc_test_accuracy=round(_pbc_test(rm), 4),
+                           replay=None if summary is None else summary["adaptation"]["replay"])  # fmt: skip
+                result["rows"].append(row)
+                print({k: v for k, v in row.items() if k != "picked"}, file=sys.stderr, flush=True)
+                shutil.rmtree(work, ignore_errors=True)
+    summary_rows = {}
+    for k in sorted({r["k"] for r in result["rows"]}):
+        rows = [r for r in result["rows"] if r["k"] == k]
+        summary_rows[k] = {
+            "plain_mean": round(float(np.mean([r["rest"]["plain"]["balanced_accuracy"] for r in rows])), 4),
+            "plain_min": round(float(np.min([r["rest"]["plain"]["balanced_accuracy"] for r in rows])), 4),
+            "five_types_mean": round(float(np.mean([r["rest"]["five_types"]["balanced_accuracy"] for r in rows])), 4),
+            "pbc_test_mean": round(float(np.mean([r["pbc_test_accuracy"] for r in rows])), 4),
+            "seconds_max": max(r["seconds"] for r in rows),
+        }
+    result["summary"] = summary_rows
+    print(json.dumps(summary_rows, indent=1), file=sys.stderr)
+    emit(result, args.json)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,382 @@
+"""Adapt a trained run to one lab: fine-tune it on the lab's reviewed cells (``train --init RUN --datasets
+folder:DIR``), so the model learns that lab's stain, camera and magnification.
+
+- **The same preprocessing as infer.** The lab's images are framed, stain-normalised and stain-contrasted by
+  the parent's own inference pipeline (``inference.prepare_set``: its framing and stain references, the lab's
+  cells as one set), so what the adapted model trains on is exactly what ``infer`` will show it of that lab's
+  other images. The adapted run keeps the parent's inference policy.
+- **Classes by name.** Folder names are matched to the parent's classes (``data.taxonomy.canonical``); a lab's
+  own class (``smudge``, ``blast``) is added to the head, its row started from the mean of the others.
+- **Replay.** Where the parent's training data is prepared here (checked against its record), every batch is
+  half the lab's cells and half the parent's training images, class-balanced, so what the parent knew holds.
+  Without it (``replay`` off, or not prepared), the lab's cells alone, with the backbone's lower half frozen:
+  the measured fallback (docs/benchmarks.md, "Adapting to a lab").
+- **Calibration on held-out reviewed cells.** A fifth of each class (one at least, from four cells on) is kept
+  out of training and the temperature is fitted on it (with the parent's validation images where replayed),
+  within a factor of 2 of the parent's (a handful of held-out cells, all right, would make every answer
+  certain).
+- **A run like any other.** The result is a run folder (record, checkpoints, history, calibration) that infer,
+  serve, export and status read; its record names its parent (name and checkpoint digest).
+
+Library code: reports through ``events``, never prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cellmorphnet import checkpoint, runs
+from cellmorphnet._io import file_digest, write_json
+from cellmorphnet.errors import ConfigError, InvalidData
+
+Events = Callable[..., None]
+
+
+@dataclass(frozen=True)
+class AdaptSettings:
+    """How a run is adapted (``train --init``); the defaults are the measured ones (benchmarks/adapt.py)."""
+
+    steps: int = 300  # optimizer steps
+    batch_size: int = 32  # half the lab's cells, half replay (all the lab's without replay)
+    lr: float = 2e-4  # peak AdamW learning rate (warmup 10 %, cosine to 1 %)
+    weight_decay: float = 1e-4
+    label_smoothing: float = 0.1
+    replay: bool | None = None  # None: replay the parent's training data where it is prepared here
+    replay_per_class: int = 400  # parent training images kept per class for replay
+    hold_out: float = 0.2  # of each class's cells, for the calibration
+    seed: int = 42
+    augment: str = "stain"
+
+
+@dataclass
+class LabCells:
+    """The lab's labelled cells as the parent's infer prepares them."""
+
+    arrays: np.ndarray  # N x H x W x 3 uint8
+    labels: np.ndarray  # indices into ``classes``
+    classes: list[str]  # the adapted model's classes: the parent's, then the lab's new ones
+    new_classes: list[str]
+    files: list[str]
+    skipped: list[tuple[str, str]]  # (file, why)
+    folder_classes: dict[str, str]  # folder name -> class
+
+
+def lab_cells(rm, folder: Path, workers: int = 2) -> LabCells:
+    """Read ``folder``'s class sub-folders through the parent's inference pipeline, labels matched by name."""
+    from cellmorphnet.data.sources.folder import list_images
+    from cellmorphnet.data.taxonomy import canonical
+    from cellmorphnet.inference import inference_options, prepare_set
+    from cellmorphnet.inference.predict import class_probs
+    from cellmorphnet.reviews import check_class_name
+
+    folder_names, items = list_images(folder)
+    parent = list(rm.record.classes)
+    mapping, new = {}, []
+    for name in folder_names:
+        c = canonical(name)
+        if c in parent:
+            mapping[name] = c
+        else:
+            mapping[name] = check_class_name(name)
+            new.append(mapping[name])
+    classes = parent + [c for c in dict.fromkeys(new)]
+    if not items:
+        raise InvalidData(f"{folder} has no images in its class sub-folders.")
+    options = dataclasses.replace(inference_options(rm.record), cells="one", tta=False, scale_views=False)
+    device = torch.device(rm.device)
+
+    def one_view(arrays: list[np.ndarray]) -> np.ndarray:
+        return class_probs(rm.model, arrays, options.policy, device=device, channels_last=rm.channels_last,
+                           tta=False, temperature=options.temperature)  # fmt: skip
+
+    files = [p for p, _ in items]
+    label_of = {p: classes.index(mapping[folder_names[i]]) for p, i in items}
+    _, loaded = prepare_set(files, options, parent, one_view, workers=workers)
+    arrays, labels, kept, skipped = [], [], [], []
+    for x in loaded:
+        if x.error is not None:
+            skipped.append((str(x.item), x.error))
+            continue
+        arrays.append(x.array)
+        labels.append(label_of[x.item])
+        kept.append(str(x.item))
+    if not arrays:
+        raise InvalidData(f"None of the images in {folder} could be read.")
+    return LabCells(np.stack(arrays), np.array(labels), classes, list(dict.fromkeys(new)), kept, skipped, mapping)
+
+
+def split_held_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices to train on and to hold out: ``fraction`` of each class (one at least, from four cells on)."""
+    rng = np.random.default_rng(seed)
+    train, held = [], []
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = max(1, round(fraction * len(idx))) if len(idx) >= 4 else 0
+        held += list(idx[:k])
+        train += list(idx[k:])
+    return np.array(sorted(train), dtype=np.int64), np.array(sorted(held), dtype=np.int64)
+
+
+def replay_data(record, classes: list[str], home: Path | None, per_class: int, seed: int
+                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]] | None:  # fmt: skip
+    """The parent's training (and validation) images for replay where every dataset of it is prepared here as it
+    trained on it: ``(train images, labels, val images, labels, dataset names)``, else None."""
+    from cellmorphnet.data import store
+    from cellmorphnet.data.taxonomy import canonical
+    from cellmorphnet.record import DatasetRecord
+
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list] = {"train": [[], []], "val": [[], []]}
+    for name, d in record.datasets.items():
+        manifest = store.read_manifest(store.prepared_path(name, d.size, home))
+        if manifest is None or DatasetRecord.from_manifest(name, d.size, manifest).differences(d):
+            return None
+        for split in ("train", "val"):
+            arr = store.load_split(name, d.size, split, home)
+            images, local = np.asarray(arr.images), np.asarray(arr.labels)
+            to_class = np.array([classes.index(canonical(c)) if canonical(c) in classes else -1 for c in d.classes])
+            target = to_class[local]
+            keep = []
+            for c in np.unique(target[target >= 0]):
+                idx = np.flatnonzero(target == c)
+                keep += list(rng.choice(idx, min(len(idx), per_class if split == "train" else per_class // 4),
+                                        replace=False))  # fmt: skip
+            keep = np.array(sorted(keep), dtype=np.int64)
+            parts[split][0].append(images[keep])
+            parts[split][1].append(target[keep])
+    sizes = {im.shape[1] for im in parts["train"][0]}
+    if len(sizes) != 1:
+        return None
+    return (np.concatenate(parts["train"][0]), np.concatenate(parts["train"][1]),
+            np.concatenate(parts["val"][0]), np.concatenate(parts["val"][1]), list(record.datasets))  # fmt: skip
+
+
+def _adapted_model(rm, classes: list[str]) -> torch.nn.Module:
+    """The parent's network with a head for ``classes``: its rows for the classes it had, the mean of those for
+    new ones."""
+    from cellmorphnet.model import create_model
+
+    model = create_model(rm.record.config.model, num_classes=len(classes), pretrained=False)
+    parent_state = {k: v.float() if v.is_floating_point() else v for k, v in rm.model.state_dict().items()}
+    head = model.get_classifier()
+    head_keys = {f"{n}" for n, p in model.named_parameters() if any(p is q for q in head.parameters())}
+    body = {k: v for k, v in parent_state.items() if k not in head_keys}
+    missing, unexpected = model.load_state_dict(body, strict=False)
+    if unexpected or set(missing) - head_keys:
+        raise ConfigError("The parent's network does not fit its own architecture.")
+    old = rm.model.get_classifier()
+    n_old = old.weight.shape[0]
+    with torch.no_grad():
+        head.weight[:n_old] = old.weight.float()
+        head.bias[:n_old] = old.bias.float()
+        if len(classes) > n_old:
+            head.weight[n_old:] = old.weight.float().mean(0)
+            head.bias[n_old:] = old.bias.float().min()
+    return model
+
+
+def _balanced(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """``n`` indices drawn class-balanced (with replacement) from ``labels``."""
+    classes = np.unique(labels)
+    picked = rng.choice(classes, n)
+    return np.array([rng.choice(np.flatnonzero(labels == c)) for c in picked], dtype=np.int64)
+
+
+def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = None,
+          settings: AdaptSettings = AdaptSettings(), device: str = "auto",
+          events: Events | None = None) -> dict[str, Any]:  # fmt: skip
+    """Fine-tune the run in ``parent_dir`` on ``folder``'s cells into a new run in ``run_dir``; its summary."""
+    from cellmorphnet.calibration import fit_temperature
+    from cellmorphnet.data.loader import eval_transform, normalise
+    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.training.augment import AUGMENTATIONS, Augment
+
+    emit = events or (lambda *a, **k: None)
+    started = time.monotonic()
+    if (run_dir / runs.CONFIG).exists() or (run_dir / "checkpoints").exists():
+        raise ConfigError(f"{run_dir} already holds a run.", hint="Choose another --name.")
+    rm = load_run_model(parent_dir, "best", device)
+    parent_sha = file_digest(rm.checkpoint)
+    emit("adapt_prepare", folder=folder)
+    lab = lab_cells(rm, folder)
+    train_idx, held_idx = split_held_out(lab.labels, settings.hold_out, settings.seed)
+    if len(train_idx) == 0:
+        raise InvalidData(f"{folder} has too few cells to adapt on.")
+    replay = None
+    if settings.replay is not False:
+        replay = replay_data(rm.record, lab.classes, home, settings.replay_per_class, settings.seed)
+        if replay is None and settings.replay:
+            names = ", ".join(f"{n} at {d.size} px" for n, d in rm.record.datasets.items())
+            raise ConfigError(f"The parent's training data is not prepared here as it trained on it ({names}).",
+                              hint="Prepare it (cellmorphnet prepare NAME --size N), or use --no-replay.")  # fmt: skip
+    torch.manual_seed(settings.seed)
+    rng = np.random.default_rng(settings.seed)
+    dev = torch.device(rm.device)
+    model = _adapted_model(rm, lab.classes).to(dev)
+    if rm.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    rec = rm.record
+    mean, std = torch.tensor(rec.mean, device=dev), torch.tensor(rec.std, device=dev)
+    from cellmorphnet.training import schedule
+
+    if replay is None:  # the fallback: the lab's cells alone, the lower half of the backbone kept as it was
+        schedule.apply_stage(model, "top")
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim > 1]
+    no_decay = [p for p in params if p.ndim <= 1]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)  # fmt: skip
+    warmup = max(1, settings.steps // 10)
+
+    def lr_at(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        t = (step - warmup) / max(1, settings.steps - warmup)
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    augment = Augment(AUGMENTATIONS[settings.augment])
+    gen = torch.Generator().manual_seed(settings.seed)
+    lab_x, lab_y = torch.from_numpy(lab.arrays[train_idx]), torch.from_numpy(lab.labels[train_idx])
+    half = settings.batch_size // 2 if replay is not None else settings.batch_size
+    size = rec.image_size
+    model.train()
+    schedule.freeze_norm_stats(model)  # frozen blocks keep their statistics
+    losses, correct, seen = [], 0, 0
+    emit("adapt_start", cells=len(lab.labels), train=len(train_idx), held_out=len(held_idx),
+         replay=None if replay is None else len(replay[1]), steps=settings.steps, classes=lab.classes)  # fmt: skip
+    for step in range(settings.steps):
+        pick = torch.from_numpy(_balanced(lab.labels[train_idx], half, rng))
+        xs, ys = [lab_x[pick]], [lab_y[pick]]
+        if replay is not None:
+            rp = torch.from_numpy(_balanced(replay[1], settings.batch_size - half, rng))
+            xs.append(torch.from_numpy(replay[0])[rp] if replay[0].shape[1:] == lab.arrays.shape[1:] else
+                      _resized(torch.from_numpy(replay[0])[rp], lab.arrays.shape[1]))  # fmt: skip
+            ys.append(torch.from_numpy(replay[1])[rp])
+        x = torch.cat(xs).permute(0, 3, 1, 2).float().div_(255.0)
+        y = torch.cat(ys).to(dev)
+        x = normalise(augment(x, size, gen), mean.cpu(), std.cpu()).to(dev)
+        if rm.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        logits = model(x)
+        loss = torch.nn.functional.cross_entropy(logits, y, label_smoothing=settings.label_smoothing)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        sched.step()
+        losses.append(float(loss))
+        correct += int((logits.argmax(1) == y).sum())
+        seen += len(y)
+        emit("adapt_step", step=step + 1, steps=settings.steps, loss=float(loss))
+    model.eval()
+
+    def logits_of(images: np.ndarray) -> torch.Tensor:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(images), 128):
+                x = eval_transform(torch.from_numpy(images[i : i + 128]).to(dev), size, rec.mean, rec.std)
+                if rm.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                out.append(model(x).float().cpu())
+        return torch.cat(out) if out else torch.zeros(0, len(lab.classes))
+
+    calib_x, calib_y = [lab.arrays[held_idx]], [lab.labels[held_idx]]
+    if replay is not None:
+        calib_x.append(replay[2] if replay[2].shape[1:] == lab.arrays.shape[1:] else
+                       _resized(torch.from_numpy(replay[2]), lab.arrays.shape[1]).numpy())  # fmt: skip
+        calib_y.append(replay[3])
+    cx, cy = np.concatenate(calib_x), np.concatenate(calib_y)
+    temperature, held = 1.0, {}
+    if len(cy):
+        logits = logits_of(cx)
+        table = torch.eye(len(lab.classes))
+        fitted = fit_temperature(logits, torch.from_numpy(cy).long(), table)
+        # a few held-out cells, all right, would drive the temperature to its floor (every answer certain): it
+        # stays within a factor of 2 of the parent's, fitted on thousands of validation images
+        temperature = float(np.clip(fitted, rec.temperature / 2, rec.temperature * 2))
+        if len(held_idx):
+            pred = logits[: len(held_idx)].argmax(1).numpy()
+            truth = lab.labels[held_idx]
+            recalls = [float(np.mean(pred[truth == c] == c)) for c in np.unique(truth)]
+            held = {"cells": len(held_idx), "accuracy": float(np.mean(pred == truth)),
+                    "balanced_accuracy": float(np.mean(recalls))}  # fmt: skip
+    summary = _write_run(run_dir, rm, parent_dir, parent_sha, lab, model, temperature, settings, replay, held,
+                         folder, home, losses, correct / max(seen, 1), time.monotonic() - started)  # fmt: skip
+    emit("adapt_end", summary=summary)
+    return summary
+
+
+def _resized(images_nhwc_uint8: torch.Tensor, side: int) -> torch.Tensor:
+    from cellmorphnet.data.loader import resize_batch
+
+    x = resize_batch(images_nhwc_uint8.permute(0, 3, 1, 2).float(), side)
+    return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+def _write_run(run_dir, rm, parent_dir, parent_sha, lab: LabCells, model, temperature, settings, replay, held,
+               folder, home, losses, train_acc, seconds) -> dict[str, Any]:  # fmt: skip
+    from cellmorphnet.data.taxonomy import Taxonomy, canonical
+    from cellmorphnet.record import DatasetRecord
+
+    rec = rm.record
+    name = f"folder:{Path(folder).resolve()}"
+    counts = {"train": int(len(lab.labels) - held.get("cells", 0)), "val": int(held.get("cells", 0)), "test": 0}
+    folder_classes = sorted(lab.folder_classes)
+    lab_record = DatasetRecord(name=name, size=int(lab.arrays.shape[1]), checksum=_fingerprint(lab.files),
+                               verified=False, classes=folder_classes,
+                               preprocessing={"framing": "the parent's infer pipeline", "parent": rm.record.classes},
+                               counts=counts, params={"init": str(parent_dir)})  # fmt: skip
+    datasets = {**(rec.datasets if replay is not None else {}), name: lab_record}
+    # the parent's classes in its order, then the lab's own; each dataset's labels onto them by name
+    targets = {n: tuple((lab.classes.index(lab.folder_classes.get(c, canonical(c))),) for c in d.classes)
+               for n, d in datasets.items()}  # fmt: skip
+    taxonomy = Taxonomy(tuple(lab.classes), {n: tuple(d.classes) for n, d in datasets.items()}, targets)
+    cfg = dataclasses.replace(rec.config, datasets=list(datasets), epochs=1, init=str(parent_dir))
+    parent = {"name": Path(parent_dir).name, "path": str(parent_dir), "checkpoint_sha256": parent_sha,
+              "epoch": rm.epoch}  # fmt: skip
+    calibration = {"temperature": round(float(temperature), 4), "fitted_on": "held-out reviewed cells" +
+                   (" and the parent's validation images" if replay is not None else "")}  # fmt: skip
+    adaptation = {"cells": int(len(lab.labels)), "new_classes": lab.new_classes, "held_out": held,
+                  "replay": None if replay is None else {"datasets": replay[4], "images": int(len(replay[1]))},
+                  "steps": settings.steps, "seconds": round(seconds, 1), "skipped": lab.skipped[:20]}  # fmt: skip
+    record = dataclasses.replace(rec, config=cfg, classes=list(lab.classes), taxonomy=taxonomy.to_dict(),
+                                 datasets=datasets, calibration=calibration, created=runs.now_iso(), resumed=[],
+                                 parent=parent, adaptation=adaptation)  # fmt: skip
+    run_dir.mkdir(parents=True, exist_ok=True)
+    history = {"epoch": [1], "stage": ["adapt"], "train_loss": [float(np.mean(losses[-20:]))],
+               "train_acc": [train_acc], "val_acc": [held.get("accuracy")],
+               "val_f1": [held.get("balanced_accuracy")]}  # fmt: skip
+    state = {"format": checkpoint.FORMAT, "epoch": 1, "model": model.state_dict(), "record": record.to_dict(),
+             "class_names": list(lab.classes), "history": history,
+             "early_stopping": {"best_f1": held.get("balanced_accuracy"), "best_epoch": 1,
+                                "bad_epochs": 0}}  # fmt: skip
+    with checkpoint.defer_interrupt():
+        checkpoint.save(state, run_dir / "checkpoints" / "best.pt")
+        checkpoint.save(state, run_dir / "checkpoints" / "last.pt")
+        write_json(run_dir / runs.HISTORY, history)
+        record.save(run_dir)
+        runs.Heartbeat(run_dir, epochs_planned=1, epoch=1, batch=0, batches=0).close(
+            "finished", best_val_f1=held.get("balanced_accuracy"), best_epoch=1)
+    return {"run_dir": str(run_dir), "state": "finished", "parent": parent, "classes": lab.classes,
+            "adaptation": adaptation, "calibration": calibration, "train_acc": train_acc}  # fmt: skip
+
+
+def _fingerprint(files: list[str]) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted(files):
+        p = Path(f)
+        st = p.stat()
+        h.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return f"files:{h.hexdigest()}"

@@ -1,0 +1,215 @@
+// The review view: the cells of a case laid out by predicted class; confirm or reassign each with one key.
+"use strict";
+
+const CHUNK = 16;
+const WHITE_CELLS = ["basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil"];
+const $ = (id) => document.getElementById(id);
+const state = { classes: [], case: null, cells: [], tiles: new Map(), typed: "", typedAt: 0 };
+
+function token() { return sessionStorage.getItem("cellmorphnet-token") || ""; }
+function headers() { return token() ? { Authorization: `Bearer ${token()}` } : {}; }
+
+async function api(path, options = {}) {
+  const res = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
+  if (res.status === 401) { $("auth").hidden = false; $("auth-error").textContent = token() ? "The token was refused." : ""; throw new Error("not authorised"); }
+  if (!res.ok) {
+    let detail = res.statusText;
+    try { detail = (await res.json()).detail || detail; } catch (_) { /* not JSON */ }
+    throw new Error(`${res.status}: ${detail}`);
+  }
+  return res;
+}
+
+function el(tag, attrs = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs)) {
+    if (k === "class") node.className = v; else if (k === "text") node.textContent = v; else node.setAttribute(k, v);
+  }
+  for (const c of children) node.append(c);
+  return node;
+}
+
+const pct = (p) => `${(100 * p).toFixed(0)}%`;
+const current = (c) => c.reviewed || c.predicted;
+
+// The keys: digits 1-9 (and 0 for the tenth), or the shortest unique start of a class's name.
+function shortcut(cls) {
+  for (let n = 1; n <= cls.length; n++) {
+    const p = cls.slice(0, n);
+    if (state.classes.filter((c) => c.startsWith(p)).length === 1) return p;
+  }
+  return cls;
+}
+
+async function loadCases() {
+  const body = await (await api("/v1/cases")).json();
+  state.classes = body.classes;
+  $("cases").replaceChildren(...body.cases.map((c) => el("option", { value: c.name, text: `${c.reviewed} of ${c.cells} reviewed` })));
+  $("keys").textContent = "Keys: " + state.classes.map((c, i) => `${i < 10 ? (i + 1) % 10 : "-"} or ${shortcut(c)} = ${c}`).join(" · ")
+    + " · Enter = confirm the prediction · u or Backspace = undo · arrows = move";
+  const card = await (await api("/v1/model")).json();
+  $("model-name").textContent = `${card.run} · ${card.classes.length} classes`;
+  $("auth").hidden = true;
+}
+
+async function openCase(name) {
+  state.case = name;
+  localStorage.setItem("cellmorphnet-case", name);
+  const res = await api(`/v1/cases/${encodeURIComponent(name)}`).catch((e) => (e.message.startsWith("404") ? null : Promise.reject(e)));
+  state.cells = res ? (await res.json()).cells : [];
+  render();
+}
+
+async function cropUrl(cell) {
+  const blob = await (await api(`/v1/cells/${cell.id}/crop`)).blob();
+  return URL.createObjectURL(blob);
+}
+
+function tile(cell) {
+  const img = el("img", { alt: `cell ${cell.id}` });
+  cropUrl(cell).then((u) => { img.src = u; }).catch(() => {});
+  const node = el("button", { class: "cell-tile", type: "button", "data-id": String(cell.id) }, img,
+    el("span", { class: "pred", text: `${cell.predicted} ${pct(cell.confidence)}` }), el("span", { class: "rev" }));
+  node.addEventListener("keydown", (e) => onKey(e, cell));
+  node.addEventListener("click", () => node.focus());
+  state.tiles.set(cell.id, node);
+  paint(cell);
+  return node;
+}
+
+function paint(cell) {
+  const node = state.tiles.get(cell.id);
+  if (!node) return;
+  node.classList.toggle("done", !!cell.reviewed);
+  node.classList.toggle("changed", !!cell.reviewed && cell.reviewed !== cell.predicted);
+  node.querySelector(".rev").textContent = cell.reviewed ? `→ ${cell.reviewed}${cell.reviewer ? ` (${cell.reviewer})` : ""}` : "not reviewed";
+  node.title = `${cell.source}${cell.cell ? ` #${cell.cell}` : ""}`;
+}
+
+function ordered() {
+  const cells = [...state.cells];
+  if ($("low-first").checked) cells.sort((a, b) => a.confidence - b.confidence);
+  return cells;
+}
+
+function render() {
+  state.tiles.clear();
+  const groups = [];
+  const cells = ordered();
+  for (const cls of state.classes) {
+    const mine = cells.filter((c) => c.predicted === cls);
+    if (!mine.length) continue;
+    groups.push(el("section", { class: "group", "data-class": cls }, el("h3", { text: `${cls} (${mine.length})` }),
+      el("div", { class: "tiles" }, ...mine.map(tile))));
+  }
+  $("groups").replaceChildren(...groups);
+  $("export").disabled = !state.cells.some((c) => c.reviewed);
+  counts();
+}
+
+function counts() {
+  const now = new Map(state.classes.map((c) => [c, 0]));
+  const model = new Map(state.classes.map((c) => [c, 0]));
+  for (const c of state.cells) { now.set(current(c), (now.get(current(c)) || 0) + 1); model.set(c.predicted, (model.get(c.predicted) || 0) + 1); }
+  const white = state.cells.filter((c) => WHITE_CELLS.includes(current(c)) && !c.edge).length;
+  $("counts").querySelector("tbody").replaceChildren(...state.classes.map((c) => el("tr", { "data-class": c },
+    el("td", { text: c }), el("td", { text: String(model.get(c)) }), el("td", { text: String(now.get(c)) }),
+    el("td", { text: WHITE_CELLS.includes(c) && white ? (100 * state.cells.filter((x) => current(x) === c && !x.edge).length / white).toFixed(1) : "" }))));
+  const done = state.cells.filter((c) => c.reviewed).length;
+  $("reviewed").textContent = `${done} of ${state.cells.length} cells reviewed`;
+}
+
+function move(cell, step) {
+  const ids = [...state.tiles.keys()];
+  const i = ids.indexOf(cell.id) + step;
+  if (i >= 0 && i < ids.length) state.tiles.get(ids[i]).focus();
+}
+
+async function decide(cell, url, body) {
+  try {
+    const updated = await (await api(url, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) })).json();
+    Object.assign(cell, updated);
+    paint(cell);
+    counts();
+    $("export").disabled = !state.cells.some((c) => c.reviewed);
+    return true;
+  } catch (e) {
+    $("progress").textContent = e.message;
+    return false;
+  }
+}
+
+async function onKey(e, cell) {
+  const reviewer = $("reviewer").value.trim() || null;
+  let cls = null;
+  if (e.key === "ArrowRight" || e.key === "ArrowDown") { e.preventDefault(); move(cell, 1); return; }
+  if (e.key === "ArrowLeft" || e.key === "ArrowUp") { e.preventDefault(); move(cell, -1); return; }
+  if (e.key === "u" || e.key === "Backspace") {
+    e.preventDefault();
+    if (cell.reviewed) await decide(cell, `/v1/cells/${cell.id}/undo`, { reviewer });
+    return;
+  }
+  if (e.key === "Enter") cls = cell.predicted;
+  else if (/^[0-9]$/.test(e.key)) cls = state.classes[(Number(e.key) + 9) % 10];
+  else if (/^[a-z]$/i.test(e.key)) {
+    const now = Date.now();
+    state.typed = (now - state.typedAt < 900 ? state.typed : "") + e.key.toLowerCase();
+    state.typedAt = now;
+    const hits = state.classes.filter((c) => c.startsWith(state.typed));
+    if (hits.length === 1) { cls = hits[0]; state.typed = ""; }
+  }
+  if (!cls) return;
+  e.preventDefault();
+  if (await decide(cell, `/v1/cells/${cell.id}/review`, { class: cls, reviewer })) move(cell, 1);
+}
+
+async function addFiles(files) {
+  if (!state.case) { $("progress").textContent = "Open a case first."; return; }
+  const list = [...files];
+  let done = 0;
+  for (let i = 0; i < list.length; i += CHUNK) {
+    const form = new FormData();
+    for (const f of list.slice(i, i + CHUNK)) form.append("files", f, f.name);
+    try {
+      const body = await (await api(`/v1/cases/${encodeURIComponent(state.case)}/cells`, { method: "POST", body: form })).json();
+      state.cells = body.cells;
+      done += Math.min(CHUNK, list.length - i);
+      $("progress").textContent = `${done} of ${list.length} images added` + (body.skipped.length ? `; ${body.skipped.length} skipped` : "");
+    } catch (e) {
+      $("progress").textContent = e.message;
+      return;
+    }
+  }
+  render();
+  loadCases();
+}
+
+async function download() {
+  const blob = await (await api(`/v1/cases/${encodeURIComponent(state.case)}/export`)).blob();
+  const url = URL.createObjectURL(blob);
+  const a = el("a", { href: url, download: `${state.case.replace(/[^A-Za-z0-9._-]+/g, "_")}-reviewed.zip` });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 1000);
+}
+
+function setUp() {
+  $("reviewer").value = localStorage.getItem("cellmorphnet-reviewer") || "";
+  $("reviewer").addEventListener("change", () => localStorage.setItem("cellmorphnet-reviewer", $("reviewer").value.trim()));
+  $("case-form").addEventListener("submit", (e) => { e.preventDefault(); openCase($("case").value.trim()); });
+  $("pick-files").addEventListener("change", (e) => { addFiles(e.target.files); e.target.value = ""; });
+  $("low-first").addEventListener("change", render);
+  $("export").addEventListener("click", download);
+  $("auth").addEventListener("submit", (e) => {
+    e.preventDefault();
+    sessionStorage.setItem("cellmorphnet-token", $("token").value.trim());
+    loadCases();
+  });
+  loadCases().then(() => {
+    const last = localStorage.getItem("cellmorphnet-case");
+    if (last) { $("case").value = last; openCase(last); }
+  }).catch(() => {});
+}
+
+document.addEventListener("DOMContentLoaded", setUp);

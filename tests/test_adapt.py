@@ -1,0 +1,71 @@
+"""``train --init``: adapting the shipped model to a lab's labelled cells (classes by name, a new class, the parent
+named in the record and by status, the run usable by infer), and its one-line errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+
+import pytest
+from conftest import PBC_64, PBC_TEST_IMAGES, assert_one_line_error
+
+from cellmorphnet import runs
+from cellmorphnet.record import RunRecord
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    """A lab's reviewed cells: real PBC JPEGs of three types, and 'Smudge', a class the model does not have."""
+    root = tmp_path_factory.mktemp("lab")
+    for folder, cls in (("Neutrophils", "neutrophil"), ("lymphocyte", "lymphocyte"), ("eosinophil", "eosinophil"),
+                        ("Smudge", "platelet")):  # fmt: skip
+        (root / folder).mkdir()
+        for p in sorted((PBC_TEST_IMAGES / cls).glob("*.jpg"))[:6]:
+            shutil.copy(p, root / folder / p.name)
+    return root
+
+
+def test_init_adapts_the_shipped_model_to_a_lab_folder(cli, lab, tmp_path):
+    r = cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--steps", "4", "--name", "ours")
+    assert r.exit_code == 0, r.output
+    assert "without replay" in r.stderr and "New classes: Smudge" in r.stderr
+    run = runs.resolve_run("ours", None)
+    record = RunRecord.load(run)
+    assert record.classes[:8] == RunRecord.load(runs.packaged_runs()["bloodmnist"]).classes
+    assert record.classes[8:] == ["Smudge"]  # a new class, added at the end of the head
+    assert record.parent["name"] == "bloodmnist" and len(record.parent["checkpoint_sha256"]) == 64
+    assert record.adaptation["cells"] == 24 and record.adaptation["held_out"]["cells"] == 4
+    assert record.config.init and record.inference == RunRecord.load(runs.packaged_runs()["bloodmnist"]).inference
+    status = cli("status", "ours")
+    assert status.exit_code == 0 and "adapted from" in status.stdout and "bloodmnist" in status.stdout
+    out = tmp_path / "p.csv"
+    assert cli("infer", "ours", lab / "Smudge", "--out", out).exit_code == 0
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    assert cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--name", "ours").exit_code == 1
+
+
+def test_init_errors_are_one_line(cli, lab, tmp_path):
+    assert_one_line_error(cli("train", "--init", "no-such-run", "--datasets", f"folder:{lab}"), "no-such-run")
+    assert_one_line_error(cli("train", "--init", "bloodmnist", "--datasets", "bloodmnist"), "folder:DIR")
+    assert_one_line_error(cli("train", "--init", "bloodmnist", "--datasets", f"folder:{tmp_path}/none"),
+                          "is not a folder")  # fmt: skip
+    assert_one_line_error(cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--model", "resnet18"),
+                          "keeps its architecture")  # fmt: skip
+    assert_one_line_error(cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--replay"),
+                          "not prepared here")  # fmt: skip
+    assert_one_line_error(cli("train", "--datasets", "sample", "--steps", "3"), "go with --init")
+
+
+@pytest.mark.slow
+def test_init_replays_the_parents_training_data_where_it_is_prepared(cli, lab):
+    assert cli("fetch", "bloodmnist", "--from", PBC_64).exit_code == 0
+    assert cli("prepare", "bloodmnist", "--size", "64").exit_code == 0
+    r = cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--steps", "6", "--name", "replayed",
+            "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["adaptation"]["replay"]["datasets"] == ["bloodmnist"]
+    assert summary["adaptation"]["replay"]["images"] >= 8 * 100
+    assert "parent's validation images" in summary["calibration"]["fitted_on"]
