@@ -263,9 +263,12 @@ def test_gradcam_returns_the_overlay_png(client):
 def test_the_page_is_served_and_needs_no_cdn(client):
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
-    for asset in ("/static/app.js", "/static/style.css"):
+    assets = ("/static/common.js", "/static/app.js", "/static/review.js", "/static/style.css")
+    for asset in assets:
         assert client.get(asset).status_code == 200
-    texts = [page.text, client.get("/static/app.js").text, client.get("/static/style.css").text]
+    review = client.get("/review")
+    assert review.status_code == 200 and "/static/review.js" in review.text
+    texts = [page.text, review.text, *(client.get(a).text for a in assets)]
     for text in texts:
         text = text.replace('"http://www.w3.org/2000/svg"', "")  # the SVG namespace's name: never fetched
         assert "http://" not in text and "https://" not in text and "//cdn" not in text

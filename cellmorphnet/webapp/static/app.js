@@ -1,42 +1,12 @@
-// The cellmorphnet web page: plain JavaScript, no build step, no network beyond this server.
+// The cellmorphnet web page: plain JavaScript, no build step, no network beyond this server (with common.js).
 "use strict";
 
 const CHUNK = 16;          // files per request: each request is one set, as one `infer` call
 const TOP_K = 3;
 const IMAGE_EXT = /\.(jpe?g|png|bmp|tiff?|webp)$/i;
-const $ = (id) => document.getElementById(id);
 
 const state = { classes: [], items: [], queue: [], busy: false };
-const WHITE_CELLS = ["basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil"];
 const SVG = "http://www.w3.org/2000/svg";
-
-function token() { return sessionStorage.getItem("cellmorphnet-token") || ""; }
-function headers() { return token() ? { Authorization: `Bearer ${token()}` } : {}; }
-
-async function api(path, options = {}) {
-  const res = await fetch(path, { ...options, headers: { ...headers(), ...(options.headers || {}) } });
-  if (res.status === 401) { showAuth("The token was refused."); throw new Error("not authorised"); }
-  if (!res.ok) {
-    let detail = res.statusText;
-    try { detail = (await res.json()).detail || detail; } catch (_) { /* not JSON */ }
-    throw new Error(`${res.status}: ${detail}`);
-  }
-  return res;
-}
-
-function showAuth(message) {
-  $("auth").hidden = false;
-  $("auth-error").textContent = token() ? message : "";
-}
-
-function el(tag, attrs = {}, ...children) {
-  const node = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs)) {
-    if (k === "class") node.className = v; else if (k === "text") node.textContent = v; else node.setAttribute(k, v);
-  }
-  for (const c of children) node.append(c);
-  return node;
-}
 
 function pct(p) { return `${(100 * p).toFixed(1)}%`; }
 
