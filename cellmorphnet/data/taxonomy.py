@@ -31,6 +31,15 @@ ALIASES = {
     "lymp": "lymphocyte",
     "mono": "monocyte",
     "neut": "neutrophil",
+    # plurals, as people name their folders
+    "basophils": "basophil",
+    "eosinophils": "eosinophil",
+    "erythroblasts": "erythroblast",
+    "lymphocytes": "lymphocyte",
+    "monocytes": "monocyte",
+    "neutrophils": "neutrophil",
+    "nrbc": "erythroblast",
+    "nucleated red cells": "erythroblast",
 }
 COARSE = {"wbc": WHITE_CELLS}
 

@@ -274,10 +274,10 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
         sched.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
-        emit("adapt_step", step=step + 1, steps=settings.steps, loss=float(loss))
+        emit("adapt_step", step=step + 1, steps=settings.steps, loss=losses[-1])
     model.eval()
 
     def logits_of(images: np.ndarray) -> torch.Tensor:
