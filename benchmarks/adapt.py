@@ -103,7 +103,8 @@ def main() -> None:
         home = Path(tmp) / "home"
         if not args.no_replay:  # the parent's training data, prepared here as it trained on it
             runner = CliRunner()
-            for cmd in (["fetch", "bloodmnist", "--from", str(PBC_64)], ["prepare", "bloodmnist", "--size", "64"]):
+            for cmd in (["fetch", "bloodmnist", "--from", str(PBC_64), "--allow-unverified"],
+                        ["prepare", "bloodmnist", "--size", "64"]):
                 r = runner.invoke(app, ["--home", str(home), *cmd])
                 if r.exit_code != 0:
                     raise SystemExit(f"{' '.join(cmd)} failed: {r.output}")

@@ -61,7 +61,7 @@ def test_init_errors_are_one_line(cli, lab, tmp_path):
 
 @pytest.mark.slow
 def test_init_replays_the_parents_training_data_where_it_is_prepared(cli, lab):
-    assert cli("fetch", "bloodmnist", "--from", PBC_64).exit_code == 0
+    assert cli("fetch", "bloodmnist", "--from", PBC_64, "--allow-unverified").exit_code == 0
     assert cli("prepare", "bloodmnist", "--size", "64").exit_code == 0
     r = cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--steps", "6", "--name", "replayed",
             "--json")  # fmt: skip

@@ -46,7 +46,8 @@ class AdaptSettings:
     """How a run is adapted (``train --init``); the defaults are the measured ones (benchmarks/adapt.py)."""
 
     steps: int = 300  # optimizer steps
-    batch_size: int = 32  # half the lab's cells, half replay (all the lab's without replay)
+    batch_size: int = 32  # lab_fraction of it the lab's cells, the rest replay (all the lab's without replay)
+    lab_fraction: float = 0.5
     lr: float = 2e-4  # peak AdamW learning rate (warmup 10 %, cosine to 1 %)
     weight_decay: float = 1e-4
     label_smoothing: float = 0.1
@@ -247,7 +248,7 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
     augment = Augment(AUGMENTATIONS[settings.augment])
     gen = torch.Generator().manual_seed(settings.seed)
     lab_x, lab_y = torch.from_numpy(lab.arrays[train_idx]), torch.from_numpy(lab.labels[train_idx])
-    half = settings.batch_size // 2 if replay is not None else settings.batch_size
+    half = round(settings.batch_size * settings.lab_fraction) if replay is not None else settings.batch_size
     size = rec.image_size
     model.train()
     schedule.freeze_norm_stats(model)  # frozen blocks keep their statistics
