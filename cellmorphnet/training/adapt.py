@@ -14,7 +14,7 @@ folder:DIR``), so the model learns that lab's stain, camera and magnification.
 - **Calibration on held-out reviewed cells.** A fifth of each class (one at least, from four cells on) is kept
   out of training and the temperature is fitted on it (with the parent's validation images where replayed),
   within a factor of 2 of the parent's (a handful of held-out cells, all right, would make every answer
-  certain).
+  certain). Then the held-out cells join the rest for ``final_steps`` at a tenth of the learning rate.
 - **A run like any other.** The result is a run folder (record, checkpoints, history, calibration) that infer,
   serve, export and status read; its record names its parent (name and checkpoint digest).
 
@@ -39,13 +39,15 @@ from cellmorphnet._io import file_digest, write_json
 from cellmorphnet.errors import ConfigError, InvalidData
 
 Events = Callable[..., None]
+FINAL_LR = 0.1
 
 
 @dataclass(frozen=True)
 class AdaptSettings:
     """How a run is adapted (``train --init``); the defaults are the measured ones (benchmarks/adapt.py)."""
 
-    steps: int = 300  # optimizer steps
+    steps: int = 300  # optimizer steps on the cells not held out
+    final_steps: int = 100  # then, calibrated, on every cell (held-out ones included) at FINAL_LR x lr
     batch_size: int = 32  # lab_fraction of it the lab's cells, the rest replay (all the lab's without replay)
     lab_fraction: float = 0.5
     lr: float = 2e-4  # peak AdamW learning rate (warmup 10 %, cosine to 1 %)
@@ -255,9 +257,12 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
     losses, correct, seen = [], 0, 0
     emit("adapt_start", cells=len(lab.labels), train=len(train_idx), held_out=len(held_idx),
          replay=None if replay is None else len(replay[1]), steps=settings.steps, classes=lab.classes)  # fmt: skip
-    for step in range(settings.steps):
-        pick = torch.from_numpy(_balanced(lab.labels[train_idx], half, rng))
-        xs, ys = [lab_x[pick]], [lab_y[pick]]
+    def train_step(pool_x: torch.Tensor, pool_y: torch.Tensor) -> None:
+        nonlocal correct, seen
+        # every reviewed cell equally often (class-balanced drawing would show a class of one cell, a lone
+        # basophil, in a fifth of every batch, and the model would learn that the lab is full of them)
+        pick = torch.from_numpy(rng.integers(0, len(pool_y), half))
+        xs, ys = [pool_x[pick]], [pool_y[pick]]
         if replay is not None:
             rp = torch.from_numpy(_balanced(replay[1], settings.batch_size - half, rng))
             xs.append(torch.from_numpy(replay[0])[rp] if replay[0].shape[1:] == lab.arrays.shape[1:] else
@@ -274,11 +279,15 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         optimizer.step()
-        sched.step()
         losses.append(float(loss.detach()))
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
-        emit("adapt_step", step=step + 1, steps=settings.steps, loss=losses[-1])
+
+    total = settings.steps + (settings.final_steps if len(held_idx) else 0)
+    for step in range(settings.steps):
+        train_step(lab_x, lab_y)
+        sched.step()
+        emit("adapt_step", step=step + 1, steps=total, loss=losses[-1])
     model.eval()
 
     def logits_of(images: np.ndarray) -> torch.Tensor:
@@ -311,6 +320,19 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
             recalls = [float(np.mean(pred[truth == c] == c)) for c in np.unique(truth)]
             held = {"cells": len(held_idx), "accuracy": float(np.mean(pred == truth)),
                     "balanced_accuracy": float(np.mean(recalls))}  # fmt: skip
+    if len(held_idx) and settings.final_steps:
+        # calibrated on them, the held-out cells now join the others for a few steps at a low learning rate: with
+        # ten cells of a type, the two held out are a fifth of what the lab gave
+        for group in optimizer.param_groups:
+            group["lr"] = settings.lr * FINAL_LR
+        everything = np.arange(len(lab.labels))
+        all_x, all_y = torch.from_numpy(lab.arrays[everything]), torch.from_numpy(lab.labels[everything])
+        model.train()
+        schedule.freeze_norm_stats(model)
+        for step in range(settings.final_steps):
+            train_step(all_x, all_y)
+            emit("adapt_step", step=settings.steps + step + 1, steps=total, loss=losses[-1])
+        model.eval()
     summary = _write_run(run_dir, rm, parent_dir, parent_sha, lab, model, temperature, settings, replay, held,
                          folder, home, losses, correct / max(seen, 1), time.monotonic() - started)  # fmt: skip
     emit("adapt_end", summary=summary)
