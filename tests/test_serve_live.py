@@ -429,11 +429,11 @@ def test_reviewing_cells_by_keyboard_in_a_real_browser(server, page, tmp_path):
     tiles = page.locator(".cell-tile")
     expect(tiles).to_have_count(12)
     tiles.first.focus()
-    keys = ["Enter", "n", "Enter", "2", "l", "Enter", "Enter", "m", "Enter", "e", "o", "Enter", "Enter"]  # "e","o": eo…
-    for key in keys:
-        page.keyboard.press(key)
-        page.wait_for_timeout(150)
-    expect(page.locator(".cell-tile.done")).to_have_count(12, timeout=30_000)
+    decisions = ["Enter", "n", "Enter", "2", "l", "Enter", "Enter", "m", "Enter", "eo", "Enter", "Enter"]  # eo: eosino…
+    for done, keys in enumerate(decisions, 1):
+        for key in keys if keys != "Enter" else [keys]:
+            page.keyboard.press(key)
+        expect(page.locator(".cell-tile.done")).to_have_count(done, timeout=30_000)  # saved; focus moved on
     tiles.nth(11).focus()
     page.keyboard.press("u")  # undo the last review...
     expect(page.locator(".cell-tile.done")).to_have_count(11, timeout=10_000)
