@@ -14,7 +14,8 @@ folder:DIR``), so the model learns that lab's stain, camera and magnification.
 - **Calibration on held-out reviewed cells.** A fifth of each class (one at least, from four cells on) is kept
   out of training and the temperature is fitted on it (with the parent's validation images where replayed),
   within a factor of 2 of the parent's (a handful of held-out cells, all right, would make every answer
-  certain). Then the held-out cells join the rest for ``final_steps`` at a tenth of the learning rate.
+  certain). Then the held-out cells join the rest for a third as many steps again, at a tenth of the
+  learning rate.
 - **A run like any other.** The result is a run folder (record, checkpoints, history, calibration) that infer,
   serve, export and status read; its record names its parent (name and checkpoint digest).
 
@@ -47,7 +48,7 @@ class AdaptSettings:
     """How a run is adapted (``train --init``); the defaults are the measured ones (benchmarks/adapt.py)."""
 
     steps: int = 300  # optimizer steps on the cells not held out
-    final_steps: int = 100  # then, calibrated, on every cell (held-out ones included) at FINAL_LR x lr
+    final_share: float = 1 / 3  # then, calibrated, steps x this on every cell (held-out ones included), FINAL_LR x lr
     batch_size: int = 32  # lab_fraction of it the lab's cells, the rest replay (all the lab's without replay)
     lab_fraction: float = 0.5
     lr: float = 2e-4  # peak AdamW learning rate (warmup 10 %, cosine to 1 %)
@@ -283,7 +284,8 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
 
-    total = settings.steps + (settings.final_steps if len(held_idx) else 0)
+    final_steps = round(settings.steps * settings.final_share) if len(held_idx) else 0
+    total = settings.steps + final_steps
     for step in range(settings.steps):
         train_step(lab_x, lab_y)
         sched.step()
@@ -320,7 +322,7 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
             recalls = [float(np.mean(pred[truth == c] == c)) for c in np.unique(truth)]
             held = {"cells": len(held_idx), "accuracy": float(np.mean(pred == truth)),
                     "balanced_accuracy": float(np.mean(recalls))}  # fmt: skip
-    if len(held_idx) and settings.final_steps:
+    if final_steps:
         # calibrated on them, the held-out cells now join the others for a few steps at a low learning rate: with
         # ten cells of a type, the two held out are a fifth of what the lab gave
         for group in optimizer.param_groups:
@@ -329,7 +331,7 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
         all_x, all_y = torch.from_numpy(lab.arrays[everything]), torch.from_numpy(lab.labels[everything])
         model.train()
         schedule.freeze_norm_stats(model)
-        for step in range(settings.final_steps):
+        for step in range(final_steps):
             train_step(all_x, all_y)
             emit("adapt_step", step=settings.steps + step + 1, steps=total, loss=losses[-1])
         model.eval()
