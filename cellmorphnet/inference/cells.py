@@ -4,7 +4,7 @@ is prepared and classified as single-cell images are.
 Per image: a single-cell crop (today's path, unchanged) or a field (``fields.is_field``: ``--cells auto``
 decides by size; ``one`` and ``all`` override). The fields of one set share one scale, the median of their
 red cells' diameters, as the fields of one microscope do. Fields are decoded twice (the scale, then the
-cells), one at a time per worker; only the found cells' crops are kept.
+cells), one at a time per worker, and again each time a found cell is read: no pixels are kept between.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ def _size(item: Item) -> tuple[int, int] | None:
     """Width and height from the header, or None where it cannot be read (its own error comes later)."""
     import io
 
-    from PIL import Image
+    from PIL import Image, UnidentifiedImageError
 
     from cellmorphnet.imaging import IMAGE_FORMATS
 
@@ -55,8 +55,8 @@ def _size(item: Item) -> tuple[int, int] | None:
         source = io.BytesIO(item.data) if isinstance(item, Upload) else item
         with Image.open(source, formats=list(IMAGE_FORMATS)) as img:
             return img.size
-    except Exception:  # noqa: BLE001 - any unreadable file is reported by the normal path
-        return None
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+        return None  # an unreadable file is reported by the normal path
 
 
 def _diameter(item: Item) -> float | None:
@@ -69,9 +69,8 @@ def _diameter(item: Item) -> float | None:
 
 
 def _cells(item: Item, diameter: float) -> list[CellItem]:
-    img = read_image(item)
-    found = fields.find_white_cells(img, diameter)
-    return [CellItem(item, i, c.box, c.edge, fields.cell_crop(img, c, diameter)) for i, c in enumerate(found, 1)]
+    found = fields.find_white_cells(read_image(item), diameter)
+    return [CellItem(item, i, c.box, c.edge, diameter) for i, c in enumerate(found, 1)]
 
 
 def find_cells(items: list[Item], mode: str = "auto", workers: int = 2

@@ -55,14 +55,22 @@ class Upload:
 
 @dataclass(eq=False)
 class CellItem:
-    """One white cell found in a field (``fields.find_white_cells``): the field it came from, where it lies there,
-    and its crop, held in memory (a few hundred kilobytes) while the set is classified."""
+    """One white cell found in a field (``fields.find_white_cells``): the field it came from and where it lies
+    there. Its crop is cut from the field each time it is read, so a folder of fields holds no pixels between
+    readings (a field is decoded once more per reading; an upload keeps its decoded field while small)."""
 
     source: Path | Upload
     index: int  # 1, 2, ... in the field's reading order
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the field's pixels
     edge: bool  # cut by the field's border
-    image: Any = field(repr=False)  # the crop (fields.cell_crop)
+    diameter: float  # the red-cell diameter used, in the field's pixels
+
+    @property
+    def image(self):
+        """The cell's crop (``fields.cell_crop``)."""
+        from cellmorphnet import fields
+
+        return fields.cell_crop(read_image(self.source), fields.FoundCell(self.box, self.edge, 0.0), self.diameter)
 
     @property
     def name(self) -> str:
