@@ -147,27 +147,18 @@ def other_lab(rm, folder: Path) -> dict:
     return out
 
 
-def _wilson(k: int, n: int) -> tuple[float, float]:
-    """The 95% Wilson score interval of a proportion k / n."""
-    if n == 0:
-        return 0.0, 1.0
-    z, p = 1.959964, k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * ((p * (1 - p) / n + z * z / (4 * n * n)) ** 0.5) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
-
-
 def model_card(name: str, record, epoch: int, m: dict, compare: dict, size: int, command: str, results: str,
                lab: dict | None, version: str, date: str) -> str:  # fmt: skip
     """MODEL_CARD.md, with the sections of Mitchell et al., "Model Cards for Model Reporting" (2019)."""
+    from cellmorphnet.inference.differential import wilson
     datasets = ", ".join(f"{n} at {d.size} px" for n, d in record.datasets.items())
     fp = next(iter(compare.values()))
     cm = m["confusion_matrix"]
     rows = []
     for i, c in enumerate(m["classes"]):
         support, hits, called = sum(cm[i]), cm[i][i], sum(r[i] for r in cm)
-        lo, hi = _wilson(hits, support)
-        plo, phi = _wilson(hits, called)
+        lo, hi = wilson(hits, support)
+        plo, phi = wilson(hits, called)
         pc = m["per_class"][c]
         rows.append(f"| {c} | {support} | {pc['precision']:.3f} ({plo:.3f}-{phi:.3f}) | {pc['recall']:.3f} "
                     f"({lo:.3f}-{hi:.3f}) | {pc['f1']:.3f} |")
