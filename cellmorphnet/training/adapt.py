@@ -9,8 +9,8 @@ folder:DIR``), so the model learns that lab's stain, camera and magnification.
   own class (``smudge``, ``blast``) is added to the head, its row started from the mean of the others.
 - **Replay.** Where the parent's training data is prepared here (checked against its record), every batch is
   half the lab's cells and half the parent's training images, class-balanced, so what the parent knew holds.
-  Without it (``replay`` off, or not prepared), the lab's cells alone, with the backbone's lower half frozen:
-  the measured fallback (docs/benchmarks.md, "Adapting to a lab").
+  Without it (``replay`` off, or not prepared), the lab's cells alone, with the backbone's lower half frozen
+  (not yet measured: ``python -m benchmarks.adapt --no-replay``).
 - **Calibration on held-out reviewed cells.** A fifth of each class (one at least, from four cells on) is kept
   out of training and the temperature is fitted on it (with the parent's validation images where replayed),
   within a factor of 2 of the parent's (a handful of held-out cells, all right, would make every answer
