@@ -89,8 +89,8 @@ def main() -> None:
     from typer.testing import CliRunner
 
     from cellmorphnet import api, runs
+    from cellmorphnet.adapt import AdaptSettings, adapt
     from cellmorphnet.cli.app import app
-    from cellmorphnet.training.adapt import AdaptSettings, adapt
 
     result = header("python -m benchmarks.adapt " + " ".join(sys.argv[1:]))
     files = {c.name: sorted(p for p in c.iterdir() if p.is_file()) for c in sorted(EXTERNAL.iterdir()) if c.is_dir()}

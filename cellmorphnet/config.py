@@ -22,7 +22,7 @@ class TrainConfig:
     model: str = "tf_efficientnet_lite0"  # timm architecture
     pretrained: bool = True  # packaged ImageNet weights (EfficientNet-Lite0 only)
     weights: str | None = None  # a state dict file to start from instead
-    init: str | None = None  # a run this one was adapted from (train --init; training.adapt)
+    init: str | None = None  # a run this one was adapted from (train --init; adapt)
     image_size: int | None = 96  # the network's input size, resized from the prepared data (None: the data's size)
     epochs: int = 20  # planned epochs
     batch_size: int = 32  # samples per forward pass

@@ -28,6 +28,7 @@ LAYERS = [
     ["evaluation"],
     ["calibration"],
     ["training"],
+    ["adapt"],  # a trained run fine-tuned to a lab's cells: training's pieces and inference's preprocessing
     ["service", "api"],
     ["webapp"],
     ["cli"],

@@ -181,13 +181,13 @@ def command(
 
 
 def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, json, model, ignored) -> None:
-    """train --init: adapt a run to a lab's cells (training.adapt)."""
+    """train --init: adapt a run to a lab's cells (adapt)."""
     import dataclasses
 
     from cellmorphnet import runs
+    from cellmorphnet.adapt import AdaptSettings, adapt
     from cellmorphnet.data.registry import FOLDER_PREFIX
     from cellmorphnet.errors import ConfigError
-    from cellmorphnet.training.adapt import AdaptSettings, adapt
 
     home = home_of(ctx)
     names = _csv(datasets) or []
