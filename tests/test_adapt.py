@@ -26,6 +26,7 @@ def lab(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow  # 11 s: the full path, on the shipped model
 def test_init_adapts_the_shipped_model_to_a_lab_folder(cli, lab, tmp_path):
     r = cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--steps", "4", "--name", "ours")
     assert r.exit_code == 0, r.output
