@@ -336,7 +336,7 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
             emit("adapt_step", step=settings.steps + step + 1, steps=total, loss=losses[-1])
         model.eval()
     summary = _write_run(run_dir, rm, parent_dir, parent_sha, lab, model, temperature, settings, replay, held,
-                         folder, home, losses, correct / max(seen, 1), time.monotonic() - started)  # fmt: skip
+                         folder, losses, correct / max(seen, 1), time.monotonic() - started)  # fmt: skip
     emit("adapt_end", summary=summary)
     return summary
 
@@ -349,7 +349,7 @@ def _resized(images_nhwc_uint8: torch.Tensor, side: int) -> torch.Tensor:
 
 
 def _write_run(run_dir, rm, parent_dir, parent_sha, lab: LabCells, model, temperature, settings, replay, held,
-               folder, home, losses, train_acc, seconds) -> dict[str, Any]:  # fmt: skip
+               folder, losses, train_acc, seconds) -> dict[str, Any]:  # fmt: skip
     from cellmorphnet.data.taxonomy import Taxonomy, canonical
     from cellmorphnet.record import DatasetRecord
 

@@ -218,7 +218,7 @@ class ModelService:
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "TIFF": "image/tiff", "BMP": "image/bmp", "WEBP": "image/webp"}
 
 
-def add_to_case(service: ModelService, store, case: str, files: list[tuple[str, bytes]]) -> list:
+def add_to_case(service: ModelService, store, case: str, files: list[tuple[str, bytes]]) -> tuple[list, list[dict]]:
     """Classify a request's files as ``predict`` does and keep every cell in ``store`` (``reviews.ReviewStore``)
     under ``case``: a single-cell image as its own bytes, a cell of a field as its crop (PNG), each with the
     model's probabilities over every class. Returns the stored cells and the files that could not be read."""
