@@ -90,8 +90,9 @@ def write_gradcams(model, policy, preds, arrays, folder: Path, *, channels_last:
     """One overlay PNG per prediction: the square the model saw (the framed cell, or the centre crop where no cell
     was found) cut from the original image, beside its Grad-CAM.
 
-    ``arrays`` maps each path to the preprocessed array the model saw (``predict_files(keep_inputs=True)``).
-    Returns the files written.
+    ``arrays`` maps each path to the preprocessed array the model saw (``predict_files(keep_inputs=True)``); a
+    prediction without one is another process's in a distributed job: it is named in turn (names are those of one
+    process) and skipped. Returns the files written.
     """
     import torch
 
@@ -99,22 +100,26 @@ def write_gradcams(model, policy, preds, arrays, folder: Path, *, channels_last:
     from cellmorphnet.data.loader import eval_transform
     from cellmorphnet.imaging import centre_square, load_rgb
 
-    written, seen = [], {}
-    for i, p in enumerate(preds):
+    written, seen, done = [], {}, 0
+    mine = sum(p.path in arrays for p in preds)
+    for p in preds:
+        cell = getattr(p, "cell", None)  # a cell found in a field: framed within its crop
+        stem = f"{p.source.stem}-cell{cell.index}" if cell is not None else p.path.stem
+        seen[stem] = seen.get(stem, 0) + 1
+        if p.path not in arrays:  # another process's (torchrun): named in turn all the same, written there
+            continue
         x = eval_transform(torch.from_numpy(np.array(arrays[p.path][None])), policy.image_size, policy.mean, policy.std)
         x = x.to(next(model.parameters()).device)
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         cam, _ = gradcam(model, x)
-        cell = getattr(p, "cell", None)  # a cell found in a field: framed within its crop
         img = cell.image if cell is not None else load_rgb(p.path)
         box = p.box or centre_square(*img.size, policy.centre_crop_fraction, policy.centre_crop_px)
         crop = np.asarray(padded_crop(img, box))
-        stem = f"{p.source.stem}-cell{cell.index}" if cell is not None else p.path.stem
-        seen[stem] = seen.get(stem, 0) + 1
         suffix = "" if seen[stem] == 1 else f"-{seen[stem]}"
         written.append(save_overlay(folder / f"{stem}{suffix}_gradcam.png", crop, cam[0],
                                     f"{p.predicted} {p.confidence:.2f}"))  # fmt: skip
+        done += 1
         if progress:
-            progress(i + 1, len(preds))
+            progress(done, mine)
     return written

@@ -196,6 +196,7 @@ class RunRecord:
     calibration: dict[str, float] | None = None  # temperature scaling fitted on validation (see calibration.py)
     parent: dict[str, Any] | None = None  # train --init: the run adapted from (name, path, checkpoint_sha256, epoch)
     adaptation: dict[str, Any] | None = None  # train --init: the lab's cells, new classes, replay, held-out scores
+    distributed: dict[str, Any] | None = None  # under torchrun: world_size, backend, sync_batch_norm (None: 1 process)
     schema: int = SCHEMA
 
     @property
@@ -227,6 +228,7 @@ class RunRecord:
             "calibration": self.calibration,
             **({"parent": self.parent} if self.parent else {}),
             **({"adaptation": self.adaptation} if self.adaptation else {}),
+            **({"distributed": self.distributed} if self.distributed else {}),
         }
 
     @classmethod
@@ -260,6 +262,7 @@ class RunRecord:
                 calibration=d.get("calibration"),
                 parent=d.get("parent"),
                 adaptation=d.get("adaptation"),
+                distributed=d.get("distributed"),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise RunError(f"The run record is damaged or incomplete ({type(e).__name__}: {e}).") from None

@@ -281,6 +281,8 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         "parent": record.parent if record else None,  # train --init: the run it was adapted from
         "device": (record.resumed[-1]["device"] if record.resumed and "device" in record.resumed[-1]
                    else record.device) if record else None,
+        "world_size": _world_size(hb, record),  # processes of the latest session (torchrun), 1 without
+        "started_with": (record.distributed or {}).get("world_size", 1) if record else None,
         "epochs_done": done,
         "epochs_planned": planned,
         "current_epoch": hb.get("epoch"),
@@ -296,3 +298,14 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         "curves": {k: history.get(k, []) for k in ("train_loss", "val_loss", "train_acc", "val_acc", "val_f1")},
         "heartbeat_age": (time.time() - float(hb["updated"])) if hb.get("updated") else None,
     }
+
+
+def _world_size(hb: dict[str, Any], record) -> int:
+    """How many processes the run's latest session has (or had): its heartbeat's, else its record's."""
+    if hb:
+        return int(hb.get("world_size", 1))
+    if record is None:
+        return 1
+    if record.resumed:
+        return int(record.resumed[-1].get("world_size", 1))
+    return int((record.distributed or {}).get("world_size", 1))

@@ -18,7 +18,7 @@ PKG = Path(__file__).resolve().parents[1] / "cellmorphnet"
 # Lowest first. A room may import rooms on lower layers only (rooms on one layer do not import each other).
 LAYERS = [
     ["errors", "_io", "paths", "losses", "cellfinder", "models"],
-    ["imaging", "devices", "model", "batching", "fields", "reviews"],
+    ["imaging", "devices", "model", "batching", "fields", "reviews", "distributed"],
     ["data"],
     ["config", "cache", "gradcam"],
     ["record"],  # the run record: what every later step reads

@@ -17,10 +17,26 @@ from rich.console import Console
 
 err = Console(stderr=True, highlight=False)
 out = Console(highlight=False)
+rank = 0  # in a torchrun job, this process's rank: only rank 0 shows messages, progress and results
+
+
+def only_rank_zero(this_rank: int) -> None:
+    """Silence every message, bar and result of a process other than a distributed job's rank 0 (errors that
+    only it can report still come through ``errors``)."""
+    global rank
+    rank = this_rank
+    err.quiet = out.quiet = this_rank != 0
+
+
+def errors() -> Console:
+    """Where an error is printed: stderr, even on a silenced rank (then prefixed with the rank by the caller)."""
+    return err if rank == 0 else Console(stderr=True, highlight=False)
 
 
 def print_json(data: Any) -> None:
-    """Plain JSON on stdout (no rich markup, so scripts can parse it)."""
+    """Plain JSON on stdout (no rich markup, so scripts can parse it); rank 0's alone in a torchrun job."""
+    if rank != 0:
+        return
     sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
     sys.stdout.flush()
 

@@ -17,6 +17,7 @@ from rich.markup import escape
 
 from cellmorphnet import __version__
 from cellmorphnet.cli import _output
+from cellmorphnet.distributed import JobBroken
 from cellmorphnet.errors import CellMorphNetError
 from cellmorphnet.paths import ENV_HOME
 
@@ -43,10 +44,12 @@ def _handle_errors(fn):
         except CellMorphNetError as e:
             if _debug():
                 raise
-            # messages and hints are text: "cellmorphnet[serve]" must not be read as a style tag
-            _output.err.print(f"[bold red]Error:[/bold red] {escape(e.message)}", soft_wrap=True)
-            if e.hint:
-                _output.err.print(f"[dim]Hint:[/dim] {escape(e.hint)}", soft_wrap=True)
+            # in a torchrun job rank 0 reports what every rank meets; the others report only their own trouble
+            if _output.rank == 0 or isinstance(e, JobBroken):
+                # messages and hints are text: "cellmorphnet[serve]" must not be read as a style tag
+                _output.errors().print(f"[bold red]Error:[/bold red] {_rank()}{escape(e.message)}", soft_wrap=True)
+                if e.hint and _output.rank == 0:
+                    _output.errors().print(f"[dim]Hint:[/dim] {escape(e.hint)}", soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             if _debug():
@@ -58,14 +61,22 @@ def _handle_errors(fn):
         except Exception as e:  # a bug: still one line, the traceback behind the debug variable
             if _debug():
                 raise
-            _output.err.print(
-                f"[bold red]Unexpected error:[/bold red] {type(e).__name__}: {escape(str(e))}. "
+            _output.errors().print(
+                f"[bold red]Unexpected error:[/bold red] {_rank()}{type(e).__name__}: {escape(str(e))}. "
                 "Set CELLMORPHNET_DEBUG=1 to see the traceback, and please report it.",
                 soft_wrap=True,
             )
             raise typer.Exit(1) from None
+        finally:
+            from cellmorphnet import distributed
+
+            distributed.stop()
 
     return wrapper
+
+
+def _rank() -> str:
+    return f"(rank {_output.rank}) " if _output.rank else ""
 
 
 def _version(value: bool) -> None:

@@ -86,7 +86,7 @@ def command(
 ) -> None:
     from rich.table import Table
 
-    from cellmorphnet import runs
+    from cellmorphnet import distributed, runs
     from cellmorphnet.errors import ConfigError, InvalidData
     from cellmorphnet.inference import Prediction, collect_files, inference_options, predict_files, write_results
     from cellmorphnet.inference import sort_into as copy_sorted
@@ -97,9 +97,13 @@ def command(
         raise ConfigError("--batch-size and --top-k must be at least 1.")
     if not 0 <= min_confidence <= 1:
         raise ConfigError("--min-confidence must be between 0 and 1.")
+    group = distributed.env_group()
+    _output.only_rank_zero(group.rank)
     home = home_of(ctx)
     run_dir = runs.resolve_run(run, home)
-    files, missing = collect_files(paths)
+    group = distributed.start(device)
+    device = distributed.local_device(group, device)
+    files, missing = group.on_main(lambda: collect_files(paths))  # one list for the job, in rank 0's order
     if not files:
         if missing:
             raise InvalidData(
@@ -117,7 +121,7 @@ def command(
     policy = options.policy
     with _output.progress("Classifying") as cb:
         preds, kept = predict_files(rm, files, options, batch_size=batch_size, top_k=top_k, workers=workers,
-                                    on_batch=cb, keep_inputs=gradcam is not None)  # fmt: skip
+                                    on_batch=cb, keep_inputs=gradcam is not None, group=group)  # fmt: skip
     preds += [Prediction(p, error=reason) for p, reason in missing]
     for p in preds:
         p.min_confidence = min_confidence
@@ -149,15 +153,26 @@ def command(
         "differential": diff,
         "per_image": [{"path": str(s), **i.to_dict()} for s, i in taken.items()],
     }
-    if out is not None:
+    if group.active:
+        summary["world_size"] = group.world_size
+    if out is not None and group.is_main:
         write_results(preds, out, summary)
-    if gradcam is not None and ok:
+    if gradcam is not None and ok:  # each process draws its own block's
         from cellmorphnet.gradcam import write_gradcams
 
         with _output.progress("Grad-CAM") as cb:
             written = write_gradcams(rm.model, policy, ok, kept, gradcam, channels_last=rm.channels_last,
                                      progress=cb)  # fmt: skip
-        _output.info(f"Wrote {len(written)} Grad-CAM overlays to {gradcam}")
+        total = int(group.sum([len(written)])[0])
+        _output.info(f"Wrote {total} Grad-CAM overlays to {gradcam}")
+    if not group.is_main:  # rank 0 copies, draws and reports for the job; the same exit code everywhere
+        group.barrier()
+        if ok and skipped:
+            raise typer.Exit(EXIT_SOME_SKIPPED)
+        if not ok and skipped:
+            raise typer.Exit(1)
+        return
+    group.barrier()
     if sort_into is not None:
         n = copy_sorted(ok, sort_into)
         _output.info(f"Copied {n} images into {sort_into}/<class>/ (the originals are untouched; a cell of a field "

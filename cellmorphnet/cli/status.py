@@ -45,6 +45,10 @@ def run_renderable(st: dict[str, Any]):
     head.add_row("run", f"[bold]{st['name']}[/bold]  {st['run']}")
     head.add_row("state", state)
     head.add_row("datasets", ", ".join(st["datasets"]) + (f" on {st['device']}" if st.get("device") else ""))
+    if st.get("world_size", 1) > 1 or (st.get("started_with") or 1) > 1:
+        first = st.get("started_with") or 1
+        head.add_row("processes", f"{st['world_size']}" + (" (torchrun)" if st["world_size"] > 1 else "") +
+                     (f"; it started with {first}" if first != st["world_size"] else ""))  # fmt: skip
     if st.get("parent"):
         p = st["parent"]
         head.add_row("adapted from", f"{p['name']} (epoch {p.get('epoch')}, checkpoint sha256 "

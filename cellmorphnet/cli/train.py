@@ -116,10 +116,16 @@ def command(
     limit_batches: Annotated[
         int | None, typer.Option("--limit-batches", help="Cap batches per epoch (quick checks).")
     ] = None,
+    sync_bn: Annotated[
+        bool | None,
+        typer.Option("--sync-bn/--no-sync-bn", help="Under torchrun: batch-norm statistics over every process's "
+                     "block of the batch (SyncBatchNorm). (default: on with CUDA GPUs; torch has none for CPUs)",
+                     show_default=False),
+    ] = None,
     accept_data_change: AcceptDataChangeFlag = False,
     json: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON.")] = False,
 ) -> None:
-    from cellmorphnet import runs
+    from cellmorphnet import distributed, runs
     from cellmorphnet.config import TrainConfig, load_toml, resolve
     from cellmorphnet.errors import ConfigError
     from cellmorphnet.record import RunRecord
@@ -138,15 +144,23 @@ def command(
         "device": device, "unfreeze_epochs": unfreeze,
         "patience": patience, "seed": seed, "channels_last": channels_last, "limit_batches": limit_batches,
     }  # fmt: skip
+    group = distributed.env_group()
+    _output.only_rank_zero(group.rank)
     if init:
+        if group.active:
+            raise ConfigError("train --init runs in one process (a few minutes on a CPU): launch it without torchrun.")
         own = ("datasets", "lr", "seed", "device", "model")
         _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, json, model,
                [k for k, v in flags.items() if v is not None and k not in own])
         return
     if replay is not None or steps is not None:
         raise ConfigError("--replay and --steps go with --init.")
+    if sync_bn and not group.active:
+        raise ConfigError("--sync-bn is for a distributed job: launch with torchrun --nproc-per-node N -m cellmorphnet "
+                          "train ...")  # fmt: skip
+    group = distributed.start(device or "auto")
     if resume:
-        target = runs.resolve_run(resume, home)
+        target = group.on_main(lambda: runs.resolve_run(resume, home))
         if runs.is_packaged(target):
             raise ConfigError(f"{target.name} ships with cellmorphnet and cannot be resumed in place.",
                               hint=f"Train your own: cellmorphnet train --datasets {target.name}")  # fmt: skip
@@ -162,7 +176,9 @@ def command(
         if not json:
             settings = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in kept.items())
             _output.info(f"Recipe: {cfg.recipe}{f' ({settings})' if settings else ''}; flags override any setting.")
-        target = run_dir.expanduser().resolve() if run_dir else runs.new_run_dir(home, name, cfg.datasets)
+        # one folder for the job: rank 0 names it (a new name holds the time)
+        target = group.on_main(lambda: run_dir.expanduser().resolve() if run_dir else
+                               runs.new_run_dir(home, name, cfg.datasets))  # fmt: skip
 
     from cellmorphnet.cli._train_view import TrainView
     from cellmorphnet.training.fit import fit
@@ -170,7 +186,7 @@ def command(
     view = TrainView(quiet=json)
     start = time.perf_counter()
     summary = fit(cfg, target, home=home, resume=bool(resume), accept_data_change=accept_data_change,
-                  events=view.event)  # fmt: skip
+                  events=view.event, group=group, sync_bn=sync_bn)  # fmt: skip
     summary["wall_time_s"] = round(time.perf_counter() - start, 1)
     if json:
         _output.print_json(summary)

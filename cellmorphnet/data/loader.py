@@ -20,6 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cellmorphnet.distributed import block
+
 
 @dataclass
 class Batch:
@@ -27,6 +29,7 @@ class Batch:
     images: torch.Tensor  # (B, 3, H, W) float, normalised
     labels: torch.Tensor  # (B,) local labels of that dataset
     target_ids: torch.Tensor  # (B,) row of the run's target table (see Taxonomy / losses)
+    padding: bool = False  # a distributed rank's stand-in for an empty block: its loss is weighted 0
 
 
 class DeviceArrays:
@@ -129,20 +132,31 @@ class BatchLoader:
     def __iter__(self):
         return self.batches(self.plan())
 
-    def batches(self, plan: list[tuple[str, torch.Tensor]]):
-        """Materialise the planned batches in order (augmenting when training)."""
+    def batches(self, plan: list[tuple[str, torch.Tensor]], shard: tuple[int, int] | None = None):
+        """Materialise the planned batches in order (augmenting when training).
+
+        With ``shard = (rank, world_size)`` each batch is cut into ``world_size`` contiguous blocks and only block
+        ``rank`` is materialised, augmented exactly as it would be in the whole batch (``Batch.padding`` marks a
+        block left empty by a batch smaller than the world: it holds the batch's first sample, to be weighted 0).
+        """
         g = torch.Generator().manual_seed(self.seed * 1000 + self.epoch + 500_000)
-        for name, idx in plan:
+        for name, full in plan:
             arr = self.parts[name]
+            rows, padding, idx = None, False, full
+            if shard is not None:
+                start, stop = block(len(full), *shard)
+                padding = stop == start
+                start, stop = (0, 1) if padding else (start, stop)
+                rows, idx = (start, stop, len(full)), full[start:stop]
             idx_dev = idx.to(arr.images.device)
             x = _to_float_nchw(arr.images.index_select(0, idx_dev))
             if self.train and self.augment is not None:
-                x = self.augment(x, self.image_size, g)
+                x = self.augment(x, self.image_size, g) if rows is None else self.augment(x, self.image_size, g, rows)
             else:
                 x = resize_batch(x, self.image_size)
             labels = arr.labels.index_select(0, idx_dev)
             x = normalise(x, self.mean, self.std).contiguous(memory_format=self.memory_format)
-            yield Batch(name, x, labels, labels + self.target_offset[name])
+            yield Batch(name, x, labels, labels + self.target_offset[name], padding)
 
 
 def eval_transform(images_uint8_nhwc: torch.Tensor, image_size: int, mean, std) -> torch.Tensor:

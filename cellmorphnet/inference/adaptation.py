@@ -9,13 +9,13 @@ and its nuclei's optical density; ``settle_contrast`` the set's stain contrast, 
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from cellmorphnet import colour
 from cellmorphnet.cellfinder import Nucleus, crop_side_of, find_nucleus, implied_side
+from cellmorphnet.distributed import SINGLE, Group
 from cellmorphnet.errors import InvalidData
 from cellmorphnet.inference.images import Item, preprocess, read_image, single_view
 from cellmorphnet.record import InferencePolicy
@@ -77,16 +77,14 @@ def _look(path: Item, policy: InferencePolicy, with_colour: bool, with_stain: bo
 
 
 def survey_files(files: list[Item], policy: InferencePolicy, workers: int = 2, colour_match: bool = False,
-                 stain_norm: bool = False) -> Survey:  # fmt: skip
-    """Look at every file once (in a thread pool): find the cells, the set's crop side, colours and nucleus density."""
+                 stain_norm: bool = False, group: Group = SINGLE) -> Survey:  # fmt: skip
+    """Look at every file once (in a thread pool): find the cells, the set's crop side, colours and nucleus density.
+    In a distributed job each rank looks at its block and every rank gets the whole survey."""
     stain_norm = stain_norm and policy.stain is not None
     if not (policy.crop == "cell" and policy.nucleus_fraction) and not colour_match and not stain_norm:
         return Survey({}, None)
-    if workers <= 1 or len(files) == 1:  # the server's requests: no pool to start
-        found = [_look(f, policy, colour_match, stain_norm) for f in files]
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            found = list(pool.map(lambda f: _look(f, policy, colour_match, stain_norm), files))
+    # the server's requests (workers 1): no pool to start
+    found = group.map(lambda f: _look(f, policy, colour_match, stain_norm), files, workers)
     moments = [m for _, _, m, _ in found if m is not None]
     source = colour.from_moments(moments) if colour_match and len(moments) >= MIN_COLOUR_SET else None
     densities = [d for *_, d in found if d is not None]

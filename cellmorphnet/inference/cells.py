@@ -9,11 +9,11 @@ cells), one at a time per worker, and again each time a found cell is read: no p
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
 from cellmorphnet import fields
+from cellmorphnet.distributed import SINGLE, Group
 from cellmorphnet.errors import InvalidData
 from cellmorphnet.inference.images import CellItem, Item, Upload, read_image
 
@@ -73,26 +73,27 @@ def _cells(item: Item, diameter: float) -> list[CellItem]:
     return [CellItem(item, i, c.box, c.edge, diameter) for i, c in enumerate(found, 1)]
 
 
-def find_cells(items: list[Item], mode: str = "auto", workers: int = 2
+def find_cells(items: list[Item], mode: str = "auto", workers: int = 2, group: Group = SINGLE
                ) -> tuple[list[Item], dict[Item, ImageInfo], dict[Item, str]]:  # fmt: skip
     """Every item as it will be classified: crops as they are, each field replaced by its cells (a field with
-    none drops out); per original item, how it was taken; and the fields refused, with the reason."""
+    none drops out); per original item, how it was taken; and the fields refused, with the reason.
+
+    In a distributed job each rank reads its block of the files and every rank gets the whole answer, the
+    set's one scale included (``distributed.Group.map``)."""
     if mode not in CELL_MODES:
         raise InvalidData(f"--cells must be one of {', '.join(CELL_MODES)}, not '{mode}'.")
     if mode == "one":
         return list(items), {i: ImageInfo("crop") for i in items}, {}
-    sizes = {i: _size(i) for i in items}
+    sizes = dict(zip(items, group.map(_size, items, workers), strict=True))
     candidates = [i for i in items if sizes[i] is not None and fields.is_field(sizes[i], mode)]
     refused = {i: (f"too large to search as a field ({sizes[i][0]}x{sizes[i][1]}; the limit is "
                    f"{fields.MAX_FIELD_PIXELS / 1e6:g} megapixels: cut it into tiles)")
                for i in candidates if sizes[i][0] * sizes[i][1] > fields.MAX_FIELD_PIXELS}  # fmt: skip
     candidates = [i for i in candidates if i not in refused]  # refused from the header, never decoded
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        measured = dict(zip(candidates, pool.map(_diameter, candidates), strict=True))
+    measured = dict(zip(candidates, group.map(_diameter, candidates, workers), strict=True))
     diameter = fields.set_diameter(measured.values())
     searched = candidates if diameter is not None else []
-    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        found = dict(zip(searched, pool.map(lambda i: _safe_cells(i, diameter), searched), strict=True))
+    found = dict(zip(searched, group.map(lambda i: _safe_cells(i, diameter), searched, workers), strict=True))
     out: list[Item] = []
     info: dict[Item, ImageInfo] = {}
     for item in items:

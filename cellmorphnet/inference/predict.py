@@ -14,6 +14,8 @@ from typing import Any
 
 import numpy as np
 
+from cellmorphnet.distributed import SINGLE, Group
+from cellmorphnet.errors import ConfigError
 from cellmorphnet.inference.cells import ImageInfo, find_cells, source_of
 from cellmorphnet.inference.images import CellItem, Item, Upload, single_view
 from cellmorphnet.inference.options import InferenceOptions
@@ -139,11 +141,14 @@ def predict_files(
     workers: int = 2,
     on_batch: Callable[[int, int], None] | None = None,
     keep_inputs: bool = False,
+    group: Group = SINGLE,
 ) -> tuple[list[Prediction], dict[Item, np.ndarray]]:
     """Predict every file with a loaded run (``run_model.RunModel``) as ``options`` say; unreadable ones come back
     with ``error`` set. With ``keep_inputs``, also each file's prepared array (at the set's crop side).
 
-    ``on_batch(done, total)`` is called as files are classified.
+    ``on_batch(done, total)`` is called as files are classified. In a distributed job (``group``) every rank
+    classifies its block of the cells with the whole set's survey and every rank gets every prediction, in the
+    order one process gives them (the inputs kept are this rank's block's).
     """
     import torch
 
@@ -160,9 +165,12 @@ def predict_files(
                                            keep=keep)
                                for i in range(0, len(arrays), batch_size)])  # fmt: skip
 
-    items, taken, refused = find_cells(files, options.cells, workers)
+    if options.adapt_bn and group.active:
+        raise ConfigError("--adapt-bn needs every image in one process: run it without torchrun.")
+    items, taken, refused = find_cells(files, options.cells, workers, group)
     _, loaded = prepare_set(items, options, classes, lambda arrays: probs(arrays, False), workers=workers,
-                            window=max(2 * batch_size, 8))  # fmt: skip
+                            window=max(2 * batch_size, 8), group=group)  # fmt: skip
+    start, stop = group.shard(len(items))
     if options.adapt_bn:  # every image is needed before the first prediction: load once, keep, then predict
         loaded = list(loaded)
         arrays = [x.array for x in loaded if x.error is None]
@@ -192,9 +200,13 @@ def predict_files(
                 kept[x.item] = single_view(x.array)
             if len(batch) >= batch_size:
                 flush()
-        if on_batch is not None and (done % batch_size == 0 or done == len(items)):
-            on_batch(done, len(items))
+        if on_batch is not None and (done % batch_size == 0 or done == stop - start):
+            on_batch(done, stop - start)
     flush()
+    if group.active:  # every rank's block, in rank order: the items' order (this rank's own objects kept)
+        parts = group.all_gather(preds)
+        parts[group.rank] = preds
+        preds = [p for part in parts for p in part]
     preds += [Prediction(item, error=why) for item, why in refused.items()]
     preds += [Prediction(i, no_cells=True) for i, info in taken.items() if info.kind == "field" and not info.cells]
     for p in preds:

@@ -12,11 +12,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import NamedTuple
 
 import numpy as np
 
 from cellmorphnet import colour
+from cellmorphnet.distributed import SINGLE, Group
 from cellmorphnet.errors import InvalidData
 from cellmorphnet.inference.adaptation import Survey, contrast_sample, settle_contrast, survey_files
 from cellmorphnet.inference.images import Item, crop_box, crop_sides, preprocess, read_error, read_image
@@ -97,15 +99,25 @@ def load_all(items: list[Item], policy: InferencePolicy, survey: Survey, workers
 
 def prepare_set(items: list[Item], options: InferenceOptions, classes: list[str],
                 one_view: Callable[[list[np.ndarray]], np.ndarray], *, workers: int = 2,
-                window: int = 128) -> tuple[Survey, Iterator[Loaded]]:  # fmt: skip
+                window: int = 128, group: Group = SINGLE) -> tuple[Survey, Iterator[Loaded]]:  # fmt: skip
     """A set of images made ready for the model: the set's survey and, lazily and in order, each item loaded.
 
     ``one_view`` gives the model's class probabilities of arrays (one view each, no averaging over flips):
     the stain contrast asks it what the cells are. ``workers`` decode in parallel, ``window`` images ahead.
+    In a distributed job (``group``) the survey covers the whole set (each rank looks at its block, rank 0
+    settles the contrast and hands it on), so it is the same for any number of processes; the items loaded are
+    this rank's block (``group.shard``).
     """
     policy = options.policy
-    survey = survey_files(items, policy, workers, options.colour_match, options.stain_norm)
+    survey = survey_files(items, policy, workers, options.colour_match, options.stain_norm, group)
     if options.stain_contrast and survey.stain is not None:
-        sample = load_all(contrast_sample(items), policy, survey, workers, window)
-        survey = settle_contrast(survey, policy, [x.array for x in sample if x.error is None], classes, one_view)
-    return survey, load_all(items, policy, survey, workers, window, crop_sides(policy, options.scale_views))
+        first = survey
+
+        def contrast() -> float | None:
+            sample = load_all(contrast_sample(items), policy, first, workers, window)
+            return settle_contrast(first, policy, [x.array for x in sample if x.error is None], classes,
+                                   one_view).contrast  # fmt: skip
+
+        survey = replace(survey, contrast=group.on_main(contrast))
+    start, stop = group.shard(len(items))
+    return survey, load_all(items[start:stop], policy, survey, workers, window, crop_sides(policy, options.scale_views))

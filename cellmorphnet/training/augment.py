@@ -249,5 +249,13 @@ class Augment:
     def __init__(self, cfg: AugmentConfig) -> None:
         self.cfg = cfg
 
-    def __call__(self, x: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:
-        return augment_batch(x, size, augment_params(x.shape[0], self.cfg, generator))
+    def __call__(self, x: torch.Tensor, size: int, generator: torch.Generator,
+                 rows: tuple[int, int, int] | None = None) -> torch.Tensor:  # fmt: skip
+        """``x`` augmented. With ``rows = (start, stop, n)``, ``x`` is rows ``start:stop`` of a batch of ``n``: the
+        parameters of all ``n`` are drawn and those rows' kept, so each sample is augmented as it would be in the
+        whole batch (a rank of a distributed job holds only its block of each batch)."""
+        if rows is None:
+            return augment_batch(x, size, augment_params(x.shape[0], self.cfg, generator))
+        start, stop, n = rows
+        params = {k: v[start:stop] for k, v in augment_params(n, self.cfg, generator).items()}
+        return augment_batch(x, size, params)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -12,6 +13,7 @@ import torch
 from cellmorphnet.config import TrainConfig
 from cellmorphnet.data.loader import BatchLoader
 from cellmorphnet.devices import Precision, autocast, synchronize
+from cellmorphnet.distributed import SINGLE, Group
 from cellmorphnet.losses import coarse_cross_entropy
 from cellmorphnet.prediction import predict_local
 from cellmorphnet.training import schedule
@@ -61,6 +63,8 @@ def train_one_epoch(
     data: TrainData,
     on_batch: Callable[[int, int, float, float, float], None] | None = None,
     ema: WeightAverage | None = None,
+    group: Group = SINGLE,
+    net: torch.nn.Module | None = None,
 ) -> dict[str, float]:
     """One pass over the training batches with gradient accumulation; returns loss, accuracy, images/s.
 
@@ -70,12 +74,19 @@ def train_one_epoch(
     schedule advances only on steps the optimizer really took, and so does the weight average (``ema``).
     With mixup or cutmix a mixed image's loss is ``lam`` of its own label's and the rest of its
     partner's; the reported training accuracy counts the label with the larger share.
+
+    In a distributed job (``group``) every rank plans the same batches and runs its block of each
+    (``BatchLoader.batches(shard=...)``) through ``net``, ``model`` wrapped in DistributedDataParallel,
+    which averages the ranks' gradients at the last batch of each accumulation group. Each rank's loss is
+    divided by the whole group's sample count and multiplied by the world size, so the average is the
+    gradient of the whole batch, as in one process. Loss, accuracy and images/s are summed over the ranks.
     """
-    model.train()
+    net = net if net is not None else model
+    net.train()
     schedule.freeze_norm_stats(model)
     space = data.space
     plan = loader.plan()
-    groups = [plan[i : i + cfg.accum_steps] for i in range(0, len(plan), cfg.accum_steps)]
+    chunks = [plan[i : i + cfg.accum_steps] for i in range(0, len(plan), cfg.accum_steps)]  # one step each
     loss_sum = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     seen, skipped = 0, 0
@@ -85,38 +96,46 @@ def train_one_epoch(
     optimizer.zero_grad(set_to_none=True)
     # Batches are built in this thread on purpose: a prefetching thread competed with the model's
     # own threads for the CPU cores (see docs/benchmarks.md).
-    batches = loader.batches(plan)
+    batches = loader.batches(plan, (group.rank, group.world_size) if group.active else None)
     weights_cpu = data.class_weights.cpu() if data.class_weights is not None else None
+    ranks = float(group.world_size)
     i = 0
-    for group in groups:
+    for chunk in chunks:
         if weights_cpu is None:
-            norm = float(sum(len(idx) for _, idx in group))
+            norm = float(sum(len(idx) for _, idx in chunk))
         else:  # from the CPU copies: no device round trip
             norm = float(sum(weights_cpu[data.train[name].labels_cpu[idx] + space.target_offset[name]].sum()
-                             for name, idx in group))  # fmt: skip
-        for _ in group:
+                             for name, idx in chunk))  # fmt: skip
+        for j in range(len(chunk)):
             batch = next(batches)
-            images, partner, lam = mix_batch(batch.images, cfg.mixup, cfg.cutmix)
-            with autocast(device, precision):
-                logits = model(images)
-            per_sample, weighted = _losses(logits, batch.target_ids, space, cfg, data)
-            counted = batch.target_ids
-            if partner is not None:
-                other_ids = batch.target_ids[partner]
-                other, other_weighted = _losses(logits, other_ids, space, cfg, data)
-                per_sample = lam * per_sample + (1.0 - lam) * other
-                weighted = lam * weighted + (1.0 - lam) * other_weighted
-                counted = batch.target_ids if lam >= 0.5 else other_ids
-            loss = weighted.sum() / norm
-            (scaler.scale(loss) if scaler is not None else loss).backward()
-            with torch.no_grad():
-                loss_sum += per_sample.detach().sum()
-                correct += space.target_table[counted, logits.detach().argmax(1)].sum()
-            seen += len(batch.labels)
+            # DDP averages the ranks' gradients on the chunk's last backward only
+            last = j == len(chunk) - 1 or net is model
+            with contextlib.nullcontext() if last else net.no_sync():
+                images, partner, lam = mix_batch(batch.images, cfg.mixup, cfg.cutmix)
+                with autocast(device, precision):
+                    logits = net(images)
+                per_sample, weighted = _losses(logits, batch.target_ids, space, cfg, data)
+                counted = batch.target_ids
+                if partner is not None:
+                    other_ids = batch.target_ids[partner]
+                    other, other_weighted = _losses(logits, other_ids, space, cfg, data)
+                    per_sample = lam * per_sample + (1.0 - lam) * other
+                    weighted = lam * weighted + (1.0 - lam) * other_weighted
+                    counted = batch.target_ids if lam >= 0.5 else other_ids
+                loss = weighted.sum() / norm
+                if group.active:  # DDP divides the ranks' summed gradients by their number
+                    loss = loss * (0.0 if batch.padding else ranks)
+                (scaler.scale(loss) if scaler is not None else loss).backward()
+            if not batch.padding:
+                with torch.no_grad():
+                    loss_sum += per_sample.detach().sum()
+                    correct += space.target_table[counted, logits.detach().argmax(1)].sum()
+                seen += len(batch.labels)
             i += 1
             if on_batch is not None and (i % LOG_EVERY == 0 or i == len(plan)):
                 elapsed = time.perf_counter() - start
-                on_batch(i, len(plan), loss_sum.item() / seen, correct.item() / seen, seen / max(elapsed, 1e-9))
+                n = max(seen, 1)
+                on_batch(i, len(plan), loss_sum.item() / n, correct.item() / n, ranks * seen / max(elapsed, 1e-9))
         if optimizer_step(optimizer, scaler, params, cfg.grad_clip):
             lr_schedule.step()
             if ema is not None:
@@ -126,10 +145,11 @@ def train_one_epoch(
         optimizer.zero_grad(set_to_none=True)
     synchronize(device)
     elapsed = time.perf_counter() - start
+    loss_total, correct_total, seen_total = group.sum([loss_sum.item(), correct.item(), seen])
     return {
-        "loss": loss_sum.item() / max(seen, 1),
-        "acc": correct.item() / max(seen, 1),
-        "images_per_s": seen / max(elapsed, 1e-9),
+        "loss": loss_total / max(seen_total, 1),
+        "acc": correct_total / max(seen_total, 1),
+        "images_per_s": seen_total / max(elapsed, 1e-9),
         "time": elapsed,
         "skipped_steps": skipped,
     }

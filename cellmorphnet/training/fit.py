@@ -5,6 +5,7 @@ Library code: it reports through the ``events`` callback and returns values; it 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import platform
@@ -16,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cellmorphnet import __version__, checkpoint, runs
+from cellmorphnet import __version__, checkpoint, distributed, runs
 from cellmorphnet._io import atomic_path, write_json
 from cellmorphnet.config import TrainConfig
 from cellmorphnet.data.loader import BatchLoader
@@ -26,7 +27,7 @@ from cellmorphnet.devices import (
     pick_precision,
     resolve_channels_last,
 )
-from cellmorphnet.errors import CheckpointError, RunError
+from cellmorphnet.errors import CheckpointError, ConfigError, RunError
 from cellmorphnet.model import create_model, data_config
 from cellmorphnet.record import REFERENCE_FILE, REFERENCE_IMAGES, RunRecord, policy_for
 from cellmorphnet.training import schedule
@@ -103,8 +104,16 @@ def fit(
     resume: bool = False,
     accept_data_change: bool = False,
     events: Events | None = None,
+    group: distributed.Group = distributed.SINGLE,
+    sync_bn: bool | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) a run in ``run_dir``. Returns a summary with the final state.
+
+    In a distributed job (``group``, see ``distributed``) every rank calls this: each trains on its block of
+    every batch under DistributedDataParallel, rank 0 alone validates (and hands the others the result, so all
+    agree on the best epoch and on early stopping) and writes the run folder. ``sync_bn`` converts batch norm to
+    SyncBatchNorm (default: with CUDA; torch has no CPU implementation of it). A run may be resumed with any
+    number of processes: the global batch, hence every step, is the same.
 
     Ctrl-C or SIGTERM ends the run cleanly with state ``interrupted``: ``last.pt`` holds the last
     finished epoch and ``--resume`` continues from there. Any other error marks the run
@@ -113,22 +122,31 @@ def fit(
     """
     emit = events or (lambda *a, **k: None)
     run_dir = Path(run_dir)
-    with runs.RunLock(run_dir), checkpoint.stop_signals_raise():
-        return _fit_locked(cfg, run_dir, home, resume, accept_data_change, emit)
+    lock = runs.RunLock(run_dir) if group.is_main else contextlib.nullcontext()
+    with lock, checkpoint.stop_signals_raise():
+        return _fit_locked(cfg, run_dir, home, resume, accept_data_change, emit, group, sync_bn)
 
 
 def _fit_locked(
-    cfg: TrainConfig, run_dir: Path, home: Path | None, resume: bool, accept: bool, emit: Events
+    cfg: TrainConfig, run_dir: Path, home: Path | None, resume: bool, accept: bool, emit: Events,
+    group: distributed.Group, sync_bn: bool | None,
 ) -> dict[str, Any]:
     start = _starting_point(cfg, run_dir, home, resume, accept)
     device = pick_device(cfg.device)
+    if group.active and device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())  # distributed.start chose this rank's GPU
+    sync_bn = group.active and (device.type == "cuda" if sync_bn is None else sync_bn)
+    if sync_bn and device.type != "cuda":
+        raise ConfigError("--sync-bn needs CUDA GPUs: torch has no SyncBatchNorm for CPUs.",
+                          hint="Leave it out: each process then normalises over its own block of the batch.")
     precision = pick_precision(device, cfg.amp)
     channels_last = resolve_channels_last(cfg.channels_last, device)
     torch.manual_seed(cfg.seed)
     if start.record is not None:
         sizes = start.record.data_sizes  # never picked again: a resumed run reads what it trained on
     else:
-        sizes = {name: pick_data_size(name, cfg, home) for name in cfg.datasets}
+        # rank 0 alone prepares what is not prepared yet (the others would write the same folder at once)
+        sizes = group.on_main(lambda: {name: pick_data_size(name, cfg, home) for name in cfg.datasets})
     data = load_data(cfg.datasets, sizes, home, device, cfg.class_weights)
     model = create_model(
         cfg.model,
@@ -137,6 +155,8 @@ def _fit_locked(
         weights=Path(cfg.weights) if cfg.weights and start.state is None else None,
         drop_rate=cfg.drop_rate,
     ).to(device)
+    if sync_bn:
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
     norm = data_config(model)
@@ -171,7 +191,7 @@ def _fit_locked(
         done_steps = int(state["scheduler"].get("last_epoch", 0))
         lr_plan = lr_plan.extended(done_steps, total_steps)
         resumed = {"at": runs.now_iso(), "epoch": int(state["epoch"]), "device": str(device), "changed": changed,
-                   "data_changes_accepted": start.data_changes}  # fmt: skip
+                   "data_changes_accepted": start.data_changes, "world_size": group.world_size}  # fmt: skip
         record.resumed = [*saved.resumed, resumed]
     else:
         first = next(iter(data.datasets.values()))
@@ -181,7 +201,7 @@ def _fit_locked(
             classes=list(data.taxonomy.classes), taxonomy=data.taxonomy.to_dict(), mean=norm["mean"],
             std=norm["std"], datasets=data.datasets, steps_per_epoch=steps_per_epoch,
             inference=policy_for(first, image_size, norm["mean"], norm["std"], looks),
-            versions=_versions(), created=runs.now_iso(),
+            versions=_versions(), created=runs.now_iso(), distributed=_job(group, sync_bn),
         )  # fmt: skip
     lr_schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_plan.as_lambda())
     if state is not None:
@@ -201,7 +221,7 @@ def _fit_locked(
         best_f1, best_epoch, bad_epochs = stop["best_f1"], stop["best_epoch"], stop["bad_epochs"]
         saved_history = state.get("history") or {}
         history = {k: list(saved_history.get(k, []))[:start_epoch] for k in HISTORY_KEYS}
-    else:
+    elif group.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         _save_reference_images(run_dir, data)
     ema = None
@@ -209,11 +229,42 @@ def _fit_locked(
         ema = WeightAverage(model, cfg.ema, updates=int(state.get("ema_updates", 0)) if state else 0)
         if state is not None and "trained" in state:
             ema.module.load_state_dict(state["model"])
-    record.save(run_dir)
+    if group.is_main:
+        record.save(run_dir)
     return _epochs(
         cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler, device, precision, data,
-        train_loader, val_loader, history, (start_epoch, best_f1, best_epoch, bad_epochs), resume, emit, ema,
+        train_loader, val_loader, history, (start_epoch, best_f1, best_epoch, bad_epochs), resume, emit, ema, group,
     )  # fmt: skip
+
+
+def _job(group: distributed.Group, sync_bn: bool) -> dict[str, Any] | None:
+    """How a distributed run was launched, for its record (None for one process)."""
+    if not group.active:
+        return None
+    return {"world_size": group.world_size, "backend": group.backend, "sync_batch_norm": bool(sync_bn)}
+
+
+def _wrapped(model: torch.nn.Module, group: distributed.Group, device: torch.device) -> torch.nn.Module:
+    """``model`` under DistributedDataParallel in a distributed job (built again whenever the trainable parameters
+    change: DDP registers them when it is built), else ``model`` itself."""
+    if not group.active:
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+class _NoHeartbeat:
+    """What ranks other than 0 have instead of a heartbeat: rank 0 alone writes the run folder."""
+
+    def start(self) -> _NoHeartbeat:
+        return self
+
+    def update(self, **fields: Any) -> None:
+        pass
+
+    def close(self, state: str, **fields: Any) -> None:
+        pass
 
 
 def _calibrate(run_dir, record, model, val_loader, data, device, precision) -> dict:
@@ -235,25 +286,34 @@ def _calibrate(run_dir, record, model, val_loader, data, device, precision) -> d
 
 
 def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler, device, precision, data,
-            train_loader, val_loader, history, progress, resume, emit, ema=None) -> dict[str, Any]:  # fmt: skip
+            train_loader, val_loader, history, progress, resume, emit, ema=None,
+            group: distributed.Group = distributed.SINGLE) -> dict[str, Any]:  # fmt: skip
     """The epoch loop, with the heartbeat, the log, checkpoints and the final state.
 
     With a weight average (``ema``) the average is what is validated, kept as best and saved as the
-    checkpoints' model; ``last.pt`` also carries the trained weights to resume from."""
+    checkpoints' model; ``last.pt`` also carries the trained weights to resume from. In a distributed job rank 0
+    alone validates, writes and logs; the others take its validation result (``group.on_main``)."""
     start_epoch, best_f1, best_epoch, bad_epochs = progress
     last_path, best_path = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    log = open(run_dir / "train.log", "a", encoding="utf-8")  # noqa: SIM115 - closed below
+    main = group.is_main
+    log = open(run_dir / "train.log", "a", encoding="utf-8") if main else None  # noqa: SIM115 - closed below
 
     def log_line(text: str) -> None:
-        log.write(f"{runs.now_iso()} {text}\n")
-        log.flush()
+        if log is not None:
+            log.write(f"{runs.now_iso()} {text}\n")
+            log.flush()
 
-    heartbeat = runs.Heartbeat(run_dir, epochs_planned=cfg.epochs, epoch=start_epoch, batch=0, batches=0).start()
-    log_line(f"{'resume at epoch ' + str(start_epoch) if resume else 'start'}: device {device}, {precision.name}")
+    job = {"world_size": group.world_size} if group.active else {}
+    heartbeat = (runs.Heartbeat(run_dir, epochs_planned=cfg.epochs, epoch=start_epoch, batch=0, batches=0, **job)
+                 if main else _NoHeartbeat()).start()  # fmt: skip
+    processes = f", {group.world_size} processes ({group.backend})" if group.active else ""
+    log_line(f"{'resume at epoch ' + str(start_epoch) if resume else 'start'}: device {device}, {precision.name}"
+             f"{processes}")  # fmt: skip
     emit("start", run_dir=run_dir, record=record, device=str(device), precision=precision.name,
          start_epoch=start_epoch, epochs=cfg.epochs, resumed=resume)  # fmt: skip
 
     final_state, reason = "finished", None
+    net, net_stage = model, None
     try:
         for epoch in range(start_epoch, cfg.epochs):
             if bad_epochs >= cfg.patience:
@@ -261,6 +321,8 @@ def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler
                 break
             stage = schedule.stage_for_epoch(epoch, cfg.unfreeze_epochs)
             schedule.apply_stage(model, stage)
+            if stage != net_stage:
+                net, net_stage = _wrapped(model, group, device), stage
             train_loader.set_epoch(epoch)
             # Reseed per epoch (dropout and the like): a resumed run then repeats exactly what an
             # uninterrupted one would have done in this epoch.
@@ -274,9 +336,10 @@ def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler
                 emit("batch", epoch=epoch, batch=i, batches=n, loss=loss, acc=acc, images_per_s=ips)
 
             tr = train_one_epoch(
-                model, train_loader, optimizer, lr_schedule, scaler, device, precision, cfg, data, on_batch, ema
-            )
-            va = evaluate(ema.module if ema else model, val_loader, data, device, precision)
+                model, train_loader, optimizer, lr_schedule, scaler, device, precision, cfg, data, on_batch, ema,
+                group, net,
+            )  # fmt: skip
+            va = group.on_main(lambda: evaluate(ema.module if ema else model, val_loader, data, device, precision))
             entry = {
                 "epoch": epoch + 1, "stage": stage, "lr": lr, "train_loss": tr["loss"], "train_acc": tr["acc"],
                 "val_loss": va["loss"], "val_acc": va["acc"], "val_f1": va["f1"],
@@ -299,11 +362,12 @@ def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler
             if ema is not None:
                 ckpt["trained"], ckpt["ema_updates"] = model.state_dict(), ema.updates
             with checkpoint.defer_interrupt():  # a stop here would leave last.pt and history.json apart
-                checkpoint.save(ckpt, last_path)
-                if improved:
-                    # the trained weights under an average are only for resuming, which reads last.pt
-                    checkpoint.save({k: v for k, v in ckpt.items() if k != "trained"}, best_path)
-                write_json(run_dir / runs.HISTORY, history)
+                if main:
+                    checkpoint.save(ckpt, last_path)
+                    if improved:
+                        # the trained weights under an average are only for resuming, which reads last.pt
+                        checkpoint.save({k: v for k, v in ckpt.items() if k != "trained"}, best_path)
+                    write_json(run_dir / runs.HISTORY, history)
             heartbeat.update(epoch=epoch + 1, batch=0, best_val_f1=best_f1, best_epoch=best_epoch)
             skipped = f", {tr['skipped_steps']} steps skipped (fp16 overflow)" if tr["skipped_steps"] else ""
             log_line(
@@ -315,8 +379,9 @@ def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler
         else:
             if bad_epochs >= cfg.patience and len(history["epoch"]) < cfg.epochs:
                 final_state = "early-stopped"
-        if best_path.exists():
-            record.calibration = _calibrate(run_dir, record, model, val_loader, data, device, precision)
+        if best_epoch is not None:
+            record.calibration = group.on_main(
+                lambda: _calibrate(run_dir, record, model, val_loader, data, device, precision))
             c = record.calibration
             log_line(f"calibrated: temperature {c['temperature']:.3f}, validation ECE {c['val_ece_before']:.4f} -> "
                      f"{c['val_ece_after']:.4f}")  # fmt: skip
@@ -325,14 +390,27 @@ def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler
         final_state = "interrupted"
         reason = f"stopped by {e.args[0]}" if isinstance(e, checkpoint.Stopped) else "stopped by SIGINT"
     except BaseException as e:
+        if group.active and distributed.is_job_failure(e):  # another rank is gone: stop, resumable
+            done = len(history["epoch"])
+            heartbeat.close("interrupted", error="another process of the job stopped",
+                            best_val_f1=best_f1 if best_epoch else None, best_epoch=best_epoch)  # fmt: skip
+            log_line(f"interrupted: another process of the job stopped; {done} epochs done")
+            if log is not None:
+                log.close()
+            raise distributed.JobBroken(
+                f"{distributed.broken_message()} {done} of {cfg.epochs} epochs are in {last_path}.",
+                hint=f"Resume with any number of processes, one included: cellmorphnet train --resume {run_dir}",
+            ) from None
         heartbeat.close("crashed", error=f"{type(e).__name__}: {e}")
         log_line(f"crashed: {type(e).__name__}: {e}")
-        log.close()
+        if log is not None:
+            log.close()
         raise
     heartbeat.close(final_state, best_val_f1=best_f1 if best_epoch else None, best_epoch=best_epoch,
                     **({"error": reason} if reason else {}))  # fmt: skip
     log_line(f"{final_state}{f' ({reason})' if reason else ''}; best val F1 {best_f1:.4f} at epoch {best_epoch}")
-    log.close()
+    if log is not None:
+        log.close()
     summary = {
         "run_dir": str(run_dir),
         "state": final_state,
@@ -344,6 +422,7 @@ def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler
         "device": str(device),
         "precision": precision.name,
         "calibration": record.calibration,
+        "world_size": group.world_size,
     }
     emit("end", summary=summary)
     return summary
