@@ -72,6 +72,7 @@ class LabCells:
     files: list[str]
     skipped: list[tuple[str, str]]  # (file, why)
     folder_classes: dict[str, str]  # folder name -> class
+    lab_set: dict[str, Any]  # the set-level values these cells were prepared with (inference.prepare), for infer
 
 
 def lab_cells(rm, folder: Path, workers: int = 2) -> LabCells:
@@ -96,6 +97,8 @@ def lab_cells(rm, folder: Path, workers: int = 2) -> LabCells:
     if not items:
         raise InvalidData(f"{folder} has no images in its class sub-folders.")
     options = dataclasses.replace(inference_options(rm.record), cells="one", tta=False, scale_views=False)
+    # this lab's own set-level values (an adapted parent's are another lab's)
+    options = dataclasses.replace(options, policy=dataclasses.replace(options.policy, lab_set=None))
     device = torch.device(rm.device)
 
     def one_view(arrays: list[np.ndarray]) -> np.ndarray:
@@ -104,7 +107,7 @@ def lab_cells(rm, folder: Path, workers: int = 2) -> LabCells:
 
     files = [p for p, _ in items]
     label_of = {p: classes.index(mapping[folder_names[i]]) for p, i in items}
-    _, loaded = prepare_set(files, options, parent, one_view, workers=workers)
+    survey, loaded = prepare_set(files, options, parent, one_view, workers=workers)
     arrays, labels, kept, skipped = [], [], [], []
     for x in loaded:
         if x.error is not None:
@@ -115,7 +118,9 @@ def lab_cells(rm, folder: Path, workers: int = 2) -> LabCells:
         kept.append(str(x.item))
     if not arrays:
         raise InvalidData(f"None of the images in {folder} could be read.")
-    return LabCells(np.stack(arrays), np.array(labels), classes, list(dict.fromkeys(new)), kept, skipped, mapping)
+    lab_set = {"side": survey.side, "stain": survey.stain, "contrast": survey.contrast, "cells": len(arrays)}
+    return LabCells(np.stack(arrays), np.array(labels), classes, list(dict.fromkeys(new)), kept, skipped, mapping,
+                    lab_set)  # fmt: skip
 
 
 def split_held_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -374,7 +379,9 @@ def _write_run(run_dir, rm, parent_dir, parent_sha, lab: LabCells, model, temper
     adaptation = {"cells": int(len(lab.labels)), "new_classes": lab.new_classes, "held_out": held,
                   "replay": None if replay is None else {"datasets": replay[4], "images": int(len(replay[1]))},
                   "steps": settings.steps, "seconds": round(seconds, 1), "skipped": lab.skipped[:20]}  # fmt: skip
+    inference = dataclasses.replace(rec.inference, lab_set=_plain(lab.lab_set))
     record = dataclasses.replace(rec, config=cfg, classes=list(lab.classes), taxonomy=taxonomy.to_dict(),
+                                 inference=inference,
                                  datasets=datasets, calibration=calibration, created=runs.now_iso(), resumed=[],
                                  parent=parent, adaptation=adaptation)  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -405,3 +412,14 @@ def _fingerprint(files: list[str]) -> str:
         st = p.stat()
         h.update(f"{p.name}|{st.st_size}|{st.st_mtime_ns}\n".encode())
     return f"files:{h.hexdigest()}"
+
+
+def _plain(lab_set: dict[str, Any]) -> dict[str, Any]:
+    """The lab's set-level values as JSON takes them (exactly: infer repeats what the cells were prepared with)."""
+
+    def plain(v):
+        if v is None or isinstance(v, int | str):
+            return v
+        return [float(x) for x in v] if isinstance(v, list | tuple | np.ndarray) else float(v)
+
+    return {k: plain(v) for k, v in lab_set.items()}

@@ -63,6 +63,9 @@ class InferencePolicy:
     nucleus_fraction: float | None = None  # median nucleus side / crop side of the training images
     colour: dict[str, list[float]] | None = None  # training images' CIELAB mean and std ("mean", "std")
     stain: StainReference | None = None  # the training images' stain (stain normalisation and contrast)
+    # an adapted run (train --init): the set-level values of the lab's cells it trained on ("side", "stain",
+    # "contrast"), used for every set in place of the set's own (inference.prepare.prepare_set)
+    lab_set: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,6 +85,7 @@ class InferencePolicy:
             nucleus_fraction=None if d.get("nucleus_fraction") is None else float(d["nucleus_fraction"]),
             colour=d.get("colour"),
             stain=StainReference.from_dict(d["stain"]) if d.get("stain") else None,
+            lab_set=d.get("lab_set"),
         )
 
     def with_crop(self, crop: str) -> InferencePolicy:

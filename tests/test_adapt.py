@@ -4,6 +4,7 @@ named in the record and by status, the run usable by infer), and its one-line er
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import shutil
 
@@ -38,13 +39,19 @@ def test_init_adapts_the_shipped_model_to_a_lab_folder(cli, lab, tmp_path):
     assert record.classes[8:] == ["Smudge"]  # a new class, added at the end of the head
     assert record.parent["name"] == "bloodmnist" and len(record.parent["checkpoint_sha256"]) == 64
     assert record.adaptation["cells"] == 24 and record.adaptation["held_out"]["cells"] == 4
-    assert record.config.init and record.inference == RunRecord.load(runs.packaged_runs()["bloodmnist"]).inference
+    parent = RunRecord.load(runs.packaged_runs()["bloodmnist"]).inference
+    assert record.config.init and dataclasses.replace(record.inference, lab_set=None) == parent
+    lab_set = record.inference.lab_set  # the lab's set-level values, infer's for every set of this run
+    assert lab_set["cells"] == 24 and lab_set["side"] > 0 and len(lab_set["stain"]) == 3
     status = cli("status", "ours")
     assert status.exit_code == 0 and "adapted from" in status.stdout and "bloodmnist" in status.stdout
     out = tmp_path / "p.csv"
     assert cli("infer", "ours", lab / "Smudge", "--out", out).exit_code == 0
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 6 and all(r["status"] == "ok" for r in rows)
+    # six images are too few for a set's own stain survey: the lab's is applied all the same
+    assert all(r["colour_step"] == "stain-norm" for r in rows)
+    assert {r["stain_contrast"] for r in rows} == {"" if lab_set["contrast"] is None else f"{lab_set['contrast']:.3f}"}
     assert cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--name", "ours").exit_code == 1
 
 

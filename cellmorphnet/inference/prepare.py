@@ -110,7 +110,9 @@ def prepare_set(items: list[Item], options: InferenceOptions, classes: list[str]
     """
     policy = options.policy
     survey = survey_files(items, policy, workers, options.colour_match, options.stain_norm, group)
-    if options.stain_contrast and survey.stain is not None:
+    if policy.lab_set is not None:
+        survey = _lab_set(survey, options)
+    elif options.stain_contrast and survey.stain is not None:
         first = survey
 
         def contrast() -> float | None:
@@ -121,3 +123,20 @@ def prepare_set(items: list[Item], options: InferenceOptions, classes: list[str]
         survey = replace(survey, contrast=group.on_main(contrast))
     start, stop = group.shard(len(items))
     return survey, load_all(items[start:stop], policy, survey, workers, window, crop_sides(policy, options.scale_views))
+
+
+def _lab_set(survey: Survey, options: InferenceOptions) -> Survey:
+    """An adapted run's set-level values: those of the lab's cells it trained on, for every set.
+
+    The survey of a set depends on what the set holds (a slide of neutrophils has denser nuclei and another
+    crop side than the reviewed cells, a few of each type), so each set's own values would show the adapted
+    model its lab's cells otherwise than it learned them; the lab's values keep them as they were (measured:
+    docs/benchmarks.md, "Adapting to a lab"). Each image's cell is still found in it; the switches of ``infer``
+    (``--no-stain-norm``, ``--no-stain-contrast``) still turn the steps off, and a set too small for its own
+    survey gets the lab's.
+    """
+    lab = options.policy.lab_set or {}
+    stain = lab.get("stain") if options.stain_norm and options.policy.stain is not None else None
+    contrast = lab.get("contrast") if stain is not None and options.stain_contrast else None
+    side = lab.get("side", survey.side) if survey.side is not None else None
+    return replace(survey, side=side, stain=stain, contrast=contrast)
