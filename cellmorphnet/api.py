@@ -23,14 +23,17 @@ from cellmorphnet.run_model import RunModel
 def train(datasets: list[str], *, name: str | None = None, home: Path | None = None, **settings: Any) -> dict:
     """Train a run on ``datasets`` (registry names or ``folder:PATH``); ``settings`` are ``TrainConfig`` fields.
 
-    Returns the summary ``cellmorphnet train --json`` prints (``run_dir``, ``state``, ``best_val_f1``...).
+    Returns the summary ``cellmorphnet train --json`` prints (``run_dir``, ``state``, ``best_val_f1``...). Under
+    torchrun every process calls it and they train one run together (docs/distributed.md).
     """
-    from cellmorphnet import runs
+    from cellmorphnet import distributed, runs
     from cellmorphnet.config import resolve
     from cellmorphnet.training.fit import fit
 
     cfg, _ = resolve({}, {"datasets": list(datasets), **settings})
-    return fit(cfg, runs.new_run_dir(home, name, cfg.datasets), home=home)
+    group = distributed.start(cfg.device)
+    target = group.on_main(lambda: runs.new_run_dir(home, name, cfg.datasets))
+    return fit(cfg, target, home=home, group=group)
 
 
 def load_run(
@@ -65,14 +68,17 @@ def predict(
     its flags (``None``: the same defaults). One prediction per cell: a crop's, each white cell found in a
     field (``p.cell``: its index, box and edge flag; ``p.image``: how the image was taken), or one with
     ``no_cells`` for a field without any. Unreadable files come back with ``error`` set and missing paths with
-    ``error='does not exist'``."""
+    ``error='does not exist'``. Under torchrun each process classifies its block of the files and every process gets
+    every prediction, as one process gives them."""
+    from cellmorphnet import distributed
     from cellmorphnet.inference import collect_files, inference_options, predict_files
 
-    rm = run if isinstance(run, RunModel) else load_run(run, home=home)
-    files, missing = collect_files([Path(p) for p in paths])
+    group = distributed.start(str(run.device).split(":")[0] if isinstance(run, RunModel) else "auto")
+    rm = run if isinstance(run, RunModel) else load_run(run, home=home, device=distributed.local_device(group, "auto"))
+    files, missing = group.on_main(lambda: collect_files([Path(p) for p in paths]))
     options = inference_options(rm.record, crop, crop_fraction, colour_match, adapt_bn, classes, tta, stain_norm,
                                 scale_views, stain_contrast, cells)  # fmt: skip
-    preds, _ = predict_files(rm, files, options, batch_size=batch_size, top_k=top_k)
+    preds, _ = predict_files(rm, files, options, batch_size=batch_size, top_k=top_k, group=group)
     return preds + [Prediction(p, error=reason) for p, reason in missing]
 
 
