@@ -8,7 +8,9 @@ configuration trains ``--epochs`` epochs of 16 steps (batch 32) from ImageNet we
 block unfrozen, then reports the precision the tool chose, images/s (median over the epochs after
 the first), skipped fp16 steps, validation F1, and the wall time. The last configuration's run is
 evaluated and used for infer (PNG files written from the test arrays) and ONNX export with
-``--benchmark`` on the device. A configuration that the tool refuses (``--amp bf16`` on a GPU
+``--benchmark`` on the device. On a node with several GPUs, torchrun's scaling over them follows
+(``benchmarks.distributed --device cuda``: training and inference images/s with 1, 2, 4... processes).
+A configuration that the tool refuses (``--amp bf16`` on a GPU
 without native bf16) is reported as refused, which is the expected behaviour there.
 """
 
@@ -101,6 +103,17 @@ def main() -> None:
             result["onnx"] = {"verification": export.verify_onnx(rm, path, images),
                               "benchmark": export.benchmark_onnx(rm, path, str(device))}  # fmt: skip
         result["torch_cuda"] = torch.version.cuda
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    if gpus > 1:  # torchrun's scaling over this node's GPUs (docs/distributed.md)
+        import subprocess
+
+        counts = ",".join(str(n) for n in (1, 2, 4, 8, 16) if n <= gpus)
+        cmd = [sys.executable, "-m", "benchmarks.distributed", "--device", "cuda", "--nprocs", counts,
+               "--image-size", str(args.image_size), "--json"]  # fmt: skip
+        r = subprocess.run(cmd, capture_output=True, text=True)
+        result["torchrun_scaling"] = json.loads(r.stdout)["rows"] if r.returncode == 0 else {"error": r.stderr[-2000:]}
+    else:
+        result["torchrun_scaling"] = f"not measured: {gpus} GPU(s) here; torchrun scaling needs two or more"
     emit(result, args.json)
 
 

@@ -52,6 +52,8 @@ def test_init_adapts_the_shipped_model_to_a_lab_folder(cli, lab, tmp_path):
     # six images are too few for a set's own stain survey: the lab's is applied all the same
     assert all(r["colour_step"] == "stain-norm" for r in rows)
     assert {r["stain_contrast"] for r in rows} == {"" if lab_set["contrast"] is None else f"{lab_set['contrast']:.3f}"}
+    assert cli("infer", "ours", lab / "Smudge", "--no-stain-norm", "--out", out).exit_code == 0
+    assert {r["colour_step"] for r in csv.DictReader(out.open())} == {""}  # the switch still turns it off
     assert cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--name", "ours").exit_code == 1
 
 

@@ -355,12 +355,13 @@ def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler
                 best_f1, best_epoch, bad_epochs = va["f1"], epoch + 1, 0
             else:
                 bad_epochs += 1
-            ckpt = checkpoint.make(
-                ema.module if ema else model, optimizer, lr_schedule, scaler, epoch + 1, record, lr_plan,
-                {"best_f1": best_f1, "best_epoch": best_epoch, "bad_epochs": bad_epochs}, history,
-            )  # fmt: skip
-            if ema is not None:
-                ckpt["trained"], ckpt["ema_updates"] = model.state_dict(), ema.updates
+            if main:  # rank 0 alone writes the run folder
+                ckpt = checkpoint.make(
+                    ema.module if ema else model, optimizer, lr_schedule, scaler, epoch + 1, record, lr_plan,
+                    {"best_f1": best_f1, "best_epoch": best_epoch, "bad_epochs": bad_epochs}, history,
+                )  # fmt: skip
+                if ema is not None:
+                    ckpt["trained"], ckpt["ema_updates"] = model.state_dict(), ema.updates
             with checkpoint.defer_interrupt():  # a stop here would leave last.pt and history.json apart
                 if main:
                     checkpoint.save(ckpt, last_path)
