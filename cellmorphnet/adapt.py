@@ -3,8 +3,9 @@ folder:DIR``), so the model learns that lab's stain, camera and magnification.
 
 - **The same preprocessing as infer.** The lab's images are framed, stain-normalised and stain-contrasted by
   the parent's own inference pipeline (``inference.prepare_set``: its framing and stain references, the lab's
-  cells as one set), so what the adapted model trains on is exactly what ``infer`` will show it of that lab's
-  other images. The adapted run keeps the parent's inference policy.
+  cells as one set), and the run records those set-level values (``InferencePolicy.lab_set``: crop side,
+  nucleus density, stain contrast), which ``infer`` then uses for every set, so what the adapted model trains
+  on is exactly what it is shown of that lab's other images. The rest of the parent's inference policy is kept.
 - **Classes by name.** Folder names are matched to the parent's classes (``data.taxonomy.canonical``); a lab's
   own class (``smudge``, ``blast``) is added to the head, its row started from the mean of the others.
 - **Replay.** Where the parent's training data is prepared here (checked against its record), every batch is
