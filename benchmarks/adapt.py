@@ -81,6 +81,7 @@ def main() -> None:
     ap.add_argument("--draws", type=int, default=3)
     ap.add_argument("--no-replay", action="store_true")
     ap.add_argument("--steps", type=int, default=None)
+    ap.add_argument("--distill", type=float, default=None, help="with --no-replay: the weight of the parent's answers")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -98,6 +99,8 @@ def main() -> None:
     settings = AdaptSettings(replay=False if args.no_replay else None)
     if args.steps:
         settings = dataclasses.replace(settings, steps=args.steps)
+    if args.distill is not None:
+        settings = dataclasses.replace(settings, distill=args.distill)
     result["settings"] = dataclasses.asdict(settings)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
