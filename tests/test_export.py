@@ -45,6 +45,7 @@ def test_export_option_errors(cli, trained):
     assert_one_line_error(cli("export", "x", "--format", "onnx", "--quantize", "int8"), "CoreML only")
 
 
+@pytest.mark.slow  # 6-9 s: keeps the fast tier under its 3 minutes
 def test_coreml_package_spec(cli, trained, tmp_path):
     r = cli("export", "x", "--format", "coreml", "--all", "--out", tmp_path / "cm", "--json")
     assert r.exit_code == 0, r

@@ -417,6 +417,7 @@ def _policy_with(stain):
     return InferencePolicy("sample", 200, 1.0, [64], "bicubic", 64, [0.5] * 3, [0.5] * 3, stain=stain)
 
 
+@pytest.mark.slow  # 6-9 s: keeps the fast tier under its 3 minutes
 def test_stain_contrast_is_on_with_the_stain_normalisation_and_reported(cli, run, tmp_path):
     policy = json.loads((run / "config.json").read_text())["inference"]
     assert policy["stain"]["contrast"] and all(0 < r < 1 for r in policy["stain"]["contrast"].values())

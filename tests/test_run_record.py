@@ -151,6 +151,7 @@ def test_atomic_writes_get_ordinary_permissions_and_keep_existing_ones(tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 
+@pytest.mark.slow  # 6-9 s: keeps the fast tier under its 3 minutes
 def test_upgrade_adds_the_stain_reference_to_an_older_run_from_its_own_data(cli, home):
     from cellmorphnet import checkpoint
 

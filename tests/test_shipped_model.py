@@ -105,6 +105,7 @@ def test_a_run_of_your_own_with_the_same_name_comes_first(cli, home):
     assert runs.resolve_run(runs.PACKAGED, home / "elsewhere") == runs.packaged_runs()[runs.PACKAGED]
 
 
+@pytest.mark.slow  # 6-9 s: keeps the fast tier under its 3 minutes
 def test_eval_of_the_shipped_model_refuses_a_bloodmnist_file_other_than_its_training_data(cli, home, tmp_path):
     """The official BloodMNIST file is another file than the PBC rebuild the model was trained on (and its test
     split shares images with this model's training split): eval refuses it and names the difference."""
