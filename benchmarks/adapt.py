@@ -52,8 +52,14 @@ def _score(rm, folder: Path) -> dict:
     out = {}
     for label, classes in (("plain", None), ("five_types", FIVE)):
         r = evaluate_folder(rm, folder, inference_options(rm.record, classes=classes))
-        out[label] = {"balanced_accuracy": r["balanced_accuracy_min5"], "accuracy": r["metrics"]["accuracy"],
-                      "images": r["predicted"]}  # fmt: skip
+        m = r["metrics"]
+        # where the errors are: with a dozen cells of a type left, one cell is 2 points of balanced accuracy
+        confused = {f"{m['classes'][t]}->{m['classes'][p]}": n for t, row in enumerate(m["confusion_matrix"])
+                    for p, n in enumerate(row) if n and t != p}  # fmt: skip
+        out[label] = {"balanced_accuracy": r["balanced_accuracy_min5"], "accuracy": m["accuracy"],
+                      "images": r["predicted"],
+                      "recall": {c: round(m["per_class"][c]["recall"], 4) for c in r["per_class_images"]},
+                      "confused": confused}  # fmt: skip
     return out
 
 
