@@ -11,9 +11,9 @@ folder:DIR``), so the model learns that lab's stain, camera and magnification.
 - **Replay.** Where the parent's training data is prepared here (checked against its record), every batch is
   half the lab's cells and half the parent's training images, class-balanced, so what the parent knew holds.
   Without it (``replay`` off, or not prepared), the lab's cells alone, with the backbone's lower half frozen and
-  the parent's own answers on them kept as a second target (``distill``, learning without forgetting): on the
-  other lab's cells 0.906 there and PBC's test accuracy 0.850, against 0.608 without that term
-  (``python -m benchmarks.adapt --no-replay``; docs/benchmarks.md).
+  the parent's own answers on them kept as a second target (``distill``, learning without forgetting): at ten
+  cells per type, 0.906 on the other lab's remaining cells and PBC's test accuracy 0.850, against 0.608 without
+  that term (``python -m benchmarks.adapt --no-replay``; docs/benchmarks.md).
 - **Calibration on held-out reviewed cells.** A fifth of each class (one at least, from four cells on) is kept
   out of training and the temperature is fitted on it (with the parent's validation images where replayed),
   within a factor of 2 of the parent's (a handful of held-out cells, all right, would make every answer
