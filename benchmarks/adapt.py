@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--no-replay", action="store_true")
     ap.add_argument("--steps", type=int, default=None)
     ap.add_argument("--distill", type=float, default=None, help="with --no-replay: the weight of the parent's answers")
+    ap.add_argument("--freeze-lower", action=argparse.BooleanOptionalAction, default=None,
+                    help="keep the backbone's lower half as the parent had it (default: only without replay)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -107,6 +109,8 @@ def main() -> None:
         settings = dataclasses.replace(settings, steps=args.steps)
     if args.distill is not None:
         settings = dataclasses.replace(settings, distill=args.distill)
+    if args.freeze_lower is not None:
+        settings = dataclasses.replace(settings, freeze_lower=args.freeze_lower)
     result["settings"] = dataclasses.asdict(settings)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"

@@ -66,6 +66,9 @@ class AdaptSettings:
     # without replay: the parent's answers on the lab's cells kept as a second target (learning without forgetting,
     # Li & Hoiem 2016), weighted so, at DISTILL_TEMPERATURE; 0 = off
     distill: float = 0.3
+    # the backbone's lower half kept as the parent had it (its stem and first blocks, and their batch-norm
+    # statistics); None: only without replay
+    freeze_lower: bool | None = None
 
 
 @dataclass
@@ -131,12 +134,13 @@ def lab_cells(rm, folder: Path, workers: int = 2) -> LabCells:
 
 
 def split_held_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices to train on and to hold out: ``fraction`` of each class (one at least, from four cells on)."""
+    """Indices to train on and to hold out: ``fraction`` of each class (one at least, from four cells on; none at
+    ``fraction`` 0)."""
     rng = np.random.default_rng(seed)
     train, held = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))
-        k = max(1, round(fraction * len(idx))) if len(idx) >= 4 else 0
+        k = max(1, round(fraction * len(idx))) if len(idx) >= 4 and fraction > 0 else 0
         held += list(idx[:k])
         train += list(idx[k:])
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(held), dtype=np.int64)
@@ -244,8 +248,8 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
     mean, std = torch.tensor(rec.mean, device=dev), torch.tensor(rec.std, device=dev)
     from cellmorphnet.training import schedule
 
-    if replay is None:  # the fallback: the lab's cells alone, the lower half of the backbone kept as it was
-        schedule.apply_stage(model, "top")
+    if settings.freeze_lower or (settings.freeze_lower is None and replay is None):
+        schedule.apply_stage(model, "top")  # the lower half of the backbone kept as it was
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim > 1]
     no_decay = [p for p in params if p.ndim <= 1]
@@ -327,7 +331,7 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
                        _resized(torch.from_numpy(replay[2]), lab.arrays.shape[1]).numpy())  # fmt: skip
         calib_y.append(replay[3])
     cx, cy = np.concatenate(calib_x), np.concatenate(calib_y)
-    temperature, held = 1.0, {}
+    temperature, held = rec.temperature, {}  # nothing to fit it on (no replay, no class of 4 cells): the parent's
     if len(cy):
         logits = logits_of(cx)
         table = torch.eye(len(lab.classes))
@@ -388,8 +392,10 @@ def _write_run(run_dir, rm, parent_dir, parent_sha, lab: LabCells, model, temper
     cfg = dataclasses.replace(rec.config, datasets=list(datasets), epochs=1, init=str(parent_dir))
     parent = {"name": Path(parent_dir).name, "path": str(parent_dir), "checkpoint_sha256": parent_sha,
               "epoch": rm.epoch}  # fmt: skip
-    calibration = {"temperature": round(float(temperature), 4), "fitted_on": "held-out reviewed cells" +
-                   (" and the parent's validation images" if replay is not None else "")}  # fmt: skip
+    fitted_on = [w for w, used in (("held-out reviewed cells", held),
+                                   ("the parent's validation images", replay is not None)) if used]
+    calibration = {"temperature": round(float(temperature), 4),
+                   "fitted_on": " and ".join(fitted_on) or "nothing (the parent's temperature)"}
     adaptation = {"cells": int(len(lab.labels)), "new_classes": lab.new_classes, "held_out": held,
                   "replay": None if replay is None else {"datasets": replay[4], "images": int(len(replay[1]))},
                   "steps": settings.steps, "seconds": round(seconds, 1), "skipped": lab.skipped[:20],

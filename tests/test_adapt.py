@@ -8,6 +8,7 @@ import dataclasses
 import json
 import shutil
 
+import numpy as np
 import pytest
 from conftest import PBC_64, PBC_TEST_IMAGES, assert_one_line_error
 
@@ -80,3 +81,31 @@ def test_init_replays_the_parents_training_data_where_it_is_prepared(cli, lab):
     assert summary["adaptation"]["replay"]["datasets"] == ["bloodmnist"]
     assert summary["adaptation"]["replay"]["images"] >= 8 * 100
     assert "parent's validation images" in summary["calibration"]["fitted_on"]
+
+
+def test_held_out_cells_are_a_fraction_of_each_class_from_four_cells_on():
+    from cellmorphnet.adapt import split_held_out
+
+    labels = np.array([0] * 10 + [1] * 3 + [2] * 5)
+    train, held = split_held_out(labels, 0.2, seed=1)
+    assert sorted(np.bincount(labels[held], minlength=3)) == [0, 1, 2]  # 2 of 10, none of 3, 1 of 5
+    assert sorted(np.concatenate([train, held]).tolist()) == list(range(len(labels)))
+    train, held = split_held_out(labels, 0.0, seed=1)
+    assert len(held) == 0 and len(train) == len(labels)  # 0: every cell trains
+
+
+@pytest.mark.slow  # 8 s
+def test_too_few_cells_to_hold_out_keep_the_parents_temperature(cli, lab, tmp_path):
+    few = tmp_path / "few"
+    for folder in ("Neutrophils", "lymphocyte"):
+        (few / folder).mkdir(parents=True)
+        for p in sorted((lab / folder).iterdir())[:3]:
+            shutil.copy(p, few / folder / p.name)
+    r = cli("train", "--init", "bloodmnist", "--datasets", f"folder:{few}", "--steps", "2", "--no-replay",
+            "--name", "few", "--json")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    summary = json.loads(r.stdout)
+    assert summary["adaptation"]["held_out"] == {}
+    parent = RunRecord.load(runs.packaged_runs()["bloodmnist"])
+    assert summary["calibration"]["temperature"] == round(parent.temperature, 4)
+    assert "parent's temperature" in summary["calibration"]["fitted_on"]
