@@ -17,8 +17,8 @@ folder:DIR``), so the model learns that lab's stain, camera and magnification.
 - **Calibration on held-out reviewed cells.** A fifth of each class (one at least, from four cells on) is kept
   out of training and the temperature is fitted on it (with the parent's validation images where replayed),
   within a factor of 2 of the parent's (a handful of held-out cells, all right, would make every answer
-  certain). Then the held-out cells join the rest for a third as many steps again, at a tenth of the
-  learning rate.
+  certain); with nothing to fit it on, the parent's. Then the held-out cells join the rest for a third as
+  many steps again, at a tenth of the learning rate.
 - **A run like any other.** The result is a run folder (record, checkpoints, history, calibration) that infer,
   serve, export and status read; its record names its parent (name and checkpoint digest).
 
