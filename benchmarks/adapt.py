@@ -32,12 +32,12 @@ PBC_64 = SHARED / "bloodmnist-pbc" / "bloodmnist_pbc_64.npz"
 FIVE = "basophil,eosinophil,lymphocyte,monocyte,neutrophil"
 
 
-def _draw(files: dict[str, list[Path]], k: int, seed: int) -> dict[str, list[Path]]:
+def draw_picks(files: dict[str, list[Path]], k: int, seed: int) -> dict[str, list[Path]]:
     rng = np.random.default_rng(seed)
     return {c: [fs[i] for i in sorted(rng.permutation(len(fs))[: min(k, len(fs))])] for c, fs in files.items()}
 
 
-def _link_folder(root: Path, files: dict[str, list[Path]]) -> Path:
+def link_folder(root: Path, files: dict[str, list[Path]]) -> Path:
     for c, fs in files.items():
         (root / c).mkdir(parents=True, exist_ok=True)
         for f in fs:
@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--distill", type=float, default=None, help="with --no-replay: the weight of the parent's answers")
     ap.add_argument("--freeze-lower", action=argparse.BooleanOptionalAction, default=None,
                     help="keep the backbone's lower half as the parent had it (default: only without replay)")
+    ap.add_argument("--hold-out", type=float, default=None,
+                    help="of each type's reviewed cells, held out for the calibration (0: none)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -111,6 +113,8 @@ def main() -> None:
         settings = dataclasses.replace(settings, distill=args.distill)
     if args.freeze_lower is not None:
         settings = dataclasses.replace(settings, freeze_lower=args.freeze_lower)
+    if args.hold_out is not None:
+        settings = dataclasses.replace(settings, hold_out=args.hold_out)
     result["settings"] = dataclasses.asdict(settings)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
@@ -127,16 +131,16 @@ def main() -> None:
         for k in [int(v) for v in args.ks.split(",")]:
             for draw in range(args.draws if k else 1):
                 seed = 1000 * k + draw
-                picked = _draw(files, k, seed) if k else {c: [] for c in files}
+                picked = draw_picks(files, k, seed) if k else {c: [] for c in files}
                 rest = {c: [f for f in fs if f not in picked[c]] for c, fs in files.items()}
                 work = Path(tmp) / f"k{k}-{draw}"
-                rest_dir = _link_folder(work / "rest", rest)
+                rest_dir = link_folder(work / "rest", rest)
                 names = {c: [f.name for f in fs] for c, fs in picked.items()}
                 row = {"k": k, "draw": draw, "seed": seed, "picked": names}
                 if k == 0:
                     rm, seconds, summary = parent, 0.0, None
                 else:
-                    lab = _link_folder(work / "lab", {c: fs for c, fs in picked.items() if fs})
+                    lab = link_folder(work / "lab", {c: fs for c, fs in picked.items() if fs})
                     t = time.perf_counter()
                     summary = adapt(parent_dir, lab, work / "run", home=home, settings=settings, device="cpu")
                     seconds = time.perf_counter() - t
