@@ -32,6 +32,11 @@ PBC_64 = SHARED / "bloodmnist-pbc" / "bloodmnist_pbc_64.npz"
 FIVE = "basophil,eosinophil,lymphocyte,monocyte,neutrophil"
 
 
+def external_files() -> dict[str, list[Path]]:
+    """The other lab's cells by type folder."""
+    return {c.name: sorted(p for p in c.iterdir() if p.is_file()) for c in sorted(EXTERNAL.iterdir()) if c.is_dir()}
+
+
 def draw_picks(files: dict[str, list[Path]], k: int, seed: int) -> dict[str, list[Path]]:
     rng = np.random.default_rng(seed)
     return {c: [fs[i] for i in sorted(rng.permutation(len(fs))[: min(k, len(fs))])] for c, fs in files.items()}
@@ -43,6 +48,20 @@ def link_folder(root: Path, files: dict[str, list[Path]]) -> Path:
         for f in fs:
             (root / c / f.name).symlink_to(f)
     return root
+
+
+def prepare_parent_data(home: Path) -> None:
+    """The shipped model's training data (PBC at 64 px, from ../shared/data) prepared in ``home`` as it trained on
+    it, so ``train --init`` replays it."""
+    from typer.testing import CliRunner
+
+    from cellmorphnet.cli.app import app
+
+    for cmd in (["fetch", "bloodmnist", "--from", str(PBC_64), "--allow-unverified"],
+                ["prepare", "bloodmnist", "--size", "64"]):
+        r = CliRunner().invoke(app, ["--home", str(home), *cmd])
+        if r.exit_code != 0:
+            raise SystemExit(f"{' '.join(cmd)} failed: {r.output}")
 
 
 def _score(rm, folder: Path) -> dict:
@@ -97,14 +116,11 @@ def main() -> None:
 
     import dataclasses
 
-    from typer.testing import CliRunner
-
     from cellmorphnet import api, runs
     from cellmorphnet.adapt import AdaptSettings, adapt
-    from cellmorphnet.cli.app import app
 
     result = header("python -m benchmarks.adapt " + " ".join(sys.argv[1:]))
-    files = {c.name: sorted(p for p in c.iterdir() if p.is_file()) for c in sorted(EXTERNAL.iterdir()) if c.is_dir()}
+    files = external_files()
     result.update(per_class=({c: len(f) for c, f in files.items()}), rows=[])
     settings = AdaptSettings(replay=False if args.no_replay else None)
     if args.steps:
@@ -118,13 +134,8 @@ def main() -> None:
     result["settings"] = dataclasses.asdict(settings)
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
-        if not args.no_replay:  # the parent's training data, prepared here as it trained on it
-            runner = CliRunner()
-            for cmd in (["fetch", "bloodmnist", "--from", str(PBC_64), "--allow-unverified"],
-                        ["prepare", "bloodmnist", "--size", "64"]):
-                r = runner.invoke(app, ["--home", str(home), *cmd])
-                if r.exit_code != 0:
-                    raise SystemExit(f"{' '.join(cmd)} failed: {r.output}")
+        if not args.no_replay:
+            prepare_parent_data(home)
         parent_dir = runs.packaged_runs()[runs.PACKAGED]
         parent = api.load_run(runs.PACKAGED, device="cpu")
         result["parent_pbc_test_accuracy"] = round(_pbc_test(parent), 4)

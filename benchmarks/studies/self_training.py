@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import emit, header
-from benchmarks.adapt import EXTERNAL, PBC_64, draw_picks, link_folder
+from benchmarks.adapt import draw_picks, external_files, link_folder, prepare_parent_data
 
 
 def balanced_accuracy(preds, truth: dict[Path, str]) -> tuple[float, dict[str, float]]:
@@ -47,23 +47,16 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from typer.testing import CliRunner
-
     from cellmorphnet import api, runs
     from cellmorphnet.adapt import adapt
-    from cellmorphnet.cli.app import app
     from cellmorphnet.inference import inference_options, predict_files
 
     result = header("python -m benchmarks.studies.self_training " + " ".join(sys.argv[1:]))
     result["rows"] = []
-    files = {c.name: sorted(p for p in c.iterdir() if p.is_file()) for c in sorted(EXTERNAL.iterdir()) if c.is_dir()}
+    files = external_files()
     with tempfile.TemporaryDirectory() as tmp:
         home = Path(tmp) / "home"
-        for cmd in (["fetch", "bloodmnist", "--from", str(PBC_64), "--allow-unverified"],
-                    ["prepare", "bloodmnist", "--size", "64"]):
-            r = CliRunner().invoke(app, ["--home", str(home), *cmd])
-            if r.exit_code != 0:
-                raise SystemExit(f"{' '.join(cmd)} failed: {r.output}")
+        prepare_parent_data(home)
         parent_dir = runs.packaged_runs()[runs.PACKAGED]
         for draw in range(args.draws):
             seed = 1000 * args.k + draw
