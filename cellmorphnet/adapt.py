@@ -9,7 +9,8 @@ folder:DIR``), so the model learns that lab's stain, camera and magnification.
 - **Classes by name.** Folder names are matched to the parent's classes (``data.taxonomy.canonical``); a lab's
   own class (``smudge``, ``blast``) is added to the head, its row started from the mean of the others.
 - **Replay.** Where the parent's training data is prepared here (checked against its record), every batch is
-  half the lab's cells and half the parent's training images, class-balanced, so what the parent knew holds.
+  half the lab's cells (each drawn equally often) and half the parent's training images (class-balanced), so
+  what the parent knew holds.
   Without it (``replay`` off, or not prepared), the lab's cells alone, with the backbone's lower half frozen and
   the parent's own answers on them kept as a second target (``distill``, learning without forgetting): at ten
   cells per type, 0.906 on the other lab's remaining cells and PBC's test accuracy 0.850, against 0.608 without
@@ -19,6 +20,9 @@ folder:DIR``), so the model learns that lab's stain, camera and magnification.
   within a factor of 2 of the parent's (a handful of held-out cells, all right, would make every answer
   certain); with nothing to fit it on, the parent's. Then the held-out cells join the rest for a third as
   many steps again, at a tenth of the learning rate.
+- **How many cells.** Each type's reviewed cells are counted in the record; a type with fewer than
+  ``ENOUGH_PER_TYPE`` is named (``adaptation.few_cells``): on another lab's cells, ten per type reached 0.88-0.90
+  balanced accuracy over six draws and twenty 0.93 (docs/benchmarks.md, "Adapting to a lab").
 - **A run like any other.** The result is a run folder (record, checkpoints, history, calibration) that infer,
   serve, export and status read; its record names its parent (name and checkpoint digest).
 
@@ -45,6 +49,9 @@ from cellmorphnet.errors import ConfigError, InvalidData
 Events = Callable[..., None]
 FINAL_LR = 0.1
 DISTILL_TEMPERATURE = 2.0
+# reviewed cells per type below which the run names the type: ten per type left the other lab's remaining cells at
+# 0.88-0.90 balanced accuracy, twenty at 0.93 (benchmarks/adapt.py)
+ENOUGH_PER_TYPE = 20
 
 
 @dataclass(frozen=True)
@@ -396,7 +403,11 @@ def _write_run(run_dir, rm, parent_dir, parent_sha, lab: LabCells, model, temper
                                    ("the parent's validation images", replay is not None)) if used]
     calibration = {"temperature": round(float(temperature), 4),
                    "fitted_on": " and ".join(fitted_on) or "nothing (the parent's temperature)"}
-    adaptation = {"cells": int(len(lab.labels)), "new_classes": lab.new_classes, "held_out": held,
+    counts = np.bincount(lab.labels, minlength=len(lab.classes))
+    per_class = {c: int(n) for c, n in zip(lab.classes, counts, strict=True) if n}
+    adaptation = {"cells": int(len(lab.labels)), "per_class": per_class,
+                  "few_cells": {c: n for c, n in per_class.items() if n < ENOUGH_PER_TYPE},
+                  "new_classes": lab.new_classes, "held_out": held,
                   "replay": None if replay is None else {"datasets": replay[4], "images": int(len(replay[1]))},
                   "steps": settings.steps, "seconds": round(seconds, 1), "skipped": lab.skipped[:20],
                   "distill": settings.distill if replay is None else None}  # fmt: skip

@@ -246,6 +246,13 @@ def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, 
     _output.info(f"Adapted {parent.name} to {a['cells']} cells of {folder} in {a['seconds']:.0f} s, {replayed}.")
     if a["new_classes"]:
         _output.info(f"New classes: {', '.join(a['new_classes'])}.")
+    if a["few_cells"]:
+        from cellmorphnet.adapt import ENOUGH_PER_TYPE
+
+        few = ", ".join(f"{c} {n}" for c, n in a["few_cells"].items())
+        _output.warn(f"Few reviewed cells of {few}: on another lab's cells, 10 per type reached 0.88-0.90 balanced "
+                     f"accuracy and 20 reached 0.93. Review at least {ENOUGH_PER_TYPE} of each type, from every "
+                     "stain and camera the lab uses, and adapt again.")  # fmt: skip
     held = a["held_out"]
     if held:
         t = summary["calibration"]["temperature"]
