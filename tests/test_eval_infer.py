@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import shutil
+import warnings
 
 import numpy as np
 import pytest
@@ -41,6 +42,18 @@ def test_metrics_on_a_hand_checked_confusion_matrix():
     assert 0.0 <= m["macro_auc_ovr"] <= 1.0
     # every prediction has confidence 0.8/1.0 = 0.8 and 6 of 8 are right: ECE = |0.75 - 0.8|
     assert m["ece"] == pytest.approx(0.05)
+
+
+def test_a_set_of_one_class_scores_without_warnings():
+    # a lab's folder of neutrophils only, two of them called monocytes: balanced accuracy is that class's recall
+    labels = np.array([2, 2, 2, 2])
+    probs = np.full((4, 3), 0.1)
+    probs[np.arange(4), [2, 2, 1, 1]] = 0.8
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # sklearn warned of 'a single label' on eval --on such a folder
+        m = classification_metrics(labels, probs, ["a", "b", "c"])
+    assert m["balanced_accuracy"] == pytest.approx(0.5) and m["accuracy"] == pytest.approx(0.5)
+    assert m["confusion_matrix"] == [[0, 0, 0], [0, 0, 0], [0, 2, 2]]
 
 
 def test_ece_is_zero_when_confidence_matches_accuracy():

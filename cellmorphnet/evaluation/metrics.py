@@ -42,7 +42,6 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[
     """
     from sklearn.metrics import (
         accuracy_score,
-        balanced_accuracy_score,
         confusion_matrix,
         f1_score,
         precision_recall_fscore_support,
@@ -71,7 +70,9 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, classes: list[
     return {
         "n": int(len(labels)),
         "accuracy": float(accuracy_score(labels, pred)),
-        "balanced_accuracy": float(balanced_accuracy_score(labels, pred)) if len(labels) else 0.0,
+        # sklearn's balanced accuracy (mean recall over the classes present), without its warnings for a set of
+        # one class or predictions outside the present classes
+        "balanced_accuracy": float(np.mean(recall[present])) if len(labels) else 0.0,
         "macro_f1": float(f1_score(labels, pred, labels=ids, average="macro", zero_division=0)),
         "macro_auc_ovr": auc,
         "ece": ece,
