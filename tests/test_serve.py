@@ -11,6 +11,7 @@ import hashlib
 import io
 import threading
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,12 @@ def test_model_card(client, service):
     assert card["preprocessing"]["stain_norm"] and card["preprocessing"]["stain_contrast"]  # what the page shows
     assert card["datasets"][0]["verified"] is False  # this project's PBC rebuild, not the official BloodMNIST file
     assert "not a medical device" in card["notice"]
-    assert client.get("/openapi.json").json()["paths"]["/v1/predict"]["post"]["requestBody"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # FastAPI warned of a duplicate operation ID for the HEAD routes
+        schema = client.get("/openapi.json").json()
+    assert schema["paths"]["/v1/predict"]["post"]["requestBody"]
+    ids = [op["operationId"] for path in schema["paths"].values() for op in path.values()]
+    assert len(ids) == len(set(ids)) and set(schema["paths"]["/healthz"]) == {"get"}
 
 
 @pytest.mark.slow
