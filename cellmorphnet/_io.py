@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cellmorphnet.errors import OutputError
+
 CHUNK = 1 << 20
 
 
@@ -32,17 +34,41 @@ def atomic_path(target: Path) -> Iterator[Path]:
     ``target``'s permissions where it exists, else those of a file opened for writing (not the temporary
     file's owner-only ones), so a run folder stays readable by whoever could read it before.
     """
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    except OSError as e:
+        raise OutputError(f"Cannot write {target}: {e.strerror or e}.") from e
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, target.stat().st_mode & 0o7777 if target.exists() else 0o666 & ~_UMASK)
     try:
         yield tmp_path
-        os.replace(tmp_path, target)
+        try:
+            os.replace(tmp_path, target)
+        except OSError as e:  # a folder where the file should go
+            raise OutputError(f"Cannot write {target}: {e.strerror or e}.") from e
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def check_writable(path: Path, *, folder: bool) -> None:
+    """Raise ``OutputError`` now, before any work, where ``path`` (a file, or a folder with ``folder``) could not be
+    written: a file where a folder should be or the other way round, or no writable folder to make it in.
+    Nothing is created."""
+    path = Path(path).expanduser()
+    if folder and path.exists() and not path.is_dir():
+        raise OutputError(f"{path} is a file, not a folder.")
+    if not folder and path.is_dir():
+        raise OutputError(f"{path} is a folder; give a file name.")
+    ancestor = path if folder else path.parent
+    while not ancestor.exists() and not ancestor.is_symlink() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise OutputError(f"Cannot write {path}: {ancestor} is not a folder.")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise OutputError(f"Cannot write {path}: {ancestor} is not writable.")
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -58,5 +58,9 @@ class ExportError(CellMorphNetError):
     """An export failed or its verification did not pass."""
 
 
+class OutputError(CellMorphNetError):
+    """A result file or folder cannot be written where asked (a file in the way, no permission, read-only)."""
+
+
 class ConfigError(CellMorphNetError):
     """A configuration file or option value is invalid."""

@@ -301,11 +301,12 @@ def export(store: ReviewStore, out: Path, case: str | None = None) -> dict[str, 
     import shutil
     import tempfile
 
-    from cellmorphnet._io import spreadsheet_safe
+    from cellmorphnet._io import check_writable, spreadsheet_safe
 
     out = Path(out)
     if out.exists():
         raise InvalidData(f"{out} already exists: the export writes a new folder.", hint="Give another --out.")
+    check_writable(out, folder=True)
     if case is not None and case not in {c["name"] for c in store.cases()}:
         raise InvalidData(f"There is no case '{case}'.")
     cells = [c for c in store.cells(case) if c.reviewed is not None]

@@ -17,7 +17,8 @@ PKG = Path(__file__).resolve().parents[1] / "cellmorphnet"
 
 # Lowest first. A room may import rooms on lower layers only (rooms on one layer do not import each other).
 LAYERS = [
-    ["errors", "_io", "paths", "losses", "cellfinder", "models"],
+    ["errors"],  # the one exception hierarchy, which every room raises
+    ["_io", "paths", "losses", "cellfinder", "models"],
     ["imaging", "devices", "model", "batching", "fields", "reviews", "distributed"],
     ["data"],
     ["config", "cache", "gradcam"],

@@ -297,7 +297,17 @@ def test_infer_json_and_errors(cli, trained, tmp_path):
     assert "a.jpg" in r.stderr
     (tmp_path / "empty").mkdir()
     assert_one_line_error(cli("infer", "t", tmp_path / "empty"), "No image files found")
-    assert_one_line_error(cli("infer", "t", img, "--out", tmp_path / "x.txt"), "--out must end in .csv or .json")
+    # where the results cannot go is said before the images are classified, so no work is lost
+    (tmp_path / "a-file").write_text("")
+    for bad, said in ((["--out", tmp_path / "x.txt"], "--out must end in .csv or .json"),
+                      (["--out", tmp_path / "a-file" / "x.csv"], "a-file is not a folder"),
+                      (["--out", tmp_path / "empty"], "empty is a folder; give a file name"),
+                      (["--gradcam", tmp_path / "a-file" / "cams"], "a-file is not a folder"),
+                      (["--sort-into", tmp_path / "a-file"], "a-file is a file, not a folder"),
+                      (["--overlays", tmp_path / "a-file" / "o"], "a-file is not a folder")):  # fmt: skip
+        r = cli("infer", "t", img, *bad)
+        assert_one_line_error(r, said)
+        assert "Classifying" not in r.stderr
 
 
 def test_gradcam_shape_and_not_constant():

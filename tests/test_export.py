@@ -36,13 +36,16 @@ def test_onnx_export_matches_pytorch(cli, trained, tmp_path):
     assert meta["classes"].split(",")[0] == "basophil" and meta["input_size"] == "28"
     assert json.loads(meta["stain_reference"].split(" (")[0])["nucleus_density"]  # for apps that normalise sets
     assert [i.name for i in model.graph.input] == ["image"]
-    human = cli("export", "x", "--format", "onnx", "--out", out)
-    assert "top-1 agreement 100.0%" in " ".join(human.stderr.split())
+    human = cli("export", "x", "--format", "onnx", "--out", tmp_path)  # a folder: the run's name in it
+    assert "top-1 agreement 100.0%" in " ".join(human.stderr.split()) and (tmp_path / "x.onnx").is_file()
 
 
-def test_export_option_errors(cli, trained):
+def test_export_option_errors(cli, trained, tmp_path):
     assert_one_line_error(cli("export", "x", "--format", "tflite"), "--format must be onnx or coreml")
     assert_one_line_error(cli("export", "x", "--format", "onnx", "--quantize", "int8"), "CoreML only")
+    (tmp_path / "a-file").write_text("")
+    assert_one_line_error(cli("export", "x", "--out", tmp_path / "a-file" / "m.onnx"), "a-file is not a folder")
+    assert_one_line_error(cli("export", "x", "--format", "coreml", "--out", tmp_path / "a-file"), "not a folder")
 
 
 @pytest.mark.slow  # 6-9 s: keeps the fast tier under its 3 minutes

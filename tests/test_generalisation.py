@@ -246,6 +246,10 @@ def test_eval_on_a_labelled_folder_with_an_unknown_class_and_broken_files(cli, r
     assert human.exit_code == 0 and "matches none of the run's classes" in human.stderr
     assert_one_line_error(cli("eval", "g", "--on", root, "--classes", "platelet"), "--classes leaves out")
     assert_one_line_error(cli("eval", "g", "--on", tmp_path / "nothing"), "is not a folder")
+    (tmp_path / "a-file").write_text("")
+    r = cli("eval", "g", "--on", root, "--out", tmp_path / "a-file" / "e")
+    assert_one_line_error(r, "a-file is not a folder")
+    assert "Classifying" not in r.stderr
 
 
 def _pbc_sample(n: int = 24) -> list[np.ndarray]:

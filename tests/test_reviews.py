@@ -155,6 +155,9 @@ def test_reviews_export_command(cli, tmp_path):
     assert r.exit_code == 0 and "Exported 1 reviewed cells" in r.stderr, r.output
     assert (tmp_path / "ds" / "eosinophil").is_dir()
     assert_one_line_error(cli("reviews", "export", tmp_path / "r.sqlite", "--out", tmp_path / "ds"), "already exists")
+    (tmp_path / "a-file").write_text("")
+    assert_one_line_error(cli("reviews", "export", tmp_path / "r.sqlite", "--out", tmp_path / "a-file" / "ds"),
+                          "a-file is not a folder")  # fmt: skip
     assert cli("reviews", "list", tmp_path / "r.sqlite").exit_code == 0
 
 

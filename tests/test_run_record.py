@@ -151,6 +151,25 @@ def test_atomic_writes_get_ordinary_permissions_and_keep_existing_ones(tmp_path)
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary file left
 
 
+def test_an_atomic_write_where_no_file_can_go_is_an_output_error_and_leaves_what_was_there(tmp_path):
+    from cellmorphnet._io import check_writable, write_json
+    from cellmorphnet.errors import OutputError
+
+    (tmp_path / "a-file").write_text("kept")
+    with pytest.raises(OutputError, match="Cannot write .*a-file/x.json"):
+        write_json(tmp_path / "a-file" / "x.json", {"a": 1})
+    (tmp_path / "a-folder").mkdir()
+    with pytest.raises(OutputError, match="Cannot write .*a-folder"):  # a folder where the file would go
+        write_json(tmp_path / "a-folder", {"a": 1})
+    assert (tmp_path / "a-file").read_text() == "kept" and list((tmp_path / "a-folder").iterdir()) == []
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    check_writable(tmp_path / "new" / "deeper" / "x.json", folder=False)  # folders yet to be made are fine
+    check_writable(tmp_path / "new" / "deeper", folder=True)
+    assert not (tmp_path / "new").exists()  # and nothing is made by checking
+    with pytest.raises(OutputError, match="a-file is not a folder"):
+        check_writable(tmp_path / "a-file" / "deeper" / "x", folder=True)
+
+
 @pytest.mark.slow  # 6-9 s: keeps the fast tier under its 3 minutes
 def test_upgrade_adds_the_stain_reference_to_an_older_run_from_its_own_data(cli, home):
     from cellmorphnet import checkpoint

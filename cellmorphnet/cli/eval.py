@@ -61,6 +61,7 @@ def command(
     json: JsonFlag = False,
 ) -> None:
     from cellmorphnet import runs
+    from cellmorphnet._io import check_writable
     from cellmorphnet.errors import ConfigError
     from cellmorphnet.evaluation.report import evaluate_run, write_report
 
@@ -68,6 +69,8 @@ def command(
         raise ConfigError(f"--split must be test or val, not '{split}'.")
     if checkpoint not in ("best", "last"):
         raise ConfigError(f"--checkpoint must be best or last, not '{checkpoint}'.")
+    if out is not None:
+        check_writable(out, folder=True)
     home = home_of(ctx)
     run_dir = runs.resolve_run(run, home)
     if on is not None:

@@ -39,6 +39,7 @@ def command(
     json: JsonFlag = False,
 ) -> None:
     from cellmorphnet import export, runs
+    from cellmorphnet._io import check_writable
     from cellmorphnet.errors import ConfigError, ExportError
     from cellmorphnet.run_model import load_run_model, reference_images
 
@@ -46,13 +47,19 @@ def command(
         raise ConfigError(f"--format must be onnx or coreml, not '{format}'.")
     if format == "onnx" and (quantize or all_variants):
         raise ConfigError("--quantize and --all apply to CoreML only.")
+    if out is not None:  # a file, or a folder to write into (a CoreML package is a folder too)
+        out = out.expanduser()
+        check_writable(out, folder=format == "coreml" or out.is_dir())
     home = home_of(ctx)
     run_dir = runs.resolve_run(run, home)
     rm = load_run_model(run_dir, checkpoint, "cpu", accept_mismatch=accept_data_change)  # conversion runs on the CPU
     images = reference_images(run_dir, rm.record, home)
     result: dict = {"run": str(run_dir), "format": format}
     if format == "onnx":
-        path = out or runs.output_dir(run_dir, home, "export") / f"{run_dir.name}.onnx"
+        if out is None or out.is_dir():
+            path = (out or runs.output_dir(run_dir, home, "export")) / f"{run_dir.name}.onnx"
+        else:
+            path = out
         with _output.err.status("Exporting to ONNX…"):
             export.export_onnx(rm, path, images)
             check = export.verify_onnx(rm, path, images)

@@ -87,8 +87,16 @@ def command(
     from rich.table import Table
 
     from cellmorphnet import distributed, runs
+    from cellmorphnet._io import check_writable
     from cellmorphnet.errors import ConfigError, InvalidData
-    from cellmorphnet.inference import Prediction, collect_files, inference_options, predict_files, write_results
+    from cellmorphnet.inference import (
+        Prediction,
+        check_results_path,
+        collect_files,
+        inference_options,
+        predict_files,
+        write_results,
+    )
     from cellmorphnet.inference import sort_into as copy_sorted
     from cellmorphnet.inference.differential import differential
     from cellmorphnet.run_model import load_run_model
@@ -97,6 +105,11 @@ def command(
         raise ConfigError("--batch-size and --top-k must be at least 1.")
     if not 0 <= min_confidence <= 1:
         raise ConfigError("--min-confidence must be between 0 and 1.")
+    if out is not None:  # where the results cannot go: said before the work, not after it
+        check_results_path(out)
+    for folder in (gradcam, sort_into, overlays):
+        if folder is not None:
+            check_writable(folder, folder=True)
     group = distributed.env_group()
     _output.only_rank_zero(group.rank)
     home = home_of(ctx)

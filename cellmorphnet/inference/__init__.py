@@ -48,7 +48,7 @@ from cellmorphnet.inference.images import (
     single_view,
 )
 from cellmorphnet.inference.options import DEFAULT_TTA, InferenceOptions, inference_options
-from cellmorphnet.inference.output import sort_into, write_results
+from cellmorphnet.inference.output import check_results_path, sort_into, write_results
 from cellmorphnet.inference.predict import (
     COLOUR_DISTANCE_WARN,
     ORIENTATIONS_PER_SCALE,
@@ -64,7 +64,8 @@ __all__ = [
     "DEFAULT_COLOUR_MATCH", "DEFAULT_SCALE_VIEWS", "DEFAULT_STAIN_CONTRAST", "DEFAULT_STAIN_NORM", "DEFAULT_TTA",
     "CELL_MODES", "MIN_COLOUR_SET", "ORIENTATIONS_PER_SCALE", "SCALE_VIEWS", "CellItem", "Framing", "ImageInfo",
     "InferenceOptions", "Item", "Loaded", "find_cells",
-    "Prediction", "Survey", "Upload", "adapt_batch_norm", "class_probs", "collect_files", "contrast_sample",
+    "Prediction", "Survey", "Upload", "adapt_batch_norm", "check_results_path", "class_probs", "collect_files",
+    "contrast_sample",
     "crop_box", "crop_sides", "inference_options", "load", "load_all", "predict_files", "prepare_set",
     "preprocess", "read_error", "read_image", "settle_contrast", "single_view", "sort_into", "survey_files",
     "to_prediction", "write_results",

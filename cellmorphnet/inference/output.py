@@ -52,6 +52,15 @@ def sort_into(preds: list[Prediction], target: Path) -> int:
     return len(ok)
 
 
+def check_results_path(out: Path) -> None:
+    """Raise now, before any work, where ``out`` cannot take ``write_results``'s file (its suffix, or its place)."""
+    from cellmorphnet._io import check_writable
+
+    check_writable(out, folder=False)
+    if out.suffix.lower() not in (".csv", ".json"):
+        raise InvalidData(f"--out must end in .csv or .json, not '{out.suffix}'.")
+
+
 def write_results(preds: list[Prediction], out: Path, summary: dict[str, Any]) -> None:
     """CSV (one row per cell: a crop's, or each found in a field, a field without any as one row saying so;
     skipped files with their reason) or JSON (rows plus summary), atomically."""
