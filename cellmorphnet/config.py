@@ -70,6 +70,8 @@ class TrainConfig:
             ),
             (self.patience >= 1, "patience must be at least 1"),
             (self.image_size is None or 16 <= self.image_size <= 1024, "image-size must be 16 to 1024"),
+            (self.data_size is None or 8 <= self.data_size <= 1024, "data-size must be 8 to 1024"),
+            (self.limit_batches is None or self.limit_batches >= 1, "limit-batches must be at least 1"),
         ]
         for ok, message in checks:
             if not ok:

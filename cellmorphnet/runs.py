@@ -18,7 +18,7 @@ from typing import Any
 
 from cellmorphnet import paths
 from cellmorphnet._io import read_json, write_json
-from cellmorphnet.errors import CellMorphNetError, RunError
+from cellmorphnet.errors import CellMorphNetError, ConfigError, RunError
 
 HEARTBEAT = "heartbeat.json"
 HISTORY = "history.json"
@@ -106,10 +106,20 @@ def resolve_run(run: str | Path | None, home: Path | None = None) -> Path:
     raise RunError(f"No run '{run}'.", hint=hint + ".")
 
 
+def check_run_name(name: str) -> str:
+    """``name`` where it names one folder under ``runs/`` that ``resolve_run`` finds by it; else a ``ConfigError``."""
+    if (not name.strip() or name in (LATEST, ".", "..") or name.startswith(".") or any(c in name for c in "/\\")
+            or any(ord(c) < 32 for c in name)):  # fmt: skip
+        raise ConfigError(f"Run name {name!r} is not one folder under the home's runs/ (no path, not hidden, not "
+                          f"'{LATEST}').", hint="Give a plain name (lab-a-2026), or --run-dir for a folder "
+                          "elsewhere.")  # fmt: skip
+    return name
+
+
 def new_run_dir(home: Path | None, name: str | None, datasets: list[str]) -> Path:
     root = paths.runs_dir(home)
-    if name:
-        return root / name
+    if name is not None:
+        return root / check_run_name(name)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     label = "+".join(d.split(":")[0] if d.startswith("folder:") else d for d in datasets)[:40]
     base = root / f"{stamp}-{label}"

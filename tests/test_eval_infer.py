@@ -297,6 +297,7 @@ def test_infer_json_and_errors(cli, trained, tmp_path):
     assert "a.jpg" in r.stderr
     (tmp_path / "empty").mkdir()
     assert_one_line_error(cli("infer", "t", tmp_path / "empty"), "No image files found")
+    assert_one_line_error(cli("infer", "t", img, "--workers", "0"), "--workers must be at least 1")
     # where the results cannot go is said before the images are classified, so no work is lost
     (tmp_path / "a-file").write_text("")
     for bad, said in ((["--out", tmp_path / "x.txt"], "--out must end in .csv or .json"),

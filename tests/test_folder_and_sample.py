@@ -91,6 +91,7 @@ def test_sample_default_size_other_sizes_and_limit(cli, home):
     [out] = json.loads(cli("prepare", "sample", "--size", "16", "--json").stdout)
     assert out["size"] == 16
     assert_one_line_error(cli("prepare", "sample", "--size", "200"), "112 px or smaller")
+    assert_one_line_error(cli("prepare", "sample", "--size", "0"), "--size 0 is out of range")  # not the default
 
 
 def test_status_on_empty_home(cli, home):

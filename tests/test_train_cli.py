@@ -75,6 +75,8 @@ def test_config_file_and_flag_precedence(cli, home, tmp_path):
     assert_one_line_error(cli("train", "--epochs", "0"), "epochs must be at least 1")
     assert_one_line_error(cli("train", "--ema", "1.5"), "ema must be in [0, 1)")
     assert_one_line_error(cli("train", "--mixup", "-1"), "mixup and cutmix must not be negative")
+    assert_one_line_error(cli("train", "--data-size", "0"), "data-size must be 8 to 1024")  # 0 is not 'the default'
+    assert_one_line_error(cli("train", "--limit-batches", "0"), "limit-batches must be at least 1")
     r = cli("train", "--datasets", "sample", "--ema", "0.99", "--mixup", "0.2", "--cutmix", "1", "--epochs", "1",
             "--name", "mix", "--model", "test_efficientnet", "--no-pretrained", "--limit-batches", "2",
             "--data-size", "28")  # fmt: skip
@@ -86,6 +88,10 @@ def test_config_file_and_flag_precedence(cli, home, tmp_path):
     assert_one_line_error(cli("train", "--datasets", "bccd"), "BCCD is not fetched")
     assert_one_line_error(cli("train", "--resume", "nope"), "No run 'nope'")
     assert_one_line_error(cli("status", "nope"), "No run 'nope'")
+    for name in ("../escape", "a/b", ".hidden", "latest", " "):  # a run name is one folder under runs/
+        assert_one_line_error(cli("train", "--datasets", "sample", "--name", name, "--epochs", "1"),
+                              "is not one folder under the home's runs/")  # fmt: skip
+    assert not (home / "escape").exists() and not (home / "runs" / "a").exists()
 
 
 def _spawn_training(home, name, epochs=500):

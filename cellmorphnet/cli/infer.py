@@ -51,7 +51,7 @@ def command(
         Path | None, typer.Option("--sort-into", help="Copy (never move) each image into DIR/<predicted class>/.")
     ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass.")] = 64,
-    workers: Annotated[int, typer.Option("--workers", help="Decoding threads.")] = 2,
+    workers: Annotated[int, typer.Option("--workers", help="Decoding threads (1: in the calling thread).")] = 2,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
     crop: CropOption = None,
     crop_fraction: Annotated[
@@ -101,8 +101,8 @@ def command(
     from cellmorphnet.inference.differential import differential
     from cellmorphnet.run_model import load_run_model
 
-    if batch_size < 1 or top_k < 1:
-        raise ConfigError("--batch-size and --top-k must be at least 1.")
+    if batch_size < 1 or top_k < 1 or workers < 1:
+        raise ConfigError("--batch-size, --top-k and --workers must be at least 1.")
     if not 0 <= min_confidence <= 1:
         raise ConfigError("--min-confidence must be between 0 and 1.")
     if out is not None:  # where the results cannot go: said before the work, not after it

@@ -146,6 +146,8 @@ def command(
     }  # fmt: skip
     group = distributed.env_group()
     _output.only_rank_zero(group.rank)
+    if name is not None:
+        runs.check_run_name(name)
     if init:
         if group.active:
             raise ConfigError("train --init runs in one process (a few minutes on a CPU): launch it without torchrun.")

@@ -42,7 +42,7 @@ def prepare(
 ) -> PrepareResult:
     """Prepare one dataset at one size. Returns what was written (or kept)."""
     src = registry.get_source(name)
-    size = size or src.default_size(home)
+    size = src.default_size(home) if size is None else size
     if not 8 <= size <= 1024:
         raise InvalidData(f"--size {size} is out of range (8 to 1024).")
     options = dict(options or {})
