@@ -386,3 +386,27 @@ def test_serve_and_infer_agree_on_smear_fields(client, service, tmp_path):
                     files=_files(paths[:1], field="file"))  # fmt: skip
     assert r.status_code == 200 and r.headers["content-type"] == "image/png"
     assert client.post("/v1/gradcam?x0=1&y0=2", files=_files(paths[:1], field="file")).status_code == 400
+
+
+def test_overload_notices_say_a_burst_of_503s_in_a_line_every_ten_seconds():
+    import logging
+
+    from cellmorphnet.webapp.connections import OverloadNotices
+
+    now = [100.0]
+    quiet = OverloadNotices(every=10, clock=lambda: now[0])
+
+    def record(message: str) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.WARNING, __file__, 1, message, (), None)
+
+    first = record("Exceeded concurrency limit.")
+    assert quiet.filter(first) and "answered 503 (busy)" in first.getMessage()
+    passed = []
+    for _ in range(30):  # 30 more over the next 9 s: held back
+        now[0] += 0.3
+        passed.append(quiet.filter(record("Exceeded concurrency limit.")))
+    assert not any(passed)
+    now[0] += 2
+    later = record("Exceeded concurrency limit.")
+    assert quiet.filter(later) and later.getMessage().startswith("Exceeded concurrency limit: 31 requests answered")
+    assert quiet.filter(record("Started server process")) and quiet.filter(record("Other warning %s"))  # the rest

@@ -403,11 +403,14 @@ def test_past_the_connection_cap_of_busy_uploads_a_request_is_answered_503(tmp_p
         time.sleep(1.2)
         for c in bodies:
             c.sendall(b"xx")
-        assert httpx.get(f"{s.url}/healthz", timeout=5).status_code == 503
+        for _ in range(5):
+            assert httpx.get(f"{s.url}/healthz", timeout=5).status_code == 503
         for c in bodies:
             c.close()
         time.sleep(0.3)
         assert httpx.get(f"{s.url}/healthz", timeout=5).status_code == 200
+        log = s.log.read_text()  # one line for the burst, not one per 503
+        assert log.count("Exceeded concurrency limit") == 1 and "answered 503 (busy)" in log, log
     finally:
         s.stop()
 

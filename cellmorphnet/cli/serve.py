@@ -104,7 +104,7 @@ def command(
         raise ConfigError("cellmorphnet serve needs its extra packages.", hint=hint) from None
     from cellmorphnet.service import Limits, ModelService
     from cellmorphnet.webapp import check_token_value, create_app, trusted_hosts
-    from cellmorphnet.webapp.connections import protocol_class
+    from cellmorphnet.webapp.connections import OverloadNotices, protocol_class
 
     check_token_value(token)  # before the model loads
 
@@ -139,6 +139,7 @@ def command(
         served.addHandler(handler)
     served.setLevel(logging.INFO)
     served.propagate = False
+    logging.getLogger("uvicorn.error").addFilter(OverloadNotices())  # not a line per 503 under a burst
     try:
         # uvicorn's own settings where they cover it (idle keep-alive 5 s, 503 past the connection cap); the header
         # deadline and making room are on its h11 protocol (webapp.connections), the body deadline in the app (408)

@@ -101,3 +101,33 @@ def protocol_class(header_timeout: float, max_connections: int, min_upload_rate:
             super().connection_lost(exc)
 
     return GuardedH11Protocol
+
+
+class OverloadNotices(logging.Filter):
+    """uvicorn logs "Exceeded concurrency limit." once per request it answers 503; under a burst that is a line
+    per request. This filter on the ``uvicorn.error`` logger lets the first through, then at most one every
+    ``every`` seconds, saying how many were answered 503 since the last; every other record passes unchanged."""
+
+    MESSAGE = "Exceeded concurrency limit."
+
+    def __init__(self, every: float = 10.0, clock=time.monotonic) -> None:
+        super().__init__()
+        self.every, self.clock = every, clock
+        self.last: float | None = None
+        self.held = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.getMessage() != self.MESSAGE:
+            return True
+        now = self.clock()
+        self.held += 1
+        if self.last is not None and now - self.last < self.every:
+            return False
+        if self.last is None:
+            record.msg = "Exceeded concurrency limit: a request was answered 503 (busy); further ones are counted."
+        else:
+            since = now - self.last
+            record.msg = f"Exceeded concurrency limit: {self.held} requests answered 503 in the last {since:.0f} s."
+        record.args = ()
+        self.last, self.held = now, 0
+        return True
