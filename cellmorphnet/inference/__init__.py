@@ -65,8 +65,7 @@ __all__ = [
     "CELL_MODES", "MIN_COLOUR_SET", "ORIENTATIONS_PER_SCALE", "SCALE_VIEWS", "CellItem", "Framing", "ImageInfo",
     "InferenceOptions", "Item", "Loaded", "find_cells",
     "Prediction", "Survey", "Upload", "adapt_batch_norm", "check_results_path", "class_probs", "collect_files",
-    "contrast_sample",
-    "crop_box", "crop_sides", "inference_options", "load", "load_all", "predict_files", "prepare_set",
-    "preprocess", "read_error", "read_image", "settle_contrast", "single_view", "sort_into", "survey_files",
-    "to_prediction", "write_results",
+    "contrast_sample", "crop_box", "crop_sides", "inference_options", "load", "load_all", "predict_files",
+    "prepare_set", "preprocess", "read_error", "read_image", "settle_contrast", "single_view", "sort_into",
+    "survey_files", "to_prediction", "write_results",
 ]  # fmt: skip
