@@ -8,10 +8,13 @@ probabilities; CoreML takes an image and returns the class label and probabiliti
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import statistics
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -231,11 +234,25 @@ def benchmark_onnx(rm, path: Path, device: str = "cpu", repeats: int = 20) -> di
 
 
 def _coremltools():
+    import logging
+
+    # at import, coremltools logs a warning for every package version it has not tested and for each macOS-only
+    # binding it cannot load (eight lines on Linux): the user is told what matters (CoreML predictions need macOS)
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
     try:
         import coremltools as ct
     except ImportError:
         raise ConfigError("CoreML export needs coremltools.", hint="pip install 'cellmorphnet[coreml]'") from None
     return ct
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """Tracing and coremltools' conversion, without their chatter: torch's deprecation warnings for ``jit.trace``
+    and a progress bar on stderr for each of coremltools' conversion passes. Errors still raise."""
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
 
 
 def export_coreml(rm, out: Path, images: np.ndarray, quantize: str | None = None) -> Path:
@@ -255,12 +272,11 @@ def export_coreml(rm, out: Path, images: np.ndarray, quantize: str | None = None
     rec = rm.record
     size = rec.image_size
     exported, _ = export_model(rm, images)
-    with torch.no_grad():
+    with torch.no_grad(), _quiet():
         traced = torch.jit.trace(exported, torch.rand(1, 3, size, size))
     precision = ct.precision.FLOAT16 if quantize == "fp16" else ct.precision.FLOAT32
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+        with _quiet():
             mlmodel = ct.convert(
                 traced,
                 inputs=[ct.ImageType(name="image", shape=(1, 3, size, size), scale=1 / 255.0,

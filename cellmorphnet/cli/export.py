@@ -120,7 +120,7 @@ def _show(result) -> None:
             _output.out.print(t)
         return
     t = Table(title="CoreML packages", title_justify="left")
-    for col in ("variant", "size (MB)", "input", "classes", "latency (ms)", "top-1 agreement", "path"):
+    for col in ("variant", "size (MB)", "input", "classes", "latency (ms)", "top-1 agreement"):
         t.add_column(col)
     for e in result["variants"]:
         s = e["spec"]
@@ -129,8 +129,10 @@ def _show(result) -> None:
         t.add_row(
             e["variant"], f"{s['size_bytes'] / 1e6:.2f}", f"{inp['type']} {inp['width']}x{inp['height']}",
             str(len(s["class_labels"])), f"{b['latency_ms']:.1f}" if b else "macOS only",
-            f"{b['top1_agreement']:.1%}" if b else "macOS only", e["path"],
+            f"{b['top1_agreement']:.1%}" if b else "macOS only",
         )  # fmt: skip
     _output.out.print(t)
+    for e in result["variants"]:  # whole, to copy: a table column cuts long paths short
+        _output.info(f"Wrote {e['path']}")
     if result.get("note"):
         _output.warn(result["note"])
