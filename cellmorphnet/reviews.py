@@ -30,7 +30,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cellmorphnet.errors import ConfigError, InvalidData
+from cellmorphnet._io import check_writable
+from cellmorphnet.errors import ConfigError, InvalidData, OutputError
 
 SCHEMA = 1
 FILENAME = "reviews.sqlite"
@@ -125,13 +126,25 @@ class ReviewStore:
         self.path = Path(path)
         self.classes = list(classes)  # what a review may say: the model's classes and the lab's own
         self._lock = threading.Lock()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")  # a committed review survives a power cut
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._migrate()
+        check_writable(self.path, folder=False)  # WAL mode writes beside the file, even to read
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+        except (OSError, sqlite3.Error) as e:
+            raise OutputError(f"Cannot open the review database {self.path}: {getattr(e, 'strerror', None) or e}.",
+                              hint="Give a file in a folder you can write to.") from None  # fmt: skip
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")  # a committed review survives a power cut
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._migrate()
+        except sqlite3.Error as e:  # not SQLite at all, or a database that stays locked
+            self._db.close()
+            raise InvalidData(f"Cannot use {self.path} as a review database: {e}.") from None
+        except BaseException:
+            self._db.close()
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -151,6 +164,10 @@ class ReviewStore:
 
     def _migrate(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        tables = [r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        if version == 0 and tables:  # every version of the review schema sets user_version: another program's
+            raise InvalidData(f"{self.path} is another program's SQLite database (tables: {', '.join(tables[:5])}).",
+                              hint="Give a new file, or a review database cellmorphnet wrote.")  # fmt: skip
         if version > SCHEMA:
             raise ConfigError(f"{self.path} was written by a newer cellmorphnet (review schema {version}; this one "
                               f"reads up to {SCHEMA}).",
@@ -301,7 +318,7 @@ def export(store: ReviewStore, out: Path, case: str | None = None) -> dict[str, 
     import shutil
     import tempfile
 
-    from cellmorphnet._io import check_writable, spreadsheet_safe
+    from cellmorphnet._io import spreadsheet_safe
 
     out = Path(out)
     if out.exists():

@@ -19,7 +19,7 @@ import pytest
 from conftest import PBC_TEST_IMAGES, assert_one_line_error
 from PIL import Image
 
-from cellmorphnet.errors import ConfigError, InvalidData
+from cellmorphnet.errors import ConfigError, InvalidData, OutputError
 from cellmorphnet.reviews import SCHEMA, ReviewStore, export, safe_stem
 
 CLASSES = ["eosinophil", "lymphocyte", "neutrophil", "smudge"]
@@ -121,6 +121,28 @@ def test_a_newer_database_is_refused_and_an_older_one_migrated(tmp_path):
     fresh = tmp_path / "empty.sqlite"
     sqlite3.connect(fresh).close()  # version 0: an empty file is migrated to the current schema
     assert ReviewStore(fresh, CLASSES).schema == SCHEMA
+
+
+def test_a_file_that_is_no_review_database_is_refused_and_left_as_it_was(cli, tmp_path):
+    (tmp_path / "cells.npz").write_bytes(b"PK\x03\x04 not sqlite")
+    with pytest.raises(InvalidData, match="Cannot use .* as a review database: file is not a database"):
+        ReviewStore(tmp_path / "cells.npz", CLASSES)
+    assert (tmp_path / "cells.npz").read_bytes() == b"PK\x03\x04 not sqlite"
+    other = tmp_path / "lims.db"  # another program's SQLite: not a place to add our tables
+    con = sqlite3.connect(other)
+    con.execute("CREATE TABLE samples (id INTEGER)")
+    con.commit()
+    con.close()
+    with pytest.raises(InvalidData, match="another program's SQLite database"):
+        ReviewStore(other, CLASSES)
+    con = sqlite3.connect(other)
+    assert [r[0] for r in con.execute("SELECT name FROM sqlite_master")] == ["samples"]
+    assert con.execute("PRAGMA user_version").fetchone()[0] == 0
+    con.close()
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(OutputError, match="a-file is not a folder"):
+        ReviewStore(tmp_path / "a-file" / "r.sqlite", CLASSES)
+    assert_one_line_error(cli("reviews", "list", tmp_path / "cells.npz"), "file is not a database")
 
 
 def test_export_writes_safe_names_and_refuses_to_overwrite(tmp_path):
