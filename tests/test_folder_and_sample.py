@@ -63,6 +63,16 @@ def test_folder_errors(cli, tmp_path):
     (tmp_path / "bad" / "a").mkdir(parents=True)
     (tmp_path / "bad" / "a" / "x.jpg").write_bytes(b"nope")
     assert_one_line_error(cli("prepare", f"folder:{tmp_path / 'bad'}"), "none of the 1 image files")
+    jpegs = sorted((PBC_TEST_IMAGES / "neutrophil").glob("*.jpg"))
+    for folder, per_class in (("one", {"neutrophil": 6}), ("few", {"neutrophil": 2, "monocyte": 2})):
+        for cls, n in per_class.items():
+            (tmp_path / folder / cls).mkdir(parents=True)
+            for p in jpegs[:n]:
+                shutil.copy(p, tmp_path / folder / cls / p.name)
+    assert_one_line_error(cli("train", "--datasets", f"folder:{tmp_path / 'one'}", "--epochs", "1"),
+                          "holds one class (neutrophil): a classifier needs two at least")  # fmt: skip
+    assert_one_line_error(cli("train", "--datasets", f"folder:{tmp_path / 'few'}", "--epochs", "1"),
+                          "has no validation images: its 4 images are too few")  # fmt: skip
 
 
 def test_folder_needs_no_fetch(cli, user_folder):

@@ -64,13 +64,21 @@ def load_data(
                               hint=f"cellmorphnet prepare {name} --size {sizes[name]}")  # fmt: skip
         records[name] = DatasetRecord.from_manifest(name, sizes[name], manifest)
     taxonomy = Taxonomy.build({name: r.classes for name, r in records.items()})
+    if len(taxonomy.classes) < 2:
+        raise ConfigError(f"{', '.join(names)} holds one class ({taxonomy.classes[0]}): a classifier needs two at "
+                          "least.", hint="Add a sub-folder of images for each other class.")  # fmt: skip
     space = LabelSpace.build(taxonomy, names, device)
     train, val = {}, {}
     for name in names:
         tr = store.load_split(name, sizes[name], "train", home)
         va = store.load_split(name, sizes[name], "val", home)
         if len(tr.labels) == 0 or len(va.labels) == 0:
-            raise ConfigError(f"{name} has an empty train or val split.", hint=f"cellmorphnet prepare {name} --force")
+            # the split is 70/10/20 within each class: a class gives validation images from 5 images on
+            total = len(tr.labels) + len(va.labels) + len(store.load_split(name, sizes[name], "test", home).labels)
+            raise ConfigError(f"{name} has no {'training' if len(tr.labels) == 0 else 'validation'} images: its "
+                              f"{total} images are too few to split 70/10/20 within each class (a class gives "
+                              "validation images from 5 images on).",
+                              hint="Add images: dozens of each class.")  # fmt: skip
         train[name] = DeviceArrays(tr.images, tr.labels, device)
         val[name] = DeviceArrays(va.images, va.labels, device)
     weights = _inverse_frequency(space, train).to(device) if class_weights else None
