@@ -450,6 +450,9 @@ def test_reviewing_cells_by_keyboard_in_a_real_browser(server, page, tmp_path):
     expect(page.locator(".cell-tile.done")).to_have_count(12)
     now = page.locator("#counts tbody td:nth-child(3)")
     assert sum(int(now.nth(i).inner_text()) for i in range(now.count())) == 12
+    reviewed = page.locator("#counts tbody td:nth-child(4)")  # per class, toward the 20 an adaptation wants
+    assert sum(int(reviewed.nth(i).inner_text()) for i in range(reviewed.count())) == 12
+    assert int(page.locator("#counts tbody tr[data-class=basophil] td:nth-child(4)").inner_text()) >= 1
     expect(page.locator("#reviewed")).to_have_text("12 of 12 cells reviewed")
 
     with page.expect_download() as download:
@@ -467,4 +470,4 @@ def test_reviewing_cells_by_keyboard_in_a_real_browser(server, page, tmp_path):
     r = subprocess.run([*_command(), "train", "--init", runs.PACKAGED, "--datasets", f"folder:{tmp_path / 'reviewed'}",
                         "--steps", "3", "--device", "cpu"], env=env, capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
-    assert "Adapted bloodmnist to 12 cells" in r.stderr
+    assert "Adapted bloodmnist to 12 cells" in r.stderr and "Few reviewed cells of" in " ".join(r.stderr.split())

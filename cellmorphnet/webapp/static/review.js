@@ -6,6 +6,8 @@ const state = { classes: [], case: null, cells: [], tiles: new Map(), typed: "",
 
 const pct = (p) => `${(100 * p).toFixed(0)}%`;
 const current = (c) => c.reviewed || c.predicted;
+// reviewed cells of a type from which train --init adapts well (cellmorphnet.adapt.ENOUGH_PER_TYPE)
+const ENOUGH_PER_TYPE = 20;
 
 // The keys: digits 1-9 (and 0 for the tenth), or the shortest unique start of a class's name.
 function shortcut(cls) {
@@ -85,10 +87,16 @@ function render() {
 function counts() {
   const now = new Map(state.classes.map((c) => [c, 0]));
   const model = new Map(state.classes.map((c) => [c, 0]));
-  for (const c of state.cells) { now.set(current(c), (now.get(current(c)) || 0) + 1); model.set(c.predicted, (model.get(c.predicted) || 0) + 1); }
+  const reviewed = new Map(state.classes.map((c) => [c, 0]));
+  for (const c of state.cells) {
+    now.set(current(c), (now.get(current(c)) || 0) + 1);
+    model.set(c.predicted, (model.get(c.predicted) || 0) + 1);
+    if (c.reviewed) reviewed.set(c.reviewed, (reviewed.get(c.reviewed) || 0) + 1);
+  }
   const white = state.cells.filter((c) => WHITE_CELLS.includes(current(c)) && !c.edge).length;
   $("counts").querySelector("tbody").replaceChildren(...state.classes.map((c) => el("tr", { "data-class": c },
     el("td", { text: c }), el("td", { text: String(model.get(c)) }), el("td", { text: String(now.get(c)) }),
+    el("td", { text: String(reviewed.get(c)), class: reviewed.get(c) >= ENOUGH_PER_TYPE ? "enough" : "" }),
     el("td", { text: WHITE_CELLS.includes(c) && white ? (100 * state.cells.filter((x) => current(x) === c && !x.edge).length / white).toFixed(1) : "" }))));
   const done = state.cells.filter((c) => c.reviewed).length;
   $("reviewed").textContent = `${done} of ${state.cells.length} cells reviewed`;
