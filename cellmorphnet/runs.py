@@ -289,6 +289,7 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         "reason": reason,
         "datasets": list(record.config.datasets) if record else [],
         "parent": record.parent if record else None,  # train --init: the run it was adapted from
+        "reviewed_cells": (record.adaptation or {}).get("per_class") if record else None,  # and on which cells
         "device": (record.resumed[-1]["device"] if record.resumed and "device" in record.resumed[-1]
                    else record.device) if record else None,
         "world_size": _world_size(hb, record),  # processes of the latest session (torchrun), 1 without

@@ -49,6 +49,8 @@ def test_init_adapts_the_shipped_model_to_a_lab_folder(cli, lab, tmp_path):
     assert lab_set["cells"] == 24 and lab_set["side"] > 0 and len(lab_set["stain"]) == 3
     status = cli("status", "ours")
     assert status.exit_code == 0 and "adapted from" in status.stdout and "bloodmnist" in status.stdout
+    shown = " ".join(status.stdout.split())
+    assert "24 reviewed cells: eosinophil 6, lymphocyte 6, neutrophil 6, Smudge 6" in shown
     out = tmp_path / "p.csv"
     assert cli("infer", "ours", lab / "Smudge", "--out", out).exit_code == 0
     rows = list(csv.DictReader(out.open()))

@@ -53,6 +53,10 @@ def run_renderable(st: dict[str, Any]):
         p = st["parent"]
         head.add_row("adapted from", f"{p['name']} (epoch {p.get('epoch')}, checkpoint sha256 "
                      f"{str(p.get('checkpoint_sha256', ''))[:12]}…)")  # fmt: skip
+    if st.get("reviewed_cells"):  # adapted on: a type with fewer than 20 gains from more (docs/training.md)
+        cells = st["reviewed_cells"]
+        head.add_row("adapted on", f"{sum(cells.values())} reviewed cells: "
+                     + ", ".join(f"{c} {n}" for c, n in cells.items()))  # fmt: skip
     epochs = f"{st['epochs_done']} of {st['epochs_planned']}"
     if st["state"] == "running" and st.get("batches"):
         epochs += f" (epoch {st['current_epoch'] + 1}: batch {st['batch']}/{st['batches']})"
