@@ -45,13 +45,11 @@ import torch
 from cellmorphnet import checkpoint, runs
 from cellmorphnet._io import file_digest, write_json
 from cellmorphnet.errors import ConfigError, InvalidData
+from cellmorphnet.reviews import ENOUGH_PER_TYPE
 
 Events = Callable[..., None]
 FINAL_LR = 0.1
 DISTILL_TEMPERATURE = 2.0
-# reviewed cells per type below which the run names the type: ten per type left the other lab's remaining cells at
-# 0.88-0.90 balanced accuracy, twenty at 0.93 (benchmarks/adapt.py)
-ENOUGH_PER_TYPE = 20
 
 
 @dataclass(frozen=True)

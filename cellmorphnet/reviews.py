@@ -36,6 +36,9 @@ from cellmorphnet.errors import ConfigError, InvalidData, OutputError
 SCHEMA = 1
 FILENAME = "reviews.sqlite"
 MAX_NAME = 200  # characters of a case or reviewer name
+# reviewed cells per type from which ``train --init`` adapts a model well: ten per type left another lab's remaining
+# cells at 0.88-0.90 balanced accuracy, twenty at 0.93 (benchmarks/adapt.py); the review page and train say so
+ENOUGH_PER_TYPE = 20
 
 _MIGRATIONS = {  # from version N-1 to N
     1: """

@@ -20,7 +20,7 @@ from conftest import PBC_TEST_IMAGES, assert_one_line_error
 from PIL import Image
 
 from cellmorphnet.errors import ConfigError, InvalidData, OutputError
-from cellmorphnet.reviews import SCHEMA, ReviewStore, export, safe_stem
+from cellmorphnet.reviews import ENOUGH_PER_TYPE, SCHEMA, ReviewStore, export, safe_stem
 
 CLASSES = ["eosinophil", "lymphocyte", "neutrophil", "smudge"]
 
@@ -216,7 +216,8 @@ def test_review_routes(service, tmp_path):
     assert client.post(f"/v1/cells/{cells[0]['id']}/review", json={"class": "blast"}).status_code == 422
     assert client.post("/v1/cells/9999/review", json={"class": "smudge"}).status_code == 404
     assert client.post(f"/v1/cells/{cells[1]['id']}/undo").status_code == 409  # nothing to undo
-    assert client.get("/v1/cases").json()["cases"][0]["reviewed"] == 1
+    listed = client.get("/v1/cases").json()
+    assert listed["cases"][0]["reviewed"] == 1 and listed["enough_per_type"] == ENOUGH_PER_TYPE  # the page's green
     z = client.get("/v1/cases/slide%201/export")
     assert z.status_code == 200 and z.headers["content-type"] == "application/zip"
     names = zipfile.ZipFile(io.BytesIO(z.content)).namelist()

@@ -471,3 +471,16 @@ def test_reviewing_cells_by_keyboard_in_a_real_browser(server, page, tmp_path):
                         "--steps", "3", "--device", "cpu"], env=env, capture_output=True, text=True)  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert "Adapted bloodmnist to 12 cells" in r.stderr and "Few reviewed cells of" in " ".join(r.stderr.split())
+
+    # twenty neutrophils reviewed (through the API): that class's reviewed count turns green, the others stay plain
+    twenty = sorted((PBC_TEST_IMAGES / "neutrophil").glob("*.jpg"))[:20]
+    files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in twenty]
+    cells = httpx.post(f"{server.url}/v1/cases/slide%20B/cells", files=files, timeout=120).json()["cells"]
+    for cell in cells:
+        assert httpx.post(f"{server.url}/v1/cells/{cell['id']}/review", json={"class": "neutrophil"}).status_code == 200
+    page.reload()
+    page.fill("#case", "slide B")
+    page.click("#case-form button[type=submit]")
+    expect(page.locator("#reviewed")).to_have_text("20 of 20 cells reviewed", timeout=30_000)
+    expect(page.locator("#counts tbody td.enough")).to_have_count(1)
+    expect(page.locator("#counts tbody tr[data-class=neutrophil] td.enough")).to_have_text("20")

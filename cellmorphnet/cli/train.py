@@ -249,7 +249,7 @@ def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, 
     if a["new_classes"]:
         _output.info(f"New classes: {', '.join(a['new_classes'])}.")
     if a["few_cells"]:
-        from cellmorphnet.adapt import ENOUGH_PER_TYPE
+        from cellmorphnet.reviews import ENOUGH_PER_TYPE
 
         few = ", ".join(f"{c} {n}" for c, n in a["few_cells"].items())
         _output.warn(f"Few reviewed cells of {few}: on another lab's cells, 10 per type reached 0.88-0.90 balanced "

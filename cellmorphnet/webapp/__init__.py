@@ -251,7 +251,7 @@ class UndoBody(BaseModel):
 def _review_routes(v1: APIRouter, service: ModelService, store, limits: Limits) -> None:
     """Cases of cells, their reviews and the export: the routes of the review view (docs/serve.md, "Review")."""
     from cellmorphnet.errors import InvalidData
-    from cellmorphnet.reviews import export
+    from cellmorphnet.reviews import ENOUGH_PER_TYPE, export
 
     def refused(e: InvalidData, status: int = 422) -> _Refused:
         return _Refused(e.message + (f" {e.hint}" if e.hint else ""), status)
@@ -264,7 +264,7 @@ def _review_routes(v1: APIRouter, service: ModelService, store, limits: Limits) 
     @v1.get("/cases", tags=["review"])
     def cases() -> dict[str, Any]:
         """Every case: name, when it was opened, its cells and how many are reviewed."""
-        return {"classes": store.classes, "cases": store.cases()}
+        return {"classes": store.classes, "cases": store.cases(), "enough_per_type": ENOUGH_PER_TYPE}
 
     @v1.post("/cases/{case}/cells", tags=["review"], openapi_extra=_multipart("files", many=True))
     async def add_cells(request: Request, case: str) -> dict[str, Any]:

@@ -2,12 +2,11 @@
 "use strict";
 
 const CHUNK = 16;
-const state = { classes: [], case: null, cells: [], tiles: new Map(), typed: "", typedAt: 0 };
+// enough: reviewed cells of a type from which train --init adapts well (the server says how many)
+const state = { classes: [], enough: Infinity, case: null, cells: [], tiles: new Map(), typed: "", typedAt: 0 };
 
 const pct = (p) => `${(100 * p).toFixed(0)}%`;
 const current = (c) => c.reviewed || c.predicted;
-// reviewed cells of a type from which train --init adapts well (cellmorphnet.adapt.ENOUGH_PER_TYPE)
-const ENOUGH_PER_TYPE = 20;
 
 // The keys: digits 1-9 (and 0 for the tenth), or the shortest unique start of a class's name.
 function shortcut(cls) {
@@ -21,6 +20,7 @@ function shortcut(cls) {
 async function loadCases() {
   const body = await (await api("/v1/cases")).json();
   state.classes = body.classes;
+  state.enough = body.enough_per_type;
   $("cases").replaceChildren(...body.cases.map((c) => el("option", { value: c.name, text: `${c.reviewed} of ${c.cells} reviewed` })));
   $("keys").textContent = "Keys: " + state.classes.map((c, i) => `${i < 10 ? (i + 1) % 10 : "-"} or ${shortcut(c)} = ${c}`).join(" · ")
     + " · Enter = confirm the prediction · u or Backspace = undo · arrows = move";
@@ -96,7 +96,7 @@ function counts() {
   const white = state.cells.filter((c) => WHITE_CELLS.includes(current(c)) && !c.edge).length;
   $("counts").querySelector("tbody").replaceChildren(...state.classes.map((c) => el("tr", { "data-class": c },
     el("td", { text: c }), el("td", { text: String(model.get(c)) }), el("td", { text: String(now.get(c)) }),
-    el("td", { text: String(reviewed.get(c)), class: reviewed.get(c) >= ENOUGH_PER_TYPE ? "enough" : "" }),
+    el("td", { text: String(reviewed.get(c)), class: reviewed.get(c) >= state.enough ? "enough" : "" }),
     el("td", { text: WHITE_CELLS.includes(c) && white ? (100 * state.cells.filter((x) => current(x) === c && !x.edge).length / white).toFixed(1) : "" }))));
   const done = state.cells.filter((c) => c.reviewed).length;
   $("reviewed").textContent = `${done} of ${state.cells.length} cells reviewed`;
