@@ -34,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,8 @@ class AdaptSettings:
     # the backbone's lower half kept as the parent had it (its stem and first blocks, and their batch-norm
     # statistics); None: only without replay
     freeze_lower: bool | None = None
+    # class folders meant as the lab's own classes (--new-class); any other folder must name one of the parent's
+    new_classes: tuple[str, ...] = ()
 
 
 @dataclass
@@ -90,25 +93,55 @@ class LabCells:
     lab_set: dict[str, Any]  # the set-level values these cells were prepared with (inference.prepare), for infer
 
 
-def lab_cells(rm, folder: Path, workers: int = 2) -> LabCells:
-    """Read ``folder``'s class sub-folders through the parent's inference pipeline, labels matched by name."""
-    from cellmorphnet.data.sources.folder import list_images
+def match_folders(folder: Path, folder_names: list[str], counts: dict[str, int], parent: list[str],
+                  new_classes: tuple[str, ...] = ()) -> tuple[dict[str, str], list[str]]:  # fmt: skip
+    """Each class folder's class (the parent's, by ``canonical`` name) and the lab's new classes.
+
+    A folder that names none of the parent's classes is a new class only where ``new_classes`` says it is meant;
+    otherwise it is a misspelling until told so (``neutrofil/`` would teach the model a ninth class of
+    neutrophils), refused with the nearest class named. An empty class folder is refused too: a class with no
+    cells cannot be learned, and would be a class the model never saw."""
+    import difflib
+
     from cellmorphnet.data.taxonomy import canonical
-    from cellmorphnet.inference import inference_options, prepare_set
-    from cellmorphnet.inference.predict import class_probs
     from cellmorphnet.reviews import check_class_name
 
-    folder_names, items = list_images(folder)
-    parent = list(rm.record.classes)
+    meant = {check_class_name(c) for c in new_classes}
     mapping, new = {}, []
     for name in folder_names:
+        if not counts.get(name):
+            raise InvalidData(f"{folder / name} holds no images.", hint="Remove the empty class folder, or add its "
+                              "reviewed cells.")  # fmt: skip
         c = canonical(name)
         if c in parent:
             mapping[name] = c
+        elif name in meant:
+            mapping[name] = name
+            new.append(name)
         else:
-            mapping[name] = check_class_name(name)
-            new.append(mapping[name])
-    classes = parent + [c for c in dict.fromkeys(new)]
+            near = difflib.get_close_matches(c, parent, n=1, cutoff=0.5)
+            guess = f" Did you mean '{near[0]}'?" if near else ""
+            raise InvalidData(f"{folder / name}: '{name}' is not one of the model's classes ({', '.join(parent)})."
+                              f"{guess}", hint=f"Rename the folder, or, if it is a class of your lab's own, say so: "
+                              f"--new-class {name}")  # fmt: skip
+    unused = sorted(meant - set(new))
+    if unused:
+        raise InvalidData(f"--new-class {', '.join(unused)}: no class folder of that name in {folder}.")
+    return mapping, list(dict.fromkeys(new))
+
+
+def lab_cells(rm, folder: Path, workers: int = 2, new_classes: tuple[str, ...] = ()) -> LabCells:
+    """Read ``folder``'s class sub-folders through the parent's inference pipeline, labels matched by name
+    (``match_folders``)."""
+    from cellmorphnet.data.sources.folder import list_images
+    from cellmorphnet.inference import inference_options, prepare_set
+    from cellmorphnet.inference.predict import class_probs
+
+    folder_names, items = list_images(folder)
+    parent = list(rm.record.classes)
+    counts = Counter(folder_names[i] for _, i in items)
+    mapping, new = match_folders(folder, folder_names, counts, parent, new_classes)
+    classes = parent + new
     if not items:
         raise InvalidData(f"{folder} has no images in its class sub-folders.")
     options = dataclasses.replace(inference_options(rm.record), cells="one", tta=False, scale_views=False)
@@ -134,7 +167,7 @@ def lab_cells(rm, folder: Path, workers: int = 2) -> LabCells:
     if not arrays:
         raise InvalidData(f"None of the images in {folder} could be read.")
     lab_set = {"side": survey.side, "stain": survey.stain, "contrast": survey.contrast, "cells": len(arrays)}
-    return LabCells(np.stack(arrays), np.array(labels), classes, list(dict.fromkeys(new)), kept, skipped, mapping,
+    return LabCells(np.stack(arrays), np.array(labels), classes, new, kept, skipped, mapping,
                     lab_set)  # fmt: skip
 
 
@@ -232,7 +265,7 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
     rm = load_run_model(parent_dir, "best", device)
     parent_sha = file_digest(rm.checkpoint)
     emit("adapt_prepare", folder=folder)
-    lab = lab_cells(rm, folder)
+    lab = lab_cells(rm, folder, new_classes=settings.new_classes)
     train_idx, held_idx = split_held_out(lab.labels, settings.hold_out, settings.seed)
     if len(train_idx) == 0:
         raise InvalidData(f"{folder} has too few cells to adapt on.")
@@ -408,6 +441,7 @@ def _write_run(run_dir, rm, parent_dir, parent_sha, lab: LabCells, model, temper
                   "new_classes": lab.new_classes, "held_out": held,
                   "replay": None if replay is None else {"datasets": replay[4], "images": int(len(replay[1]))},
                   "steps": settings.steps, "seconds": round(seconds, 1), "skipped": lab.skipped[:20],
+                  "skipped_total": len(lab.skipped),
                   "distill": settings.distill if replay is None else None}  # fmt: skip
     inference = dataclasses.replace(rec.inference, lab_set=_plain(lab.lab_set))
     record = dataclasses.replace(rec, config=cfg, classes=list(lab.classes), taxonomy=taxonomy.to_dict(),

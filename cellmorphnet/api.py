@@ -62,6 +62,7 @@ def predict(
     scale_views: bool | None = None,
     stain_contrast: bool | None = None,
     cells: str | None = None,
+    max_cells: int | None = None,
     home: Path | None = None,
 ) -> list[Prediction]:
     """Classify image files and folders (searched recursively) as ``cellmorphnet infer`` does; the options are
@@ -77,7 +78,7 @@ def predict(
     rm = run if isinstance(run, RunModel) else load_run(run, home=home, device=distributed.local_device(group, "auto"))
     files, missing = group.on_main(lambda: collect_files([Path(p) for p in paths]))
     options = inference_options(rm.record, crop, crop_fraction, colour_match, adapt_bn, classes, tta, stain_norm,
-                                scale_views, stain_contrast, cells)  # fmt: skip
+                                scale_views, stain_contrast, cells, max_cells=max_cells)  # fmt: skip
     preds, _ = predict_files(rm, files, options, batch_size=batch_size, top_k=top_k, group=group)
     return preds + [Prediction(p, error=reason) for p, reason in missing]
 

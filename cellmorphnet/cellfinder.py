@@ -59,6 +59,14 @@ def nuclear_stain(rgb: np.ndarray) -> np.ndarray | None:
     return stain > threshold_otsu(stain)
 
 
+def looks_empty(img: Image.Image) -> bool:
+    """Whether an image is too small to hold a cell (under ``MIN_SIDE``) or flat (one colour: a blank canvas)."""
+    if min(img.size) < MIN_SIDE:
+        return True
+    grey = np.asarray(img.convert("L").resize((32, 32), Image.BILINEAR), dtype=np.int16)
+    return int(grey.max()) - int(grey.min()) < 8
+
+
 def find_nucleus(img: Image.Image | np.ndarray) -> Nucleus | None:
     """The white cell's nucleus in an RGB image, or ``None`` where there is none to find."""
     from skimage.measure import label, regionprops
@@ -130,14 +138,20 @@ def cell_box(nucleus: Nucleus, side: float) -> tuple[int, int, int, int]:
 
 
 def padded_crop(img: Image.Image, box: tuple[int, int, int, int]) -> Image.Image:
-    """``img.crop(box)``, with the image's border repeated outwards where the box reaches past it."""
+    """``img.crop(box)``, with the image's border repeated outwards where the box reaches past it.
+
+    Only the part of the image under the box is copied (the border repeated by indexing it), so the cost is
+    the crop's size, never the image's."""
     left, top, right, bottom = box
     w, h = img.size
-    pad = max(0, -left, -top, right - w, bottom - h)
-    if pad == 0:
+    if left >= 0 and top >= 0 and right <= w and bottom <= h:
         return img.crop(box)
-    arr = np.pad(np.asarray(img), ((pad, pad), (pad, pad), (0, 0)), mode="edge")
-    return Image.fromarray(arr[top + pad : bottom + pad, left + pad : right + pad])
+    x0, y0 = min(max(left, 0), w - 1), min(max(top, 0), h - 1)
+    x1, y1 = max(min(right, w), x0 + 1), max(min(bottom, h), y0 + 1)
+    inner = np.asarray(img.crop((x0, y0, x1, y1)))
+    xs = np.clip(np.arange(left, right), 0, w - 1) - x0
+    ys = np.clip(np.arange(top, bottom), 0, h - 1) - y0
+    return Image.fromarray(inner[ys[:, None], xs[None, :]])
 
 
 def implied_side(img: Image.Image, nucleus: Nucleus, fraction: float, data_size: int) -> float:

@@ -34,8 +34,20 @@ class InvalidData(CellMorphNetError):
     """A file or folder does not have the layout, keys, shapes or counts expected."""
 
 
+class NotFound(InvalidData):
+    """A named thing (a case, a cell) that does not exist (the server answers 404)."""
+
+
+class Conflict(InvalidData):
+    """An action the current state does not allow: nothing to undo, nothing to export (the server answers 409)."""
+
+
 class LimitExceeded(CellMorphNetError):
     """A request asks for more than a documented limit allows (the server answers 413)."""
+
+
+class TimeLimit(CellMorphNetError):
+    """A request's work ran past its time limit (the server answers 503 and frees the worker)."""
 
 
 class UnsafeArchive(CellMorphNetError):

@@ -50,6 +50,12 @@ EDGE_PIXELS = 2  # a box this close to the image border is a cell cut by it
 CROP_PER_DIAMETER = 5.0
 FIELD_MIN_SIDE = 400  # --cells auto: an image whose shorter side has at least this many pixels is a field
 MAX_FIELD_PIXELS = 50_000_000  # larger fields are refused (cut a whole-slide image into tiles first)
+# Bounds on the work one field can cause, whatever it shows (a photo of noise reads as red cells 4 px across, which
+# would make the work copy 17 megapixels of 19,000 "nuclei"):
+MIN_DIAMETER = 8.0  # red cells smaller than this (pixels) leave a white cell too few pixels to classify: no field
+MAX_WORK_PIXELS = 4_000_000  # the detection copy's size at most; a larger field is searched on a coarser copy
+DEFAULT_MAX_CELLS = 500  # white cells kept per field (--max-cells); a field with more is refused, not searched on
+PIECES_PER_CELL = 4  # a field with more stained pieces than this many times --max-cells is not a smear field
 
 
 @dataclass(frozen=True)
@@ -103,7 +109,15 @@ def rbc_diameter(img: Image.Image) -> float | None:
     i = int(below[0])
     lag = i - 1 + (profile[i - 1] - 0.5) / max(profile[i - 1] - profile[i], 1e-6)
     diameter = lag / HALF_DECAY_PER_DIAMETER / scale
-    return float(diameter) if 4.0 <= diameter <= max(img.size) else None
+    return float(diameter) if MIN_DIAMETER <= diameter <= max_diameter(img.size) else None
+
+
+def max_diameter(size: tuple[int, int]) -> float:
+    """The largest red-cell diameter a field of ``size`` is read at: two red cells across its shorter side, and a
+    cell's crop (``CROP_PER_DIAMETER`` diameters a side) of no more pixels than the field itself (or 4 megapixels),
+    so that a crop's cost is bounded by the field's."""
+    w, h = size
+    return min(min(w, h) / 2, max(w * h, 4_000_000) ** 0.5 / CROP_PER_DIAMETER)
 
 
 def set_diameter(diameters: Iterable[float | None]) -> float | None:
@@ -112,12 +126,27 @@ def set_diameter(diameters: Iterable[float | None]) -> float | None:
     return float(np.median(found)) if found else None
 
 
-def find_white_cells(img: Image.Image, diameter: float) -> list[FoundCell]:
-    """Every white cell in a field whose red cells are ``diameter`` pixels across, in reading order."""
+class TooManyCells(ValueError):
+    """A field holds more white cells (or stained pieces) than the budget allows: refused, not searched on."""
+
+
+def work_scale(size: tuple[int, int], diameter: float) -> float:
+    """The detection copy's scale: a red cell ``WORK_DIAMETER`` pixels across, or less where that copy would be
+    larger than ``MAX_WORK_PIXELS`` (so a field's cost is bounded whatever its resolution)."""
+    w, h = size
+    return min(WORK_DIAMETER / diameter, (MAX_WORK_PIXELS / max(1, w * h)) ** 0.5)
+
+
+def find_white_cells(img: Image.Image, diameter: float, max_cells: int = DEFAULT_MAX_CELLS) -> list[FoundCell]:
+    """Every white cell in a field whose red cells are ``diameter`` pixels across, in reading order.
+
+    Raises ``TooManyCells`` where the field holds more than ``max_cells`` (or more than ``PIECES_PER_CELL`` times
+    as many stained pieces): a photo that is not a smear field, or a slide to cut into tiles.
+    """
     from scipy import ndimage as ndi
 
-    d = float(WORK_DIAMETER)
-    scale = d / diameter
+    scale = work_scale(img.size, diameter)
+    d = diameter * scale  # WORK_DIAMETER, unless the field is too large for that
     rel = _relative(img, scale)
     blueness = ndi.gaussian_filter(rel[..., 2] - rel[..., 0], SMOOTHING)
     mask = blueness > NUCLEUS_THRESHOLD
@@ -128,7 +157,10 @@ def find_white_cells(img: Image.Image, diameter: float) -> list[FoundCell]:
         return []
     areas = ndi.sum(mask, labels, range(1, n + 1))
     mask = np.isin(labels, [i + 1 for i in range(n) if areas[i] >= MIN_PIECE_AREA * rbc_area])
-    grouped, _ = ndi.label(ndi.binary_dilation(mask, iterations=max(1, round(GROUP_GAP * d / 2))))
+    grouped, groups = ndi.label(ndi.binary_dilation(mask, iterations=max(1, round(GROUP_GAP * d / 2))))
+    if groups > PIECES_PER_CELL * max_cells:
+        raise TooManyCells(f"{groups:,} stained objects: not a smear field, or more than {max_cells} cells "
+                           "(--max-cells)")
     nuclei: list[list[float]] = []  # x0, y0, x1, y1, area (work pixels)
     for g, where in enumerate(ndi.find_objects(grouped), 1):
         if where is None:
@@ -141,6 +173,8 @@ def find_white_cells(img: Image.Image, diameter: float) -> list[FoundCell]:
         y0, x0 = where[0].start, where[1].start
         nuclei.append([x0 + xs.min(), y0 + ys.min(), x0 + xs.max() + 1, y0 + ys.max() + 1, area])
     nuclei = _merge(nuclei, MERGE_GAP * d, MERGE_EXTENT * d)
+    if len(nuclei) > max_cells:
+        raise TooManyCells(f"{len(nuclei):,} white cells found; the limit is {max_cells} (--max-cells)")
     cells = []
     for x0, y0, x1, y1, area in nuclei:
         cx, cy = (x0 + x1) / 2, (y0 + y1) / 2
@@ -158,24 +192,44 @@ def find_white_cells(img: Image.Image, diameter: float) -> list[FoundCell]:
 
 def _merge(nuclei: list[list[float]], gap: float, extent: float) -> list[list[float]]:
     """Merge nuclei whose boxes lie within ``gap`` while the merged box stays within ``extent`` (one cell's lobes
-    that the grouping left apart), closest pairs first."""
-    nuclei = [list(n) for n in nuclei]
+    that the grouping left apart), closest pairs first (ties: the first pair in order).
+
+    The pairs' distances are one matrix, updated for the merged row only: O(n^2) for n nuclei, not O(n^3)."""
+    if len(nuclei) < 2:
+        return [list(n) for n in nuclei]
+    boxes = np.array([n[:4] for n in nuclei], dtype=np.float64)
+    areas = [n[4] for n in nuclei]
+    alive = np.ones(len(nuclei), dtype=bool)
+
+    def apart(i: int | slice, j: int | slice) -> np.ndarray:
+        """The gap between boxes i and j, inf where they may not merge (too far, or too large together)."""
+        a, b = boxes[i], boxes[j]
+        dx = np.maximum(0.0, np.maximum(a[..., 0], b[..., 0]) - np.minimum(a[..., 2], b[..., 2]))
+        dy = np.maximum(0.0, np.maximum(a[..., 1], b[..., 1]) - np.minimum(a[..., 3], b[..., 3]))
+        side = np.maximum(np.maximum(a[..., 2], b[..., 2]) - np.minimum(a[..., 0], b[..., 0]),
+                          np.maximum(a[..., 3], b[..., 3]) - np.minimum(a[..., 1], b[..., 1]))  # fmt: skip
+        gaps = np.hypot(dx, dy)
+        return np.where((gaps <= gap) & (side <= extent), gaps, np.inf)
+
+    n = len(nuclei)
+    dist = apart(np.arange(n)[:, None], np.arange(n)[None, :])
+    dist[np.tril_indices(n)] = np.inf  # each pair once, as (i, j) with i < j
     while True:
-        best = None
-        for i in range(len(nuclei)):
-            for j in range(i + 1, len(nuclei)):
-                a, b = nuclei[i], nuclei[j]
-                dx = max(0.0, max(a[0], b[0]) - min(a[2], b[2]))
-                dy = max(0.0, max(a[1], b[1]) - min(a[3], b[3]))
-                u = [min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3])]
-                apart = float(np.hypot(dx, dy))
-                if apart <= gap and max(u[2] - u[0], u[3] - u[1]) <= extent and (best is None or apart < best[0]):
-                    best = (apart, i, j, u)
-        if best is None:
-            return nuclei
-        _, i, j, u = best
-        nuclei[i] = [*u, nuclei[i][4] + nuclei[j][4]]
-        del nuclei[j]
+        flat = int(np.argmin(dist))  # row-major: the first of equal gaps, as a scan of the pairs in order finds it
+        i, j = divmod(flat, n)
+        if not np.isfinite(dist[i, j]):
+            break
+        boxes[i] = [min(boxes[i, 0], boxes[j, 0]), min(boxes[i, 1], boxes[j, 1]),
+                    max(boxes[i, 2], boxes[j, 2]), max(boxes[i, 3], boxes[j, 3])]  # fmt: skip
+        areas[i] += areas[j]
+        alive[j] = False
+        dist[j, :] = dist[:, j] = np.inf
+        row = apart(i, np.arange(n))
+        row[~alive] = np.inf
+        row[i] = np.inf
+        dist[i, i + 1 :] = row[i + 1 :]
+        dist[:i, i] = row[:i]
+    return [[*map(float, boxes[k]), areas[k]] for k in range(n) if alive[k]]
 
 
 def cell_crop(img: Image.Image, cell: FoundCell, diameter: float) -> Image.Image:

@@ -45,11 +45,20 @@ def _formats() -> list[str]:
 def pixel_count(source) -> int | None:
     """Width x height from an image's header, without decoding it (None where it is not a supported image)."""
     try:
-        with Image.open(source, formats=_formats()) as img:
-            w, h = img.size
-            return w * h
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+        w, h = image_size(source, "")
+    except InvalidData:
         return None
+    return w * h
+
+
+def image_size(source, name: str) -> tuple[int, int]:
+    """Width and height from an image's header, without decoding it; ``InvalidData`` where it is not a supported
+    image."""
+    try:
+        with Image.open(source, formats=_formats()) as img:
+            return img.size
+    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+        raise InvalidData(f"{name}: not an image in a supported format ({FORMAT_NAMES})") from None
 
 
 def load_rgb(source, name: str | None = None, max_pixels: int | None = None) -> Image.Image:

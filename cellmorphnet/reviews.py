@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from cellmorphnet._io import check_writable
-from cellmorphnet.errors import ConfigError, InvalidData, OutputError
+from cellmorphnet.errors import ConfigError, Conflict, InvalidData, NotFound, OutputError
 
 SCHEMA = 1
 FILENAME = "reviews.sqlite"
@@ -78,6 +78,17 @@ _MIGRATIONS = {  # from version N-1 to N
 }
 
 
+def _probabilities(text) -> dict[str, float]:
+    """A cell's stored probabilities; {} where the database holds something else (it is read as input)."""
+    try:
+        data = json.loads(text)
+    except (TypeError, ValueError):
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float))}
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
@@ -111,37 +122,73 @@ class Cell:
                 "reviewed": self.reviewed, "reviewer": self.reviewer, "reviewed_at": self.reviewed_at}  # fmt: skip
 
 
-def _name(value: str | None, what: str, *, required: bool) -> str | None:
+# Unicode categories that are not printable text: controls (C0, DEL, C1), format characters (the direction
+# overrides that make a name read backwards among them), lone surrogates, private use and unassigned code points
+_NOT_TEXT = ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp")
+
+
+def check_name(value: str | None, what: str, *, required: bool) -> str | None:
+    """A case or reviewer name as stored: stripped, at most ``MAX_NAME`` characters of printable text (no control,
+    format or direction-override character, no lone surrogate); a case name holds no '/' (it is one segment of a
+    URL). ``InvalidData`` names what is wrong."""
+    import unicodedata
+
     value = (value or "").strip()
     if not value:
         if required:
             raise InvalidData(f"The {what} is empty.")
         return None
-    if len(value) > MAX_NAME or any(ord(ch) < 32 for ch in value):
-        raise InvalidData(f"The {what} must be at most {MAX_NAME} printable characters.")
+    if len(value) > MAX_NAME or any(unicodedata.category(ch) in _NOT_TEXT for ch in value):
+        raise InvalidData(f"The {what} must be at most {MAX_NAME} characters of printable text (no control or "
+                          "direction characters).")  # fmt: skip
+    if what == "case name" and ("/" in value or "\\" in value):
+        raise InvalidData(f"A case name cannot hold '/' or '\\' ('{value}').",
+                          hint="Use '-' instead, e.g. 2026-12-06.")
     return value
 
 
 class ReviewStore:
-    """The review database at ``path`` (created and migrated on open), usable from many threads."""
+    """The review database at ``path`` (created and migrated on open), usable from many threads.
 
-    def __init__(self, path: Path, classes: list[str]) -> None:
+    ``read_only`` (``reviews list`` / ``export``): the file must already be a review database; it is opened with
+    SQLite's read-only mode and never changed, not even its journal mode. Either way, a file that is not ours
+    (not SQLite, or another program's database) is refused before anything is written to it.
+    """
+
+    def __init__(self, path: Path, classes: list[str], *, read_only: bool = False) -> None:
         self.path = Path(path)
         self.classes = list(classes)  # what a review may say: the model's classes and the lab's own
+        self.read_only = read_only
         self._lock = threading.Lock()
-        check_writable(self.path, folder=False)  # WAL mode writes beside the file, even to read
+        if read_only:
+            if not self.path.is_file() or self.path.stat().st_size == 0:
+                what = "an empty file" if self.path.is_file() else "not a file"
+                raise InvalidData(f"{self.path} is not a review database ({what}).",
+                                  hint="Reviews are made in cellmorphnet serve's review view.")  # fmt: skip
+        else:
+            check_writable(self.path, folder=False)  # WAL mode writes beside the file, even to read
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            if read_only:
+                uri = f"{self.path.resolve().as_uri()}?mode=ro"
+                self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         except (OSError, sqlite3.Error) as e:
             raise OutputError(f"Cannot open the review database {self.path}: {getattr(e, 'strerror', None) or e}.",
                               hint="Give a file in a folder you can write to.") from None  # fmt: skip
         try:
             self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")  # a committed review survives a power cut
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
+            version = self._check_ours()  # before anything could change the file
+            if read_only:
+                if version < SCHEMA:
+                    raise ConfigError(f"{self.path} has review schema {version}; open it once with cellmorphnet "
+                                      f"serve to bring it to {SCHEMA}.")  # fmt: skip
+            else:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=FULL")  # a committed review survives a power cut
+                self._db.execute("PRAGMA foreign_keys=ON")
+                self._migrate(version)
         except sqlite3.Error as e:  # not SQLite at all, or a database that stays locked
             self._db.close()
             raise InvalidData(f"Cannot use {self.path} as a review database: {e}.") from None
@@ -165,16 +212,22 @@ class ReviewStore:
                 raise
             self._db.execute("COMMIT")
 
-    def _migrate(self) -> None:
+    def _check_ours(self) -> int:
+        """The file's review schema version; ``InvalidData`` for another program's database, ``ConfigError`` for a
+        newer cellmorphnet's. Reads only."""
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         tables = [r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        if version == 0 and tables:  # every version of the review schema sets user_version: another program's
-            raise InvalidData(f"{self.path} is another program's SQLite database (tables: {', '.join(tables[:5])}).",
-                              hint="Give a new file, or a review database cellmorphnet wrote.")  # fmt: skip
         if version > SCHEMA:
             raise ConfigError(f"{self.path} was written by a newer cellmorphnet (review schema {version}; this one "
                               f"reads up to {SCHEMA}).",
                               hint="Upgrade cellmorphnet: pipx upgrade cellmorphnet")  # fmt: skip
+        if (version == 0 and tables) or (version and "reviews" not in tables):  # ours always set user_version
+            raise InvalidData(f"{self.path} is another program's SQLite database (tables: "
+                              f"{', '.join(tables[:5]) or 'none'}).",
+                              hint="Give a new file, or a review database cellmorphnet wrote.")  # fmt: skip
+        return version
+
+    def _migrate(self, version: int) -> None:
         for target in range(version + 1, SCHEMA + 1):
             script = re.sub(r"--[^\n]*", "", _MIGRATIONS[target])  # (comments may hold a ';')
             with self._write() as db:  # the whole step or none of it
@@ -190,7 +243,7 @@ class ReviewStore:
     # --- cases and cells ---------------------------------------------------------------------------
     def case_id(self, name: str) -> int:
         """The case called ``name``, opened if new."""
-        name = _name(name, "case name", required=True)
+        name = check_name(name, "case name", required=True)
         with self._write() as db:
             db.execute("INSERT OR IGNORE INTO cases (name, created) VALUES (?, ?)", (name, _now()))
             return db.execute("SELECT id FROM cases WHERE name = ?", (name,)).fetchone()[0]
@@ -235,7 +288,7 @@ class ReviewStore:
             FROM cells x JOIN cases c ON c.id = x.case_id WHERE {where} ORDER BY x.id""", args).fetchall()
         return [Cell(r["id"], r["case_name"], r["source"], r["image_sha256"], r["cell_index"],
                      (r["x0"], r["y0"], r["x1"], r["y1"]) if r["x0"] is not None else None, bool(r["edge"]), r["run"],
-                     r["checkpoint_sha256"], r["predicted"], r["confidence"], json.loads(r["probabilities"]),
+                     r["checkpoint_sha256"], r["predicted"], r["confidence"], _probabilities(r["probabilities"]),
                      r["created"], r["reviewed"], r["reviewer"] if r["reviewed"] else None,
                      r["reviewed_at"] if r["reviewed"] else None) for r in rows]  # fmt: skip
 
@@ -248,13 +301,13 @@ class ReviewStore:
     def cell(self, cell_id: int) -> Cell:
         found = self._cell_rows("x.id = ?", (cell_id,))
         if not found:
-            raise InvalidData(f"There is no cell {cell_id}.")
+            raise NotFound(f"There is no cell {cell_id}.")
         return found[0]
 
     def crop(self, cell_id: int) -> tuple[bytes, str]:
         row = self._db.execute("SELECT crop, crop_type FROM cells WHERE id = ?", (cell_id,)).fetchone()
         if row is None:
-            raise InvalidData(f"There is no cell {cell_id}.")
+            raise NotFound(f"There is no cell {cell_id}.")
         return bytes(row["crop"]), row["crop_type"]
 
     # --- reviews -----------------------------------------------------------------------------------
@@ -262,17 +315,17 @@ class ReviewStore:
         """Confirm or reassign a cell: ``cls`` must be one of the store's classes."""
         if cls not in self.classes:
             raise InvalidData(f"'{cls}' is not a class here.", hint=f"The classes: {', '.join(self.classes)}.")
-        reviewer = _name(reviewer, "reviewer name", required=False)
+        reviewer = check_name(reviewer, "reviewer name", required=False)
         with self._write() as db:
             if db.execute("SELECT 1 FROM cells WHERE id = ?", (cell_id,)).fetchone() is None:
-                raise InvalidData(f"There is no cell {cell_id}.")
+                raise NotFound(f"There is no cell {cell_id}.")
             db.execute("INSERT INTO reviews (cell_id, class, reviewer, created, action) VALUES (?, ?, ?, ?, 'review')",
                        (cell_id, cls, reviewer, _now()))  # fmt: skip
         return self.cell(cell_id)
 
     def undo(self, cell_id: int, reviewer: str | None = None) -> Cell:
         """Take back a cell's latest review: the one before it is current again (appended, so history stays)."""
-        reviewer = _name(reviewer, "reviewer name", required=False)
+        reviewer = check_name(reviewer, "reviewer name", required=False)
         with self._write() as db:
             rows = db.execute("SELECT class, action FROM reviews WHERE cell_id = ? ORDER BY id",
                               (cell_id,)).fetchall()  # fmt: skip
@@ -284,7 +337,7 @@ class ReviewStore:
                 else:
                     state.append(r["class"])
             if not state:
-                raise InvalidData(f"Cell {cell_id} has no review to undo.")
+                raise Conflict(f"Cell {cell_id} has no review to undo.")
             previous = state[-2] if len(state) > 1 else None
             db.execute("INSERT INTO reviews (cell_id, class, reviewer, created, action) VALUES (?, ?, ?, ?, 'undo')",
                        (cell_id, previous, reviewer, _now()))  # fmt: skip
@@ -315,7 +368,9 @@ def safe_stem(name: str, limit: int = 60) -> str:
 def export(store: ReviewStore, out: Path, case: str | None = None) -> dict[str, Any]:
     """Write the reviewed cells (of one case) as a dataset: ``out/<class>/<id>-<name>.<ext>`` and ``cells.csv``
     (source file, cell, box, predicted, reviewed class, reviewer, time). ``out`` must not exist yet (nothing
-    is overwritten); it is written whole into a temporary folder beside it and renamed at the end."""
+    is overwritten); it is written whole into a temporary folder beside it and renamed at the end. A cell whose
+    stored class is not a class name (a database changed by hand) is left out and listed in ``refused``: nothing
+    is ever written outside ``out``."""
     import csv
     import io
     import shutil
@@ -328,10 +383,19 @@ def export(store: ReviewStore, out: Path, case: str | None = None) -> dict[str, 
         raise InvalidData(f"{out} already exists: the export writes a new folder.", hint="Give another --out.")
     check_writable(out, folder=True)
     if case is not None and case not in {c["name"] for c in store.cases()}:
-        raise InvalidData(f"There is no case '{case}'.")
-    cells = [c for c in store.cells(case) if c.reviewed is not None]
+        raise NotFound(f"There is no case '{case}'.")
+    cells, refused = [], []
+    for c in store.cells(case):
+        if c.reviewed is None:
+            continue
+        # a value read from the database is input: the class becomes a folder name, so it must be one of the
+        # store's classes (when it knows them) and a plain name, never a path ('../x', '/etc') or a control
+        if _CLASS_NAME.fullmatch(c.reviewed) and (not store.classes or c.reviewed in store.classes):
+            cells.append(c)
+        else:
+            refused.append({"id": c.id, "class": c.reviewed})
     if not cells:
-        raise InvalidData("No reviewed cells to export" + (f" in case '{case}'." if case else "."))
+        raise Conflict("No reviewed cells to export" + (f" in case '{case}'." if case else "."))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
@@ -342,7 +406,8 @@ def export(store: ReviewStore, out: Path, case: str | None = None) -> dict[str, 
         counts: dict[str, int] = {}
         for c in cells:
             data, media = store.crop(c.id)
-            name = f"{c.id:06d}-{safe_stem(c.source)}" + (f"-cell{c.cell_index}" if c.cell_index else "")
+            index = f"-cell{c.cell_index}" if isinstance(c.cell_index, int) else ""
+            name = f"{c.id:06d}-{safe_stem(c.source)}{index}"
             rel = Path(c.reviewed) / (name + EXTENSIONS.get(media, ".png"))
             (tmp / c.reviewed).mkdir(exist_ok=True)
             (tmp / rel).write_bytes(data)
@@ -357,13 +422,17 @@ def export(store: ReviewStore, out: Path, case: str | None = None) -> dict[str, 
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return {"folder": str(out), "cells": len(cells), "per_class": dict(sorted(counts.items()))}
+    return {"folder": str(out), "cells": len(cells), "per_class": dict(sorted(counts.items())),
+            "refused": refused}  # fmt: skip
+
+
+_CLASS_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}")  # a folder name on every system
 
 
 def check_class_name(name: str) -> str:
     """A lab's own class name (``serve --extra-class``): a folder name on every system."""
     name = name.strip()
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]{0,39}", name):
+    if not _CLASS_NAME.fullmatch(name):
         raise ConfigError(f"'{name}' is not a usable class name.",
                           hint="Letters, digits, - and _ (at most 40), starting with a letter or a digit.")  # fmt: skip
     return name

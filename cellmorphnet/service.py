@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import hashlib
 import io
+import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +22,7 @@ import numpy as np
 
 from cellmorphnet.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, MicroBatcher
 from cellmorphnet.inference import (
+    CellItem,
     ImageInfo,
     Loaded,
     Prediction,
@@ -52,6 +56,11 @@ class Limits:
     # an upload is cut off (408, connection closed) once it falls body_timeout_s behind min_upload_rate (bytes/s)
     body_timeout_s: float = 10.0
     min_upload_rate: float = 50_000.0
+    max_json_bytes: int = 64 * 1024  # a JSON body (a review) is a few hundred bytes
+    request_timeout_s: float = 120.0  # a request's work (decoding, finding cells, the model) at most; then 503
+    # requests of at most this many pixels together (one or a few single-cell images) run in a lane of their own, so
+    # a field being searched never makes them wait (it adds one thread holding at most this much decoded)
+    light_request_pixels: int = 4_000_000
 
 
 @dataclass
@@ -61,7 +70,8 @@ class _Prepared:
     uploads: list[Upload]
     loaded: list[Loaded]
     taken: dict[Upload, ImageInfo]  # how each upload was taken: a crop, or a field with its cells
-    refused: dict[Upload, str]  # fields too large to search
+    refused: dict[Upload, str]  # fields too large to search, or with more cells than --max-cells
+    deadline: float  # time.monotonic() past which the request is answered 503
 
 
 class ModelService:
@@ -69,12 +79,12 @@ class ModelService:
 
     def __init__(self, run_dir: Path, which: str = "best", device: str = "auto", *,
                  max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-                 limits: Limits = Limits()) -> None:  # fmt: skip
+                 limits: Limits = Limits(), max_cells: int | None = None) -> None:  # fmt: skip
         from cellmorphnet.run_model import load_run_model
 
         self.run_dir = Path(run_dir)
         self.rm = load_run_model(self.run_dir, which, device)
-        self.options = inference_options(self.rm.record)
+        self.options = inference_options(self.rm.record, max_cells=max_cells)
         self.limits = limits
         self.classes = self.rm.classes
         self.ready = False
@@ -83,7 +93,15 @@ class ModelService:
         # requests decode at once, and only these threads' memory pools ever hold a decoded canvas (a freed block
         # stays in its thread's pool, so decoding on 40 threads would keep 40 pools' worth).
         self._decoder = ThreadPoolExecutor(limits.max_concurrent_sets, thread_name_prefix="cellmorphnet-decode")
+        self._light = ThreadPoolExecutor(1, thread_name_prefix="cellmorphnet-light")  # small requests' own lane
+        self._in_flight = 0  # requests in the decoding lane, running or waiting for a thread
+        self._count = threading.Lock()
         self.batcher = MicroBatcher(self._forward, max_batch, max_wait_ms)
+
+    @property
+    def saturated(self) -> bool:
+        """Every decoding thread is busy (a further large request would wait): ``/readyz`` says not ready."""
+        return self._in_flight >= self.limits.max_concurrent_sets
 
     # --- the model thread -------------------------------------------------------------------------
     def _forward(self, arrays: list[np.ndarray], tta: bool | None = None) -> np.ndarray:
@@ -102,12 +120,14 @@ class ModelService:
     def close(self) -> None:
         self.ready = False
         self._decoder.shutdown(wait=False, cancel_futures=True)
+        self._light.shutdown(wait=False, cancel_futures=True)
         self.batcher.close()
 
     # --- what clients call ------------------------------------------------------------------------
-    def _uploads(self, files: list[tuple[str, bytes]]) -> list[Upload]:
-        """The request's files as uploads, refused whole (``LimitExceeded``) when their images' headers add up to
-        more pixels than ``max_request_pixels``: checked before any is decoded."""
+    def _uploads(self, files: list[tuple[str, bytes]]) -> tuple[list[Upload], int]:
+        """The request's files as uploads, each carrying the request's deadline, and their pixels together; refused
+        whole (``LimitExceeded``) when their images' headers add up to more than ``max_request_pixels``: checked
+        before any is decoded."""
         from cellmorphnet.errors import LimitExceeded
         from cellmorphnet.imaging import pixel_count
 
@@ -117,30 +137,68 @@ class ModelService:
             raise LimitExceeded(f"The images of this request have {sum(counts) / 1e6:,.0f} million pixels together; "
                                 f"the limit is {self.limits.max_request_pixels / 1e6:,.0f} million: send fewer "
                                 "images per request.")  # fmt: skip
-        return [Upload(name or f"file-{i + 1}", data, self.limits.max_pixels) for i, (name, data) in enumerate(files)]
+        deadline = time.monotonic() + self.limits.request_timeout_s
+        uploads = [Upload(name or f"file-{i + 1}", data, self.limits.max_pixels, deadline=deadline)
+                   for i, (name, data) in enumerate(files)]  # fmt: skip
+        return uploads, sum(counts)
 
-    def _prepare(self, uploads: list[Upload], cells: str | None = None) -> _Prepared:
+    def _prepare(self, uploads: list[Upload], pixels: int, cells: str | None = None) -> _Prepared:
         """infer's preprocessing of one set: fields become their cells (``inference.find_cells``), then
         ``inference.prepare_set``; the model questions the stain contrast asks go through the model thread like
-        every other forward pass."""
+        every other forward pass. Runs in the light lane for small requests, else in the decoding lane; a request
+        still waiting for a thread at its deadline is dropped, one past it stops at its next image (``TimeLimit``)."""
+        from cellmorphnet.errors import TimeLimit
+
+        deadline = uploads[0].deadline if uploads else time.monotonic()
 
         def one_view(arrays: list[np.ndarray]) -> np.ndarray:
             return self.batcher.call(lambda: self._forward(arrays, tta=False)).result()
 
         def prepare() -> _Prepared:
-            items, taken, refused = find_cells(uploads, cells or self.options.cells, workers=1)
-            _, loaded = prepare_set(items, self.options, self.classes, one_view, workers=1)
-            loaded = list(loaded)
-            for u in uploads:
-                u.image = None  # the full-size pixels go at once: what the model needs is in ``loaded``
-            return _Prepared(uploads, loaded, taken, refused)
+            try:
+                items, taken, refused = find_cells(uploads, cells or self.options.cells, workers=1,
+                                                   max_cells=self.options.max_cells)  # fmt: skip
+                _, loaded = prepare_set(items, self.options, self.classes, one_view, workers=1)
+                loaded = list(loaded)
+            finally:
+                for u in uploads:
+                    u.image = None  # the full-size pixels go at once: what the model needs is in ``loaded``
+            return _Prepared(uploads, loaded, taken, refused, deadline)
 
-        return self._decoder.submit(prepare).result()
+        light = pixels <= self.limits.light_request_pixels
+        if light:
+            future = self._light.submit(prepare)
+        else:
+            with self._count:
+                self._in_flight += 1
+            future = self._decoder.submit(prepare)
+            future.add_done_callback(lambda _: self._done())
+        try:
+            return future.result(timeout=max(0.0, deadline - time.monotonic()))
+        except FutureTimeout:
+            future.cancel()  # not started yet: never will be; started: stops at its next image (TimeLimit)
+            raise TimeLimit(f"The request took longer than {self.limits.request_timeout_s:g} s (--request-timeout); "
+                            "the server is busy: try again, or send fewer or smaller images.") from None  # fmt: skip
+
+    def _done(self) -> None:
+        with self._count:
+            self._in_flight -= 1
 
     def _predict(self, prepared: _Prepared, top_k: int) -> list[Prediction]:
+        """The model's answers for a prepared set, sent to the model thread a batch at a time (so other requests'
+        batches take turns with a large one's rather than wait for all of it)."""
+        from cellmorphnet.errors import TimeLimit
+
         loaded = prepared.loaded
         ok = [x for x in loaded if x.error is None]
-        probs = self.batcher.submit([x.array for x in ok]).result() if ok else []
+        step = self.batcher.max_batch
+        parts = []
+        for i in range(0, len(ok), step):
+            if time.monotonic() > prepared.deadline:
+                raise TimeLimit(f"The request took longer than {self.limits.request_timeout_s:g} s "
+                                "(--request-timeout): send fewer images per request.")  # fmt: skip
+            parts.append(self.batcher.submit([x.array for x in ok[i : i + step]]).result())
+        probs = np.concatenate(parts) if parts else []
         k = max(1, min(top_k, len(self.classes)))
         by_item = {x.item: to_prediction(x, row, self.classes, k) for x, row in zip(ok, probs, strict=True)}
         preds = [by_item.get(x.item) or Prediction(x.item, error=x.error) for x in loaded]
@@ -156,7 +214,7 @@ class ModelService:
                 ) -> list[Prediction]:  # fmt: skip
         """Predictions for ``(name, bytes)``, in upload order: one per crop, one per white cell found in a field
         (and one saying so for a field without any); unreadable files carry their ``error``."""
-        preds = self._predict(self._prepare(self._uploads(files)), top_k)
+        preds = self._predict(self._prepare(*self._uploads(files)), top_k)
         for p in preds:
             p.min_confidence = min_confidence
         return preds
@@ -168,10 +226,10 @@ class ModelService:
         from cellmorphnet.cellfinder import padded_crop
         from cellmorphnet.gradcam import overlay_image
 
-        uploads = self._uploads([(name, data)])
+        uploads, pixels = self._uploads([(name, data)])
         if cell is not None:
             uploads = [self._cell_upload(uploads[0], *cell)]
-        prepared = self._prepare(uploads, cells="one")
+        prepared = self._prepare(uploads, pixels, cells="one")
         pred = self._predict(prepared, 1)[0]
         if pred.error:
             return pred, b""
@@ -183,14 +241,25 @@ class ModelService:
         return pred, buf.getvalue()
 
     def _cell_upload(self, upload: Upload, box: tuple[int, int, int, int], diameter: float) -> Upload:
-        """The crop of one cell of a field, as an upload of its own (PNG bytes; a few hundred kilobytes)."""
+        """The crop of one cell of a field, as an upload of its own (PNG bytes; a few hundred kilobytes). The box
+        must lie in the image and the diameter be one ``fields.rbc_diameter`` can give for it (``InvalidData``
+        otherwise), checked before any pixel work: the crop's size follows from the diameter."""
         from cellmorphnet import fields
+        from cellmorphnet.errors import InvalidData
+        from cellmorphnet.imaging import image_size
 
-        img = read_image(upload)
-        crop = fields.cell_crop(img, fields.FoundCell(box, False, 0.0), diameter)
+        w, h = image_size(io.BytesIO(upload.data), upload.name)
+        x0, y0, x1, y1 = box
+        if not (0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h):
+            raise InvalidData(f"The box ({x0}, {y0}, {x1}, {y1}) does not lie in the {w}x{h} image.")
+        low, high = fields.MIN_DIAMETER, fields.max_diameter((w, h))
+        if not low <= diameter <= high:
+            raise InvalidData(f"rbc must be between {low:g} and {high:.0f} pixels for a {w}x{h} image, "
+                              f"not {diameter:g}.")
+        crop = CellItem(upload, 1, box, False, diameter).image
         buf = io.BytesIO()
         crop.save(buf, format="PNG")
-        return Upload(f"{upload.name}#cell", buf.getvalue(), self.limits.max_pixels)
+        return Upload(f"{upload.name}#cell", buf.getvalue(), self.limits.max_pixels, deadline=upload.deadline)
 
     def _cam(self, arr: np.ndarray, idx: int) -> np.ndarray:
         import torch

@@ -30,7 +30,8 @@ def lab(tmp_path_factory):
 
 @pytest.mark.slow  # 11 s: the full path, on the shipped model
 def test_init_adapts_the_shipped_model_to_a_lab_folder(cli, lab, tmp_path):
-    r = cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--steps", "4", "--name", "ours")
+    r = cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--steps", "4", "--name", "ours",
+            "--new-class", "Smudge")  # fmt: skip
     assert r.exit_code == 0, r.output
     said = " ".join(r.stderr.split())
     assert "without replay" in said and "New classes: Smudge" in said
@@ -60,7 +61,8 @@ def test_init_adapts_the_shipped_model_to_a_lab_folder(cli, lab, tmp_path):
     assert {r["stain_contrast"] for r in rows} == {"" if lab_set["contrast"] is None else f"{lab_set['contrast']:.3f}"}
     assert cli("infer", "ours", lab / "Smudge", "--no-stain-norm", "--out", out).exit_code == 0
     assert {r["colour_step"] for r in csv.DictReader(out.open())} == {""}  # the switch still turns it off
-    assert cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--name", "ours").exit_code == 1
+    again = cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--name", "ours", "--new-class", "Smudge")
+    assert_one_line_error(again, "already holds a run")
 
 
 def test_init_errors_are_one_line(cli, lab, tmp_path):
@@ -70,9 +72,23 @@ def test_init_errors_are_one_line(cli, lab, tmp_path):
                           "is not a folder")  # fmt: skip
     assert_one_line_error(cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--model", "resnet18"),
                           "keeps its architecture")  # fmt: skip
-    assert_one_line_error(cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--replay"),
-                          "not prepared here")  # fmt: skip
+    assert_one_line_error(cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--replay",
+                              "--new-class", "Smudge"), "not prepared here")  # fmt: skip
     assert_one_line_error(cli("train", "--datasets", "sample", "--steps", "3"), "go with --init")
+    # a folder that names none of the model's classes is a misspelling until --new-class says it is meant
+    assert_one_line_error(cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}"),
+                          "'Smudge' is not one of the model's classes", "--new-class Smudge")  # fmt: skip
+    typo = tmp_path / "typo"
+    shutil.copytree(lab / "lymphocyte", typo / "lymphocyte")
+    shutil.copytree(lab / "Neutrophils", typo / "neutrofil")
+    assert_one_line_error(cli("train", "--init", "bloodmnist", "--datasets", f"folder:{typo}"),
+                          "'neutrofil' is not one of", "Did you mean 'neutrophil'?")  # fmt: skip
+    (typo / "neutrofil").rename(typo / "neutrophil")
+    assert_one_line_error(cli("train", "--init", "bloodmnist", "--datasets", f"folder:{typo}", "--new-class", "blast"),
+                          "--new-class blast: no class folder of that name")  # fmt: skip
+    (typo / "monocyte").mkdir()  # an empty class folder: a class with no cells
+    assert_one_line_error(cli("train", "--init", "bloodmnist", "--datasets", f"folder:{typo}"),
+                          "monocyte holds no images")  # fmt: skip
 
 
 @pytest.mark.slow
@@ -80,7 +96,7 @@ def test_init_replays_the_parents_training_data_where_it_is_prepared(cli, lab):
     assert cli("fetch", "bloodmnist", "--from", PBC_64, "--allow-unverified").exit_code == 0
     assert cli("prepare", "bloodmnist", "--size", "64").exit_code == 0
     r = cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--steps", "6", "--name", "replayed",
-            "--json")  # fmt: skip
+            "--json", "--new-class", "Smudge")  # fmt: skip
     assert r.exit_code == 0, r.output
     summary = json.loads(r.stdout)
     assert summary["adaptation"]["replay"]["datasets"] == ["bloodmnist"]

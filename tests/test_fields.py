@@ -169,8 +169,9 @@ def test_infer_writes_a_row_per_cell_the_differential_and_overlays(cli, tmp_path
 
 
 class _P:  # the parts of a Prediction the differential reads
-    def __init__(self, cls, conf=0.9, edge=None, error=None, no_cells=False, source="f.jpg"):
+    def __init__(self, cls, conf=0.9, edge=None, error=None, no_cells=False, source="f.jpg", found=True):
         self.predicted, self.confidence, self.error, self.no_cells, self.source = cls, conf, error, no_cells, source
+        self.cell_found = found
         self.cell = None if edge is None else type("C", (), {"edge": edge})()
         self.low_confidence = conf is not None and conf < 0.5
 
@@ -180,7 +181,8 @@ def test_the_differential_counts_white_cells_with_wilson_intervals():
     preds = ([_P("neutrophil", edge=False)] * 6 + [_P("lymphocyte", edge=False)] * 3 + [_P("monocyte")]
              + [_P("neutrophil", edge=True)] * 2 + [_P("lymphocyte", conf=0.3)] + [_P("erythroblast")] * 2
              + [_P("platelet")] + [_P(None, error="broken")]
-             + [_P(None, conf=None, no_cells=True, source="g")])  # fmt: skip
+             + [_P(None, conf=None, no_cells=True, source="g")]
+             + [_P("erythroblast", found=False)] * 3 + [_P("neutrophil", found=False)])  # blank images: never counted
     d = differential(preds, classes)
     by = {t["class"]: t for t in d["types"]}
     assert d["white_cells"] == 10  # 6 + 3 + 1: edge cells, the low-confidence one and non-white cells left out
@@ -190,7 +192,7 @@ def test_the_differential_counts_white_cells_with_wilson_intervals():
     assert by["basophil"]["count"] == 0 and by["basophil"]["ci95"][0] == 0.0
     assert d["nucleated_red_cells"] == 2 and d["nrbc_per_100_wbc"] == 20.0
     assert d["other"] == {"platelet": 1} and d["low_confidence"] == 1 and d["edge_cells"] == 2
-    assert d["fields_without_cells"] == 1
+    assert d["fields_without_cells"] == 1 and d["no_cell_found"] == 4
     assert differential(preds, classes, include_edge=True)["white_cells"] == 12
     assert wilson(0, 0) == (0.0, 1.0)
 

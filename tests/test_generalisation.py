@@ -186,7 +186,9 @@ def test_infer_frames_cells_and_flags_unusual_colours(cli, run, tmp_path):
     assert not any(rows[f.name]["unlike_training"] for f in files[:6])
     assert "look unlike the training data" in r.stderr
     r = cli("infer", "g", folder, "--crop", "centre", "--out", out)
-    assert all(p["framing"] == "centre" for p in json.loads(out.read_text())["predictions"])
+    framings = {p["path"].split("/")[-1]: p["framing"] for p in json.loads(out.read_text())["predictions"]}
+    assert all(framings[f.name] == "centre" for f in files)  # the centre policy looks for no nucleus...
+    assert framings["blank.png"] == "centre (no cell found)"  # ...but a blank image holds no cell either way
 
 
 def test_adapt_bn_and_colour_match_leave_the_checkpoint_untouched(cli, run, tmp_path):

@@ -81,3 +81,9 @@ ClassesOption = Annotated[
 
 def home_of(ctx: typer.Context):
     return ctx.obj["home"]
+MaxCellsOption = Annotated[
+    int | None,
+    typer.Option("--max-cells", help="White cells searched for per field at most (default 500); a field holding more "
+                 "(or more than 4x as many stained objects) is refused with the reason, not searched on: cut a "
+                 "whole slide into fields first.", show_default=False),
+]  # fmt: skip

@@ -26,6 +26,7 @@ from cellmorphnet.cli._options import (
     ColourMatchFlag,
     CropOption,
     DeviceOption,
+    MaxCellsOption,
     RunArg,
     ScaleViewsFlag,
     StainContrastFlag,
@@ -74,6 +75,7 @@ def command(
         str, typer.Option("--cells", help="auto: search fields (shorter side >= 400 px) for every white cell, take "
                           "smaller images as one cell; one: every image is one cell; all: search every image.")
     ] = "auto",
+    max_cells: MaxCellsOption = None,
     count_edge_cells: Annotated[
         bool, typer.Option("--count-edge-cells", help="Count cells cut by a field's border in the differential "
                            "(a lab leaves them out; they are always listed).")
@@ -99,6 +101,7 @@ def command(
     )
     from cellmorphnet.inference import sort_into as copy_sorted
     from cellmorphnet.inference.differential import differential
+    from cellmorphnet.inference.output import check_sort_folder
     from cellmorphnet.run_model import load_run_model
 
     if batch_size < 1 or top_k < 1 or workers < 1:
@@ -107,9 +110,11 @@ def command(
         raise ConfigError("--min-confidence must be between 0 and 1.")
     if out is not None:  # where the results cannot go: said before the work, not after it
         check_results_path(out)
-    for folder in (gradcam, sort_into, overlays):
+    for folder in (gradcam, overlays):
         if folder is not None:
             check_writable(folder, folder=True)
+    if sort_into is not None:
+        check_sort_folder(sort_into)
     group = distributed.env_group()
     _output.only_rank_zero(group.rank)
     home = home_of(ctx)
@@ -129,7 +134,7 @@ def command(
     for field in rm.record_mismatch:
         _output.warn(f"Using the checkpoint's {field}: config.json differs (accepted).")
     options = inference_options(rm.record, crop, crop_fraction, colour_match, adapt_bn, classes_only, tta, stain_norm,
-                                scale_views, stain_contrast, cells)  # fmt: skip
+                                scale_views, stain_contrast, cells, max_cells=max_cells)  # fmt: skip
     classes = rm.classes
     policy = options.policy
     with _output.progress("Classifying") as cb:
@@ -272,10 +277,10 @@ def _report_framing_and_colour(ok) -> None:
     """Say how the images were framed, and warn about those whose colours lie far from the training images'."""
     from cellmorphnet.inference import COLOUR_DISTANCE_WARN
 
-    missed = [p for p in ok if p.framing == "centre (no cell found)"]
+    missed = [p for p in ok if not p.cell_found]
     if missed:
         _output.warn(f"No cell was found in {len(missed)} of {len(ok)} images; they were cropped at the centre "
-                     "(column 'framing').")  # fmt: skip
+                     "(column 'framing') and are not counted as cells in the differential.")  # fmt: skip
     unusual = [p for p in ok if p.unusual]
     if unusual:
         _output.warn(

@@ -25,9 +25,9 @@ def _open(ctx: typer.Context, db: Path | None):
     from cellmorphnet.reviews import ReviewStore, store_path
 
     path = db or store_path(home_of(ctx))
-    if not path.is_file():
+    if not path.exists():
         raise InvalidData(f"{path} does not exist.", hint="Reviews are made in cellmorphnet serve's review view.")
-    return ReviewStore(path, [])
+    return ReviewStore(path, [], read_only=True)  # read, never changed
 
 
 @app.command("list")
@@ -65,4 +65,8 @@ def export_cmd(
         store.close()
     per = ", ".join(f"{c} {n}" for c, n in result["per_class"].items())
     _output.info(f"Exported {result['cells']} reviewed cells to {out} ({per}).")
+    if result["refused"]:
+        ids = ", ".join(str(r["id"]) for r in result["refused"][:10])
+        _output.warn(f"Left out {len(result['refused'])} cells whose stored class is not a class name (cells {ids}"
+                     f"{', …' if len(result['refused']) > 10 else ''}): the database was changed outside cellmorphnet.")
     _output.info(f"Adapt a model to them: cellmorphnet train --init RUN --datasets folder:{out}")

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from cellmorphnet.cli import _output
-from cellmorphnet.cli._options import DeviceOption, home_of
+from cellmorphnet.cli._options import DeviceOption, MaxCellsOption, home_of
 
 NAME = "serve"
 ENV_TOKEN = "CELLMORPHNET_TOKEN"
@@ -84,6 +84,14 @@ def command(
     min_upload_kbps: Annotated[
         float, typer.Option("--min-upload-kbps", help="The slowest upload served, in KB/s (after --body-timeout).")
     ] = 50.0,
+    request_timeout: Annotated[
+        float, typer.Option("--request-timeout", help="Seconds one request's work (decoding, finding cells, the model) "
+                            "may take; past it the request is answered 503 and its worker freed.")
+    ] = 120.0,
+    max_json_kb: Annotated[
+        float, typer.Option("--max-json-kb", help="Size of a JSON body (a review), in KB.")
+    ] = 64.0,
+    max_cells: MaxCellsOption = None,
 ) -> None:
     from cellmorphnet import runs
     from cellmorphnet.errors import ConfigError
@@ -93,8 +101,13 @@ def command(
     if min(max_files, max_file_mb, max_request_mb, max_megapixels, max_request_megapixels, max_concurrent_sets,
            max_connections) <= 0:
         raise ConfigError("The --max-* limits must be positive.")
-    if min(header_timeout, body_timeout, min_upload_kbps) <= 0:
-        raise ConfigError("--header-timeout, --body-timeout and --min-upload-kbps must be positive.")
+    if min(header_timeout, body_timeout, min_upload_kbps, request_timeout, max_json_kb) <= 0:
+        raise ConfigError("--header-timeout, --body-timeout, --min-upload-kbps, --request-timeout and --max-json-kb "
+                          "must be positive.")  # fmt: skip
+    import os
+
+    if token is None and os.environ.get(ENV_TOKEN) is not None:  # set but empty: Typer reads it as unset
+        token = os.environ[ENV_TOKEN]
     try:
         import fastapi  # noqa: F401
         import python_multipart  # noqa: F401
@@ -114,9 +127,11 @@ def command(
                     max_files=max_files, max_pixels=int(max_megapixels * 1_000_000),
                     max_request_pixels=int(max_request_megapixels * 1_000_000),
                     max_concurrent_sets=max_concurrent_sets, body_timeout_s=body_timeout,
-                    min_upload_rate=min_upload_kbps * 1000)  # fmt: skip
+                    min_upload_rate=min_upload_kbps * 1000, request_timeout_s=request_timeout,
+                    max_json_bytes=int(max_json_kb * 1024))  # fmt: skip
     _output.info(f"Loading {run_dir.name} …")
-    service = ModelService(run_dir, checkpoint, device, max_batch=max_batch, max_wait_ms=batch_wait_ms, limits=limits)
+    service = ModelService(run_dir, checkpoint, device, max_batch=max_batch, max_wait_ms=batch_wait_ms, limits=limits,
+                           max_cells=max_cells)  # fmt: skip
     service.warm_up()  # a broken run fails here, before the port opens
     if host not in LOCAL_HOSTS and not token:
         _output.warn(f"Listening on {host} without a token: anyone who can reach this machine can use the model. "

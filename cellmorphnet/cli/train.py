@@ -58,6 +58,12 @@ def command(
                      "(default: where it is prepared here).", show_default=False),
     ] = None,
     steps: Annotated[int | None, typer.Option("--steps", help="With --init: optimizer steps. (default: 300)")] = None,
+    new_class: Annotated[
+        list[str] | None,
+        typer.Option("--new-class", help="With --init: this class folder is a class of the lab's own, not one of the "
+                     "model's (repeatable); any other folder must name one of the model's classes.",
+                     show_default=False),
+    ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="timm architecture. (default: tf_efficientnet_lite0)")
     ] = None,
@@ -153,10 +159,10 @@ def command(
             raise ConfigError("train --init runs in one process (a few minutes on a CPU): launch it without torchrun.")
         own = ("datasets", "lr", "seed", "device", "model")
         _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, json, model,
-               [k for k, v in flags.items() if v is not None and k not in own])
+               [k for k, v in flags.items() if v is not None and k not in own], new_class or [])
         return
-    if replay is not None or steps is not None:
-        raise ConfigError("--replay and --steps go with --init.")
+    if replay is not None or steps is not None or new_class:
+        raise ConfigError("--replay, --steps and --new-class go with --init.")
     if sync_bn and not group.active:
         raise ConfigError("--sync-bn is for a distributed job: launch with torchrun --nproc-per-node N -m cellmorphnet "
                           "train ...")  # fmt: skip
@@ -198,7 +204,8 @@ def command(
         raise typer.Exit(143 if summary.get("reason") == "stopped by SIGTERM" else 130)
 
 
-def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, json, model, ignored) -> None:
+def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, json, model, ignored,
+           new_class) -> None:  # fmt: skip
     """train --init: adapt a run to a lab's cells (adapt)."""
     import dataclasses
 
@@ -226,7 +233,7 @@ def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, 
                           hint="Leave out --model, or train a run of that architecture without --init.")  # fmt: skip
     settings = AdaptSettings()
     changes = {k: v for k, v in {"replay": replay, "steps": steps, "lr": lr, "seed": seed}.items() if v is not None}
-    settings = dataclasses.replace(settings, **changes)
+    settings = dataclasses.replace(settings, **changes, new_classes=tuple(new_class))
     if settings.steps < 1 or settings.lr <= 0:
         raise ConfigError("--steps must be at least 1 and --lr positive.")
     target = run_dir.expanduser().resolve() if run_dir else runs.new_run_dir(home, name, [f"{parent.name}-adapted"])
@@ -248,6 +255,10 @@ def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, 
     _output.info(f"Adapted {parent.name} to {a['cells']} cells of {folder} in {a['seconds']:.0f} s, {replayed}.")
     if a["new_classes"]:
         _output.info(f"New classes: {', '.join(a['new_classes'])}.")
+    if a["skipped"]:
+        shown = "; ".join(f"{f} ({why})" for f, why in a["skipped"][:10])
+        more = f"; … {a['skipped_total'] - 10} more" if a["skipped_total"] > 10 else ""
+        _output.warn(f"Skipped {a['skipped_total']} files that could not be read: {shown}{more}.")
     if a["few_cells"]:
         from cellmorphnet.reviews import ENOUGH_PER_TYPE
 

@@ -4,7 +4,10 @@ is prepared and classified as single-cell images are.
 Per image: a single-cell crop (today's path, unchanged) or a field (``fields.is_field``: ``--cells auto``
 decides by size; ``one`` and ``all`` override). The fields of one set share one scale, the median of their
 red cells' diameters, as the fields of one microscope do. Fields are decoded twice (the scale, then the
-cells), one at a time per worker, and again each time a found cell is read: no pixels are kept between.
+cells), one at a time per worker. A field of up to ``images.KEEP_DECODED_PIXELS`` is decoded again each time a
+found cell is read (cheap, and no pixels are held between); a larger one has its cells cut from that second
+decoding and kept (at most ``images.MAX_KEPT_CROP_SIDE`` pixels a side), so its cost does not grow with cells x
+pixels. A field refused by ``fields.find_white_cells``'s budget (too many cells) is reported, never searched on.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 from cellmorphnet import fields
 from cellmorphnet.distributed import SINGLE, Group
 from cellmorphnet.errors import InvalidData
-from cellmorphnet.inference.images import CellItem, Item, Upload, read_image
+from cellmorphnet.inference.images import KEEP_DECODED_PIXELS, CellItem, Item, Upload, read_image
 
 CELL_MODES = ("auto", "one", "all")
 
@@ -68,15 +71,21 @@ def _diameter(item: Item) -> float | None:
     return fields.rbc_diameter(img)
 
 
-def _cells(item: Item, diameter: float) -> list[CellItem]:
-    found = fields.find_white_cells(read_image(item), diameter)
-    return [CellItem(item, i, c.box, c.edge, diameter) for i, c in enumerate(found, 1)]
+def _cells(item: Item, diameter: float, max_cells: int) -> list[CellItem]:
+    img = read_image(item)
+    found = fields.find_white_cells(img, diameter, max_cells)
+    cells = [CellItem(item, i, c.box, c.edge, diameter) for i, c in enumerate(found, 1)]
+    if img.width * img.height > KEEP_DECODED_PIXELS:  # cut once, here, rather than decode the field per cell
+        for c in cells:
+            c.keep_crop(img)
+    return cells
 
 
-def find_cells(items: list[Item], mode: str = "auto", workers: int = 2, group: Group = SINGLE
-               ) -> tuple[list[Item], dict[Item, ImageInfo], dict[Item, str]]:  # fmt: skip
+def find_cells(items: list[Item], mode: str = "auto", workers: int = 2, group: Group = SINGLE, *,
+               max_cells: int = fields.DEFAULT_MAX_CELLS) -> tuple[list[Item], dict[Item, ImageInfo], dict[Item, str]]:
     """Every item as it will be classified: crops as they are, each field replaced by its cells (a field with
-    none drops out); per original item, how it was taken; and the fields refused, with the reason.
+    none drops out); per original item, how it was taken; and the fields refused, with the reason (too large, or
+    more than ``max_cells`` cells).
 
     In a distributed job each rank reads its block of the files and every rank gets the whole answer, the
     set's one scale included (``distributed.Group.map``)."""
@@ -93,7 +102,10 @@ def find_cells(items: list[Item], mode: str = "auto", workers: int = 2, group: G
     measured = dict(zip(candidates, group.map(_diameter, candidates, workers), strict=True))
     diameter = fields.set_diameter(measured.values())
     searched = candidates if diameter is not None else []
-    found = dict(zip(searched, group.map(lambda i: _safe_cells(i, diameter), searched, workers), strict=True))
+    found = dict(zip(searched, group.map(lambda i: _safe_cells(i, diameter, max_cells), searched, workers),
+                     strict=True))  # fmt: skip
+    refused.update({i: f"not searched: {why}" for i, why in found.items() if isinstance(why, str)})
+    found = {i: cells for i, cells in found.items() if not isinstance(cells, str)}
     out: list[Item] = []
     info: dict[Item, ImageInfo] = {}
     for item in items:
@@ -110,9 +122,12 @@ def find_cells(items: list[Item], mode: str = "auto", workers: int = 2, group: G
     return out, info, refused
 
 
-def _safe_cells(item: Item, diameter: float) -> list[CellItem] | None:
+def _safe_cells(item: Item, diameter: float, max_cells: int) -> list[CellItem] | str | None:
+    """The field's cells; why it is refused (over the budget); or None where it cannot be read."""
     try:
-        return _cells(item, diameter)
+        return _cells(item, diameter, max_cells)
+    except fields.TooManyCells as e:
+        return str(e)
     except (InvalidData, OSError):
         return None  # the normal path reports why
 

@@ -1,11 +1,12 @@
 """The leukocyte differential of a set of predictions: how many of each white-cell type, as a lab reports it.
 
 Counted: every classified cell of a white-cell type (``data.taxonomy.WHITE_CELLS`` among the run's classes),
-except cells cut by a field's border (a lab leaves those out; ``include_edge`` counts them) and cells
-below the confidence threshold (``low_confidence``: counted apart, to be checked by eye). Each type gets its
-count, its share of the counted white cells and the 95% Wilson interval of that share. Nucleated red cells
-(erythroblasts) are not white cells: they are reported per 100 white cells, as labs do. Anything else the
-model calls a cell (a platelet clump) is listed as other.
+except images in which no cell was found (blank, too small: ``no_cell_found``, never counted), cells cut by a
+field's border (a lab leaves those out; ``include_edge`` counts them) and cells below the confidence threshold
+(``low_confidence``: counted apart, to be checked by eye). Each type gets its count, its share of the counted
+white cells and the 95% Wilson interval of that share. Nucleated red cells (erythroblasts) are not white cells:
+they are reported per 100 white cells, as labs do. Anything else the model calls a cell (a platelet clump) is
+listed as other.
 """
 
 from __future__ import annotations
@@ -32,7 +33,8 @@ def differential(preds, classes: list[str], *, include_edge: bool = False) -> di
     from cellmorphnet.data.taxonomy import WHITE_CELLS
 
     white = [c for c in classes if c in WHITE_CELLS]
-    cells = [p for p in preds if not p.error and not p.no_cells and p.predicted is not None]
+    classified = [p for p in preds if not p.error and not p.no_cells and p.predicted is not None]
+    cells = [p for p in classified if p.cell_found]
     edge = [p for p in cells if p.cell is not None and p.cell.edge]
     counted = cells if include_edge else [p for p in cells if p not in edge]
     low = [p for p in counted if p.low_confidence]
@@ -58,4 +60,5 @@ def differential(preds, classes: list[str], *, include_edge: bool = False) -> di
         "edge_cells_counted": include_edge,
         "images": len({p.source for p in preds}),
         "fields_without_cells": sum(1 for p in preds if p.no_cells),
+        "no_cell_found": len(classified) - len(cells),
     }

@@ -18,7 +18,7 @@ import numpy as np
 
 from cellmorphnet import colour
 from cellmorphnet.cellfinder import Nucleus, cell_box, padded_crop
-from cellmorphnet.errors import InvalidData
+from cellmorphnet.errors import InvalidData, TimeLimit
 from cellmorphnet.imaging import IMAGE_SUFFIXES, centre_square, load_rgb
 from cellmorphnet.record import InferencePolicy
 
@@ -33,6 +33,7 @@ from cellmorphnet.record import InferencePolicy
 # between (a microscope photo: 12 MB at 4 megapixels); a larger one is decoded again rather than held, so a request
 # of large canvases holds one at a time (docs/serve.md, "Limits").
 KEEP_DECODED_PIXELS = 4_000_000
+MAX_KEPT_CROP_SIDE = 768  # a crop of a field's cell is at most this many pixels a side (downscaled)
 SCALE_VIEWS = (0.87, 1.0, 1.15)  # multiples of the set's crop side; 1.0 in the middle
 DEFAULT_SCALE_VIEWS = False
 
@@ -48,6 +49,15 @@ class Upload:
     data: bytes
     max_pixels: int | None = None  # refuse larger images before decoding them (decompression bombs)
     image: Any = field(default=None, repr=False)  # kept decoded between the survey and the framing, if small
+    deadline: float | None = None  # time.monotonic() past which reading it raises TimeLimit (serve's requests)
+
+    def check_deadline(self) -> None:
+        """Raise ``TimeLimit`` once the request this upload came with has run out of time: every step that reads
+        the upload's pixels asks first, so a request past its limit stops at its next image, freeing its worker."""
+        import time
+
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise TimeLimit("The request took longer than the server's time limit (--request-timeout).")
 
     def __str__(self) -> str:
         return self.name
@@ -57,20 +67,37 @@ class Upload:
 class CellItem:
     """One white cell found in a field (``fields.find_white_cells``): the field it came from and where it lies
     there. Its crop is cut from the field each time it is read, so a folder of fields holds no pixels between
-    readings (a field is decoded once more per reading; an upload keeps its decoded field while small)."""
+    readings (a field is decoded once more per reading; an upload keeps its decoded field while small), except
+    where the crop was kept (``keep_crop``: the cells of a large field, cut from one decoding)."""
 
     source: Path | Upload
     index: int  # 1, 2, ... in the field's reading order
     box: tuple[int, int, int, int]  # x0, y0, x1, y1 in the field's pixels
     edge: bool  # cut by the field's border
     diameter: float  # the red-cell diameter used, in the field's pixels
+    crop: Any = field(default=None, repr=False)  # the kept crop (PIL), if any
+
+    def keep_crop(self, field_image) -> None:
+        """Cut the crop from ``field_image`` (the decoded field) now and keep it."""
+        self.crop = self._cut(field_image)
+
+    def _cut(self, field_image):
+        """The crop, at most ``MAX_KEPT_CROP_SIDE`` pixels a side: a larger one (red cells over 150 pixels across)
+        is downscaled, as the model sees it at 96 pixels anyway. Every cell of a set shares one diameter, so
+        all of its crops share one scale."""
+        from PIL import Image
+
+        from cellmorphnet import fields
+
+        crop = fields.cell_crop(field_image, fields.FoundCell(self.box, self.edge, 0.0), self.diameter)
+        if crop.width > MAX_KEPT_CROP_SIDE:
+            crop = crop.resize((MAX_KEPT_CROP_SIDE, MAX_KEPT_CROP_SIDE), Image.LANCZOS)
+        return crop
 
     @property
     def image(self):
         """The cell's crop (``fields.cell_crop``)."""
-        from cellmorphnet import fields
-
-        return fields.cell_crop(read_image(self.source), fields.FoundCell(self.box, self.edge, 0.0), self.diameter)
+        return self.crop if self.crop is not None else self._cut(read_image(self.source))
 
     @property
     def name(self) -> str:
@@ -87,8 +114,11 @@ def read_image(item: Item):
     """The PIL RGB image of a file or an upload (an upload of up to ``KEEP_DECODED_PIXELS`` is decoded once and
     kept for its second reading), or a found cell's crop."""
     if isinstance(item, CellItem):
+        if isinstance(item.source, Upload):
+            item.source.check_deadline()
         return item.image
     if isinstance(item, Upload):
+        item.check_deadline()
         if not item.data:
             raise InvalidData(f"{item.name}: empty file (0 bytes)")
         if item.image is not None:
@@ -115,13 +145,16 @@ def collect_files(paths: Iterable[Path]) -> tuple[list[Path], list[tuple[Path, s
     """Files to predict: given files as they are, folders searched recursively for image suffixes.
 
     Returns the files and the paths that cannot be read, each with the reason ("does not exist", a link loop,
-    a named pipe...).
+    a named pipe...): given ones, and those inside a folder with an image's name that are not regular files.
     """
     files, missing = [], []
     for p in paths:
         p = Path(p).expanduser()
         if p.is_dir():
-            files += sorted(f for f in p.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            named = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and not f.is_dir())
+            files += [f for f in named if f.is_file()]
+            # an image's name on a named pipe, a socket or a dangling link: listed with the reason, never opened
+            missing += [(f, _not_a_file(f)) for f in named if not f.is_file()]
         elif p.is_file():
             files.append(p)
         else:

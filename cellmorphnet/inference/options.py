@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from cellmorphnet.errors import ConfigError
+from cellmorphnet.fields import DEFAULT_MAX_CELLS
 from cellmorphnet.inference.adaptation import (
     DEFAULT_ADAPT_BN,
     DEFAULT_COLOUR_MATCH,
@@ -40,6 +41,7 @@ class InferenceOptions:
     scale_views: bool = False  # a framed cell also seen at 3 crop sides around the set's (images.crop_sides)
     stain_contrast: bool = False  # with stain_norm, match the set's cytoplasm-to-nucleus density too
     cells: str = "one"  # "auto": fields searched for every white cell, crops as one; "one"; "all" (inference.cells)
+    max_cells: int = DEFAULT_MAX_CELLS  # white cells per field at most; a field with more is refused (--max-cells)
 
     def to_dict(self) -> dict[str, Any]:
         """The user's choices (not the policy), as infer's summary and eval --on's report state them."""
@@ -50,7 +52,8 @@ def inference_options(record: RunRecord, crop: str | None = None, crop_fraction:
                       colour_match: bool | None = None, adapt_bn: bool | None = None,
                       classes: str | None = None, tta: bool | None = None,
                       stain_norm: bool | None = None, scale_views: bool | None = None,
-                      stain_contrast: bool | None = None, cells: str | None = None) -> InferenceOptions:  # fmt: skip
+                      stain_contrast: bool | None = None, cells: str | None = None, *,
+                      max_cells: int | None = None) -> InferenceOptions:  # fmt: skip
     """Resolve the command-line choices (``None``: the default) against the run's record and the measured defaults.
 
     The stain normalisation (on by default) and the colour match both change the set's colours: asking
@@ -101,6 +104,8 @@ def inference_options(record: RunRecord, crop: str | None = None, crop_fraction:
                           hint="Leave out --stain-contrast, or leave out --no-stain-norm / --colour-match.")
     if stain_contrast is None:
         stain_contrast = DEFAULT_STAIN_CONTRAST
+    if max_cells is not None and not 1 <= max_cells <= 100_000:
+        raise ConfigError("--max-cells must be between 1 and 100,000.")
     return InferenceOptions(
         policy=policy,
         colour_match=colour_match,
@@ -112,6 +117,7 @@ def inference_options(record: RunRecord, crop: str | None = None, crop_fraction:
         scale_views=DEFAULT_SCALE_VIEWS if scale_views is None else scale_views,
         stain_contrast=stain_norm and has_contrast and stain_contrast,
         cells=DEFAULT_CELLS if cells is None else _cell_mode(cells),
+        max_cells=DEFAULT_MAX_CELLS if max_cells is None else max_cells,
     )
 
 

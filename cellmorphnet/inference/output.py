@@ -18,15 +18,10 @@ def sort_into(preds: list[Prediction], target: Path) -> int:
     error naming it. A copy never goes through a link (a dangling link placed in a class folder would otherwise
     send it outside ``target``): each is created as a new file, with a free name.
     """
-    import os
-
     ok = [p for p in preds if p.status == "ok"]
     folders = {c: target / c for c in sorted({p.predicted for p in ok})}
     for folder in [target, *folders.values()]:
-        if (folder.is_symlink() and folder != target) or (os.path.lexists(folder) and not folder.is_dir()):
-            raise InvalidData(f"--sort-into: {folder} is in the way ({'a link' if folder.is_symlink() else 'a file'} "
-                              "where a folder of copies should be).",
-                              hint="Move it away, or give --sort-into another folder.")  # fmt: skip
+        check_sort_folder(folder, link_ok=folder == target)
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
     for p in ok:
@@ -50,6 +45,22 @@ def sort_into(preds: list[Prediction], target: Path) -> int:
         if not c:
             shutil.copystat(src, folder / name)
     return len(ok)
+
+
+def check_sort_folder(folder: Path, *, link_ok: bool = True) -> None:
+    """Raise where ``folder`` cannot take ``sort_into``'s copies: not writable, or a file (or, for a class folder, a
+    link) in the way. ``infer`` asks this of ``--sort-into`` before any image is classified (``link_ok``: the
+    folder given may be a link to a folder), and ``sort_into`` of each class folder."""
+    import os
+
+    from cellmorphnet._io import check_writable
+
+    if link_ok:
+        check_writable(folder, folder=True)
+    if (folder.is_symlink() and not link_ok) or (os.path.lexists(folder) and not folder.is_dir()):
+        raise InvalidData(f"--sort-into: {folder} is in the way ({'a link' if folder.is_symlink() else 'a file'} "
+                          "where a folder of copies should be).",
+                          hint="Move it away, or give --sort-into another folder.")  # fmt: skip
 
 
 def check_results_path(out: Path) -> None:
@@ -80,7 +91,7 @@ def write_results(preds: list[Prediction], out: Path, summary: dict[str, Any]) -
     header = ["path", "cell", "kind", "x0", "y0", "x1", "y1", "edge", "status", "predicted", "confidence"]
     for i in range(1, k + 1):
         header += [f"top{i}", f"top{i}_probability"]
-    w.writerow([*header, "framing", "colour_step", "stain_contrast", "colour_distance", "unlike_training",
+    w.writerow([*header, "framing", "cell_found", "colour_step", "stain_contrast", "colour_distance", "unlike_training",
                 "low_confidence", "rbc_diameter_px", "error"])  # fmt: skip
     for p in preds:
         c, info = p.cell, p.image
@@ -94,7 +105,8 @@ def write_results(preds: list[Prediction], out: Path, summary: dict[str, Any]) -
         flags = ["", ""] if unread else ["yes" if p.unusual else "no", "yes" if p.low_confidence else "no"]
         contrast = "" if p.stain_contrast is None else f"{p.stain_contrast:.3f}"
         scale = "" if info is None or info.diameter is None else f"{info.diameter:.1f}"
-        row = [*row, p.framing or "", p.colour_step or "", contrast, dist, *flags, scale, p.error or ""]
+        found = "" if unread else ("yes" if p.cell_found else "no")
+        row = [*row, p.framing or "", found, p.colour_step or "", contrast, dist, *flags, scale, p.error or ""]
         w.writerow([spreadsheet_safe(c) for c in row])  # file names are the user's: never a formula
     with atomic_path(out) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")

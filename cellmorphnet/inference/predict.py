@@ -19,7 +19,7 @@ from cellmorphnet.errors import ConfigError
 from cellmorphnet.inference.cells import ImageInfo, find_cells, source_of
 from cellmorphnet.inference.images import CellItem, Item, Upload, single_view
 from cellmorphnet.inference.options import InferenceOptions
-from cellmorphnet.inference.prepare import Loaded, prepare_set
+from cellmorphnet.inference.prepare import NO_CELL, Loaded, prepare_set
 from cellmorphnet.record import InferencePolicy
 
 COLOUR_DISTANCE_WARN = 4.0  # |z| of an image's mean colour beyond which it is marked unlike the training data
@@ -33,7 +33,7 @@ class Prediction:
     confidence: float | None = None
     top_k: list[tuple[str, float]] = field(default_factory=list)
     error: str | None = None  # why the file was skipped
-    framing: str | None = None  # "cell", "centre", or "centre (no cell found)"
+    framing: str | None = None  # "cell", "centre", or prepare.NO_CELL
     box: tuple[int, int, int, int] | None = None  # the square cropped from the image (may reach past it)
     min_confidence: float = 0.0  # below this confidence the prediction is flagged (--min-confidence)
     colour_distance: float | None = None  # see colour.distance; above COLOUR_DISTANCE_WARN: unlike training
@@ -56,6 +56,12 @@ class Prediction:
         return "skipped" if self.error else ("no cells" if self.no_cells else "ok")
 
     @property
+    def cell_found(self) -> bool:
+        """False for an image in which no cell was found (blank, too small, no nucleus): it gets the model's answer,
+        but is never counted as a cell (``differential``)."""
+        return self.framing != NO_CELL
+
+    @property
     def low_confidence(self) -> bool:
         return self.confidence is not None and self.confidence < self.min_confidence
 
@@ -73,6 +79,7 @@ class Prediction:
             "edge": c.edge if c else None,
             "rbc_diameter_px": None if info is None or info.diameter is None else round(info.diameter, 1),
             "status": self.status,
+            "cell_found": None if self.error or self.no_cells else self.cell_found,
             "predicted": self.predicted,
             "confidence": self.confidence,
             "top_k": [{"class": c, "probability": p} for c, p in self.top_k],
@@ -167,7 +174,7 @@ def predict_files(
 
     if options.adapt_bn and group.active:
         raise ConfigError("--adapt-bn needs every image in one process: run it without torchrun.")
-    items, taken, refused = find_cells(files, options.cells, workers, group)
+    items, taken, refused = find_cells(files, options.cells, workers, group, max_cells=options.max_cells)
     _, loaded = prepare_set(items, options, classes, lambda arrays: probs(arrays, False), workers=workers,
                             window=max(2 * batch_size, 8), group=group)  # fmt: skip
     start, stop = group.shard(len(items))

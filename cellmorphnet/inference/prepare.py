@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 
 from cellmorphnet import colour
+from cellmorphnet.cellfinder import looks_empty
 from cellmorphnet.distributed import SINGLE, Group
 from cellmorphnet.errors import InvalidData
 from cellmorphnet.inference.adaptation import Survey, contrast_sample, settle_contrast, survey_files
@@ -25,11 +26,13 @@ from cellmorphnet.inference.images import Item, crop_box, crop_sides, preprocess
 from cellmorphnet.inference.options import InferenceOptions
 from cellmorphnet.record import InferencePolicy
 
+NO_CELL = "centre (no cell found)"  # the framing of an image in which no cell was found (not counted as a cell)
+
 
 class Framing(NamedTuple):
     """How one image was framed and coloured before the model saw it."""
 
-    label: str  # "cell", "centre", or "centre (no cell found)"
+    label: str  # "cell", "centre", or NO_CELL
     box: tuple[int, int, int, int]  # the square cropped from the image (may reach past it)
     colour_step: str | None  # "stain-norm" or "colour-match" where the set's colours were adapted
     stain_contrast: float | None  # the set's stain-contrast power where it was applied
@@ -59,7 +62,12 @@ def load(item: Item, policy: InferencePolicy, survey: Survey, scales: tuple[floa
     nucleus, side = survey.of(item)
     sides = [side * m for m in scales] if nucleus is not None and side is not None and len(scales) > 1 else [side]
     crops = [preprocess(img, policy, nucleus, s) for s in sides]
-    label = "cell" if nucleus is not None else ("centre (no cell found)" if policy.crop == "cell" else "centre")
+    if nucleus is not None:
+        label = "cell"
+    elif policy.crop == "cell" or looks_empty(img):  # (the centre policy looks for no nucleus: only for nothing)
+        label = NO_CELL
+    else:
+        label = "centre"
     dist = round(colour.distance(crops[len(crops) // 2], policy.colour), 2) if policy.colour else None
     step = None
     if survey.stain is not None and policy.stain:

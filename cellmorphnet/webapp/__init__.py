@@ -8,12 +8,14 @@ the bearer token, request limits, and turning predictions into JSON. Uploads are
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 from importlib import resources
-from typing import Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
@@ -21,7 +23,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
-from cellmorphnet.errors import LimitExceeded
+from cellmorphnet.errors import Conflict, InvalidData, LimitExceeded, NotFound, TimeLimit
 from cellmorphnet.service import Limits, ModelService
 
 log = logging.getLogger("cellmorphnet.serve")  # the CLI shows its INFO lines
@@ -111,13 +113,7 @@ def model_card(service: ModelService) -> dict[str, Any]:
         "test_metrics": metrics,
         "device": str(service.rm.device),
         "micro_batching": {"max_batch": service.batcher.max_batch, "max_wait_ms": service.batcher.max_wait * 1000},
-        "limits": {"max_file_bytes": service.limits.max_file_bytes,
-                   "max_request_bytes": service.limits.max_request_bytes,
-                   "max_files": service.limits.max_files, "max_pixels": service.limits.max_pixels,
-                   "max_request_pixels": service.limits.max_request_pixels,
-                   "max_concurrent_sets": service.limits.max_concurrent_sets,
-                   "body_timeout_s": service.limits.body_timeout_s,
-                   "min_upload_rate": service.limits.min_upload_rate},  # fmt: skip
+        "limits": {**dataclasses.asdict(service.limits), "max_cells_per_field": o.max_cells},
         "notice": "Research tool: not a medical device; its predictions are not a diagnosis.",
     }
 
@@ -196,6 +192,9 @@ def _multipart(field: str, many: bool) -> dict[str, Any]:
 
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
+MAX_COORD = 1_000_000  # a pixel coordinate or diameter in a query (each is checked against its image too)
+MAX_ID = 2**63 - 1  # SQLite's largest integer: a cell id beyond it is no cell
+CellId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A cell's id, as the case lists it.")]
 SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
 
 
@@ -236,6 +235,84 @@ class OriginCheck:
         await self.app(scope, receive, send)
 
 
+class _BodyRefused(Exception):
+    def __init__(self, message: str, status: int) -> None:
+        self.message, self.status = message, status
+
+
+class BodyLimit:
+    """Every request body under a size limit and a read deadline, before any route sees it.
+
+    A JSON body (a review is a few hundred bytes) is read here whole, at most ``max_json_bytes``, and handed on;
+    an upload (multipart) passes through, bounded by ``max_request_bytes`` here and file by file by
+    ``_read_files``. Either is cut off (408, connection closed) once it falls ``body_timeout_s`` behind
+    ``min_upload_rate``, as uploads are, so no slow body holds a connection for ever.
+    """
+
+    def __init__(self, app, limits: Limits) -> None:
+        self.app = app
+        self.limits = limits
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        upload = headers.get(b"content-type", b"").startswith(b"multipart/form-data")
+        limit = self.limits.max_request_bytes if upload else self.limits.max_json_bytes
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await self._refuse(scope, receive, send, f"The request body is larger than {limit:,} bytes.", 413)
+            return
+        loop = asyncio.get_running_loop()
+        start, received = loop.time(), 0
+
+        async def limited_receive():
+            nonlocal received
+            deadline = start + self.limits.body_timeout_s + received / self.limits.min_upload_rate
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise _BodyRefused("The request body came too slowly.", 408) from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise _BodyRefused(f"The request body is larger than {limit:,} bytes.", 413)
+            return message
+
+        if upload:  # read by the route as it comes (a route's own errors for a broken upload are 400s)
+            await self.app(scope, limited_receive, send)
+            return
+        body = bytearray()
+        try:
+            while True:
+                message = await limited_receive()
+                if message["type"] != "http.request":
+                    return  # the client went away
+                body += message.get("body", b"")
+                if not message.get("more_body"):
+                    break
+        except _BodyRefused as e:
+            log.info("a request body was refused: %s", e.message)
+            await self._refuse(scope, receive, send, e.message, e.status)
+            return
+        sent = False
+
+        async def replay():
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()  # (a disconnect, once the answer is on its way)
+
+        await self.app(scope, replay, send)
+
+    @staticmethod
+    async def _refuse(scope, receive, send, message: str, status: int) -> None:
+        response = JSONResponse({"detail": message}, status_code=status, headers={"Connection": "close"})
+        await response(scope, receive, send)
+
+
 class ReviewBody(BaseModel):
     """A reviewer's decision on one cell."""
 
@@ -249,12 +326,12 @@ class UndoBody(BaseModel):
 
 
 def _review_routes(v1: APIRouter, service: ModelService, store, limits: Limits) -> None:
-    """Cases of cells, their reviews and the export: the routes of the review view (docs/serve.md, "Review")."""
-    from cellmorphnet.errors import InvalidData
-    from cellmorphnet.reviews import ENOUGH_PER_TYPE, export
+    """Cases of cells, their reviews and the export: the routes of the review view (docs/serve.md, "Review").
 
-    def refused(e: InvalidData, status: int = 422) -> _Refused:
-        return _Refused(e.message + (f" {e.hint}" if e.hint else ""), status)
+    A case name is one path segment of printable text (``reviews.check_name``); the routes take the rest of the
+    path as the name, so a name with '/' (a date such as 2026/12/06) is answered with why it is refused rather
+    than a bare 404. ``InvalidData`` is answered 422, ``NotFound`` 404 (``create_app``'s handlers)."""
+    from cellmorphnet.reviews import ENOUGH_PER_TYPE, export
 
     def case_json(case: str) -> dict[str, Any]:
         cells = store.cells(case)
@@ -266,58 +343,18 @@ def _review_routes(v1: APIRouter, service: ModelService, store, limits: Limits) 
         """Every case: name, when it was opened, its cells and how many are reviewed."""
         return {"classes": store.classes, "cases": store.cases(), "enough_per_type": ENOUGH_PER_TYPE}
 
-    @v1.post("/cases/{case}/cells", tags=["review"], openapi_extra=_multipart("files", many=True))
+    @v1.post("/cases/{case:path}/cells", tags=["review"], openapi_extra=_multipart("files", many=True))
     async def add_cells(request: Request, case: str) -> dict[str, Any]:
         """Classify images (multipart field `files`) and keep their cells in the case (opened if new)."""
+        from cellmorphnet.reviews import check_name
         from cellmorphnet.service import add_to_case
 
+        check_name(case, "case name", required=True)  # before the upload is read
         files = await _read_files(request, "files", limits)
-        try:
-            stored, skipped = await run_in_threadpool(add_to_case, service, store, case, files)
-        except InvalidData as e:
-            raise refused(e, 400) from None
+        stored, skipped = await run_in_threadpool(add_to_case, service, store, case, files)
         return {**case_json(case), "added": [c.id for c in stored], "skipped": skipped}
 
-    @v1.get("/cases/{case}", tags=["review"])
-    def get_case(case: str) -> dict[str, Any]:
-        """A case's cells with the model's prediction and their current review."""
-        if case not in {c["name"] for c in store.cases()}:
-            raise HTTPException(404, f"There is no case '{case}'.")
-        return case_json(case)
-
-    @v1.post("/cells/{cell_id}/review", tags=["review"])
-    def review(cell_id: int, body: ReviewBody) -> dict[str, Any]:
-        """Confirm or reassign a cell (422 for a class that is not one of the case's classes)."""
-        try:
-            return store.review(cell_id, body.cls, body.reviewer).to_dict()
-        except InvalidData as e:
-            raise refused(e, 404 if "no cell" in e.message else 422) from None
-
-    @v1.post("/cells/{cell_id}/undo", tags=["review"])
-    def undo(cell_id: int, body: UndoBody | None = None) -> dict[str, Any]:
-        """Take back the cell's latest review (kept in its history)."""
-        try:
-            return store.undo(cell_id, body.reviewer if body else None).to_dict()
-        except InvalidData as e:
-            raise refused(e, 404 if "no cell" in e.message else 409) from None
-
-    @v1.get("/cells/{cell_id}/history", tags=["review"])
-    def history(cell_id: int) -> dict[str, Any]:
-        try:
-            return {"cell": store.cell(cell_id).to_dict(), "history": store.history(cell_id)}
-        except InvalidData as e:
-            raise refused(e, 404) from None
-
-    @v1.get("/cells/{cell_id}/crop", tags=["review"])
-    def crop(cell_id: int):
-        """The cell's image as it was stored."""
-        try:
-            data, media = store.crop(cell_id)
-        except InvalidData as e:
-            raise refused(e, 404) from None
-        return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
-
-    @v1.get("/cases/{case}/export", tags=["review"], responses={200: {"content": {"application/zip": {}}}})
+    @v1.get("/cases/{case:path}/export", tags=["review"], responses={200: {"content": {"application/zip": {}}}})
     def export_zip(case: str):
         """The case's reviewed cells as a dataset (class folders and cells.csv), zipped: what
         `cellmorphnet reviews export` writes."""
@@ -329,10 +366,7 @@ def _review_routes(v1: APIRouter, service: ModelService, store, limits: Limits) 
         from cellmorphnet.reviews import safe_stem
 
         with tempfile.TemporaryDirectory() as tmp:
-            try:
-                export(store, Path(tmp) / "cells", case)
-            except InvalidData as e:
-                raise refused(e, 404 if "no case" in e.message else 409) from None
+            export(store, Path(tmp) / "cells", case)
             buf = io.BytesIO()
             with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
                 for f in sorted((Path(tmp) / "cells").rglob("*")):
@@ -341,6 +375,33 @@ def _review_routes(v1: APIRouter, service: ModelService, store, limits: Limits) 
         name = f"{safe_stem(case)}-reviewed.zip"
         return Response(buf.getvalue(), media_type="application/zip",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip
+
+    @v1.get("/cases/{case:path}", tags=["review"])
+    def get_case(case: str) -> dict[str, Any]:
+        """A case's cells with the model's prediction and their current review."""
+        if case not in {c["name"] for c in store.cases()}:
+            raise NotFound(f"There is no case '{case}'.")
+        return case_json(case)
+
+    @v1.post("/cells/{cell_id}/review", tags=["review"])
+    def review(cell_id: CellId, body: ReviewBody) -> dict[str, Any]:
+        """Confirm or reassign a cell (422 for a class that is not one of the case's classes)."""
+        return store.review(cell_id, body.cls, body.reviewer).to_dict()
+
+    @v1.post("/cells/{cell_id}/undo", tags=["review"])
+    def undo(cell_id: CellId, body: UndoBody | None = None) -> dict[str, Any]:
+        """Take back the cell's latest review (kept in its history; 409 when there is none)."""
+        return store.undo(cell_id, body.reviewer if body else None).to_dict()
+
+    @v1.get("/cells/{cell_id}/history", tags=["review"])
+    def history(cell_id: CellId) -> dict[str, Any]:
+        return {"cell": store.cell(cell_id).to_dict(), "history": store.history(cell_id)}
+
+    @v1.get("/cells/{cell_id}/crop", tags=["review"])
+    def crop(cell_id: CellId):
+        """The cell's image as it was stored."""
+        data, media = store.crop(cell_id)
+        return Response(data, media_type=media, headers={"Cache-Control": "private, max-age=3600"})
 
 
 def check_token_value(token: str | None) -> None:
@@ -371,6 +432,7 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
         "device. The files of one request are classified as one set, as `cellmorphnet infer` classifies the "
         "files given to it together.",
     )
+    app.add_middleware(BodyLimit, limits=limits)
     app.add_middleware(OriginCheck, allowed=cors_origins)  # (the last added runs first)
     if cors_origins:
         from fastapi.middleware.cors import CORSMiddleware
@@ -402,6 +464,16 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
     async def over_limit(_request, exc: LimitExceeded):
         return JSONResponse({"detail": exc.message}, status_code=413)
 
+    @app.exception_handler(TimeLimit)
+    async def too_long(_request, exc: TimeLimit):
+        return JSONResponse({"detail": exc.message}, status_code=503, headers={"Retry-After": "10"})
+
+    @app.exception_handler(InvalidData)
+    async def invalid(_request, exc: InvalidData):
+        detail = exc.message + (f" {exc.hint}" if exc.hint else "")
+        status = 404 if isinstance(exc, NotFound) else 409 if isinstance(exc, Conflict) else 422
+        return JSONResponse({"detail": detail}, status_code=status)
+
     # HEAD beside GET, out of the schema: one route with both methods gives both one operation ID in /openapi.json
     @app.head("/healthz", include_in_schema=False)
     @app.get("/healthz", tags=["health"])
@@ -412,9 +484,12 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
     @app.head("/readyz", include_in_schema=False)
     @app.get("/readyz", tags=["health"])
     def readyz():
-        """The model is loaded and warmed up (503 until then)."""
+        """The model is loaded and warmed up, and a thread is free to decode a large request (503 until then, and
+        while every decoding thread is busy: send traffic elsewhere). ``/healthz`` only says the process lives."""
         if not service.ready:
             return JSONResponse({"status": "loading"}, status_code=503)
+        if service.saturated:
+            return JSONResponse({"status": "saturated"}, status_code=503)
         return {"status": "ready"}
 
     v1 = APIRouter(prefix=f"/{API_VERSION}", dependencies=[Depends(check_token)], tags=["model"])
@@ -450,11 +525,13 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
              responses={200: {"content": {"image/png": {}}}})  # fmt: skip
     async def gradcam(
         request: Request,
-        x0: int | None = Query(None, ge=0, description="With y0, x1, y1 and rbc: one cell of a field (its box)."),
-        y0: int | None = Query(None, ge=0),
-        x1: int | None = Query(None, ge=1),
-        y1: int | None = Query(None, ge=1),
-        rbc: float | None = Query(None, gt=0, description="The field's red-cell diameter, as /v1/predict gave it."),
+        x0: int | None = Query(None, ge=0, le=MAX_COORD,
+                               description="With y0, x1, y1 and rbc: one cell of a field (its box)."),
+        y0: int | None = Query(None, ge=0, le=MAX_COORD),
+        x1: int | None = Query(None, ge=1, le=MAX_COORD),
+        y1: int | None = Query(None, ge=1, le=MAX_COORD),
+        rbc: float | None = Query(None, ge=1, le=MAX_COORD, allow_inf_nan=False,
+                                  description="The field's red-cell diameter, as /v1/predict gave it."),
     ):
         """The Grad-CAM overlay of one image (multipart field `file`) as PNG: the crop beside the heat map; with a
         box and `rbc`, of that cell of a field."""

@@ -202,7 +202,8 @@ function wilson(k, n) {
 
 function renderDifferential(cells) {
   const limit = threshold();
-  const counted = cells.filter(({ cell }) => !cell.edge);
+  const found = cells.filter(({ cell }) => cell.cell_found !== false);  // blank or tiny images are no cells
+  const counted = found.filter(({ cell }) => !cell.edge);
   const sure = counted.filter(({ cell }) => !(cell.confidence < limit));
   const white = state.classes.filter((c) => WHITE_CELLS.includes(c));
   const n = sure.filter(({ cell }) => white.includes(cell.predicted)).length;
@@ -220,7 +221,8 @@ function renderDifferential(cells) {
   }
   table.querySelector("tbody").replaceChildren(...body);
   const notes = [];
-  const edge = cells.length - counted.length, low = counted.length - sure.length;
+  const none = cells.length - found.length, edge = found.length - counted.length, low = counted.length - sure.length;
+  if (none) notes.push(`${none} image(s) with no cell found not counted`);
   if (edge) notes.push(`${edge} cell(s) cut by a field's border left out`);
   if (low) notes.push(`${low} below the confidence mark counted apart`);
   $("differential-title").textContent = `Differential (${n} white cells)`;
@@ -268,7 +270,7 @@ async function showGradcam(item) {
 function csvText() {
   const header = ["path", "cell", "kind", "x0", "y0", "x1", "y1", "edge", "status", "predicted", "confidence"];
   for (let i = 1; i <= TOP_K; i++) header.push(`top${i}`, `top${i}_probability`);
-  header.push("framing", "colour_step", "stain_contrast", "colour_distance", "unlike_training", "low_confidence",
+  header.push("framing", "cell_found", "colour_step", "stain_contrast", "colour_distance", "unlike_training", "low_confidence",
     "rbc_diameter_px", "error");
   // a cell that a spreadsheet would read as a formula (=, +, -, @, tab, CR first) gets a leading ', as infer writes it
   const safe = (v) => (/^[=+\-@\t\r]/.test(v) ? `'${v}` : v);
@@ -285,7 +287,7 @@ function csvText() {
       const t = ok ? c.top_k[i] : null;
       out.push(t ? t.class : "", t ? t.probability.toFixed(6) : "");
     }
-    out.push(ok ? c.framing || "" : "", ok ? c.colour_step || "" : "", ok && c.stain_contrast != null ? c.stain_contrast.toFixed(3) : "",
+    out.push(ok ? c.framing || "" : "", ok ? (c.cell_found === false ? "no" : "yes") : "", ok ? c.colour_step || "" : "", ok && c.stain_contrast != null ? c.stain_contrast.toFixed(3) : "",
       ok && c.colour_distance != null ? c.colour_distance.toFixed(2) : "",
       ok ? (c.unlike_training ? "yes" : "no") : "", ok ? (c.confidence < limit ? "yes" : "no") : "",
       field ? scale(r) : "", r.status === "error" ? r.error || "" : "");
