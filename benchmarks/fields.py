@@ -15,6 +15,10 @@
    classify with the 8-view average), model loaded, BCCD's 72 test fields at 640x480; best of 3.
 4. Crops unchanged: the 240 PBC test JPEGs and external/zheng2018-d1 with ``--cells auto`` (the default)
    against ``--cells one`` (the behaviour before fields): identical predictions, accuracy of each.
+5. Bounds (``--bounds``: this part alone): ``cellmorphnet infer bloodmnist`` (the installed command, every
+   default, a new process each) on a 640x480 photo of noise, on a 7000x7000 field (a mosaic of BCCD's fields,
+   JPEG) and on the same area in 640x480 fields (160 BCCD fields in a folder): wall time and the process's peak
+   resident memory (``wait4``'s ru_maxrss), and the ratios of the large field to its area in small ones.
 """
 
 from __future__ import annotations
@@ -159,10 +163,70 @@ def crops(rm) -> dict:
     return out
 
 
+def _run_infer(target: Path) -> dict:
+    """``cellmorphnet infer bloodmnist TARGET`` in a new process: wall seconds, peak RSS (MB), exit code."""
+    import os
+    import subprocess
+    import tempfile
+
+    exe = Path(sys.executable).parent / "cellmorphnet"
+    with tempfile.TemporaryDirectory() as home:
+        out = Path(home) / "p.json"
+        t = time.perf_counter()
+        proc = subprocess.Popen([str(exe), "infer", "bloodmnist", str(target), "--out", str(out), "--device", "cpu"],
+                                env={**os.environ, "CELLMORPHNET_HOME": home}, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)  # fmt: skip
+        _, status, usage = os.wait4(proc.pid, 0)
+        seconds = time.perf_counter() - t
+        summary = json.loads(out.read_text())["summary"] if out.exists() else {}
+    return {"seconds": round(seconds, 2), "peak_rss_mb": round(usage.ru_maxrss / 1024),
+            "exit": os.waitstatus_to_exitcode(status), "cells": summary.get("cells"),
+            "skipped": summary.get("skipped")}  # fmt: skip
+
+
+def bounds(images, splits) -> dict:
+    import tempfile
+
+    from PIL import Image
+
+    names = sorted(images)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        noise = (np.random.default_rng(0).random((480, 640, 3)) * 255).astype(np.uint8)
+        Image.fromarray(noise).save(tmp / "noise.png")
+        out["noise_640x480"] = _run_infer(tmp / "noise.png")
+        print("noise", out["noise_640x480"], file=sys.stderr, flush=True)
+        big = Image.new("RGB", (7000, 7000))
+        small = tmp / "small"
+        small.mkdir()
+        k = 0
+        for row in range(15):
+            for col in range(11):
+                tile = images[names[k % len(names)]]
+                big.paste(tile, (640 * col, 480 * row))
+                k += 1
+        for i in range(160):  # the same area, as 640x480 fields
+            images[names[i % len(names)]].save(small / f"{i:03d}.jpg", quality=95)
+        big.save(tmp / "field-7000.jpg", quality=95)
+        del big
+        out["field_7000x7000"] = _run_infer(tmp / "field-7000.jpg")
+        print("7000", out["field_7000x7000"], file=sys.stderr, flush=True)
+        out["same_area_in_160_fields"] = _run_infer(small)
+        print("160", out["same_area_in_160_fields"], file=sys.stderr, flush=True)
+        one = _run_infer(small / "000.jpg")
+        out["one_640x480_field"] = one  # the start-up and model load every run above includes
+    a, b = out["field_7000x7000"], out["same_area_in_160_fields"]
+    out["ratio_time"] = round(a["seconds"] / b["seconds"], 2)
+    out["ratio_memory"] = round(a["peak_rss_mb"] / b["peak_rss_mb"], 2)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-crops", action="store_true", help="leave out part 4 (the longest)")
+    ap.add_argument("--bounds", action="store_true", help="part 5 alone: what the largest and strangest inputs cost")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -170,6 +234,10 @@ def main() -> None:
 
     result = header("python -m benchmarks.fields " + " ".join(sys.argv[1:]))
     images, boxes, splits = _bccd()
+    if args.bounds:
+        result["bounds"] = bounds(images, splits)
+        emit(result, args.json)
+        return
     result["detection"] = detection(images, boxes, splits)
     result["ruler"] = ruler(images, boxes)
     print("ruler", result["ruler"], file=sys.stderr, flush=True)

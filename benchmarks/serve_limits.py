@@ -11,9 +11,16 @@ about 60 KB on the wire and 49 megapixels (147 MB) decoded. Scenarios, in order:
 4. slow clients: 200 connections sending their headers one byte a second for 20 s, then 1000 sending a
    body the same way (``--slow 0`` skips them). Reported: how many the server answered or closed, and when.
 
-Throughout, a thread asks ``/healthz`` every 100 ms (its slowest answer is reported) and another reads the
-server's resident memory from /proc every 50 ms; the peak is the kernel's high-water mark (VmHWM) at the end.
-Linux only (/proc).
+5. the worst Grad-CAM the limits allow: a 7000x7000 canvas with the largest red-cell diameter the server accepts
+   for it (1400 px: a 7000x7000 cell crop), and ``rbc=4000`` (refused, 422);
+6. JSON bodies: three 300 MB review bodies at once, declared (refused from the header) and streamed without a
+   length (cut off at ``--max-json-kb``);
+7. a single-cell ``/v1/predict`` (one PBC JPEG) asked again and again while two 7000x7000 fields (mosaics of
+   BCCD's fields, JPEG) are being classified: its latencies (p50, p99, max) against the same requests alone.
+
+``--only bounds`` runs 5 to 7 alone. Throughout, a thread asks ``/healthz`` every 100 ms (its slowest answer is
+reported) and another reads the server's resident memory from /proc every 50 ms; the peak is the kernel's
+high-water mark (VmHWM) at the end. Linux only (/proc).
 """
 
 from __future__ import annotations
@@ -92,10 +99,122 @@ def _slow_clients(url: str, seconds: float, heads: int = 200, bodies: int = 1000
             "slow_bodies": summary(range(heads, heads + bodies))}  # fmt: skip
 
 
+def _mosaic(side: int = 7000) -> bytes:
+    """A ``side`` x ``side`` JPEG of BCCD's fields side by side: a smear field as large as the limits take."""
+    import zipfile
+
+    from PIL import Image
+
+    from benchmarks.fields import BCCD_ZIP
+
+    big = Image.new("RGB", (side, side))
+    with zipfile.ZipFile(BCCD_ZIP) as z:
+        names = sorted(n for n in z.namelist() if "/JPEGImages/" in n and n.endswith(".jpg"))
+        k = 0
+        for y in range(0, side, 480):
+            for x in range(0, side, 640):
+                big.paste(Image.open(io.BytesIO(z.read(names[k % len(names)]))).convert("RGB"), (x, y))
+                k += 1
+    buf = io.BytesIO()
+    big.save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+def _bounds(url: str, canvas: bytes, health: list[float], samples: list[int]) -> list[dict]:
+    """Scenarios 5 to 7 (see the module's docstring)."""
+    import socket
+
+    import httpx
+    import numpy as np
+
+    from benchmarks._common import SHARED
+
+    rows = []
+    for rbc in (1400, 4000):
+        health.clear()
+        t = time.monotonic()
+        r = httpx.post(f"{url}/v1/gradcam?x0=3000&y0=3000&x1=3400&y1=3400&rbc={rbc}",
+                       files=[("file", ("c.png", canvas, "image/png"))], timeout=600)  # fmt: skip
+        rows.append({"scenario": f"gradcam of a 7000x7000 canvas, rbc={rbc}", "status": [r.status_code],
+                     "wall_s": round(time.monotonic() - t, 1), "slowest_healthz_s": round(max(health, default=0), 3),
+                     "rss_peak_so_far_mb": round(max(samples, default=0) / 1e6)})  # fmt: skip
+
+    host, port = url.removeprefix("http://").split(":")
+
+    def json_body(declared: bool) -> str:
+        size = 300 * 1024 * 1024
+        with socket.create_connection((host, int(port)), timeout=60) as c:
+            length = f"Content-Length: {size}\r\n" if declared else "Transfer-Encoding: chunked\r\n"
+            c.sendall(f"POST /v1/cells/1/review HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+                      f"{length}\r\n".encode())  # fmt: skip
+            chunk = b"x" * (1 << 20)
+            try:
+                for _ in range(300):
+                    c.sendall(chunk if declared else f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            except OSError:
+                pass  # the server answered and closed: what it should do
+            try:
+                return c.recv(200).split(b"\r\n", 1)[0].decode()
+            except OSError as e:
+                return f"closed ({e.strerror})"
+
+    for declared in (True, False):
+        health.clear()
+        t = time.monotonic()
+        with ThreadPoolExecutor(3) as pool:
+            answers = list(pool.map(json_body, [declared] * 3))
+        rows.append({"scenario": f"3 JSON bodies of 300 MB at once, {'declared' if declared else 'streamed'}",
+                     "status": sorted(set(answers)), "wall_s": round(time.monotonic() - t, 1),
+                     "rss_peak_so_far_mb": round(max(samples, default=0) / 1e6)})  # fmt: skip
+
+    field = _mosaic()
+    one = sorted((SHARED / "bloodmnist-pbc" / "test_images" / "neutrophil").glob("*.jpg"))[0].read_bytes()
+
+    def single(n: int, stop: threading.Event | None = None) -> list[float]:
+        times = []
+        with httpx.Client(timeout=600) as c:
+            while len(times) < n and not (stop is not None and stop.is_set()):
+                t = time.monotonic()
+                c.post(f"{url}/v1/predict", files=[("files", ("cell.jpg", one, "image/jpeg"))]).raise_for_status()
+                times.append(time.monotonic() - t)
+        return times
+
+    alone = single(40)
+    stop = threading.Event()
+    busy: list[float] = []
+
+    def fields_then_stop() -> list[int]:
+        with ThreadPoolExecutor(2) as pool:
+            codes = list(pool.map(lambda _: httpx.post(f"{url}/v1/predict", files=[("files", ("f.jpg", field,
+                                                                                            "image/jpeg"))],
+                                                       timeout=600).status_code, range(2)))  # fmt: skip
+        stop.set()
+        return codes
+
+    t = time.monotonic()
+    with ThreadPoolExecutor(2) as pool:
+        heavy = pool.submit(fields_then_stop)
+        time.sleep(1.0)  # the fields are being decoded and searched
+        busy = pool.submit(single, 10_000, stop).result()
+        codes = heavy.result()
+
+    def pct(xs: list[float], q: float) -> float:
+        return round(float(np.percentile(xs, q)), 3) if xs else 0.0
+
+    rows.append({"scenario": "single-cell /v1/predict while two 7000x7000 fields are classified",
+                 "fields_status": codes, "fields_wall_s": round(time.monotonic() - t, 1),
+                 "field_jpeg_mb": round(len(field) / 1e6, 1), "requests": len(busy),
+                 "p50_s": pct(busy, 50), "p99_s": pct(busy, 99), "max_s": round(max(busy, default=0), 3),
+                 "alone_p50_s": pct(alone, 50), "alone_p99_s": pct(alone, 99),
+                 "rss_peak_so_far_mb": round(max(samples, default=0) / 1e6)})  # fmt: skip
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--side", type=int, default=7000, help="side of the blank PNG canvases")
     ap.add_argument("--slow", type=float, default=20.0, help="seconds of the slow-client scenario (0: skip it)")
+    ap.add_argument("--only", choices=["bounds"], help="run scenarios 5 to 7 alone")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -143,8 +262,9 @@ def main() -> None:
             r = httpx.post(f"{url}/v1/predict", files=files, timeout=600)
             return r.status_code, time.monotonic() - t
 
-        for name, n, parallel in (("one request, 4 canvases", 4, 1), ("8 such requests at once", 4, 8),
-                                  ("one request, 5 canvases (over the budget)", 5, 1)):  # fmt: skip
+        first = () if args.only else (("one request, 4 canvases", 4, 1), ("8 such requests at once", 4, 8),
+                                      ("one request, 5 canvases (over the budget)", 5, 1))  # fmt: skip
+        for name, n, parallel in first:
             health.clear()
             start = time.monotonic()
             with ThreadPoolExecutor(parallel) as pool:
@@ -155,13 +275,16 @@ def main() -> None:
                    "rss_peak_so_far_mb": round(max(samples, default=0) / 1e6)}  # fmt: skip
             result["scenarios"].append(row)
             print(row, file=sys.stderr, flush=True)
-        for heads, bodies in ((200, 0), (0, 1000)) if args.slow else ():
+        for heads, bodies in ((200, 0), (0, 1000)) if args.slow and not args.only else ():
             health.clear()
             statuses.clear()
             row = _slow_clients(url, args.slow, heads, bodies)
             row.update(slowest_healthz_s=round(max(health, default=0.0), 3),
                        healthz_status={str(k): statuses.count(k) for k in sorted(set(statuses))},
                        rss_peak_so_far_mb=round(max(samples, default=0) / 1e6))  # fmt: skip
+            result["scenarios"].append(row)
+            print(row, file=sys.stderr, flush=True)
+        for row in _bounds(url, canvas, health, samples):
             result["scenarios"].append(row)
             print(row, file=sys.stderr, flush=True)
         stop.set()

@@ -151,8 +151,11 @@ class ModelService:
 
         deadline = uploads[0].deadline if uploads else time.monotonic()
 
-        def one_view(arrays: list[np.ndarray]) -> np.ndarray:
-            return self.batcher.call(lambda: self._forward(arrays, tta=False)).result()
+        def one_view(arrays: list[np.ndarray]) -> np.ndarray:  # a batch at a time, as ``_predict`` sends them
+            step = self.batcher.max_batch
+            parts = [self.batcher.call(lambda part=arrays[i : i + step]: self._forward(part, tta=False)).result()
+                     for i in range(0, len(arrays), step)]  # fmt: skip
+            return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
 
         def prepare() -> _Prepared:
             try:

@@ -209,7 +209,8 @@ def test_a_slow_json_body_is_cut_off():
             sent.append(message)
 
         limits = Limits(body_timeout_s=0.5, min_upload_rate=1000)
-        scope = {"type": "http", "method": "POST", "headers": [(b"content-type", b"application/json")]}
+        scope = {"type": "http", "method": "POST", "path": "/v1/cells/1/review",
+                 "headers": [(b"content-type", b"application/json")]}
         await asyncio.wait_for(BodyLimit(app, limits)(scope, receive, send), 5)
 
     asyncio.run(run())

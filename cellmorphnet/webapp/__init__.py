@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import re
 import secrets
 from importlib import resources
 from typing import Annotated, Any
@@ -235,6 +236,9 @@ class OriginCheck:
         await self.app(scope, receive, send)
 
 
+UPLOAD_ROUTES = re.compile(rf"^/{API_VERSION}/(predict|gradcam|cases/.+/cells)$")
+
+
 class _BodyRefused(Exception):
     def __init__(self, message: str, status: int) -> None:
         self.message, self.status = message, status
@@ -243,10 +247,10 @@ class _BodyRefused(Exception):
 class BodyLimit:
     """Every request body under a size limit and a read deadline, before any route sees it.
 
-    A JSON body (a review is a few hundred bytes) is read here whole, at most ``max_json_bytes``, and handed on;
-    an upload (multipart) passes through, bounded by ``max_request_bytes`` here and file by file by
-    ``_read_files``. Either is cut off (408, connection closed) once it falls ``body_timeout_s`` behind
-    ``min_upload_rate``, as uploads are, so no slow body holds a connection for ever.
+    The upload routes (``UPLOAD_ROUTES``) read their multipart bodies themselves, bounded and timed as they come
+    (``_read_files``). Every other body (a review is a few hundred bytes of JSON; anything else sent there) is
+    read here whole, at most ``max_json_bytes`` (413), and cut off (408, connection closed) once it falls
+    ``body_timeout_s`` behind ``min_upload_rate``, as uploads are, so no slow body holds a connection for ever.
     """
 
     def __init__(self, app, limits: Limits) -> None:
@@ -257,9 +261,11 @@ class BodyLimit:
         if scope["type"] != "http" or scope["method"] in SAFE_METHODS:
             await self.app(scope, receive, send)
             return
+        if UPLOAD_ROUTES.match(scope["path"]):  # read, bounded and timed by ``_read_files`` as it comes
+            await self.app(scope, receive, send)
+            return
         headers = dict(scope["headers"])
-        upload = headers.get(b"content-type", b"").startswith(b"multipart/form-data")
-        limit = self.limits.max_request_bytes if upload else self.limits.max_json_bytes
+        limit = self.limits.max_json_bytes
         declared = headers.get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
             await self._refuse(scope, receive, send, f"The request body is larger than {limit:,} bytes.", 413)
@@ -280,9 +286,6 @@ class BodyLimit:
                     raise _BodyRefused(f"The request body is larger than {limit:,} bytes.", 413)
             return message
 
-        if upload:  # read by the route as it comes (a route's own errors for a broken upload are 400s)
-            await self.app(scope, limited_receive, send)
-            return
         body = bytearray()
         try:
             while True:
