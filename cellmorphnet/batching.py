@@ -3,11 +3,14 @@
 Callers ``submit`` arrays and get a future of their probabilities; the thread takes whatever jobs arrived
 within ``max_wait_ms`` of each other, up to ``max_batch`` arrays, and runs them as one forward pass, so many
 clients sending one image each get close to the throughput of one client sending many. ``call`` runs any
-other model work (Grad-CAM, a warm-up) on the same thread, in order.
+other model work (Grad-CAM, a warm-up) on the same thread. Work is taken in order of its ``priority`` (0 first),
+then of arrival: a small request's images (priority 0) go before the next batch of a large one's (1), which
+sends them a batch at a time, so a field of 200 cells delays a single-cell request by one batch at most.
 """
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -28,13 +31,17 @@ DEFAULT_MAX_WAIT_MS = 5.0  # how long the model thread waits for more requests t
 class _Job:
     arrays: list[np.ndarray]
     future: Future = field(default_factory=Future)
+    priority: int = 0
 
 
 @dataclass
 class _Call:
     fn: Callable[[], Any]
     future: Future = field(default_factory=Future)
+    priority: int = 0
 
+
+_LAST = 99  # the close marker's priority: after everything queued before it
 
 class MicroBatcher:
     """One thread that owns the model: gathers queued jobs into batches of at most ``max_batch`` images.
@@ -51,38 +58,44 @@ class MicroBatcher:
         self.forward = forward
         self.max_batch = max_batch
         self.max_wait = max_wait_ms / 1000.0
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()
+        self._seq = itertools.count()  # arrival order among equal priorities
         self._thread = threading.Thread(target=self._loop, name="cellmorphnet-model", daemon=True)
         self._thread.start()
 
-    def submit(self, arrays: list[np.ndarray]) -> Future:
-        job = _Job(list(arrays))
+    def _put(self, priority: int, item) -> None:
+        self._queue.put((priority, next(self._seq), item))
+
+    def submit(self, arrays: list[np.ndarray], priority: int = 0) -> Future:
+        job = _Job(list(arrays), priority=priority)
         if not job.arrays:
             job.future.set_result(np.zeros((0, 0), np.float32))
         else:
-            self._queue.put(job)
+            self._put(priority, job)
         return job.future
 
-    def call(self, fn: Callable[[], Any]) -> Future:
-        c = _Call(fn)
-        self._queue.put(c)
+    def call(self, fn: Callable[[], Any], priority: int = 0) -> Future:
+        c = _Call(fn, priority=priority)
+        self._put(priority, c)
         return c.future
 
     def close(self) -> None:
-        self._queue.put(None)
+        self._put(_LAST, None)
         self._thread.join(timeout=10)
 
-    def _gather(self, first: _Job) -> tuple[list[_Job], Any]:
-        """``first`` and the jobs that arrive within the wait, up to ``max_batch`` images; and what stopped it."""
+    def _gather(self, first: _Job) -> tuple[list[_Job], tuple | None]:
+        """``first`` and the jobs that arrive within the wait, up to ``max_batch`` images; and the queue entry that
+        stopped it (a call, the end, or a job that would not fit), to be put back in its place."""
         jobs, n = [first], len(first.arrays)
         deadline = time.monotonic() + self.max_wait
         while n < self.max_batch:
             try:
-                nxt = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                entry = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
             except queue.Empty:
                 return jobs, None
+            nxt = entry[2]
             if not isinstance(nxt, _Job) or n + len(nxt.arrays) > self.max_batch:
-                return jobs, nxt  # a call, the end, or a job that would not fit: handled next
+                return jobs, entry
             jobs.append(nxt)
             n += len(nxt.arrays)
         return jobs, None
@@ -104,10 +117,8 @@ class MicroBatcher:
             start += len(j.arrays)
 
     def _loop(self) -> None:
-        pending = None
         while True:
-            item = pending if pending is not None else self._queue.get()
-            pending = None
+            item = self._queue.get()[2]
             if item is None:
                 return
             if isinstance(item, _Call):
@@ -116,5 +127,7 @@ class MicroBatcher:
                 except Exception as e:  # noqa: BLE001
                     item.future.set_exception(e)
                 continue
-            jobs, pending = self._gather(item)
+            jobs, stopped_at = self._gather(item)
+            if stopped_at is not None:
+                self._queue.put(stopped_at)  # back in its place: same priority, same arrival
             self._run(jobs)

@@ -72,6 +72,7 @@ class _Prepared:
     taken: dict[Upload, ImageInfo]  # how each upload was taken: a crop, or a field with its cells
     refused: dict[Upload, str]  # fields too large to search, or with more cells than --max-cells
     deadline: float  # time.monotonic() past which the request is answered 503
+    light: bool  # a small request: its model work goes before the next batch of a large one's
 
 
 class ModelService:
@@ -151,9 +152,12 @@ class ModelService:
 
         deadline = uploads[0].deadline if uploads else time.monotonic()
 
+        light = pixels <= self.limits.light_request_pixels
+
         def one_view(arrays: list[np.ndarray]) -> np.ndarray:  # a batch at a time, as ``_predict`` sends them
             step = self.batcher.max_batch
-            parts = [self.batcher.call(lambda part=arrays[i : i + step]: self._forward(part, tta=False)).result()
+            parts = [self.batcher.call(lambda part=arrays[i : i + step]: self._forward(part, tta=False),
+                                       priority=0 if light else 1).result()
                      for i in range(0, len(arrays), step)]  # fmt: skip
             return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), np.float32)
 
@@ -166,9 +170,8 @@ class ModelService:
             finally:
                 for u in uploads:
                     u.image = None  # the full-size pixels go at once: what the model needs is in ``loaded``
-            return _Prepared(uploads, loaded, taken, refused, deadline)
+            return _Prepared(uploads, loaded, taken, refused, deadline, light)
 
-        light = pixels <= self.limits.light_request_pixels
         if light:
             future = self._light.submit(prepare)
         else:
@@ -200,7 +203,8 @@ class ModelService:
             if time.monotonic() > prepared.deadline:
                 raise TimeLimit(f"The request took longer than {self.limits.request_timeout_s:g} s "
                                 "(--request-timeout): send fewer images per request.")  # fmt: skip
-            parts.append(self.batcher.submit([x.array for x in ok[i : i + step]]).result())
+            batch = [x.array for x in ok[i : i + step]]
+            parts.append(self.batcher.submit(batch, priority=0 if prepared.light else 1).result())
         probs = np.concatenate(parts) if parts else []
         k = max(1, min(top_k, len(self.classes)))
         by_item = {x.item: to_prediction(x, row, self.classes, k) for x, row in zip(ok, probs, strict=True)}

@@ -327,3 +327,32 @@ def test_sort_into_is_checked_before_anything_is_classified(cli, tmp_path, monke
     monkeypatch.undo()
     r = cli("infer", "bloodmnist", JPEG, "--sort-into", blocked)  # a class folder in the way: found when copying
     assert_one_line_error(r, "is in the way")
+
+
+def test_a_small_requests_batch_goes_before_a_large_ones_next_batch():
+    """A single-cell /v1/predict waited 308 s behind two large fields; now at most one batch of theirs."""
+    import threading
+
+    from cellmorphnet.batching import MicroBatcher
+
+    order, gate = [], threading.Event()
+
+    def forward(arrays):
+        order.append(int(arrays[0][0, 0, 0]))
+        gate.wait(5)
+        return np.zeros((len(arrays), 2), np.float32)
+
+    b = MicroBatcher(forward, max_batch=2, max_wait_ms=0)
+    try:
+        img = [np.full((4, 4, 3), v, np.uint8) for v in range(4)]
+        first = b.submit([img[1], img[1]], priority=1)  # a large request's batch, being run
+        time.sleep(0.2)
+        later = b.submit([img[2], img[2]], priority=1)  # its next batch, queued
+        small = b.submit([img[3]], priority=0)  # a single cell, queued after it
+        gate.set()
+        for f in (first, later, small):
+            f.result(5)
+        assert order == [1, 3, 2]
+    finally:
+        b.close()
+        assert not b._thread.is_alive()  # (the end is never lost in a gather)
