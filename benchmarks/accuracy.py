@@ -56,11 +56,11 @@ def main() -> None:
 
     from sklearn.metrics import accuracy_score, f1_score
 
-    from cellmorphnet.config import TrainConfig
     from cellmorphnet.data.fetch import fetch
     from cellmorphnet.data.prepare import prepare
     from cellmorphnet.evaluation.report import evaluate_run
-    from cellmorphnet.run_model import load_run_model, predict_split
+    from cellmorphnet.runs.config import TrainConfig
+    from cellmorphnet.runs.load import load_run_model, predict_split
     from cellmorphnet.training import augment
     from cellmorphnet.training.fit import fit
 

@@ -116,8 +116,9 @@ def main() -> None:
 
     import dataclasses
 
-    from cellmorphnet import api, runs
-    from cellmorphnet.adapt import AdaptSettings, adapt
+    from cellmorphnet import api
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.training.finetune import AdaptSettings, adapt
 
     result = header("python -m benchmarks.adapt " + " ".join(sys.argv[1:]))
     files = external_files()

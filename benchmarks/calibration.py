@@ -25,14 +25,14 @@ def main() -> None:
 
     import torch
 
-    from cellmorphnet.calibration import calibrate
     from cellmorphnet.data import store
     from cellmorphnet.data.loader import BatchLoader, DeviceArrays
     from cellmorphnet.data.taxonomy import Taxonomy
-    from cellmorphnet.devices import Precision
     from cellmorphnet.evaluation.metrics import classification_metrics
-    from cellmorphnet.prediction import LabelSpace, collect_logits
-    from cellmorphnet.run_model import load_run_model, predict_split
+    from cellmorphnet.model.prediction import LabelSpace, collect_logits
+    from cellmorphnet.runs.load import load_run_model, predict_split
+    from cellmorphnet.runtime.devices import Precision
+    from cellmorphnet.training.calibration import calibrate
 
     rm = load_run_model(args.run, "best", "cpu")
     rec = rm.record

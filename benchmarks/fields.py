@@ -88,7 +88,7 @@ def _score(found: dict[str, list], truth: dict[str, list]) -> dict:
 
 
 def detection(images, boxes, splits) -> dict:
-    from cellmorphnet import fields
+    from cellmorphnet.vision import fields
 
     unboxed = json.loads(UNBOXED.read_text())["fields"]
     out = {}
@@ -104,7 +104,7 @@ def detection(images, boxes, splits) -> dict:
 
 
 def ruler(images, boxes) -> dict:
-    from cellmorphnet import fields
+    from cellmorphnet.vision import fields
 
     own, truth = [], []
     for n, img in images.items():
@@ -230,7 +230,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from cellmorphnet import api, runs
+    from cellmorphnet import api
+    from cellmorphnet.runs import folders as runs
 
     result = header("python -m benchmarks.fields " + " ".join(sys.argv[1:]))
     images, boxes, splits = _bccd()

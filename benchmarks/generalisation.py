@@ -56,7 +56,7 @@ def main() -> None:
     from cellmorphnet.evaluation.on_folder import evaluate_folder
     from cellmorphnet.evaluation.report import evaluate_run
     from cellmorphnet.inference import inference_options
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.runs.load import load_run_model
 
     external = SHARED / "external" / "zheng2018-d1"
     pbc = SHARED / "bloodmnist-pbc" / "test_images"

@@ -41,10 +41,10 @@ def main() -> None:
     from PIL import Image
 
     import cellmorphnet as cmn
-    from cellmorphnet.config import TrainConfig
     from cellmorphnet.data import store
-    from cellmorphnet.devices import facts_for, pick_device
     from cellmorphnet.errors import CellMorphNetError
+    from cellmorphnet.runs.config import TrainConfig
+    from cellmorphnet.runtime.devices import facts_for, pick_device
     from cellmorphnet.training.fit import fit
 
     device = pick_device(args.device)
@@ -95,7 +95,7 @@ def main() -> None:
             result["infer"] = {"images": len(preds), "seconds": round(time.perf_counter() - start, 2),
                                "device": str(run.device)}  # fmt: skip
             from cellmorphnet import export
-            from cellmorphnet.run_model import load_run_model, reference_images
+            from cellmorphnet.runs.load import load_run_model, reference_images
 
             rm = load_run_model(last_run, "best", "cpu")
             images = reference_images(last_run, rm.record, home)

@@ -39,8 +39,8 @@ def main() -> None:
 
     from cellmorphnet.data.loader import eval_transform
     from cellmorphnet.inference import InferenceOptions, predict_files
-    from cellmorphnet.model import create_model, data_config
-    from cellmorphnet.record import InferencePolicy
+    from cellmorphnet.model.network import create_model, data_config
+    from cellmorphnet.runs.record import InferencePolicy
 
     result = header("python -m benchmarks.infer_throughput " + " ".join(sys.argv[1:]))
     model = create_model("tf_efficientnet_lite0", num_classes=8, pretrained=True).eval()

@@ -27,8 +27,8 @@ def main() -> None:
     from types import SimpleNamespace
 
     from cellmorphnet import export
-    from cellmorphnet.model import create_model, data_config
-    from cellmorphnet.record import InferencePolicy
+    from cellmorphnet.model.network import create_model, data_config
+    from cellmorphnet.runs.record import InferencePolicy
 
     result = header("python -m benchmarks.latency " + " ".join(sys.argv[1:]))
     result["rows"] = []

@@ -25,9 +25,9 @@ JPEGS = sorted((SHARED / "bloodmnist-pbc" / "test_images").rglob("*.jpg"))
 
 
 def infer_rate(run: str) -> dict:
-    from cellmorphnet import runs
     from cellmorphnet.inference import inference_options, predict_files
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.runs.load import load_run_model
 
     rm = load_run_model(runs.resolve_run(run), "best", "cpu")
     o = inference_options(rm.record)

@@ -29,12 +29,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from benchmarks._common import SHARED, emit, header  # noqa: E402
-from cellmorphnet.config import TrainConfig  # noqa: E402
 from cellmorphnet.data.loader import BatchLoader, DeviceArrays  # noqa: E402
 from cellmorphnet.data.taxonomy import Taxonomy  # noqa: E402
-from cellmorphnet.devices import pick_device, pick_precision  # noqa: E402
-from cellmorphnet.model import create_model, data_config  # noqa: E402
-from cellmorphnet.prediction import LabelSpace  # noqa: E402
+from cellmorphnet.model.network import create_model, data_config  # noqa: E402
+from cellmorphnet.model.prediction import LabelSpace  # noqa: E402
+from cellmorphnet.runs.config import TrainConfig  # noqa: E402
+from cellmorphnet.runtime.devices import pick_device, pick_precision  # noqa: E402
 from cellmorphnet.training.augment import Augment, AugmentConfig  # noqa: E402
 from cellmorphnet.training.data import TrainData  # noqa: E402
 from cellmorphnet.training.engine import train_one_epoch  # noqa: E402

@@ -29,7 +29,7 @@ def main() -> None:
 
     from cellmorphnet.data import store
     from cellmorphnet.inference import class_probs
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.runs.load import load_run_model
 
     rm = load_run_model(args.run, "best", "cpu")
     first = next(iter(rm.record.datasets.values()))

@@ -27,8 +27,9 @@ def main() -> None:
 
     import dataclasses
 
-    from cellmorphnet import inference, runs
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet import inference
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.runs.load import load_run_model
 
     result = header("python -m benchmarks.views_cost " + " ".join(sys.argv[1:]))
     rm = load_run_model(runs.packaged_runs()[runs.PACKAGED], "best", "cpu")

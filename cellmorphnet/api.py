@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from cellmorphnet.inference import Prediction
-from cellmorphnet.run_model import RunModel
+from cellmorphnet.runs.load import RunModel
 
 
 def train(datasets: list[str], *, name: str | None = None, home: Path | None = None, **settings: Any) -> dict:
@@ -26,8 +26,9 @@ def train(datasets: list[str], *, name: str | None = None, home: Path | None = N
     Returns the summary ``cellmorphnet train --json`` prints (``run_dir``, ``state``, ``best_val_f1``...). Under
     torchrun every process calls it and they train one run together (docs/distributed.md).
     """
-    from cellmorphnet import distributed, runs
-    from cellmorphnet.config import resolve
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.runs.config import resolve
+    from cellmorphnet.runtime import distributed
     from cellmorphnet.training.fit import fit
 
     cfg, _ = resolve({}, {"datasets": list(datasets), **settings})
@@ -40,8 +41,8 @@ def load_run(
     run: str | Path | None = None, *, checkpoint: str = "best", device: str = "auto", home: Path | None = None
 ) -> RunModel:
     """A trained run (a name under the home's ``runs/``, a folder, or the latest when ``None``), ready to predict."""
-    from cellmorphnet import runs
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.runs.load import load_run_model
 
     return load_run_model(runs.resolve_run(run, home), checkpoint, device)
 
@@ -71,8 +72,8 @@ def predict(
     ``no_cells`` for a field without any. Unreadable files come back with ``error`` set and missing paths with
     ``error='does not exist'``. Under torchrun each process classifies its block of the files and every process gets
     every prediction, as one process gives them."""
-    from cellmorphnet import distributed
     from cellmorphnet.inference import collect_files, inference_options, predict_files
+    from cellmorphnet.runtime import distributed
 
     group = distributed.start(str(run.device).split(":")[0] if isinstance(run, RunModel) else "auto")
     rm = run if isinstance(run, RunModel) else load_run(run, home=home, device=distributed.local_device(group, "auto"))
@@ -96,8 +97,8 @@ def evaluate(
 ) -> dict[str, Any]:
     """The report ``cellmorphnet eval --json`` prints: per-dataset metrics, the gap to validation, the criteria
     (``tta``: the 8-view average, on by default as in ``cellmorphnet eval``)."""
-    from cellmorphnet import runs
     from cellmorphnet.evaluation.report import evaluate_run
+    from cellmorphnet.runs import folders as runs
 
     return evaluate_run(runs.resolve_run(run, home), home=home, split=split, datasets=datasets, which=checkpoint,
                         device=device, accept_data_change=accept_data_change, tta=tta)  # fmt: skip

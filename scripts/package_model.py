@@ -1,8 +1,8 @@
-"""Turn a trained run into the model that ships inside the package (cellmorphnet/models/NAME).
+"""Turn a trained run into the model that ships inside the package (cellmorphnet/shipped/NAME).
 
     python scripts/package_model.py RUN_DIR --home HOME [--name bloodmnist] [--command "how it was trained"]
         [--results FILE] [--external ../shared/data/external/zheng2018-d1]
-    python scripts/package_model.py --card-only cellmorphnet/models/bloodmnist --summary SHIPPED.json
+    python scripts/package_model.py --card-only cellmorphnet/shipped/bloodmnist --summary SHIPPED.json
         [--command ...] [--results ...] [--external DIR]      # write the model card of a packaged model again
 
 HOME must hold the run's data prepared as it was trained (``prepare bloodmnist --size 64``): the
@@ -52,11 +52,13 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from cellmorphnet import __version__, checkpoint, runs
+    from cellmorphnet import __version__
     from cellmorphnet._io import write_json
     from cellmorphnet.evaluation.report import evaluate_run
-    from cellmorphnet.record import REFERENCE_FILE, RunRecord
-    from cellmorphnet.run_model import load_run_model, predict_split
+    from cellmorphnet.runs import checkpoint
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.runs.load import load_run_model, predict_split
+    from cellmorphnet.runs.record import REFERENCE_FILE, RunRecord
 
     src = args.run.resolve()
     state = checkpoint.load(src / "checkpoints" / "best.pt")
@@ -70,7 +72,7 @@ def main() -> None:
         "record": state["record"],
         "class_names": state["class_names"],
     }
-    dest = ROOT / "cellmorphnet" / "models" / args.name
+    dest = ROOT / "cellmorphnet" / "shipped" / args.name
     with tempfile.TemporaryDirectory(dir=dest.parent.parent) as tmp:
         staged = Path(tmp) / args.name
         (staged / "checkpoints").mkdir(parents=True)
@@ -270,9 +272,10 @@ cite both when you publish results.
 def card_only(folder: Path, summary: Path, external: Path | None, command: str, results: str) -> None:
     """Write MODEL_CARD.md of an already packaged model again (from its files, its packaging summary and, with
     ``external``, another lab's cells)."""
-    from cellmorphnet import __version__, checkpoint
+    from cellmorphnet import __version__
     from cellmorphnet._io import read_json
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.runs import checkpoint
+    from cellmorphnet.runs.load import load_run_model
 
     info = read_json(summary)
     state = checkpoint.load(folder / "checkpoints" / "best.pt")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 from conftest import PBC_64, PBC_TEST_IMAGES, assert_one_line_error
 
-from cellmorphnet import runs
-from cellmorphnet.record import RunRecord
+from cellmorphnet.runs import folders as runs
+from cellmorphnet.runs.record import RunRecord
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +61,8 @@ def test_init_adapts_the_shipped_model_to_a_lab_folder(cli, lab, tmp_path):
     assert {r["stain_contrast"] for r in rows} == {"" if lab_set["contrast"] is None else f"{lab_set['contrast']:.3f}"}
     assert cli("infer", "ours", lab / "Smudge", "--no-stain-norm", "--out", out).exit_code == 0
     assert {r["colour_step"] for r in csv.DictReader(out.open())} == {""}  # the switch still turns it off
-    again = cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--name", "ours", "--new-class", "Smudge")
+    again = cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--name", "ours",
+                "--new-class", "Smudge")  # fmt: skip
     assert_one_line_error(again, "already holds a run")
 
 
@@ -105,7 +106,7 @@ def test_init_replays_the_parents_training_data_where_it_is_prepared(cli, lab):
 
 
 def test_held_out_cells_are_a_fraction_of_each_class_from_four_cells_on():
-    from cellmorphnet.adapt import split_held_out
+    from cellmorphnet.training.finetune import split_held_out
 
     labels = np.array([0] * 10 + [1] * 3 + [2] * 5)
     train, held = split_held_out(labels, 0.2, seed=1)

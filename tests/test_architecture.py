@@ -18,20 +18,14 @@ PKG = Path(__file__).resolve().parents[1] / "cellmorphnet"
 # Lowest first. A room may import rooms on lower layers only (rooms on one layer do not import each other).
 LAYERS = [
     ["errors"],  # the one exception hierarchy, which every room raises
-    ["_io", "paths", "losses", "cellfinder", "models"],
-    ["imaging", "devices", "model", "batching", "fields", "reviews", "distributed"],
-    ["data"],
-    ["config", "cache", "gradcam"],
-    ["record"],  # the run record: what every later step reads
-    ["colour", "checkpoint", "runs", "prediction", "export"],
-    ["run_model"],
-    ["inference"],  # reading, framing, set-level adaptation, prediction, output
+    ["_io", "paths", "runtime", "vision", "shipped"],  # foundations: no network, no dataset
+    ["data", "reviews"],  # datasets from fetch to loader; what reviewers decided
+    ["model", "export"],  # the network, its loss, and it run over prepared splits; ONNX and CoreML
+    ["runs"],  # config, record, checkpoints, folders, a run loaded back: what every later step reads
+    ["inference"],  # files to predictions: reading, framing, set-level steps, the differential, Grad-CAM
     ["evaluation"],
-    ["calibration"],
-    ["training"],
-    ["adapt"],  # a trained run fine-tuned to a lab's cells: training's pieces and inference's preprocessing
-    ["service", "api"],
-    ["webapp"],
+    ["training"],  # fit, engine, calibration, and fine-tuning a run to a lab (training.finetune)
+    ["serve", "api"],
     ["cli"],
     ["__main__"],
 ]

@@ -19,12 +19,13 @@ from conftest import BCCD_ZIP, PBC_TEST_IMAGES, assert_one_line_error
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cellmorphnet import fields, runs
 from cellmorphnet.inference import find_cells
 from cellmorphnet.inference.images import Upload
-from cellmorphnet.reviews import ReviewStore, check_name
-from cellmorphnet.service import Limits, ModelService
-from cellmorphnet.webapp import BodyLimit, create_app
+from cellmorphnet.reviews.store import ReviewStore, check_name
+from cellmorphnet.runs import folders as runs
+from cellmorphnet.serve.app import BodyLimit, create_app
+from cellmorphnet.serve.service import Limits, ModelService
+from cellmorphnet.vision import fields
 
 JPEG = sorted((PBC_TEST_IMAGES / "neutrophil").glob("*.jpg"))[0]
 
@@ -92,8 +93,8 @@ def test_a_field_with_more_cells_than_the_budget_is_refused_with_the_reason(tmp_
 
 def test_a_large_field_is_decoded_twice_not_once_per_cell(monkeypatch):
     """A 3500x3500 field with 41 cells was decoded 125 times (once per found cell per reading)."""
-    from cellmorphnet import imaging
     from cellmorphnet.inference import images
+    from cellmorphnet.vision import imaging
 
     tile = Image.open(io.BytesIO(_bccd("00000"))).convert("RGB")
     big = Image.new("RGB", (2560, 1920))
@@ -113,7 +114,7 @@ def test_a_large_field_is_decoded_twice_not_once_per_cell(monkeypatch):
 
 
 def test_crops_at_the_border_copy_only_the_crop():
-    from cellmorphnet.cellfinder import padded_crop
+    from cellmorphnet.vision.cellfinder import padded_crop
 
     img = Image.fromarray(np.arange(48 * 64 * 3, dtype=np.uint8).reshape(48, 64, 3))
     out = np.asarray(padded_crop(img, (-10, -5, 30, 35)))
@@ -333,7 +334,7 @@ def test_a_small_requests_batch_goes_before_a_large_ones_next_batch():
     """A single-cell /v1/predict waited 308 s behind two large fields; now at most one batch of theirs."""
     import threading
 
-    from cellmorphnet.batching import MicroBatcher
+    from cellmorphnet.serve.batching import MicroBatcher
 
     order, gate = [], threading.Event()
 

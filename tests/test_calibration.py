@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import PBC_TEST_IMAGES, assert_one_line_error, in_home, train_once
 
-from cellmorphnet.calibration import fit_temperature
+from cellmorphnet.training.calibration import fit_temperature
 
 QUICK = ["--model", "test_efficientnet", "--no-pretrained", "--batch-size", "16", "--accum-steps", "1",
          "--data-size", "28"]  # fmt: skip
@@ -43,7 +43,7 @@ def test_calibration_is_stored_and_lowers_validation_nll(run):
 
 def test_infer_and_eval_apply_the_temperature_and_flag_low_confidence(cli, run, tmp_path):
     from cellmorphnet.inference import InferenceOptions, predict_files
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.runs.load import load_run_model
 
     rm = load_run_model(run, "best", "cpu")
     files = sorted((PBC_TEST_IMAGES / "ig").glob("*.jpg"))[:8]

@@ -20,7 +20,7 @@ def test_version(cli):
 
 def test_help_and_status_do_not_import_torch(tmp_path):
     code = (
-        "import sys, cellmorphnet.cli.app as a, cellmorphnet.cache as c; "
+        "import sys, cellmorphnet.cli.app as a, cellmorphnet.data.cache as c; "
         # every registered source is loaded and asked for its state
         f"import pathlib; c.cache_status(pathlib.Path({str(tmp_path)!r})); "
         "print('torch' in sys.modules, 'timm' in sys.modules, 'medmnist' in sys.modules)"

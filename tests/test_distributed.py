@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cellmorphnet import distributed
+from cellmorphnet.runtime import distributed
 from tests.conftest import EXTERNAL, PBC_TEST_IMAGES
 
 
@@ -101,8 +101,8 @@ STEP_CHECK = """
 import json, sys
 from pathlib import Path
 import torch
-from cellmorphnet import distributed
-from cellmorphnet.config import TrainConfig
+from cellmorphnet.runtime import distributed
+from cellmorphnet.runs.config import TrainConfig
 from cellmorphnet.training import engine, fit
 
 # batch norm without batch statistics: what is left is the gradient arithmetic (blocks, loss scale, accumulation)

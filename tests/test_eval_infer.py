@@ -129,7 +129,7 @@ def test_eval_writes_metrics_and_plots(cli, trained):
 def test_eval_averages_the_eight_views_like_infer_unless_told_not_to(cli, trained, home):
     from cellmorphnet.data import store
     from cellmorphnet.inference import class_probs
-    from cellmorphnet.run_model import load_run_model, predict_split
+    from cellmorphnet.runs.load import load_run_model, predict_split
 
     with_tta = json.loads(cli("eval", "t", "--json").stdout)
     without = json.loads(cli("eval", "t", "--no-tta", "--json").stdout)
@@ -312,8 +312,8 @@ def test_infer_json_and_errors(cli, trained, tmp_path):
 
 
 def test_gradcam_shape_and_not_constant():
-    from cellmorphnet.gradcam import gradcam, overlay
-    from cellmorphnet.model import create_model
+    from cellmorphnet.inference.gradcam import gradcam, overlay
+    from cellmorphnet.model.network import create_model
 
     torch.manual_seed(0)
     model = create_model("tf_efficientnet_lite0", num_classes=8, pretrained=True).eval()
@@ -333,9 +333,9 @@ def test_inference_policy_reproduces_the_training_arrays_exactly():
 
     from conftest import PBC_28, PBC_64, SHARED
 
-    from cellmorphnet.imaging import load_rgb
     from cellmorphnet.inference import preprocess
-    from cellmorphnet.record import InferencePolicy
+    from cellmorphnet.runs.record import InferencePolicy
+    from cellmorphnet.vision.imaging import load_rgb
 
     index = {}
     with open(SHARED / "bloodmnist-pbc" / "bloodmnist_pbc_index.csv") as f:

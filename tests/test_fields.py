@@ -13,8 +13,10 @@ import pytest
 from conftest import BCCD_ZIP, PBC_TEST_IMAGES
 from PIL import Image
 
-from cellmorphnet import api, fields, runs
+from cellmorphnet import api
 from cellmorphnet.inference.differential import differential, wilson
+from cellmorphnet.runs import folders as runs
+from cellmorphnet.vision import fields
 
 BCCD_DIAMETER = 94.0  # the median red-cell diameter fields.rbc_diameter finds over BCCD's 364 fields (docs)
 

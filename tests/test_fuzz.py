@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cellmorphnet import runs
 from cellmorphnet.errors import InvalidData
-from cellmorphnet.imaging import load_rgb
 from cellmorphnet.inference.images import Upload, read_image
+from cellmorphnet.runs import folders as runs
+from cellmorphnet.vision.imaging import load_rgb
 
 TOKEN = "fuzz-token"
 JPEG = sorted((PBC_TEST_IMAGES / "lymphocyte").glob("*.jpg"))[0]
@@ -28,7 +28,7 @@ JPEG = sorted((PBC_TEST_IMAGES / "lymphocyte").glob("*.jpg"))[0]
 
 @pytest.fixture(scope="module")
 def _service():
-    from cellmorphnet.service import ModelService
+    from cellmorphnet.serve.service import ModelService
 
     svc = ModelService(runs.packaged_runs()[runs.PACKAGED], device="cpu").warm_up()
     yield svc
@@ -36,8 +36,8 @@ def _service():
 
 
 def _schema(service, tmp_path_factory, token):
-    from cellmorphnet.reviews import ReviewStore
-    from cellmorphnet.webapp import create_app
+    from cellmorphnet.reviews.store import ReviewStore
+    from cellmorphnet.serve.app import create_app
 
     store = ReviewStore(tmp_path_factory.mktemp("fuzz") / "reviews.sqlite", [*service.classes, "smudge"])
     app = create_app(service, token=token, reviews=store)

@@ -13,8 +13,8 @@ import torch
 from conftest import BCCD_ZIP, PBC_64, PBC_TEST_IMAGES, SHARED, assert_one_line_error, in_home, train_once
 from PIL import Image
 
-from cellmorphnet.cellfinder import cell_crop, find_nucleus, nucleus_fraction
 from cellmorphnet.training.augment import AUGMENTATIONS, AugmentConfig, augment_batch, augment_params
+from cellmorphnet.vision.cellfinder import cell_crop, find_nucleus, nucleus_fraction
 
 EXTERNAL = SHARED / "external" / "zheng2018-d1"
 QUICK = ["--model", "test_efficientnet", "--no-pretrained", "--batch-size", "16", "--accum-steps", "1",
@@ -56,7 +56,7 @@ def test_cell_finder_on_a_bccd_field_and_on_images_without_a_cell(tmp_path):
 
 
 def test_cell_crop_pads_with_the_image_border():
-    from cellmorphnet.cellfinder import Nucleus
+    from cellmorphnet.vision.cellfinder import Nucleus
 
     img = Image.new("RGB", (50, 50), (200, 100, 50))
     out = cell_crop(img, Nucleus(0, 0, 10, 10), 40)  # centred on the corner: most of it outside the image
@@ -213,7 +213,7 @@ def test_adapt_bn_and_colour_match_leave_the_checkpoint_untouched(cli, run, tmp_
 
 def test_adapt_bn_changes_only_batch_norm_statistics(run):
     from cellmorphnet.inference import adapt_batch_norm
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.runs.load import load_run_model
 
     rm = load_run_model(run, "best", "cpu")
     arrays = [np.asarray(Image.open(f).convert("RGB").resize((64, 64))) for f in sorted(EXTERNAL.glob("*/*"))[:40]]
@@ -260,7 +260,7 @@ def _pbc_sample(n: int = 24) -> list[np.ndarray]:
 
 
 def test_stain_normalisation_undoes_another_lamp_and_stain():
-    from cellmorphnet import colour
+    from cellmorphnet.vision import colour
 
     originals = _pbc_sample()
     ref = colour.stain_reference(np.stack(originals))
@@ -287,7 +287,7 @@ def test_stain_normalisation_undoes_another_lamp_and_stain():
 
 
 def test_stain_normalisation_brings_the_other_labs_nuclei_and_colours_to_the_training_ones():
-    from cellmorphnet import colour
+    from cellmorphnet.vision import colour
 
     with np.load(PBC_64) as z:
         train = z["train_images"][::40]
@@ -360,7 +360,6 @@ def test_stain_contrast_finds_and_undoes_a_denser_cytoplasm_stain():
     """Real cells, their optical density raised to the power 1/1.3 relative to the nucleus (cytoplasm stained
     more densely against the nucleus, as another lab's stain shows it): the set's power is found from the
     cells' types, the images brought back, and the training lab's own cells are left as they are."""
-    from cellmorphnet import colour
     from cellmorphnet.inference import (
         CONTRAST_MAX_IMAGES,
         CONTRAST_ROUNDS,
@@ -369,6 +368,7 @@ def test_stain_contrast_finds_and_undoes_a_denser_cytoplasm_stain():
         contrast_sample,
         settle_contrast,
     )
+    from cellmorphnet.vision import colour
 
     originals, types = _pbc_cells()
     classes = sorted(set(types))
@@ -418,7 +418,7 @@ def test_stain_contrast_finds_and_undoes_a_denser_cytoplasm_stain():
 
 def _policy_with(stain):
     """An inference policy carrying ``stain`` (the rest as the sample's training would store it)."""
-    from cellmorphnet.record import InferencePolicy
+    from cellmorphnet.runs.record import InferencePolicy
 
     return InferencePolicy("sample", 200, 1.0, [64], "bicubic", 64, [0.5] * 3, [0.5] * 3, stain=stain)
 
@@ -458,7 +458,7 @@ def test_a_run_without_a_stain_reference_is_classified_without_one(run):
 
     from cellmorphnet.errors import ConfigError
     from cellmorphnet.inference import inference_options
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.runs.load import load_run_model
 
     rm = load_run_model(run, "best", "cpu")
     old = dataclasses.replace(rm.record, inference=dataclasses.replace(rm.record.inference, stain=None))
@@ -469,9 +469,9 @@ def test_a_run_without_a_stain_reference_is_classified_without_one(run):
 
 def test_scale_views_see_framed_cells_at_three_crop_sides_and_average_them(cli, tmp_path):
     from cellmorphnet import inference as inf
-    from cellmorphnet import runs
     from cellmorphnet.data.loader import eval_transform
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.runs.load import load_run_model
 
     rm = load_run_model(runs.packaged_runs()[runs.PACKAGED], "best", "cpu")  # the shipped (default) model
     policy = rm.record.inference

@@ -5,14 +5,14 @@ functions of the machine's facts, so each branch runs here."""
 import pytest
 import torch
 
-from cellmorphnet.devices import (
+from cellmorphnet.errors import ConfigError
+from cellmorphnet.runtime.devices import (
     MachineFacts,
     decide_precision,
     default_channels_last,
     pick_device,
     resolve_channels_last,
 )
-from cellmorphnet.errors import ConfigError
 from cellmorphnet.training import schedule
 from cellmorphnet.training.engine import optimizer_step
 

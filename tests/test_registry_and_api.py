@@ -58,17 +58,21 @@ def test_imports_flow_one_way():
     # sources use the shared base module, never prepare, fetch or cache (no import cycle)
     for path in (pkg / "data" / "sources").glob("*.py"):
         bad = {m for m in _imports(path) if m.startswith(("cellmorphnet.data.prepare", "cellmorphnet.data.fetch",
-                                                          "cellmorphnet.cache"))}  # fmt: skip
+                                                          "cellmorphnet.data.cache"))}  # fmt: skip
         assert not bad, (path.name, bad)
-    # training never imports evaluation, inference or the CLI; nothing in the library imports the CLI
+    # the training loop never imports evaluation or inference (only fine-tuning frames a lab's cells as infer does,
+    # and the calibration reads the calibration error from the metrics); nothing in the library imports the CLI
     for path in (pkg / "training").glob("*.py"):
-        assert not {m for m in _imports(path) if m.startswith(("cellmorphnet.evaluation", "cellmorphnet.inference"))}
+        banned = ("cellmorphnet.inference",) if path.name == "calibration.py" else (
+            "cellmorphnet.evaluation", "cellmorphnet.inference")  # fmt: skip
+        if path.name != "finetune.py":
+            assert not {m for m in _imports(path) if m.startswith(banned)}, path
     for path in pkg.rglob("*.py"):
         if "cli" not in path.parts and path.name != "__main__.py":
             assert not {m for m in _imports(path) if m.startswith("cellmorphnet.cli")}, path
         # HTTP stays in the web app: the library (service included) never imports it or the web frameworks
-        if "webapp" not in path.parts and "cli" not in path.parts:
-            web = ("cellmorphnet.webapp", "fastapi", "starlette", "uvicorn")
+        if path.relative_to(pkg).as_posix() not in ("serve/app.py", "serve/connections.py") and "cli" not in path.parts:
+            web = ("cellmorphnet.serve.app", "fastapi", "starlette", "uvicorn")
             assert not {m for m in _imports(path) if m.startswith(web)}, path
 
 

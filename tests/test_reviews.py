@@ -20,7 +20,7 @@ from conftest import PBC_TEST_IMAGES, assert_one_line_error
 from PIL import Image
 
 from cellmorphnet.errors import ConfigError, InvalidData, OutputError
-from cellmorphnet.reviews import ENOUGH_PER_TYPE, SCHEMA, ReviewStore, export, safe_stem
+from cellmorphnet.reviews.store import ENOUGH_PER_TYPE, SCHEMA, ReviewStore, export, safe_stem
 
 CLASSES = ["eosinophil", "lymphocyte", "neutrophil", "smudge"]
 
@@ -84,7 +84,7 @@ def test_two_reviewers_at_once_lose_nothing(tmp_path):
 
 KILLED_WRITER = """
 import sys, io
-from cellmorphnet.reviews import ReviewStore
+from cellmorphnet.reviews.store import ReviewStore
 store = ReviewStore(sys.argv[1], ["neutrophil", "lymphocyte"])
 ids = [store.add_cell("c", source=f"{i}.jpg", image_sha256=str(i), cell_index=None, box=None, edge=False,
                       crop=b"x" * 100_000, crop_type="image/png", run="r", checkpoint_sha256="s",
@@ -186,8 +186,8 @@ def test_reviews_export_command(cli, tmp_path):
 # --- the REST API, on the shipped model -------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def service():
-    from cellmorphnet import runs
-    from cellmorphnet.service import ModelService
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.serve.service import ModelService
 
     svc = ModelService(runs.packaged_runs()[runs.PACKAGED], device="cpu").warm_up()
     yield svc
@@ -197,7 +197,7 @@ def service():
 def test_review_routes(service, tmp_path):
     from fastapi.testclient import TestClient
 
-    from cellmorphnet.webapp import create_app
+    from cellmorphnet.serve.app import create_app
 
     store = ReviewStore(tmp_path / "r.sqlite", [*service.classes, "smudge"])
     client = TestClient(create_app(service, reviews=store))

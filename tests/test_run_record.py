@@ -172,7 +172,7 @@ def test_an_atomic_write_where_no_file_can_go_is_an_output_error_and_leaves_what
 
 @pytest.mark.slow  # 6-9 s: keeps the fast tier under its 3 minutes
 def test_upgrade_adds_the_stain_reference_to_an_older_run_from_its_own_data(cli, home):
-    from cellmorphnet import checkpoint
+    from cellmorphnet.runs import checkpoint
 
     r = cli("train", "--datasets", "sample", "--name", "old", "--epochs", "1", *QUICK)
     assert r.exit_code == 0, r

@@ -20,10 +20,10 @@ from conftest import PBC_TEST_IMAGES, assert_one_line_error, png_claiming
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from cellmorphnet import runs
-from cellmorphnet.batching import MicroBatcher
-from cellmorphnet.service import Limits, ModelService
-from cellmorphnet.webapp import create_app
+from cellmorphnet.runs import folders as runs
+from cellmorphnet.serve.app import create_app
+from cellmorphnet.serve.batching import MicroBatcher
+from cellmorphnet.serve.service import Limits, ModelService
 
 JPEGS = sorted(PBC_TEST_IMAGES.rglob("*.jpg"))
 
@@ -223,7 +223,7 @@ def test_an_empty_token_is_refused_and_tokens_compare_as_utf8(service):
 
 
 def test_other_sites_cannot_use_a_local_server_by_origin_or_by_host(service):
-    from cellmorphnet.webapp import trusted_hosts
+    from cellmorphnet.serve.app import trusted_hosts
 
     one = _files(JPEGS[:1])
     for token in (None, "s3cret"):  # a cross-origin POST is refused with or without a token
@@ -391,7 +391,7 @@ def test_serve_and_infer_agree_on_smear_fields(client, service, tmp_path):
 def test_overload_notices_say_a_burst_of_503s_in_a_line_every_ten_seconds():
     import logging
 
-    from cellmorphnet.webapp.connections import OverloadNotices
+    from cellmorphnet.serve.connections import OverloadNotices
 
     now = [100.0]
     quiet = OverloadNotices(every=10, clock=lambda: now[0])

@@ -22,7 +22,7 @@ import httpx
 import pytest
 from conftest import BCCD_ZIP, PBC_TEST_IMAGES
 
-from cellmorphnet import runs
+from cellmorphnet.runs import folders as runs
 
 pytestmark = pytest.mark.slow  # live servers and a real browser
 

@@ -11,9 +11,10 @@ import pytest
 import torch
 from conftest import PBC_64, PBC_TEST_IMAGES, SHARED, assert_one_line_error
 
-from cellmorphnet import checkpoint, runs
 from cellmorphnet._io import read_json
-from cellmorphnet.record import RunRecord
+from cellmorphnet.runs import checkpoint
+from cellmorphnet.runs import folders as runs
+from cellmorphnet.runs.record import RunRecord
 
 
 def _digest(folder) -> dict[str, str]:

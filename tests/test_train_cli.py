@@ -12,7 +12,7 @@ import pytest
 import torch
 from conftest import assert_one_line_error
 
-from cellmorphnet import checkpoint
+from cellmorphnet.runs import checkpoint
 
 QUICK = ["--model", "test_efficientnet", "--no-pretrained", "--batch-size", "8", "--accum-steps", "1",
          "--limit-batches", "2", "--data-size", "28"]  # fmt: skip
@@ -171,7 +171,7 @@ def test_ctrl_c_or_sigterm_saves_and_exits_cleanly_then_resumes(cli, home, signu
 
 
 def test_latest_run_is_the_newest_created_even_after_an_older_one_is_resumed(home):
-    from cellmorphnet import runs
+    from cellmorphnet.runs import folders as runs
 
     for name, created in (("old", "2026-01-01T00:00:00+00:00"), ("new", "2026-02-01T00:00:00+00:00")):
         (home / "runs" / name).mkdir(parents=True)

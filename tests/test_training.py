@@ -6,13 +6,14 @@ import math
 import pytest
 import torch
 
-from cellmorphnet import checkpoint, losses
-from cellmorphnet.config import TrainConfig
 from cellmorphnet.data.loader import BatchLoader, DeviceArrays
 from cellmorphnet.data.prepare import prepare
 from cellmorphnet.data.taxonomy import Taxonomy
-from cellmorphnet.devices import Precision
 from cellmorphnet.errors import RunError
+from cellmorphnet.model import losses
+from cellmorphnet.runs import checkpoint
+from cellmorphnet.runs.config import TrainConfig
+from cellmorphnet.runtime.devices import Precision
 from cellmorphnet.training import engine, schedule
 from cellmorphnet.training import fit as fitmod
 from cellmorphnet.training.augment import Augment, AugmentConfig
@@ -97,7 +98,7 @@ def test_accumulation_equals_one_big_batch(home):
 
 
 def test_unfreezing_stages_on_efficientnet_lite0():
-    from cellmorphnet.model import create_model
+    from cellmorphnet.model.network import create_model
 
     model = create_model("tf_efficientnet_lite0", num_classes=8, pretrained=False)
     n_blocks = len(model.blocks)
@@ -122,7 +123,7 @@ def test_frozen_parameters_do_not_move_with_adamw_weight_decay(home):
     run = home / "runs" / "frozen"
     fitmod.fit(cfg, run, home=home)
     torch.manual_seed(cfg.seed)
-    from cellmorphnet.model import create_model
+    from cellmorphnet.model.network import create_model
 
     start = create_model(cfg.model, num_classes=8, pretrained=False).state_dict()
     end = checkpoint.load(run / "checkpoints" / "last.pt")["model"]
@@ -187,7 +188,7 @@ def test_best_checkpoint_and_early_stopping(home, monkeypatch):
 
 
 def test_crash_mid_epoch_leaves_loadable_checkpoint_and_history(home):
-    from cellmorphnet import runs
+    from cellmorphnet.runs import folders as runs
 
     prepare("sample", home=home, size=28)
 
@@ -231,7 +232,7 @@ def test_pretrained_lite0_calls_chelsea_a_cat():
     from PIL import Image
     from skimage import data
 
-    from cellmorphnet.model import create_model, data_config
+    from cellmorphnet.model.network import create_model, data_config
 
     model = create_model("tf_efficientnet_lite0", num_classes=1000, pretrained=True).eval()
     cfg = data_config(model)
@@ -245,7 +246,7 @@ def test_pretrained_lite0_calls_chelsea_a_cat():
 
 def test_mapping_fails_loudly_on_a_shape_mismatch():
     from cellmorphnet.errors import CheckpointError
-    from cellmorphnet.model import map_state_dict
+    from cellmorphnet.model.network import map_state_dict
 
     target = {"a": torch.zeros(3, 3), "b": torch.zeros(3)}
     with pytest.raises(CheckpointError, match="tensor 1 'y' has shape \\(4,\\)"):

@@ -36,7 +36,7 @@ def _prototype_model(rm, picked: dict[str, list[Path]], options, beta: float, sc
 
     from cellmorphnet.data.loader import eval_transform
     from cellmorphnet.inference import predict_files
-    from cellmorphnet.prediction import ORIENTATIONS, oriented
+    from cellmorphnet.model.prediction import ORIENTATIONS, oriented
 
     net = rm.model
     normalize = torch.nn.functional.normalize
@@ -74,9 +74,10 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from cellmorphnet import api, runs
-    from cellmorphnet.adapt import adapt
+    from cellmorphnet import api
     from cellmorphnet.inference import inference_options, predict_files
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.training.finetune import adapt
 
     result = header("python -m benchmarks.studies.adapted_readout " + " ".join(sys.argv[1:]))
     result["rows"] = []

@@ -33,10 +33,11 @@ def main() -> None:
     import numpy as np
     from PIL import Image
 
-    from cellmorphnet import colour, runs
     from cellmorphnet.evaluation.on_folder import evaluate_folder
     from cellmorphnet.inference import inference_options
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.runs.load import load_run_model
+    from cellmorphnet.vision import colour
 
     rm = load_run_model(args.run or runs.packaged_runs()[runs.PACKAGED], "best", "cpu")
     stain = rm.record.inference.stain

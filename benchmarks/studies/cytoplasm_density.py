@@ -40,9 +40,9 @@ def main() -> None:
 
     import dataclasses
 
-    from cellmorphnet.colour import ring_ratio
     from cellmorphnet.inference import collect_files, inference_options, predict_files
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.runs.load import load_run_model
+    from cellmorphnet.vision.colour import ring_ratio
 
     rm = load_run_model(args.run, "best", "cpu")
     opt = inference_options(rm.record)

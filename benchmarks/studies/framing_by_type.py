@@ -23,9 +23,9 @@ PBC_CROP = 200  # the side of the centre square BloodMNIST was cut from
 
 
 def sides_by_type(folder: Path, fraction: float, data_size: int) -> dict[str, list[float]]:
-    from cellmorphnet.cellfinder import find_nucleus, implied_side
-    from cellmorphnet.imaging import load_rgb
     from cellmorphnet.inference import collect_files
+    from cellmorphnet.vision.cellfinder import find_nucleus, implied_side
+    from cellmorphnet.vision.imaging import load_rgb
 
     files, _ = collect_files([folder])
     out: dict[str, list[float]] = {}
@@ -44,7 +44,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from cellmorphnet.data.taxonomy import WHITE_CELLS
-    from cellmorphnet.record import RunRecord
+    from cellmorphnet.runs.record import RunRecord
 
     policy = RunRecord.load(args.run).inference
     result = header("python -m benchmarks.studies.framing_by_type " + " ".join(sys.argv[1:]))

@@ -31,7 +31,7 @@ def main() -> None:
 
     from cellmorphnet.evaluation.on_folder import evaluate_folder
     from cellmorphnet.inference import inference_options
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.runs.load import load_run_model
 
     rm = load_run_model(args.run, "best", "cpu")
     result = header("python -m benchmarks.studies.framing_scale " + " ".join(sys.argv[1:]))

@@ -26,7 +26,7 @@ def main() -> None:
     from PIL import Image
     from skimage import data
 
-    from cellmorphnet.model import create_model, data_config
+    from cellmorphnet.model.network import create_model, data_config
 
     result = header("python -m benchmarks.studies.pretrained_check " + " ".join(sys.argv[1:]))
     result["rows"] = []

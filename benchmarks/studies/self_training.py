@@ -47,9 +47,10 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    from cellmorphnet import api, runs
-    from cellmorphnet.adapt import adapt
+    from cellmorphnet import api
     from cellmorphnet.inference import inference_options, predict_files
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.training.finetune import adapt
 
     result = header("python -m benchmarks.studies.self_training " + " ".join(sys.argv[1:]))
     result["rows"] = []

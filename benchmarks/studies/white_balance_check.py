@@ -39,9 +39,9 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from cellmorphnet import runs
     from cellmorphnet.inference import class_probs, collect_files, load, survey_files
-    from cellmorphnet.run_model import load_run_model, reference_images
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.runs.load import load_run_model, reference_images
 
     run = runs.resolve_run(args.run)
     rm = load_run_model(run, "best", "cpu")

@@ -17,9 +17,9 @@ from rich.markup import escape
 
 from cellmorphnet import __version__
 from cellmorphnet.cli import _output
-from cellmorphnet.distributed import JobBroken
 from cellmorphnet.errors import CellMorphNetError
 from cellmorphnet.paths import ENV_HOME
+from cellmorphnet.runtime.distributed import JobBroken
 
 app = typer.Typer(
     name="cellmorphnet",
@@ -68,7 +68,7 @@ def _handle_errors(fn):
             )
             raise typer.Exit(1) from None
         finally:
-            from cellmorphnet import distributed
+            from cellmorphnet.runtime import distributed
 
             distributed.stop()
 

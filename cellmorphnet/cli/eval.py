@@ -60,10 +60,10 @@ def command(
     accept_data_change: AcceptDataChangeFlag = False,
     json: JsonFlag = False,
 ) -> None:
-    from cellmorphnet import runs
     from cellmorphnet._io import check_writable
     from cellmorphnet.errors import ConfigError
     from cellmorphnet.evaluation.report import evaluate_run, write_report
+    from cellmorphnet.runs import folders as runs
 
     if split not in ("test", "val"):
         raise ConfigError(f"--split must be test or val, not '{split}'.")
@@ -98,7 +98,7 @@ def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, co
     from cellmorphnet.evaluation.on_folder import evaluate_folder
     from cellmorphnet.evaluation.report import plot_dataset
     from cellmorphnet.inference import inference_options
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.runs.load import load_run_model
 
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept)
     options = inference_options(rm.record, crop, None, colour_match, adapt_bn, classes_only, tta, stain_norm,

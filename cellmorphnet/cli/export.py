@@ -38,10 +38,11 @@ def command(
     accept_data_change: AcceptDataChangeFlag = False,
     json: JsonFlag = False,
 ) -> None:
-    from cellmorphnet import export, runs
+    from cellmorphnet import export
     from cellmorphnet._io import check_writable
     from cellmorphnet.errors import ConfigError, ExportError
-    from cellmorphnet.run_model import load_run_model, reference_images
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.runs.load import load_run_model, reference_images
 
     if format not in ("onnx", "coreml"):
         raise ConfigError(f"--format must be onnx or coreml, not '{format}'.")

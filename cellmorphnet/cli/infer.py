@@ -88,7 +88,6 @@ def command(
 ) -> None:
     from rich.table import Table
 
-    from cellmorphnet import distributed, runs
     from cellmorphnet._io import check_writable
     from cellmorphnet.errors import ConfigError, InvalidData
     from cellmorphnet.inference import (
@@ -102,7 +101,9 @@ def command(
     from cellmorphnet.inference import sort_into as copy_sorted
     from cellmorphnet.inference.differential import differential
     from cellmorphnet.inference.output import check_sort_folder
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.runs.load import load_run_model
+    from cellmorphnet.runtime import distributed
 
     if batch_size < 1 or top_k < 1 or workers < 1:
         raise ConfigError("--batch-size, --top-k and --workers must be at least 1.")
@@ -176,7 +177,7 @@ def command(
     if out is not None and group.is_main:
         write_results(preds, out, summary)
     if gradcam is not None and ok:  # each process draws its own block's
-        from cellmorphnet.gradcam import write_gradcams
+        from cellmorphnet.inference.gradcam import write_gradcams
 
         with _output.progress("Grad-CAM") as cb:
             written = write_gradcams(rm.model, policy, ok, kept, gradcam, channels_last=rm.channels_last,

@@ -22,7 +22,7 @@ DbArg = Annotated[
 
 def _open(ctx: typer.Context, db: Path | None):
     from cellmorphnet.errors import InvalidData
-    from cellmorphnet.reviews import ReviewStore, store_path
+    from cellmorphnet.reviews.store import ReviewStore, store_path
 
     path = db or store_path(home_of(ctx))
     if not path.exists():
@@ -56,7 +56,7 @@ def export_cmd(
 ) -> None:
     """Write the reviewed cells as class sub-folders plus cells.csv (source file, box, predicted, reviewed class,
     reviewer, time). Refuses to write into an existing folder."""
-    from cellmorphnet.reviews import export
+    from cellmorphnet.reviews.store import export
 
     store = _open(ctx, db)
     try:

@@ -93,8 +93,8 @@ def command(
     ] = 64.0,
     max_cells: MaxCellsOption = None,
 ) -> None:
-    from cellmorphnet import runs
     from cellmorphnet.errors import ConfigError
+    from cellmorphnet.runs import folders as runs
 
     if not 1 <= port <= 65535:
         raise ConfigError("--port must be between 1 and 65535.")
@@ -115,9 +115,9 @@ def command(
     except ImportError:
         hint = 'pipx install "cellmorphnet[serve]" (or pip install "cellmorphnet[serve]").'
         raise ConfigError("cellmorphnet serve needs its extra packages.", hint=hint) from None
-    from cellmorphnet.service import Limits, ModelService
-    from cellmorphnet.webapp import check_token_value, create_app, trusted_hosts
-    from cellmorphnet.webapp.connections import OverloadNotices, protocol_class
+    from cellmorphnet.serve.app import check_token_value, create_app, trusted_hosts
+    from cellmorphnet.serve.connections import OverloadNotices, protocol_class
+    from cellmorphnet.serve.service import Limits, ModelService
 
     check_token_value(token)  # before the model loads
 
@@ -136,7 +136,7 @@ def command(
     if host not in LOCAL_HOSTS and not token:
         _output.warn(f"Listening on {host} without a token: anyone who can reach this machine can use the model. "
                      f"Set --token or {ENV_TOKEN}.")  # fmt: skip
-    from cellmorphnet.reviews import ReviewStore, check_class_name, store_path
+    from cellmorphnet.reviews.store import ReviewStore, check_class_name, store_path
 
     extra = [check_class_name(c) for c in extra_class or []]
     store = ReviewStore(reviews_db or store_path(home_of(ctx)), [*service.classes, *extra])
@@ -157,7 +157,7 @@ def command(
     logging.getLogger("uvicorn.error").addFilter(OverloadNotices())  # not a line per 503 under a burst
     try:
         # uvicorn's own settings where they cover it (idle keep-alive 5 s, 503 past the connection cap); the header
-        # deadline and making room are on its h11 protocol (webapp.connections), the body deadline in the app (408)
+        # deadline and making room are on its h11 protocol (serve.connections), the body deadline in the app (408)
         uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False,
                     http=protocol_class(header_timeout, max_connections, min_upload_kbps * 1000),
                     limit_concurrency=max_connections + 1,

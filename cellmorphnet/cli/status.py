@@ -129,8 +129,8 @@ def command(
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 2.0,
     json: JsonFlag = False,
 ) -> None:
-    from cellmorphnet import runs
-    from cellmorphnet.cache import cache_status
+    from cellmorphnet.data.cache import cache_status
+    from cellmorphnet.runs import folders as runs
 
     home = home_of(ctx)
     all_runs = runs.list_runs(home)

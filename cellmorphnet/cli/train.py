@@ -131,10 +131,11 @@ def command(
     accept_data_change: AcceptDataChangeFlag = False,
     json: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON.")] = False,
 ) -> None:
-    from cellmorphnet import distributed, runs
-    from cellmorphnet.config import TrainConfig, load_toml, resolve
     from cellmorphnet.errors import ConfigError
-    from cellmorphnet.record import RunRecord
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.runs.config import TrainConfig, load_toml, resolve
+    from cellmorphnet.runs.record import RunRecord
+    from cellmorphnet.runtime import distributed
 
     home = home_of(ctx)
     try:
@@ -209,10 +210,10 @@ def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, 
     """train --init: adapt a run to a lab's cells (adapt)."""
     import dataclasses
 
-    from cellmorphnet import runs
-    from cellmorphnet.adapt import AdaptSettings, adapt
     from cellmorphnet.data.registry import FOLDER_PREFIX
     from cellmorphnet.errors import ConfigError
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.training.finetune import AdaptSettings, adapt
 
     home = home_of(ctx)
     names = _csv(datasets) or []
@@ -225,7 +226,7 @@ def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, 
     if ignored:
         _output.warn(f"--init adapts with its own settings; ignoring {', '.join(sorted(ignored))}.")
     parent = runs.resolve_run(init, home)
-    from cellmorphnet.record import RunRecord
+    from cellmorphnet.runs.record import RunRecord
 
     architecture = RunRecord.load(parent).config.model
     if model is not None and model != architecture:
@@ -260,7 +261,7 @@ def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, 
         more = f"; … {a['skipped_total'] - 10} more" if a["skipped_total"] > 10 else ""
         _output.warn(f"Skipped {a['skipped_total']} files that could not be read: {shown}{more}.")
     if a["few_cells"]:
-        from cellmorphnet.reviews import ENOUGH_PER_TYPE
+        from cellmorphnet.reviews.store import ENOUGH_PER_TYPE
 
         few = ", ".join(f"{c} {n}" for c, n in a["few_cells"].items())
         _output.warn(f"Few reviewed cells of {few}: on another lab's cells, 10 per type reached 0.88-0.90 balanced "

@@ -17,7 +17,7 @@ NAME = "upgrade"
 
 
 def command(ctx: typer.Context, run: RunArg, json: JsonFlag = False) -> None:
-    from cellmorphnet import runs
+    from cellmorphnet.runs import folders as runs
     from cellmorphnet.training.upgrade import upgrade_run
 
     home = home_of(ctx)

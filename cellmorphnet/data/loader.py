@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cellmorphnet.distributed import block
+from cellmorphnet.runtime.distributed import block
 
 
 @dataclass

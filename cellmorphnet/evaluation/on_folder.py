@@ -17,7 +17,7 @@ import numpy as np
 
 from cellmorphnet.data.taxonomy import canonical
 from cellmorphnet.errors import InvalidData
-from cellmorphnet.imaging import IMAGE_SUFFIXES
+from cellmorphnet.vision.imaging import IMAGE_SUFFIXES
 
 
 def match_class(folder: str, classes: list[str]) -> str | None:

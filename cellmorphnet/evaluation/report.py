@@ -7,7 +7,7 @@ from typing import Any
 
 from cellmorphnet._io import atomic_path, write_json
 from cellmorphnet.evaluation.metrics import classification_metrics, success_criteria
-from cellmorphnet.run_model import load_run_model, predict_split
+from cellmorphnet.runs.load import load_run_model, predict_split
 
 
 def evaluate_run(

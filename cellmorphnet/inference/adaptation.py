@@ -13,12 +13,12 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from cellmorphnet import colour
-from cellmorphnet.cellfinder import Nucleus, crop_side_of, find_nucleus, implied_side
-from cellmorphnet.distributed import SINGLE, Group
 from cellmorphnet.errors import InvalidData
 from cellmorphnet.inference.images import Item, preprocess, read_image, single_view
-from cellmorphnet.record import InferencePolicy
+from cellmorphnet.runs.record import InferencePolicy
+from cellmorphnet.runtime.distributed import SINGLE, Group
+from cellmorphnet.vision import colour
+from cellmorphnet.vision.cellfinder import Nucleus, crop_side_of, find_nucleus, implied_side
 
 # Defaults decided by measurement on another lab's cells and on PBC's own JPEGs with the default model
 # (docs/benchmarks.md, "Generalisation to another lab"): the set-level colour match helped the 64 px-input
@@ -107,8 +107,8 @@ def settle_contrast(survey: Survey, policy: InferencePolicy, arrays: list[np.nda
     Unchanged where the set is not stain-normalised, the run has no contrast reference, or fewer than
     ``MIN_COLOUR_SET`` cells have a ratio.
     """
-    from cellmorphnet.cellfinder import nuclear_stain
     from cellmorphnet.data.taxonomy import canonical
+    from cellmorphnet.vision.cellfinder import nuclear_stain
 
     reference = policy.stain.contrast if policy.stain is not None else None
     if survey.stain is None or not reference or len(arrays) < MIN_COLOUR_SET:

@@ -15,10 +15,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from cellmorphnet import fields
-from cellmorphnet.distributed import SINGLE, Group
 from cellmorphnet.errors import InvalidData
 from cellmorphnet.inference.images import KEEP_DECODED_PIXELS, CellItem, Item, Upload, read_image
+from cellmorphnet.runtime.distributed import SINGLE, Group
+from cellmorphnet.vision import fields
 
 CELL_MODES = ("auto", "one", "all")
 
@@ -52,7 +52,7 @@ def _size(item: Item) -> tuple[int, int] | None:
 
     from PIL import Image, UnidentifiedImageError
 
-    from cellmorphnet.imaging import IMAGE_FORMATS
+    from cellmorphnet.vision.imaging import IMAGE_FORMATS
 
     try:
         source = io.BytesIO(item.data) if isinstance(item, Upload) else item

@@ -16,11 +16,11 @@ from typing import Any
 
 import numpy as np
 
-from cellmorphnet import colour
-from cellmorphnet.cellfinder import Nucleus, cell_box, padded_crop
 from cellmorphnet.errors import InvalidData, TimeLimit
-from cellmorphnet.imaging import IMAGE_SUFFIXES, centre_square, load_rgb
-from cellmorphnet.record import InferencePolicy
+from cellmorphnet.runs.record import InferencePolicy
+from cellmorphnet.vision import colour
+from cellmorphnet.vision.cellfinder import Nucleus, cell_box, padded_crop
+from cellmorphnet.vision.imaging import IMAGE_SUFFIXES, centre_square, load_rgb
 
 # The set's crop side is an estimate: it comes from the median nucleus, and the white-cell types' nuclei
 # differ in size (the PBC test images' types imply crop sides from 0.86 to 1.29 times the right one), so
@@ -87,7 +87,7 @@ class CellItem:
         all of its crops share one scale."""
         from PIL import Image
 
-        from cellmorphnet import fields
+        from cellmorphnet.vision import fields
 
         crop = fields.cell_crop(field_image, fields.FoundCell(self.box, self.edge, 0.0), self.diameter)
         if crop.width > MAX_KEPT_CROP_SIDE:

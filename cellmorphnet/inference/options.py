@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from cellmorphnet.errors import ConfigError
-from cellmorphnet.fields import DEFAULT_MAX_CELLS
 from cellmorphnet.inference.adaptation import (
     DEFAULT_ADAPT_BN,
     DEFAULT_COLOUR_MATCH,
@@ -19,7 +18,8 @@ from cellmorphnet.inference.adaptation import (
     DEFAULT_STAIN_NORM,
 )
 from cellmorphnet.inference.images import DEFAULT_SCALE_VIEWS
-from cellmorphnet.record import InferencePolicy, RunRecord
+from cellmorphnet.runs.record import InferencePolicy, RunRecord
+from cellmorphnet.vision.fields import DEFAULT_MAX_CELLS
 
 # The 8-view average (flips and quarter turns) helped on another lab's cells and at home (docs/benchmarks.md,
 # "Generalisation to another lab"), so it is on.

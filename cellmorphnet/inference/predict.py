@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 
-from cellmorphnet.distributed import SINGLE, Group
 from cellmorphnet.errors import ConfigError
 from cellmorphnet.inference.cells import ImageInfo, find_cells, source_of
 from cellmorphnet.inference.images import CellItem, Item, Upload, single_view
 from cellmorphnet.inference.options import InferenceOptions
 from cellmorphnet.inference.prepare import NO_CELL, Loaded, prepare_set
-from cellmorphnet.record import InferencePolicy
+from cellmorphnet.runs.record import InferencePolicy
+from cellmorphnet.runtime.distributed import SINGLE, Group
 
 COLOUR_DISTANCE_WARN = 4.0  # |z| of an image's mean colour beyond which it is marked unlike the training data
 ORIENTATIONS_PER_SCALE = ((False, 0), (False, 1), (True, 0), (True, 1))  # (flipped, quarter turns)
@@ -104,7 +104,7 @@ def class_probs(model, arrays: list[np.ndarray], policy: InferencePolicy, *, dev
     import torch
 
     from cellmorphnet.data.loader import eval_transform
-    from cellmorphnet.prediction import ORIENTATIONS, oriented
+    from cellmorphnet.model.prediction import ORIENTATIONS, oriented
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out: list[np.ndarray | None] = [None] * len(arrays)

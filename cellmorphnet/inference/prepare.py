@@ -17,14 +17,14 @@ from typing import NamedTuple
 
 import numpy as np
 
-from cellmorphnet import colour
-from cellmorphnet.cellfinder import looks_empty
-from cellmorphnet.distributed import SINGLE, Group
 from cellmorphnet.errors import InvalidData
 from cellmorphnet.inference.adaptation import Survey, contrast_sample, settle_contrast, survey_files
 from cellmorphnet.inference.images import Item, crop_box, crop_sides, preprocess, read_error, read_image
 from cellmorphnet.inference.options import InferenceOptions
-from cellmorphnet.record import InferencePolicy
+from cellmorphnet.runs.record import InferencePolicy
+from cellmorphnet.runtime.distributed import SINGLE, Group
+from cellmorphnet.vision import colour
+from cellmorphnet.vision.cellfinder import looks_empty
 
 NO_CELL = "centre (no cell found)"  # the framing of an image in which no cell was found (not counted as a cell)
 

@@ -8,13 +8,13 @@ from pathlib import Path
 
 import torch
 
-from cellmorphnet.config import TrainConfig
 from cellmorphnet.data import store
 from cellmorphnet.data.loader import DeviceArrays
 from cellmorphnet.data.taxonomy import Taxonomy
 from cellmorphnet.errors import ConfigError
-from cellmorphnet.prediction import LabelSpace
-from cellmorphnet.record import DatasetRecord
+from cellmorphnet.model.prediction import LabelSpace
+from cellmorphnet.runs.config import TrainConfig
+from cellmorphnet.runs.record import DatasetRecord
 
 
 def pick_data_size(name: str, cfg: TrainConfig, home: Path | None) -> int:
@@ -112,8 +112,8 @@ def appearance(arrays: DeviceArrays, classes: list[str], seed: int = 0) -> dict:
     """
     import numpy as np
 
-    from cellmorphnet import cellfinder, colour
     from cellmorphnet.data.taxonomy import WHITE_CELLS, canonical
+    from cellmorphnet.vision import cellfinder, colour
 
     labels = arrays.labels_cpu.numpy()
     rng = np.random.default_rng(seed)

@@ -10,12 +10,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from cellmorphnet.config import TrainConfig
 from cellmorphnet.data.loader import BatchLoader
-from cellmorphnet.devices import Precision, autocast, synchronize
-from cellmorphnet.distributed import SINGLE, Group
-from cellmorphnet.losses import coarse_cross_entropy
-from cellmorphnet.prediction import predict_local
+from cellmorphnet.model.losses import coarse_cross_entropy
+from cellmorphnet.model.prediction import predict_local
+from cellmorphnet.runs.config import TrainConfig
+from cellmorphnet.runtime.devices import Precision, autocast, synchronize
+from cellmorphnet.runtime.distributed import SINGLE, Group
 from cellmorphnet.training import schedule
 from cellmorphnet.training.data import TrainData
 from cellmorphnet.training.ema import WeightAverage

@@ -17,19 +17,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from cellmorphnet import __version__, checkpoint, distributed, runs
+from cellmorphnet import __version__
 from cellmorphnet._io import atomic_path, write_json
-from cellmorphnet.config import TrainConfig
 from cellmorphnet.data.loader import BatchLoader
-from cellmorphnet.devices import (
+from cellmorphnet.errors import CheckpointError, ConfigError, RunError
+from cellmorphnet.model.network import create_model, data_config
+from cellmorphnet.runs import checkpoint
+from cellmorphnet.runs import folders as runs
+from cellmorphnet.runs.config import TrainConfig
+from cellmorphnet.runs.record import REFERENCE_FILE, REFERENCE_IMAGES, RunRecord, policy_for
+from cellmorphnet.runtime import distributed
+from cellmorphnet.runtime.devices import (
     make_scaler,
     pick_device,
     pick_precision,
     resolve_channels_last,
 )
-from cellmorphnet.errors import CheckpointError, ConfigError, RunError
-from cellmorphnet.model import create_model, data_config
-from cellmorphnet.record import REFERENCE_FILE, REFERENCE_IMAGES, RunRecord, policy_for
 from cellmorphnet.training import schedule
 from cellmorphnet.training.augment import AUGMENTATIONS, Augment
 from cellmorphnet.training.data import TrainData, appearance, load_data, pick_data_size
@@ -269,8 +272,8 @@ class _NoHeartbeat:
 
 def _calibrate(run_dir, record, model, val_loader, data, device, precision) -> dict:
     """Fit the temperature of the best model on validation; store it in config.json and in both checkpoints."""
-    from cellmorphnet.calibration import calibrate
-    from cellmorphnet.prediction import collect_logits
+    from cellmorphnet.model.prediction import collect_logits
+    from cellmorphnet.training.calibration import calibrate
 
     best_path, last_path = run_dir / "checkpoints" / "best.pt", run_dir / "checkpoints" / "last.pt"
     model.load_state_dict(checkpoint.load(best_path)["model"])

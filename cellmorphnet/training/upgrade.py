@@ -15,9 +15,10 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from cellmorphnet import checkpoint, runs
 from cellmorphnet.errors import DataChanged, RunError
-from cellmorphnet.record import RunRecord
+from cellmorphnet.runs import checkpoint
+from cellmorphnet.runs import folders as runs
+from cellmorphnet.runs.record import RunRecord
 
 
 def upgrade_run(run_dir: Path, home: Path | None = None) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from cellmorphnet.data.source import (
     write_source_record,
 )
 from cellmorphnet.errors import ChecksumMismatch, DatasetNotFound, InvalidData
-from cellmorphnet.imaging import crop_resize, load_rgb, square_box
+from cellmorphnet.vision.imaging import crop_resize, load_rgb, square_box
 
 SPLIT_FILES = {"train": "train.txt", "val": "val.txt", "test": "test.txt"}
 

@@ -11,7 +11,7 @@ from cellmorphnet.data import store
 from cellmorphnet.data.registry import FOLDER_PREFIX, register
 from cellmorphnet.data.source import Built, DatasetInfo, Source, SourceState
 from cellmorphnet.errors import DatasetNotFound, InvalidData
-from cellmorphnet.imaging import IMAGE_SUFFIXES, centre_square, crop_resize, load_rgb
+from cellmorphnet.vision.imaging import IMAGE_SUFFIXES, centre_square, crop_resize, load_rgb
 
 
 def folder_path(name: str) -> Path:

@@ -23,7 +23,7 @@ from cellmorphnet.data.source import (
     write_source_record,
 )
 from cellmorphnet.errors import ChecksumMismatch, DatasetNotFound, InvalidData
-from cellmorphnet.imaging import crop_resize, load_rgb, square_box
+from cellmorphnet.vision.imaging import crop_resize, load_rgb, square_box
 
 
 def _root(home: Path | None) -> tuple[Path, dict]:

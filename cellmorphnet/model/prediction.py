@@ -14,8 +14,8 @@ import torch
 
 from cellmorphnet.data.loader import BatchLoader
 from cellmorphnet.data.taxonomy import Taxonomy
-from cellmorphnet.devices import Precision, autocast
-from cellmorphnet.losses import coarse_cross_entropy
+from cellmorphnet.model.losses import coarse_cross_entropy
+from cellmorphnet.runtime.devices import Precision, autocast
 
 
 @dataclass

@@ -96,9 +96,9 @@ def write_gradcams(model, policy, preds, arrays, folder: Path, *, channels_last:
     """
     import torch
 
-    from cellmorphnet.cellfinder import padded_crop
     from cellmorphnet.data.loader import eval_transform
-    from cellmorphnet.imaging import centre_square, load_rgb
+    from cellmorphnet.vision.cellfinder import padded_crop
+    from cellmorphnet.vision.imaging import centre_square, load_rgb
 
     written, seen, done = [], {}, 0
     mine = sum(p.path in arrays for p in preds)

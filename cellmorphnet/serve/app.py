@@ -25,7 +25,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from cellmorphnet.errors import Conflict, InvalidData, LimitExceeded, NotFound, TimeLimit
-from cellmorphnet.service import Limits, ModelService
+from cellmorphnet.serve.service import Limits, ModelService
 
 log = logging.getLogger("cellmorphnet.serve")  # the CLI shows its INFO lines
 STATIC = resources.files(__package__) / "static"
@@ -334,7 +334,7 @@ def _review_routes(v1: APIRouter, service: ModelService, store, limits: Limits) 
     A case name is one path segment of printable text (``reviews.check_name``); the routes take the rest of the
     path as the name, so a name with '/' (a date such as 2026/12/06) is answered with why it is refused rather
     than a bare 404. ``InvalidData`` is answered 422, ``NotFound`` 404 (``create_app``'s handlers)."""
-    from cellmorphnet.reviews import ENOUGH_PER_TYPE, export
+    from cellmorphnet.reviews.store import ENOUGH_PER_TYPE, export
 
     def case_json(case: str) -> dict[str, Any]:
         cells = store.cells(case)
@@ -349,8 +349,8 @@ def _review_routes(v1: APIRouter, service: ModelService, store, limits: Limits) 
     @v1.post("/cases/{case:path}/cells", tags=["review"], openapi_extra=_multipart("files", many=True))
     async def add_cells(request: Request, case: str) -> dict[str, Any]:
         """Classify images (multipart field `files`) and keep their cells in the case (opened if new)."""
-        from cellmorphnet.reviews import check_name
-        from cellmorphnet.service import add_to_case
+        from cellmorphnet.reviews.store import check_name
+        from cellmorphnet.serve.service import add_to_case
 
         check_name(case, "case name", required=True)  # before the upload is read
         files = await _read_files(request, "files", limits)
@@ -366,7 +366,7 @@ def _review_routes(v1: APIRouter, service: ModelService, store, limits: Limits) 
         import zipfile
         from pathlib import Path
 
-        from cellmorphnet.reviews import safe_stem
+        from cellmorphnet.reviews.store import safe_stem
 
         with tempfile.TemporaryDirectory() as tmp:
             export(store, Path(tmp) / "cells", case)

@@ -10,9 +10,32 @@ training images' without touching its shapes. No torch here: it runs in the deco
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
 import numpy as np
 
-from cellmorphnet.record import StainReference
+
+@dataclass(frozen=True)
+class StainReference:
+    """The training images' stain, measured at training time (``colour.stain_reference``): what a set of new
+    images is normalised to (``colour.normalise_stain``) and its stain contrast compared with."""
+
+    nucleus_density: list[float]  # the nuclei's median optical density, R, G, B
+    background: list[float]  # the background (lamp) colour, R, G, B
+    contrast: dict[str, float] | None = None  # per canonical class: ring-to-nucleus density ratio (colour.py)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> StainReference:
+        contrast = d.get("contrast")
+        return cls(nucleus_density=[float(v) for v in d["nucleus_density"]],
+                   background=[float(v) for v in d["background"]],
+                   contrast={str(k): float(v) for k, v in contrast.items()} if contrast else None)  # fmt: skip
+
 
 SAMPLE_PIXELS = 200_000  # pixels drawn for the training statistics
 
@@ -111,7 +134,7 @@ def _density(image: np.ndarray, lamp: np.ndarray) -> np.ndarray:
 
 def nucleus_density(image: np.ndarray) -> np.ndarray | None:
     """The median optical density (R, G, B) of an image's nuclear-stained pixels, or None where it has none."""
-    from cellmorphnet.cellfinder import nuclear_stain
+    from cellmorphnet.vision.cellfinder import nuclear_stain
 
     mask = nuclear_stain(image)
     if mask is None or not mask.any():
@@ -169,7 +192,7 @@ def ring_ratio(image: np.ndarray, nucleus: np.ndarray | None = None) -> float | 
     mask to use (``cellfinder.nuclear_stain`` of the image where not given)."""
     from scipy.ndimage import binary_dilation
 
-    from cellmorphnet.cellfinder import nuclear_stain
+    from cellmorphnet.vision.cellfinder import nuclear_stain
 
     mask = nuclear_stain(image) if nucleus is None else nucleus
     if mask is None or not mask.any():

@@ -14,7 +14,7 @@ import torch
 from cellmorphnet._io import atomic_path
 from cellmorphnet.errors import CheckpointError
 
-FORMAT = 2  # 1: "config" + "resolved" dicts; 2: "record" (cellmorphnet.record.RunRecord) and "lr_plan"
+FORMAT = 2  # 1: "config" + "resolved" dicts; 2: "record" (cellmorphnet.runs.record.RunRecord) and "lr_plan"
 
 
 def make(
@@ -38,7 +38,7 @@ def make(
 
 def record_of(state: dict[str, Any]):
     """The run record a checkpoint carries (format 1 checkpoints are migrated)."""
-    from cellmorphnet.record import RunRecord
+    from cellmorphnet.runs.record import RunRecord
 
     if "record" in state:
         return RunRecord.from_dict(state["record"])

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import numpy as np
 
-from cellmorphnet.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, MicroBatcher
 from cellmorphnet.inference import (
     CellItem,
     ImageInfo,
@@ -35,6 +34,7 @@ from cellmorphnet.inference import (
     single_view,
     to_prediction,
 )
+from cellmorphnet.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, MicroBatcher
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ class ModelService:
     def __init__(self, run_dir: Path, which: str = "best", device: str = "auto", *,
                  max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
                  limits: Limits = Limits(), max_cells: int | None = None) -> None:  # fmt: skip
-        from cellmorphnet.run_model import load_run_model
+        from cellmorphnet.runs.load import load_run_model
 
         self.run_dir = Path(run_dir)
         self.rm = load_run_model(self.run_dir, which, device)
@@ -130,7 +130,7 @@ class ModelService:
         whole (``LimitExceeded``) when their images' headers add up to more than ``max_request_pixels``: checked
         before any is decoded."""
         from cellmorphnet.errors import LimitExceeded
-        from cellmorphnet.imaging import pixel_count
+        from cellmorphnet.vision.imaging import pixel_count
 
         counts = [pixel_count(io.BytesIO(data)) or 0 for _, data in files]
         counts = [c for c in counts if c <= self.limits.max_pixels]  # larger ones are refused one by one
@@ -230,8 +230,8 @@ class ModelService:
                     ) -> tuple[Prediction, bytes]:  # fmt: skip
         """The prediction for one image and its Grad-CAM overlay (the crop beside the heat map) as PNG bytes;
         with ``cell`` (a box in the image and its red-cell diameter, as ``predict`` reported them), of that cell."""
-        from cellmorphnet.cellfinder import padded_crop
-        from cellmorphnet.gradcam import overlay_image
+        from cellmorphnet.inference.gradcam import overlay_image
+        from cellmorphnet.vision.cellfinder import padded_crop
 
         uploads, pixels = self._uploads([(name, data)])
         if cell is not None:
@@ -251,9 +251,9 @@ class ModelService:
         """The crop of one cell of a field, as an upload of its own (PNG bytes; a few hundred kilobytes). The box
         must lie in the image and the diameter be one ``fields.rbc_diameter`` can give for it (``InvalidData``
         otherwise), checked before any pixel work: the crop's size follows from the diameter."""
-        from cellmorphnet import fields
         from cellmorphnet.errors import InvalidData
-        from cellmorphnet.imaging import image_size
+        from cellmorphnet.vision import fields
+        from cellmorphnet.vision.imaging import image_size
 
         w, h = image_size(io.BytesIO(upload.data), upload.name)
         x0, y0, x1, y1 = box
@@ -272,7 +272,7 @@ class ModelService:
         import torch
 
         from cellmorphnet.data.loader import eval_transform
-        from cellmorphnet.gradcam import gradcam
+        from cellmorphnet.inference.gradcam import gradcam
 
         p = self.options.policy
         x = eval_transform(torch.from_numpy(np.array(arr[None])), p.image_size, p.mean, p.std).to(self.rm.device)

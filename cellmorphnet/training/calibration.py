@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from cellmorphnet.evaluation.metrics import expected_calibration_error
-from cellmorphnet.losses import coarse_cross_entropy
+from cellmorphnet.model.losses import coarse_cross_entropy
 
 
 def fit_temperature(logits: torch.Tensor, target_ids: torch.Tensor, table: torch.Tensor) -> float:

@@ -57,14 +57,14 @@ def list_runs(home: Path | None = None) -> list[Path]:
     return sorted(runs, key=lambda p: (created(p), p.name))
 
 
-PACKAGED = "bloodmnist"  # the run that ships inside the package (cellmorphnet/models/), usable right after install
+PACKAGED = "bloodmnist"  # the run that ships inside the package (cellmorphnet/shipped/), usable right after install
 
 
 def packaged_runs() -> dict[str, Path]:
     """The ready runs shipped with cellmorphnet, by name (read-only: they live in the installed package)."""
     from importlib import resources
 
-    root = Path(str(resources.files("cellmorphnet") / "models"))
+    root = Path(str(resources.files("cellmorphnet") / "shipped"))
     if not root.is_dir():
         return {}
     return {p.name: p.resolve() for p in sorted(root.iterdir()) if p.is_dir() and is_run_dir(p)}
@@ -253,7 +253,7 @@ def _classify(hb: dict[str, Any]) -> tuple[str, str | None]:
 
 def read_status(run_dir: Path) -> dict[str, Any]:
     """Everything ``cellmorphnet status RUN`` shows, as a JSON-ready dict."""
-    from cellmorphnet.record import RunRecord
+    from cellmorphnet.runs.record import RunRecord
 
     hb = read_heartbeat(run_dir) or {}
     try:

@@ -235,7 +235,7 @@ def _merge(nuclei: list[list[float]], gap: float, extent: float) -> list[list[fl
 def cell_crop(img: Image.Image, cell: FoundCell, diameter: float) -> Image.Image:
     """A square around ``cell`` of ``CROP_PER_DIAMETER`` red-cell diameters (padded past the border): a crop
     like the single-cell images the model was trained on, which ``infer`` then frames as it frames those."""
-    from cellmorphnet.cellfinder import padded_crop
+    from cellmorphnet.vision.cellfinder import padded_crop
 
     cx, cy = cell.centre
     half = CROP_PER_DIAMETER * diameter / 2

@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from cellmorphnet import runs
 from cellmorphnet.errors import CellMorphNetError, CheckpointError, ExportError, RunError
-from cellmorphnet.record import REFERENCE_FILE, REFERENCE_IMAGES, RunRecord
+from cellmorphnet.runs import folders as runs
+from cellmorphnet.runs.record import REFERENCE_FILE, REFERENCE_IMAGES, RunRecord
 
 
 @dataclass
@@ -40,9 +40,9 @@ def load_run_model(
     """Load ``checkpoints/<which>.pt`` of a run (safely, tensors only) into a freshly built model on ``device``."""
     import torch
 
-    from cellmorphnet import checkpoint
-    from cellmorphnet.devices import pick_device, resolve_channels_last
-    from cellmorphnet.model import create_model
+    from cellmorphnet.model.network import create_model
+    from cellmorphnet.runs import checkpoint
+    from cellmorphnet.runtime.devices import pick_device, resolve_channels_last
 
     path = Path(run_dir) / "checkpoints" / f"{which}.pt"
     if not path.exists():
@@ -82,8 +82,8 @@ def predict_split(
     from cellmorphnet.data import store
     from cellmorphnet.data.loader import BatchLoader, DeviceArrays
     from cellmorphnet.data.taxonomy import Taxonomy
-    from cellmorphnet.devices import Precision
-    from cellmorphnet.prediction import LabelSpace, predict_local
+    from cellmorphnet.model.prediction import LabelSpace, predict_local
+    from cellmorphnet.runtime.devices import Precision
 
     rec = rm.record
     names = datasets or list(rec.datasets)

@@ -43,10 +43,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from cellmorphnet import checkpoint, runs
 from cellmorphnet._io import file_digest, write_json
 from cellmorphnet.errors import ConfigError, InvalidData
-from cellmorphnet.reviews import ENOUGH_PER_TYPE
+from cellmorphnet.reviews.store import ENOUGH_PER_TYPE
+from cellmorphnet.runs import checkpoint
+from cellmorphnet.runs import folders as runs
 
 Events = Callable[..., None]
 FINAL_LR = 0.1
@@ -104,7 +105,7 @@ def match_folders(folder: Path, folder_names: list[str], counts: dict[str, int],
     import difflib
 
     from cellmorphnet.data.taxonomy import canonical
-    from cellmorphnet.reviews import check_class_name
+    from cellmorphnet.reviews.store import check_class_name
 
     meant = {check_class_name(c) for c in new_classes}
     mapping, new = {}, []
@@ -190,7 +191,7 @@ def replay_data(record, classes: list[str], home: Path | None, per_class: int, s
     trained on it: ``(train images, labels, val images, labels, dataset names)``, else None."""
     from cellmorphnet.data import store
     from cellmorphnet.data.taxonomy import canonical
-    from cellmorphnet.record import DatasetRecord
+    from cellmorphnet.runs.record import DatasetRecord
 
     rng = np.random.default_rng(seed)
     parts: dict[str, list] = {"train": [[], []], "val": [[], []]}
@@ -221,7 +222,7 @@ def replay_data(record, classes: list[str], home: Path | None, per_class: int, s
 def _adapted_model(rm, classes: list[str]) -> torch.nn.Module:
     """The parent's network with a head for ``classes``: its rows for the classes it had, the mean of those for
     new ones."""
-    from cellmorphnet.model import create_model
+    from cellmorphnet.model.network import create_model
 
     model = create_model(rm.record.config.model, num_classes=len(classes), pretrained=False)
     parent_state = {k: v.float() if v.is_floating_point() else v for k, v in rm.model.state_dict().items()}
@@ -253,10 +254,10 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
           settings: AdaptSettings = AdaptSettings(), device: str = "auto",
           events: Events | None = None) -> dict[str, Any]:  # fmt: skip
     """Fine-tune the run in ``parent_dir`` on ``folder``'s cells into a new run in ``run_dir``; its summary."""
-    from cellmorphnet.calibration import fit_temperature
     from cellmorphnet.data.loader import eval_transform, normalise
-    from cellmorphnet.run_model import load_run_model
+    from cellmorphnet.runs.load import load_run_model
     from cellmorphnet.training.augment import AUGMENTATIONS, Augment
+    from cellmorphnet.training.calibration import fit_temperature
 
     emit = events or (lambda *a, **k: None)
     started = time.monotonic()
@@ -412,7 +413,7 @@ def _resized(images_nhwc_uint8: torch.Tensor, side: int) -> torch.Tensor:
 def _write_run(run_dir, rm, parent_dir, parent_sha, lab: LabCells, model, temperature, settings, replay, held,
                folder, losses, train_acc, seconds) -> dict[str, Any]:  # fmt: skip
     from cellmorphnet.data.taxonomy import Taxonomy, canonical
-    from cellmorphnet.record import DatasetRecord
+    from cellmorphnet.runs.record import DatasetRecord
 
     rec = rm.record
     name = f"folder:{Path(folder).resolve()}"

@@ -18,33 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from cellmorphnet._io import read_json, write_json
-from cellmorphnet.config import TrainConfig
 from cellmorphnet.errors import DataChanged, RunError
+from cellmorphnet.runs.config import TrainConfig
+from cellmorphnet.vision.colour import StainReference  # (a colour measurement; the record keeps it)
 
 SCHEMA = 2
 CONFIG_FILE = "config.json"
 REFERENCE_FILE = "reference_images.npz"  # a few real validation images, for export checks away from the cache
 REFERENCE_IMAGES = 64  # how many
-
-
-@dataclass(frozen=True)
-class StainReference:
-    """The training images' stain, measured at training time (``colour.stain_reference``): what a set of new
-    images is normalised to (``colour.normalise_stain``) and its stain contrast compared with."""
-
-    nucleus_density: list[float]  # the nuclei's median optical density, R, G, B
-    background: list[float]  # the background (lamp) colour, R, G, B
-    contrast: dict[str, float] | None = None  # per canonical class: ring-to-nucleus density ratio (colour.py)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> StainReference:
-        contrast = d.get("contrast")
-        return cls(nucleus_density=[float(v) for v in d["nucleus_density"]],
-                   background=[float(v) for v in d["background"]],
-                   contrast={str(k): float(v) for k, v in contrast.items()} if contrast else None)  # fmt: skip
 
 
 @dataclass(frozen=True)

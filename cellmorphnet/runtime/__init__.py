@@ -1,0 +1,1 @@
+"""Where the work runs: devices and precision (``devices``), and several processes under torchrun (``distributed``)."""
