@@ -20,7 +20,8 @@ from conftest import PBC_TEST_IMAGES, assert_one_line_error
 from PIL import Image
 
 from cellmorphnet.errors import ConfigError, InvalidData, OutputError
-from cellmorphnet.reviews.store import ENOUGH_PER_TYPE, SCHEMA, ReviewStore, export, safe_stem
+from cellmorphnet.reviews.export import export, safe_stem
+from cellmorphnet.reviews.store import ENOUGH_PER_TYPE, SCHEMA, ReviewStore
 
 CLASSES = ["eosinophil", "lymphocyte", "neutrophil", "smudge"]
 

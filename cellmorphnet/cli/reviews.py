@@ -56,7 +56,7 @@ def export_cmd(
 ) -> None:
     """Write the reviewed cells as class sub-folders plus cells.csv (source file, box, predicted, reviewed class,
     reviewer, time). Refuses to write into an existing folder."""
-    from cellmorphnet.reviews.store import export
+    from cellmorphnet.reviews.export import export
 
     store = _open(ctx, db)
     try:

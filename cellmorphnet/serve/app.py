@@ -334,7 +334,8 @@ def _review_routes(v1: APIRouter, service: ModelService, store, limits: Limits) 
     A case name is one path segment of printable text (``reviews.check_name``); the routes take the rest of the
     path as the name, so a name with '/' (a date such as 2026/12/06) is answered with why it is refused rather
     than a bare 404. ``InvalidData`` is answered 422, ``NotFound`` 404 (``create_app``'s handlers)."""
-    from cellmorphnet.reviews.store import ENOUGH_PER_TYPE, export
+    from cellmorphnet.reviews.export import export
+    from cellmorphnet.reviews.store import ENOUGH_PER_TYPE
 
     def case_json(case: str) -> dict[str, Any]:
         cells = store.cells(case)
@@ -366,7 +367,7 @@ def _review_routes(v1: APIRouter, service: ModelService, store, limits: Limits) 
         import zipfile
         from pathlib import Path
 
-        from cellmorphnet.reviews.store import safe_stem
+        from cellmorphnet.reviews.export import safe_stem
 
         with tempfile.TemporaryDirectory() as tmp:
             export(store, Path(tmp) / "cells", case)
