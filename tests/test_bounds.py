@@ -23,8 +23,9 @@ from cellmorphnet.inference import find_cells
 from cellmorphnet.inference.images import Upload
 from cellmorphnet.reviews.store import ReviewStore, check_name
 from cellmorphnet.runs import folders as runs
-from cellmorphnet.serve.app import BodyLimit, create_app
+from cellmorphnet.serve.app import create_app
 from cellmorphnet.serve.service import Limits, ModelService
+from cellmorphnet.serve.uploads import BodyLimit
 from cellmorphnet.vision import fields
 
 JPEG = sorted((PBC_TEST_IMAGES / "neutrophil").glob("*.jpg"))[0]

@@ -223,7 +223,7 @@ def test_an_empty_token_is_refused_and_tokens_compare_as_utf8(service):
 
 
 def test_other_sites_cannot_use_a_local_server_by_origin_or_by_host(service):
-    from cellmorphnet.serve.app import trusted_hosts
+    from cellmorphnet.serve.security import trusted_hosts
 
     one = _files(JPEGS[:1])
     for token in (None, "s3cret"):  # a cross-origin POST is refused with or without a token

@@ -13,6 +13,10 @@ import typer
 
 from cellmorphnet.cli import _output
 from cellmorphnet.cli._options import DeviceOption, MaxCellsOption, home_of
+from cellmorphnet.serve.settings import Limits
+
+LIMITS = Limits()  # the flags' defaults (one place: serve/settings.py)
+MB = 1024 * 1024
 
 NAME = "serve"
 ENV_TOKEN = "CELLMORPHNET_TOKEN"
@@ -49,19 +53,23 @@ def command(
     batch_wait_ms: Annotated[
         float, typer.Option("--batch-wait-ms", help="How long to wait for other requests to join a batch.")
     ] = 5.0,
-    max_files: Annotated[int, typer.Option("--max-files", help="Files per request.")] = 256,
-    max_file_mb: Annotated[float, typer.Option("--max-file-mb", help="Size of one file, in MB.")] = 20.0,
-    max_request_mb: Annotated[float, typer.Option("--max-request-mb", help="Size of one request, in MB.")] = 100.0,
+    max_files: Annotated[int, typer.Option("--max-files", help="Files per request.")] = LIMITS.max_files,
+    max_file_mb: Annotated[
+        float, typer.Option("--max-file-mb", help="Size of one file, in MB.")
+    ] = LIMITS.max_file_bytes / MB,
+    max_request_mb: Annotated[
+        float, typer.Option("--max-request-mb", help="Size of one request, in MB.")
+    ] = LIMITS.max_request_bytes / MB,
     max_megapixels: Annotated[
         float, typer.Option("--max-megapixels", help="Decoded size of one image (decompression bombs).")
-    ] = 50.0,
+    ] = LIMITS.max_pixels / 1e6,
     max_request_megapixels: Annotated[
         float, typer.Option("--max-request-megapixels", help="Decoded size of all the images of one request.")
-    ] = 200.0,
+    ] = LIMITS.max_request_pixels / 1e6,
     max_concurrent_sets: Annotated[
         int, typer.Option("--max-concurrent-sets", help="Requests decoding their images at the same time (each "
                           "holds at most --max-request-megapixels decoded).")
-    ] = 2,
+    ] = LIMITS.max_concurrent_sets,
     reviews_db: Annotated[
         Path | None, typer.Option("--reviews", help="The review database (default: HOME/reviews.sqlite).",
                                   show_default=False)
@@ -80,17 +88,17 @@ def command(
     body_timeout: Annotated[
         float, typer.Option("--body-timeout", help="Seconds an upload may fall behind --min-upload-kbps before it "
                             "is cut off (408).")
-    ] = 10.0,
+    ] = LIMITS.body_timeout_s,
     min_upload_kbps: Annotated[
         float, typer.Option("--min-upload-kbps", help="The slowest upload served, in KB/s (after --body-timeout).")
-    ] = 50.0,
+    ] = LIMITS.min_upload_rate / 1000,
     request_timeout: Annotated[
         float, typer.Option("--request-timeout", help="Seconds one request's work (decoding, finding cells, the model) "
                             "may take; past it the request is answered 503 and its worker freed.")
-    ] = 120.0,
+    ] = LIMITS.request_timeout_s,
     max_json_kb: Annotated[
         float, typer.Option("--max-json-kb", help="Size of a JSON body (a review), in KB.")
-    ] = 64.0,
+    ] = LIMITS.max_json_bytes / 1024,
     max_cells: MaxCellsOption = None,
 ) -> None:
     from cellmorphnet.errors import ConfigError
@@ -115,15 +123,16 @@ def command(
     except ImportError:
         hint = 'pipx install "cellmorphnet[serve]" (or pip install "cellmorphnet[serve]").'
         raise ConfigError("cellmorphnet serve needs its extra packages.", hint=hint) from None
-    from cellmorphnet.serve.app import check_token_value, create_app, trusted_hosts
+    from cellmorphnet.serve.app import create_app
     from cellmorphnet.serve.connections import OverloadNotices, protocol_class
-    from cellmorphnet.serve.service import Limits, ModelService
+    from cellmorphnet.serve.security import check_token_value, trusted_hosts
+    from cellmorphnet.serve.service import ModelService
 
     check_token_value(token)  # before the model loads
 
     run_dir = runs.resolve_run(run, home_of(ctx))
     _check_port(host, port)
-    limits = Limits(max_file_bytes=int(max_file_mb * 1024 * 1024), max_request_bytes=int(max_request_mb * 1024 * 1024),
+    limits = Limits(max_file_bytes=int(max_file_mb * MB), max_request_bytes=int(max_request_mb * MB),
                     max_files=max_files, max_pixels=int(max_megapixels * 1_000_000),
                     max_request_pixels=int(max_request_megapixels * 1_000_000),
                     max_concurrent_sets=max_concurrent_sets, body_timeout_s=body_timeout,
