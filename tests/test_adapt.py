@@ -48,6 +48,12 @@ def test_init_adapts_the_shipped_model_to_a_lab_folder(cli, lab, tmp_path):
     assert record.config.init and dataclasses.replace(record.inference, lab_set=None) == parent
     lab_set = record.inference.lab_set  # the lab's set-level values, infer's for every set of this run
     assert lab_set["cells"] == 24 and lab_set["side"] > 0 and len(lab_set["stain"]) == 3
+    from cellmorphnet.runs import checkpoint
+    from cellmorphnet.training.engine import HISTORY_KEYS
+
+    state = checkpoint.load(run / "checkpoints" / "last.pt")  # training's checkpoint: it can be resumed from
+    assert {"optimizer", "scheduler", "lr_plan", "rng"} <= set(state) and state["lr_plan"]["total_steps"] == 4
+    assert tuple(json.loads((run / "history.json").read_text())) == HISTORY_KEYS  # training's history
     status = cli("status", "ours")
     assert status.exit_code == 0 and "adapted from" in status.stdout and "bloodmnist" in status.stdout
     shown = " ".join(status.stdout.split())

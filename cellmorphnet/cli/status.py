@@ -69,8 +69,9 @@ def run_renderable(st: dict[str, Any]):
         head.add_row("time left", _output.duration(st["eta_seconds"]))
     curves = st["curves"]
     for key, label in (("train_loss", "train loss"), ("val_loss", "val loss"), ("val_f1", "val F1")):
-        if curves.get(key):
-            head.add_row(label, f"{sparkline(curves[key])}  {curves[key][-1]:.4f}")
+        values = [v for v in curves.get(key) or [] if v is not None]  # (an adapted run has no validation loss)
+        if values:
+            head.add_row(label, f"{sparkline(values)}  {values[-1]:.4f}")
     parts = [head]
     if st["per_class_f1_at_best"]:
         table = Table(title="Per-class validation F1 at the best epoch", title_justify="left")

@@ -17,9 +17,8 @@ from cellmorphnet.errors import CheckpointError
 FORMAT = 2  # 1: "config" + "resolved" dicts; 2: "record" (cellmorphnet.runs.record.RunRecord) and "lr_plan"
 
 
-def make(
-    model, optimizer, scheduler, scaler, epoch: int, record, lr_plan, early_stopping: dict, history: dict
-) -> dict[str, Any]:
+def make(model, optimizer, scheduler, *, scaler, epoch: int, record, lr_plan, early_stopping: dict,
+         history: dict) -> dict[str, Any]:  # fmt: skip
     return {
         "format": FORMAT,
         "epoch": epoch,  # epochs completed

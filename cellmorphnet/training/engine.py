@@ -22,6 +22,20 @@ from cellmorphnet.training.ema import WeightAverage
 from cellmorphnet.training.mixing import mix_batch
 
 LOG_EVERY = 10  # batches between progress reports: each report reads the loss back (a device sync on GPUs)
+# what a run's history records per epoch (history.json and every checkpoint), for training and fine-tuning alike
+HISTORY_KEYS = (
+    "epoch", "stage", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1",
+    "val_f1_per_class", "val_per_dataset", "epoch_time", "images_per_s",
+)  # fmt: skip
+
+
+def adamw(parameters, *, lr: float, weight_decay: float) -> torch.optim.AdamW:
+    """AdamW with weight decay on weights only (not on norm parameters and biases)."""
+    decay, no_decay = [], []
+    for p in parameters:
+        (no_decay if p.ndim <= 1 else decay).append(p)
+    return torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
+                              {"params": no_decay, "weight_decay": 0.0}], lr=lr)  # fmt: skip
 
 
 def optimizer_step(optimizer, scaler, params, grad_clip: float) -> bool:

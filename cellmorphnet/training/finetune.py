@@ -32,7 +32,6 @@ Library code: reports through ``events``, never prints.
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -48,9 +47,11 @@ from cellmorphnet.errors import ConfigError, InvalidData
 from cellmorphnet.reviews.store import ENOUGH_PER_TYPE
 from cellmorphnet.runs import checkpoint
 from cellmorphnet.runs import folders as runs
+from cellmorphnet.training.engine import HISTORY_KEYS, adamw, optimizer_step
 
 Events = Callable[..., None]
 FINAL_LR = 0.1
+GRAD_CLIP = 1.0  # the gradient norm's ceiling, as training's default
 DISTILL_TEMPERATURE = 2.0
 
 
@@ -185,10 +186,21 @@ def split_held_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.n
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(held), dtype=np.int64)
 
 
-def replay_data(record, classes: list[str], home: Path | None, per_class: int, seed: int
-                ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, list[str]] | None:  # fmt: skip
+@dataclass(frozen=True)
+class Replay:
+    """The parent's own images kept for replay: a class-balanced draw of its training and validation splits, labelled
+    in the adapted model's classes."""
+
+    train_images: np.ndarray  # N x S x S x 3 uint8, as prepared
+    train_labels: np.ndarray
+    val_images: np.ndarray  # for the temperature, beside the held-out reviewed cells
+    val_labels: np.ndarray
+    datasets: list[str]  # the parent's datasets they come from
+
+
+def replay_data(record, classes: list[str], home: Path | None, per_class: int, seed: int) -> Replay | None:
     """The parent's training (and validation) images for replay where every dataset of it is prepared here as it
-    trained on it: ``(train images, labels, val images, labels, dataset names)``, else None."""
+    trained on it, else None."""
     from cellmorphnet.data import store
     from cellmorphnet.data.taxonomy import canonical
     from cellmorphnet.runs.record import DatasetRecord
@@ -215,8 +227,8 @@ def replay_data(record, classes: list[str], home: Path | None, per_class: int, s
     sizes = {im.shape[1] for im in parts["train"][0]}
     if len(sizes) != 1:
         return None
-    return (np.concatenate(parts["train"][0]), np.concatenate(parts["train"][1]),
-            np.concatenate(parts["val"][0]), np.concatenate(parts["val"][1]), list(record.datasets))  # fmt: skip
+    return Replay(np.concatenate(parts["train"][0]), np.concatenate(parts["train"][1]),
+                  np.concatenate(parts["val"][0]), np.concatenate(parts["val"][1]), list(record.datasets))  # fmt: skip
 
 
 def _adapted_model(rm, classes: list[str]) -> torch.nn.Module:
@@ -290,19 +302,10 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
     if settings.freeze_lower or (settings.freeze_lower is None and replay is None):
         schedule.apply_stage(model, "top")  # the lower half of the backbone kept as it was
     params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.ndim > 1]
-    no_decay = [p for p in params if p.ndim <= 1]
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": settings.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=settings.lr)  # fmt: skip
-    warmup = max(1, settings.steps // 10)
-
-    def lr_at(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        t = (step - warmup) / max(1, settings.steps - warmup)
-        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
-
-    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_at)
+    optimizer = adamw(params, lr=settings.lr, weight_decay=settings.weight_decay)  # training's own optimizer
+    # training's warmup-cosine: a tenth of the steps to warm up, down to 1 % of the peak
+    lr_plan = schedule.LrPlan(settings.steps, max(1, settings.steps // 10), 0.01)
+    sched = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_plan.as_lambda())
     augment = Augment(AUGMENTATIONS[settings.augment])
     gen = torch.Generator().manual_seed(settings.seed)
     lab_x, lab_y = torch.from_numpy(lab.arrays[train_idx]), torch.from_numpy(lab.labels[train_idx])
@@ -312,7 +315,9 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
     schedule.freeze_norm_stats(model)  # frozen blocks keep their statistics
     losses, correct, seen = [], 0, 0
     emit("adapt_start", cells=len(lab.labels), train=len(train_idx), held_out=len(held_idx),
-         replay=None if replay is None else len(replay[1]), steps=settings.steps, classes=lab.classes)  # fmt: skip
+         replay=None if replay is None else len(replay.train_labels), steps=settings.steps,
+         classes=lab.classes)  # fmt: skip
+
     def train_step(pool_x: torch.Tensor, pool_y: torch.Tensor) -> None:
         nonlocal correct, seen
         # every reviewed cell equally often (class-balanced drawing would show a class of one cell, a lone
@@ -320,10 +325,10 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
         pick = torch.from_numpy(rng.integers(0, len(pool_y), half))
         xs, ys = [pool_x[pick]], [pool_y[pick]]
         if replay is not None:
-            rp = torch.from_numpy(_balanced(replay[1], settings.batch_size - half, rng))
-            xs.append(torch.from_numpy(replay[0])[rp] if replay[0].shape[1:] == lab.arrays.shape[1:] else
-                      _resized(torch.from_numpy(replay[0])[rp], lab.arrays.shape[1]))  # fmt: skip
-            ys.append(torch.from_numpy(replay[1])[rp])
+            rp = torch.from_numpy(_balanced(replay.train_labels, settings.batch_size - half, rng))
+            images = torch.from_numpy(replay.train_images)[rp]
+            xs.append(images if images.shape[1:] == lab.arrays.shape[1:] else _resized(images, lab.arrays.shape[1]))
+            ys.append(torch.from_numpy(replay.train_labels)[rp])
         x = torch.cat(xs).permute(0, 3, 1, 2).float().div_(255.0)
         y = torch.cat(ys).to(dev)
         x = normalise(augment(x, size, gen), mean.cpu(), std.cpu()).to(dev)
@@ -340,8 +345,7 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
                 kept, torch.nn.functional.log_softmax(teacher / t, dim=1), log_target=True, reduction="batchmean")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
+        optimizer_step(optimizer, None, params, GRAD_CLIP)
         losses.append(float(loss.detach()))
         correct += int((logits.argmax(1) == y).sum())
         seen += len(y)
@@ -366,9 +370,10 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
 
     calib_x, calib_y = [lab.arrays[held_idx]], [lab.labels[held_idx]]
     if replay is not None:
-        calib_x.append(replay[2] if replay[2].shape[1:] == lab.arrays.shape[1:] else
-                       _resized(torch.from_numpy(replay[2]), lab.arrays.shape[1]).numpy())  # fmt: skip
-        calib_y.append(replay[3])
+        val = replay.val_images
+        calib_x.append(val if val.shape[1:] == lab.arrays.shape[1:] else
+                       _resized(torch.from_numpy(val), lab.arrays.shape[1]).numpy())  # fmt: skip
+        calib_y.append(replay.val_labels)
     cx, cy = np.concatenate(calib_x), np.concatenate(calib_y)
     temperature, held = rec.temperature, {}  # nothing to fit it on (no replay, no class of 4 cells): the parent's
     if len(cy):
@@ -397,8 +402,10 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
             train_step(all_x, all_y)
             emit("adapt_step", step=settings.steps + step + 1, steps=total, loss=losses[-1])
         model.eval()
-    summary = _write_run(run_dir, rm, parent_dir, parent_sha, lab, model, temperature, settings, replay, held,
-                         folder, losses, correct / max(seen, 1), time.monotonic() - started)  # fmt: skip
+    trained = Trained(model, optimizer, sched, lr_plan, temperature, held, losses, correct / max(seen, 1),
+                      time.monotonic() - started)  # fmt: skip
+    summary = _write_run(run_dir, rm, lab, trained, parent_dir=parent_dir, parent_sha=parent_sha, settings=settings,
+                         replay=replay, folder=folder)  # fmt: skip
     emit("adapt_end", summary=summary)
     return summary
 
@@ -410,12 +417,30 @@ def _resized(images_nhwc_uint8: torch.Tensor, side: int) -> torch.Tensor:
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-def _write_run(run_dir, rm, parent_dir, parent_sha, lab: LabCells, model, temperature, settings, replay, held,
-               folder, losses, train_acc, seconds) -> dict[str, Any]:  # fmt: skip
+@dataclass
+class Trained:
+    """What the fine-tuning loop ends with: the model and the optimizer's state, and what it measured."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    lr_plan: Any  # schedule.LrPlan
+    temperature: float
+    held: dict[str, Any]  # the held-out reviewed cells' accuracy ({} where none were held out)
+    losses: list[float]
+    train_acc: float
+    seconds: float
+
+
+def _write_run(run_dir: Path, rm, lab: LabCells, trained: Trained, *, parent_dir: Path, parent_sha: str,
+               settings: AdaptSettings, replay: Replay | None, folder: Path) -> dict[str, Any]:  # fmt: skip
+    """The adapted run's folder, as training writes one: record, checkpoints (training's, optimizer and schedule
+    included), history (training's keys), heartbeat."""
     from cellmorphnet.data.taxonomy import Taxonomy, canonical
     from cellmorphnet.runs.record import DatasetRecord
 
     rec = rm.record
+    model, temperature, held, losses = trained.model, trained.temperature, trained.held, trained.losses
     name = f"folder:{Path(folder).resolve()}"
     counts = {"train": int(len(lab.labels) - held.get("cells", 0)), "val": int(held.get("cells", 0)), "test": 0}
     folder_classes = sorted(lab.folder_classes)
@@ -440,8 +465,9 @@ def _write_run(run_dir, rm, parent_dir, parent_sha, lab: LabCells, model, temper
     adaptation = {"cells": int(len(lab.labels)), "per_class": per_class,
                   "few_cells": {c: n for c, n in per_class.items() if n < ENOUGH_PER_TYPE},
                   "new_classes": lab.new_classes, "held_out": held,
-                  "replay": None if replay is None else {"datasets": replay[4], "images": int(len(replay[1]))},
-                  "steps": settings.steps, "seconds": round(seconds, 1), "skipped": lab.skipped[:20],
+                  "replay": None if replay is None else {"datasets": replay.datasets,
+                                                         "images": int(len(replay.train_labels))},
+                  "steps": settings.steps, "seconds": round(trained.seconds, 1), "skipped": lab.skipped[:20],
                   "skipped_total": len(lab.skipped),
                   "distill": settings.distill if replay is None else None}  # fmt: skip
     inference = dataclasses.replace(rec.inference, lab_set=_plain(lab.lab_set))
@@ -450,13 +476,14 @@ def _write_run(run_dir, rm, parent_dir, parent_sha, lab: LabCells, model, temper
                                  datasets=datasets, calibration=calibration, created=runs.now_iso(), resumed=[],
                                  parent=parent, adaptation=adaptation)  # fmt: skip
     run_dir.mkdir(parents=True, exist_ok=True)
-    history = {"epoch": [1], "stage": ["adapt"], "train_loss": [float(np.mean(losses[-20:]))],
-               "train_acc": [train_acc], "val_acc": [held.get("accuracy")],
-               "val_f1": [held.get("balanced_accuracy")]}  # fmt: skip
-    state = {"format": checkpoint.FORMAT, "epoch": 1, "model": model.state_dict(), "record": record.to_dict(),
-             "class_names": list(lab.classes), "history": history,
-             "early_stopping": {"best_f1": held.get("balanced_accuracy"), "best_epoch": 1,
-                                "bad_epochs": 0}}  # fmt: skip
+    history = {k: [None] for k in HISTORY_KEYS}
+    history.update(epoch=[1], stage=["adapt"], lr=[trained.optimizer.param_groups[0]["lr"]],
+                   train_loss=[float(np.mean(losses[-20:]))], train_acc=[trained.train_acc],
+                   val_acc=[held.get("accuracy")], val_f1=[held.get("balanced_accuracy")],
+                   epoch_time=[round(trained.seconds, 2)])  # fmt: skip
+    early = {"best_f1": held.get("balanced_accuracy"), "best_epoch": 1, "bad_epochs": 0}
+    state = checkpoint.make(model, trained.optimizer, trained.scheduler, scaler=None, epoch=1, record=record,
+                            lr_plan=trained.lr_plan, early_stopping=early, history=history)  # fmt: skip
     with checkpoint.defer_interrupt():
         checkpoint.save(state, run_dir / "checkpoints" / "best.pt")
         checkpoint.save(state, run_dir / "checkpoints" / "last.pt")
@@ -465,7 +492,7 @@ def _write_run(run_dir, rm, parent_dir, parent_sha, lab: LabCells, model, temper
         runs.Heartbeat(run_dir, epochs_planned=1, epoch=1, batch=0, batches=0).close(
             "finished", best_val_f1=held.get("balanced_accuracy"), best_epoch=1)
     return {"run_dir": str(run_dir), "state": "finished", "parent": parent, "classes": lab.classes,
-            "adaptation": adaptation, "calibration": calibration, "train_acc": train_acc}  # fmt: skip
+            "adaptation": adaptation, "calibration": calibration, "train_acc": trained.train_acc}  # fmt: skip
 
 
 def _fingerprint(files: list[str]) -> str:

@@ -37,7 +37,7 @@ from cellmorphnet.training import schedule
 from cellmorphnet.training.augment import AUGMENTATIONS, Augment
 from cellmorphnet.training.data import TrainData, appearance, load_data, pick_data_size
 from cellmorphnet.training.ema import WeightAverage
-from cellmorphnet.training.engine import evaluate, train_one_epoch
+from cellmorphnet.training.engine import HISTORY_KEYS, adamw, evaluate, train_one_epoch
 
 Events = Callable[..., None]
 
@@ -50,19 +50,7 @@ def _versions() -> dict[str, str]:
 
 
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    """AdamW with weight decay on weights only (not on norm parameters and biases)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (no_decay if p.ndim <= 1 else decay).append(p)
-    return torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr
-    )
-
-
-HISTORY_KEYS = (
-    "epoch", "stage", "lr", "train_loss", "train_acc", "val_loss", "val_acc", "val_f1",
-    "val_f1_per_class", "val_per_dataset", "epoch_time", "images_per_s",
-)  # fmt: skip
+    return adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 @dataclass
@@ -360,8 +348,9 @@ def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler
                 bad_epochs += 1
             if main:  # rank 0 alone writes the run folder
                 ckpt = checkpoint.make(
-                    ema.module if ema else model, optimizer, lr_schedule, scaler, epoch + 1, record, lr_plan,
-                    {"best_f1": best_f1, "best_epoch": best_epoch, "bad_epochs": bad_epochs}, history,
+                    ema.module if ema else model, optimizer, lr_schedule, scaler=scaler, epoch=epoch + 1, record=record,
+                    lr_plan=lr_plan, history=history,
+                    early_stopping={"best_f1": best_f1, "best_epoch": best_epoch, "bad_epochs": bad_epochs},
                 )  # fmt: skip
                 if ema is not None:
                     ckpt["trained"], ckpt["ema_updates"] = model.state_dict(), ema.updates
