@@ -96,7 +96,7 @@ def bench_cellmorphnet(images, labels, image_size, batch, device, amp="off", cha
                              augment=Augment(AugmentConfig()))  # fmt: skip
         loader.set_epoch(state["epoch"])
         state["epoch"] += 1
-        train_one_epoch(model, loader, opt, sched, None, device, precision, cfg, data)
+        train_one_epoch(model, loader, opt, sched, scaler=None, device=device, precision=precision, cfg=cfg, data=data)
 
     return window
 

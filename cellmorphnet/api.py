@@ -78,8 +78,10 @@ def predict(
     group = distributed.start(str(run.device).split(":")[0] if isinstance(run, RunModel) else "auto")
     rm = run if isinstance(run, RunModel) else load_run(run, home=home, device=distributed.local_device(group, "auto"))
     files, missing = group.on_main(lambda: collect_files([Path(p) for p in paths]))
-    options = inference_options(rm.record, crop, crop_fraction, colour_match, adapt_bn, classes, tta, stain_norm,
-                                scale_views, stain_contrast, cells, max_cells=max_cells)  # fmt: skip
+    options = inference_options(rm.record, crop=crop, crop_fraction=crop_fraction, colour_match=colour_match,
+                                adapt_bn=adapt_bn, classes=classes, tta=tta, stain_norm=stain_norm,
+                                scale_views=scale_views, stain_contrast=stain_contrast, cells=cells,
+                                max_cells=max_cells)  # fmt: skip
     preds, _ = predict_files(rm, files, options, batch_size=batch_size, top_k=top_k, group=group)
     return preds + [Prediction(p, error=reason) for p, reason in missing]
 

@@ -85,8 +85,8 @@ def test_accumulation_equals_one_big_batch(home):
                              limit_batches=16 // batch_size)  # fmt: skip
         opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=1e-2)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1.0)
-        engine.train_one_epoch(model, loader, opt, sched, None, torch.device("cpu"), Precision(None, False), cfg,
-                             data)  # fmt: skip
+        engine.train_one_epoch(model, loader, opt, sched, scaler=None, device=torch.device("cpu"),
+                               precision=Precision(None, False), cfg=cfg, data=data)  # fmt: skip
         return model.state_dict()
 
     a, b = one_step(8, 2), one_step(16, 1)

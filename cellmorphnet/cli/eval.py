@@ -101,8 +101,9 @@ def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, co
     from cellmorphnet.runs.load import load_run_model
 
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept)
-    options = inference_options(rm.record, crop, None, colour_match, adapt_bn, classes_only, tta, stain_norm,
-                                scale_views, stain_contrast)  # fmt: skip
+    options = inference_options(rm.record, crop=crop, colour_match=colour_match, adapt_bn=adapt_bn,
+                                classes=classes_only, tta=tta, stain_norm=stain_norm, scale_views=scale_views,
+                                stain_contrast=stain_contrast)  # fmt: skip
     with _output.progress("Classifying") as cb:
         report = evaluate_folder(rm, folder, options, progress=cb)
     report.update(run=str(run_dir), checkpoint=str(rm.checkpoint), epoch=rm.epoch)

@@ -134,8 +134,10 @@ def command(
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept_data_change)
     for field in rm.record_mismatch:
         _output.warn(f"Using the checkpoint's {field}: config.json differs (accepted).")
-    options = inference_options(rm.record, crop, crop_fraction, colour_match, adapt_bn, classes_only, tta, stain_norm,
-                                scale_views, stain_contrast, cells, max_cells=max_cells)  # fmt: skip
+    options = inference_options(rm.record, crop=crop, crop_fraction=crop_fraction, colour_match=colour_match,
+                                adapt_bn=adapt_bn, classes=classes_only, tta=tta, stain_norm=stain_norm,
+                                scale_views=scale_views, stain_contrast=stain_contrast, cells=cells,
+                                max_cells=max_cells)  # fmt: skip
     classes = rm.classes
     policy = options.policy
     with _output.progress("Classifying") as cb:

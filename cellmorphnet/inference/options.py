@@ -48,11 +48,11 @@ class InferenceOptions:
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "policy"}
 
 
-def inference_options(record: RunRecord, crop: str | None = None, crop_fraction: float | None = None,
+def inference_options(record: RunRecord, *, crop: str | None = None, crop_fraction: float | None = None,
                       colour_match: bool | None = None, adapt_bn: bool | None = None,
                       classes: str | None = None, tta: bool | None = None,
                       stain_norm: bool | None = None, scale_views: bool | None = None,
-                      stain_contrast: bool | None = None, cells: str | None = None, *,
+                      stain_contrast: bool | None = None, cells: str | None = None,
                       max_cells: int | None = None) -> InferenceOptions:  # fmt: skip
     """Resolve the command-line choices (``None``: the default) against the run's record and the measured defaults.
 

@@ -75,7 +75,7 @@ def collect_logits(
 
 
 def predict_local(
-    model: torch.nn.Module, loader: BatchLoader, space: LabelSpace, device: torch.device, precision: Precision,
+    model: torch.nn.Module, loader: BatchLoader, space: LabelSpace, device: torch.device, *, precision: Precision,
     temperature: float = 1.0, tta: bool = False,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per dataset: local ``labels``, local-space ``probs`` (after the temperature) and per-sample ``losses``.

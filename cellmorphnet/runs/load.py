@@ -98,7 +98,19 @@ def predict_split(
     space = LabelSpace.build(Taxonomy.from_dict(rec.taxonomy), names, rm.device)
     loader = BatchLoader(parts, space.target_offset, batch_size, rec.image_size, rec.mean, rec.std, train=False,
                          channels_last=rm.channels_last)  # fmt: skip
-    return predict_local(rm.model, loader, space, rm.device, Precision(None, False), rm.record.temperature, tta)
+    return predict_local(rm.model, loader, space, rm.device, precision=Precision(None, False),
+                         temperature=rm.record.temperature, tta=tta)  # fmt: skip
+
+
+def save_reference_images(run_dir: Path, images, labels, dataset: str) -> None:
+    """A few real validation images of the first dataset (tensors or arrays), so export can check parity from the
+    run folder alone (``reference_images`` reads them)."""
+    from cellmorphnet._io import atomic_path
+
+    n = min(REFERENCE_IMAGES, len(images))
+    as_np = [x.cpu().numpy() if hasattr(x, "cpu") else np.asarray(x) for x in (images[:n], labels[:n])]
+    with atomic_path(Path(run_dir) / REFERENCE_FILE) as tmp, open(tmp, "wb") as f:
+        np.savez_compressed(f, images=as_np[0], labels=as_np[1], dataset=np.array(dataset))
 
 
 def reference_images(run_dir: Path, record: RunRecord, home: Path | None = None) -> np.ndarray:

@@ -112,6 +112,7 @@ def model(service: Service) -> dict[str, Any]:
 @router.post("/predict", openapi_extra=multipart_body("files", many=True))
 async def predict(
     request: Request,
+    *,
     service: Service,
     limits: RequestLimits,
     top_k: int = Query(3, ge=1, le=50, description="How many classes to list per image."),
@@ -138,6 +139,7 @@ async def predict(
              responses={200: {"content": {"image/png": {}}}})  # fmt: skip
 async def gradcam(
     request: Request,
+    *,
     service: Service,
     limits: RequestLimits,
     x0: int | None = Query(None, ge=0, le=MAX_COORD,

@@ -53,3 +53,21 @@ def calibrate(per_dataset: dict[str, dict[str, torch.Tensor]], space) -> dict[st
 
     return {"temperature": round(t, 4), "val_nll_before": nll(1.0), "val_nll_after": nll(t),
             "val_ece_before": ece(1.0), "val_ece_after": ece(t)}  # fmt: skip
+
+
+def calibrate_run(run_dir, record, model, *, val_loader, data, device, precision) -> dict:
+    """Fit the temperature of the best model on validation; store it in config.json and in both checkpoints."""
+    from cellmorphnet.model.prediction import collect_logits
+    from cellmorphnet.runs import checkpoint
+
+    best_path, last_path = run_dir / "checkpoints" / "best.pt", run_dir / "checkpoints" / "last.pt"
+    model.load_state_dict(checkpoint.load(best_path)["model"])
+    calibration = calibrate(collect_logits(model, val_loader, device, precision), data.space)
+    record.calibration = calibration
+    with checkpoint.defer_interrupt():
+        for path in (best_path, last_path):
+            state = checkpoint.load(path)
+            state["record"] = record.to_dict()
+            checkpoint.save(state, path)
+        record.save(run_dir)
+    return calibration

@@ -70,6 +70,7 @@ def train_one_epoch(
     loader: BatchLoader,
     optimizer: torch.optim.Optimizer,
     lr_schedule: torch.optim.lr_scheduler.LRScheduler,
+    *,
     scaler: torch.amp.GradScaler | None,
     device: torch.device,
     precision: Precision,
@@ -176,7 +177,7 @@ def evaluate(
     from sklearn.metrics import f1_score
 
     per_dataset = {}
-    for name, d in predict_local(model, loader, data.space, device, precision).items():
+    for name, d in predict_local(model, loader, data.space, device, precision=precision).items():
         classes = list(data.taxonomy.local_classes[name])
         pred = d["probs"].argmax(1)
         f1s = f1_score(d["labels"], pred, labels=list(range(len(classes))), average=None, zero_division=0)

@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +47,8 @@ from cellmorphnet.reviews.store import ENOUGH_PER_TYPE
 from cellmorphnet.runs import checkpoint
 from cellmorphnet.runs import folders as runs
 from cellmorphnet.training.engine import HISTORY_KEYS, adamw, optimizer_step
+from cellmorphnet.training.lab_cells import LabCells, lab_cells
+from cellmorphnet.training.replay import Replay, balanced, replay_data
 
 Events = Callable[..., None]
 FINAL_LR = 0.1
@@ -81,98 +82,6 @@ class AdaptSettings:
     new_classes: tuple[str, ...] = ()
 
 
-@dataclass
-class LabCells:
-    """The lab's labelled cells as the parent's infer prepares them."""
-
-    arrays: np.ndarray  # N x H x W x 3 uint8
-    labels: np.ndarray  # indices into ``classes``
-    classes: list[str]  # the adapted model's classes: the parent's, then the lab's new ones
-    new_classes: list[str]
-    files: list[str]
-    skipped: list[tuple[str, str]]  # (file, why)
-    folder_classes: dict[str, str]  # folder name -> class
-    lab_set: dict[str, Any]  # the set-level values these cells were prepared with (inference.prepare), for infer
-
-
-def match_folders(folder: Path, folder_names: list[str], counts: dict[str, int], parent: list[str],
-                  new_classes: tuple[str, ...] = ()) -> tuple[dict[str, str], list[str]]:  # fmt: skip
-    """Each class folder's class (the parent's, by ``canonical`` name) and the lab's new classes.
-
-    A folder that names none of the parent's classes is a new class only where ``new_classes`` says it is meant;
-    otherwise it is a misspelling until told so (``neutrofil/`` would teach the model a ninth class of
-    neutrophils), refused with the nearest class named. An empty class folder is refused too: a class with no
-    cells cannot be learned, and would be a class the model never saw."""
-    import difflib
-
-    from cellmorphnet.data.taxonomy import canonical
-    from cellmorphnet.reviews.store import check_class_name
-
-    meant = {check_class_name(c) for c in new_classes}
-    mapping, new = {}, []
-    for name in folder_names:
-        if not counts.get(name):
-            raise InvalidData(f"{folder / name} holds no images.", hint="Remove the empty class folder, or add its "
-                              "reviewed cells.")  # fmt: skip
-        c = canonical(name)
-        if c in parent:
-            mapping[name] = c
-        elif name in meant:
-            mapping[name] = name
-            new.append(name)
-        else:
-            near = difflib.get_close_matches(c, parent, n=1, cutoff=0.5)
-            guess = f" Did you mean '{near[0]}'?" if near else ""
-            raise InvalidData(f"{folder / name}: '{name}' is not one of the model's classes ({', '.join(parent)})."
-                              f"{guess}", hint=f"Rename the folder, or, if it is a class of your lab's own, say so: "
-                              f"--new-class {name}")  # fmt: skip
-    unused = sorted(meant - set(new))
-    if unused:
-        raise InvalidData(f"--new-class {', '.join(unused)}: no class folder of that name in {folder}.")
-    return mapping, list(dict.fromkeys(new))
-
-
-def lab_cells(rm, folder: Path, workers: int = 2, new_classes: tuple[str, ...] = ()) -> LabCells:
-    """Read ``folder``'s class sub-folders through the parent's inference pipeline, labels matched by name
-    (``match_folders``)."""
-    from cellmorphnet.data.sources.folder import list_images
-    from cellmorphnet.inference import inference_options, prepare_set
-    from cellmorphnet.inference.predict import class_probs
-
-    folder_names, items = list_images(folder)
-    parent = list(rm.record.classes)
-    counts = Counter(folder_names[i] for _, i in items)
-    mapping, new = match_folders(folder, folder_names, counts, parent, new_classes)
-    classes = parent + new
-    if not items:
-        raise InvalidData(f"{folder} has no images in its class sub-folders.")
-    options = dataclasses.replace(inference_options(rm.record), cells="one", tta=False, scale_views=False)
-    # this lab's own set-level values (an adapted parent's are another lab's)
-    options = dataclasses.replace(options, policy=dataclasses.replace(options.policy, lab_set=None))
-    device = torch.device(rm.device)
-
-    def one_view(arrays: list[np.ndarray]) -> np.ndarray:
-        return class_probs(rm.model, arrays, options.policy, device=device, channels_last=rm.channels_last,
-                           tta=False, temperature=options.temperature)  # fmt: skip
-
-    files = [p for p, _ in items]
-    label_of = {p: classes.index(mapping[folder_names[i]]) for p, i in items}
-    survey, loaded = prepare_set(files, options, parent, one_view, workers=workers)
-    arrays, labels, kept, skipped = [], [], [], []
-    for x in loaded:
-        if x.error is not None:
-            skipped.append((str(x.item), x.error))
-            continue
-        arrays.append(x.array)
-        labels.append(label_of[x.item])
-        kept.append(str(x.item))
-    if not arrays:
-        raise InvalidData(f"None of the images in {folder} could be read.")
-    lab_set = {"side": survey.side, "stain": survey.stain, "contrast": survey.contrast, "cells": len(arrays)}
-    return LabCells(np.stack(arrays), np.array(labels), classes, new, kept, skipped, mapping,
-                    lab_set)  # fmt: skip
-
-
 def split_held_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices to train on and to hold out: ``fraction`` of each class (one at least, from four cells on; none at
     ``fraction`` 0)."""
@@ -184,51 +93,6 @@ def split_held_out(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.n
         held += list(idx[:k])
         train += list(idx[k:])
     return np.array(sorted(train), dtype=np.int64), np.array(sorted(held), dtype=np.int64)
-
-
-@dataclass(frozen=True)
-class Replay:
-    """The parent's own images kept for replay: a class-balanced draw of its training and validation splits, labelled
-    in the adapted model's classes."""
-
-    train_images: np.ndarray  # N x S x S x 3 uint8, as prepared
-    train_labels: np.ndarray
-    val_images: np.ndarray  # for the temperature, beside the held-out reviewed cells
-    val_labels: np.ndarray
-    datasets: list[str]  # the parent's datasets they come from
-
-
-def replay_data(record, classes: list[str], home: Path | None, per_class: int, seed: int) -> Replay | None:
-    """The parent's training (and validation) images for replay where every dataset of it is prepared here as it
-    trained on it, else None."""
-    from cellmorphnet.data import store
-    from cellmorphnet.data.taxonomy import canonical
-    from cellmorphnet.runs.record import DatasetRecord
-
-    rng = np.random.default_rng(seed)
-    parts: dict[str, list] = {"train": [[], []], "val": [[], []]}
-    for name, d in record.datasets.items():
-        manifest = store.read_manifest(store.prepared_path(name, d.size, home))
-        if manifest is None or DatasetRecord.from_manifest(name, d.size, manifest).differences(d):
-            return None
-        for split in ("train", "val"):
-            arr = store.load_split(name, d.size, split, home)
-            images, local = np.asarray(arr.images), np.asarray(arr.labels)
-            to_class = np.array([classes.index(canonical(c)) if canonical(c) in classes else -1 for c in d.classes])
-            target = to_class[local]
-            keep = []
-            for c in np.unique(target[target >= 0]):
-                idx = np.flatnonzero(target == c)
-                keep += list(rng.choice(idx, min(len(idx), per_class if split == "train" else per_class // 4),
-                                        replace=False))  # fmt: skip
-            keep = np.array(sorted(keep), dtype=np.int64)
-            parts[split][0].append(images[keep])
-            parts[split][1].append(target[keep])
-    sizes = {im.shape[1] for im in parts["train"][0]}
-    if len(sizes) != 1:
-        return None
-    return Replay(np.concatenate(parts["train"][0]), np.concatenate(parts["train"][1]),
-                  np.concatenate(parts["val"][0]), np.concatenate(parts["val"][1]), list(record.datasets))  # fmt: skip
 
 
 def _adapted_model(rm, classes: list[str]) -> torch.nn.Module:
@@ -253,13 +117,6 @@ def _adapted_model(rm, classes: list[str]) -> torch.nn.Module:
             head.weight[n_old:] = old.weight.float().mean(0)
             head.bias[n_old:] = old.bias.float().min()
     return model
-
-
-def _balanced(labels: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
-    """``n`` indices drawn class-balanced (with replacement) from ``labels``."""
-    classes = np.unique(labels)
-    picked = rng.choice(classes, n)
-    return np.array([rng.choice(np.flatnonzero(labels == c)) for c in picked], dtype=np.int64)
 
 
 def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = None,
@@ -325,7 +182,7 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
         pick = torch.from_numpy(rng.integers(0, len(pool_y), half))
         xs, ys = [pool_x[pick]], [pool_y[pick]]
         if replay is not None:
-            rp = torch.from_numpy(_balanced(replay.train_labels, settings.batch_size - half, rng))
+            rp = torch.from_numpy(balanced(replay.train_labels, settings.batch_size - half, rng))
             images = torch.from_numpy(replay.train_images)[rp]
             xs.append(images if images.shape[1:] == lab.arrays.shape[1:] else _resized(images, lab.arrays.shape[1]))
             ys.append(torch.from_numpy(replay.train_labels)[rp])

@@ -18,14 +18,15 @@ import numpy as np
 import torch
 
 from cellmorphnet import __version__
-from cellmorphnet._io import atomic_path, write_json
+from cellmorphnet._io import write_json
 from cellmorphnet.data.loader import BatchLoader
 from cellmorphnet.errors import CheckpointError, ConfigError, RunError
 from cellmorphnet.model.network import create_model, data_config
 from cellmorphnet.runs import checkpoint
 from cellmorphnet.runs import folders as runs
 from cellmorphnet.runs.config import TrainConfig
-from cellmorphnet.runs.record import REFERENCE_FILE, REFERENCE_IMAGES, RunRecord, policy_for
+from cellmorphnet.runs.load import save_reference_images
+from cellmorphnet.runs.record import RunRecord, policy_for
 from cellmorphnet.runtime import distributed
 from cellmorphnet.runtime.devices import (
     make_scaler,
@@ -35,7 +36,8 @@ from cellmorphnet.runtime.devices import (
 )
 from cellmorphnet.training import schedule
 from cellmorphnet.training.augment import AUGMENTATIONS, Augment
-from cellmorphnet.training.data import TrainData, appearance, load_data, pick_data_size
+from cellmorphnet.training.calibration import calibrate_run
+from cellmorphnet.training.data import appearance, load_data, pick_data_size
 from cellmorphnet.training.ema import WeightAverage
 from cellmorphnet.training.engine import HISTORY_KEYS, adamw, evaluate, train_one_epoch
 
@@ -77,16 +79,6 @@ def _starting_point(cfg: TrainConfig, run_dir: Path, home: Path | None, resume: 
     return _Start(record, state, changes)
 
 
-def _save_reference_images(run_dir: Path, data: TrainData) -> None:
-    """A few real validation images of the first dataset, so export can check parity from the run folder alone."""
-    name = next(iter(data.val))
-    arr = data.val[name]
-    n = min(REFERENCE_IMAGES, len(arr))
-    with atomic_path(run_dir / REFERENCE_FILE) as tmp, open(tmp, "wb") as f:
-        np.savez_compressed(f, images=arr.images[:n].cpu().numpy(), labels=arr.labels_cpu[:n].numpy(),
-                            dataset=np.array(name))  # fmt: skip
-
-
 def fit(
     cfg: TrainConfig,
     run_dir: Path,
@@ -115,11 +107,12 @@ def fit(
     run_dir = Path(run_dir)
     lock = runs.RunLock(run_dir) if group.is_main else contextlib.nullcontext()
     with lock, checkpoint.stop_signals_raise():
-        return _fit_locked(cfg, run_dir, home, resume, accept_data_change, emit, group, sync_bn)
+        return _fit_locked(cfg, run_dir, home, resume=resume, accept=accept_data_change, emit=emit, group=group,
+                           sync_bn=sync_bn)  # fmt: skip
 
 
 def _fit_locked(
-    cfg: TrainConfig, run_dir: Path, home: Path | None, resume: bool, accept: bool, emit: Events,
+    cfg: TrainConfig, run_dir: Path, home: Path | None, *, resume: bool, accept: bool, emit: Events,
     group: distributed.Group, sync_bn: bool | None,
 ) -> dict[str, Any]:
     start = _starting_point(cfg, run_dir, home, resume, accept)
@@ -214,7 +207,8 @@ def _fit_locked(
         history = {k: list(saved_history.get(k, []))[:start_epoch] for k in HISTORY_KEYS}
     elif group.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
-        _save_reference_images(run_dir, data)
+        name = next(iter(data.val))
+        save_reference_images(run_dir, data.val[name].images, data.val[name].labels_cpu, name)
     ema = None
     if cfg.ema > 0:
         ema = WeightAverage(model, cfg.ema, updates=int(state.get("ema_updates", 0)) if state else 0)
@@ -223,8 +217,10 @@ def _fit_locked(
     if group.is_main:
         record.save(run_dir)
     return _epochs(
-        cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler, device, precision, data,
-        train_loader, val_loader, history, (start_epoch, best_f1, best_epoch, bad_epochs), resume, emit, ema, group,
+        cfg, run_dir, record, lr_plan=lr_plan, model=model, optimizer=optimizer, lr_schedule=lr_schedule,
+        scaler=scaler, device=device, precision=precision, data=data, train_loader=train_loader,
+        val_loader=val_loader, history=history, progress=(start_epoch, best_f1, best_epoch, bad_epochs),
+        resume=resume, emit=emit, ema=ema, group=group,
     )  # fmt: skip
 
 
@@ -258,25 +254,7 @@ class _NoHeartbeat:
         pass
 
 
-def _calibrate(run_dir, record, model, val_loader, data, device, precision) -> dict:
-    """Fit the temperature of the best model on validation; store it in config.json and in both checkpoints."""
-    from cellmorphnet.model.prediction import collect_logits
-    from cellmorphnet.training.calibration import calibrate
-
-    best_path, last_path = run_dir / "checkpoints" / "best.pt", run_dir / "checkpoints" / "last.pt"
-    model.load_state_dict(checkpoint.load(best_path)["model"])
-    calibration = calibrate(collect_logits(model, val_loader, device, precision), data.space)
-    record.calibration = calibration
-    with checkpoint.defer_interrupt():
-        for path in (best_path, last_path):
-            state = checkpoint.load(path)
-            state["record"] = record.to_dict()
-            checkpoint.save(state, path)
-        record.save(run_dir)
-    return calibration
-
-
-def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler, device, precision, data,
+def _epochs(cfg, run_dir, record, *, lr_plan, model, optimizer, lr_schedule, scaler, device, precision, data,
             train_loader, val_loader, history, progress, resume, emit, ema=None,
             group: distributed.Group = distributed.SINGLE) -> dict[str, Any]:  # fmt: skip
     """The epoch loop, with the heartbeat, the log, checkpoints and the final state.
@@ -327,8 +305,8 @@ def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler
                 emit("batch", epoch=epoch, batch=i, batches=n, loss=loss, acc=acc, images_per_s=ips)
 
             tr = train_one_epoch(
-                model, train_loader, optimizer, lr_schedule, scaler, device, precision, cfg, data, on_batch, ema,
-                group, net,
+                model, train_loader, optimizer, lr_schedule, scaler=scaler, device=device, precision=precision, cfg=cfg,
+                data=data, on_batch=on_batch, ema=ema, group=group, net=net,
             )  # fmt: skip
             va = group.on_main(lambda: evaluate(ema.module if ema else model, val_loader, data, device, precision))
             entry = {
@@ -374,7 +352,8 @@ def _epochs(cfg, run_dir, record, lr_plan, model, optimizer, lr_schedule, scaler
                 final_state = "early-stopped"
         if best_epoch is not None:
             record.calibration = group.on_main(
-                lambda: _calibrate(run_dir, record, model, val_loader, data, device, precision))
+                lambda: calibrate_run(run_dir, record, model, val_loader=val_loader, data=data, device=device,
+                                      precision=precision))  # fmt: skip
             c = record.calibration
             log_line(f"calibrated: temperature {c['temperature']:.3f}, validation ECE {c['val_ece_before']:.4f} -> "
                      f"{c['val_ece_after']:.4f}")  # fmt: skip
