@@ -358,3 +358,17 @@ def test_a_small_requests_batch_goes_before_a_large_ones_next_batch():
     finally:
         b.close()
         assert not b._thread.is_alive()  # (the end is never lost in a gather)
+
+
+def test_infer_and_reviews_print_json(cli, tmp_path):
+    """Every command that prints a result has --json (issue 35): infer's is what --out x.json writes."""
+    r = cli("infer", "bloodmnist", JPEG, "--json")
+    assert r.exit_code == 0, r
+    body = json.loads(r.stdout)
+    assert body["summary"]["cells"] == 1 and body["predictions"][0]["cell_found"] is True
+    db = tmp_path / "r.sqlite"
+    _store_with_a_review(db, "neutrophil")
+    listed = json.loads(cli("reviews", "list", db, "--json").stdout)
+    assert listed["cases"][0]["name"] == "a" and listed["cases"][0]["reviewed"] == 1
+    exported = json.loads(cli("reviews", "export", db, "--out", tmp_path / "x", "--json").stdout)
+    assert exported["cells"] == 1 and exported["per_class"] == {"neutrophil": 1} and exported["refused"] == []

@@ -2,6 +2,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from conftest import assert_one_line_error
 
 
@@ -90,3 +91,17 @@ def test_brackets_in_help_and_in_error_hints_are_shown_as_written(cli, capsys):
         _output.err = console
     err = capsys.readouterr().err
     assert "needs [bold]coremltools[/bold]." in err and "pip install 'cellmorphnet[coreml]'" in err
+
+
+@pytest.mark.parametrize("command", ["fetch", "prepare", "train", "status", "eval", "infer", "export", "serve",
+                                     "upgrade", "reviews list", "reviews export"])
+def test_help_reads_as_written_for_the_terminal(cli, command):
+    """No '<bool>' after an on/off flag, and the description wrapped by the terminal, not by the source's line
+    breaks (an orphan word alone on a line at any other width)."""
+    r = cli(*command.split(), "--help")
+    assert r.exit_code == 0 and "<bool>" not in r.stdout
+    lines = [ln.strip() for ln in r.stdout.splitlines()]
+    start = next(i for i, ln in enumerate(lines) if ln.startswith("Usage:")) + 1
+    description = lines[start : next(i for i, ln in enumerate(lines) if ln.startswith("╭"))]
+    words = [ln for ln in description if ln]
+    assert all(len(ln.split()) > 2 for ln in words[:-1]), description  # no line of one or two orphan words

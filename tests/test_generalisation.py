@@ -246,6 +246,7 @@ def test_eval_on_a_labelled_folder_with_an_unknown_class_and_broken_files(cli, r
     assert (written / "metrics.json").exists() and (written / "on_confusion.png").exists()
     human = cli("eval", "g", "--on", root)
     assert human.exit_code == 0 and "matches none of the run's classes" in human.stderr
+    assert (run / "eval" / "on-mine-2" / "metrics.json").exists()  # the first report kept, not overwritten
     assert_one_line_error(cli("eval", "g", "--on", root, "--classes", "platelet"), "--classes leaves out")
     assert_one_line_error(cli("eval", "g", "--on", tmp_path / "nothing"), "is not a folder")
     (tmp_path / "a-file").write_text("")

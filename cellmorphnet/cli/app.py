@@ -109,18 +109,46 @@ def root(
     ctx.obj = {"home": home.expanduser().resolve() if home else home_dir()}
 
 
+def _help(doc: str | None) -> str | None:
+    """A module docstring as help: each paragraph one line, for the terminal to wrap (the source's hard line breaks
+    would otherwise stay, leaving orphan words at the end of lines on any other width)."""
+    if not doc:
+        return doc
+    paragraphs = [" ".join(line.strip() for line in p.splitlines()) for p in doc.strip().split("\n\n")]
+    return "\n\n".join(p for p in paragraphs if p)
+
+
 def _register() -> None:
     from cellmorphnet.cli import eval as eval_cmd
     from cellmorphnet.cli import export, fetch, infer, prepare, reviews, serve, status, train, upgrade
 
     for module in (fetch, prepare, train, status, eval_cmd, infer, export, serve, upgrade):
-        app.command(module.NAME, help=module.__doc__)(_handle_errors(module.command))
+        app.command(module.NAME, help=_help(module.__doc__))(_handle_errors(module.command))
     for command in reviews.app.registered_commands:  # a group: reviews list, reviews export
         command.callback = _handle_errors(command.callback)
-    app.add_typer(reviews.app, name=reviews.NAME, help=reviews.__doc__)
+    app.add_typer(reviews.app, name=reviews.NAME, help=_help(reviews.__doc__))
 
 
 _register()
+
+
+def _plain_flags() -> None:
+    """On/off flags without a type column in ``--help``: Typer 0.29 with Click 8.2+ shows ``<bool>`` there for every
+    flag (``--json <bool>``), which reads as if the flag took a value."""
+    from typer.core import TyperOption
+
+    shown = getattr(TyperOption, "display_type_rich", None)
+    if shown is None or getattr(shown, "_plain_flags", False):
+        return
+
+    def display_type_rich(self, ctx):
+        return None if self.is_flag and self.metavar is None else shown(self, ctx)
+
+    display_type_rich._plain_flags = True
+    TyperOption.display_type_rich = display_type_rich
+
+
+_plain_flags()
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ def command(
     scale_views: ScaleViewsFlag = None,
     device: DeviceOption = "auto",
     accept_data_change: AcceptDataChangeFlag = False,
-    json: JsonFlag = False,
+    as_json: JsonFlag = False,
 ) -> None:
     from cellmorphnet._io import check_writable
     from cellmorphnet.errors import ConfigError
@@ -74,26 +74,37 @@ def command(
     home = home_of(ctx)
     run_dir = runs.resolve_run(run, home)
     if on is not None:
-        target = out or runs.output_dir(run_dir, home, "eval", f"on-{Path(on).expanduser().resolve().name}")
+        target = out or _free(runs.output_dir(run_dir, home, "eval", f"on-{Path(on).expanduser().resolve().name}"))
         _eval_on(run_dir, on, checkpoint, device, accept_data_change, classes_only, crop, colour_match, adapt_bn, tta,
-                 stain_norm, target, json, scale_views, stain_contrast)  # fmt: skip
+                 stain_norm, target, as_json, scale_views, stain_contrast)  # fmt: skip
         return
     subset = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
-    report = evaluate_run(run_dir, home=home, split=split, datasets=subset, which=checkpoint, device=device,
-                          accept_data_change=accept_data_change, tta=tta)  # fmt: skip
+    with _output.progress(f"Evaluating ({split} and val)" if split == "test" else "Evaluating", unit="batches") as cb:
+        report = evaluate_run(run_dir, home=home, split=split, datasets=subset, which=checkpoint, device=device,
+                              accept_data_change=accept_data_change, tta=tta, progress=cb)  # fmt: skip
     for change in report["data_changes_accepted"]:
         _output.warn(f"Evaluating on changed data (accepted): {change}")
     out_dir = out or runs.output_dir(run_dir, home, "eval", split)
     files = write_report(report, out_dir)
-    if json:
+    if as_json:
         _output.print_json(report)
         return
     _show(report)
     _output.info(f"Wrote {len(files)} files to {out_dir}")
 
 
+def _free(folder: Path) -> Path:
+    """``folder``, or ``folder-2``, ``-3``... where an earlier report is there: a report is never overwritten unless
+    --out names its folder."""
+    candidate, n = folder, 1
+    while (candidate / "metrics.json").exists():
+        n += 1
+        candidate = folder.with_name(f"{folder.name}-{n}")
+    return candidate
+
+
 def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, colour_match, adapt_bn, tta, stain_norm,
-             out, json, scale_views=None, stain_contrast=None):  # fmt: skip
+             out, as_json, scale_views=None, stain_contrast=None):  # fmt: skip
     from cellmorphnet._io import write_json
     from cellmorphnet.evaluation.on_folder import evaluate_folder
     from cellmorphnet.evaluation.report import plot_dataset
@@ -112,7 +123,7 @@ def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, co
     files = [out_dir / "metrics.json"]
     if report["metrics"]:
         files += plot_dataset(report["metrics"], out_dir, "on")
-    if json:
+    if as_json:
         _output.print_json(report)
         return
     for name, n in report["unknown_folders"].items():
@@ -173,7 +184,8 @@ def _show(report) -> None:
         if "generalisation_gap" in entry:
             gap = entry["generalisation_gap"]
             _output.out.print(
-                f"Generalisation gap: validation macro-F1 {entry['val_metrics']['macro_f1']:.4f} − test "
+                f"Generalisation gap{' (8-view average)' if report.get('tta') else ''}: validation macro-F1 "
+                f"{entry['val_metrics']['macro_f1']:.4f} − test "
                 f"{m['macro_f1']:.4f} = {gap * 100:+.2f} points"
             )
         crit = Table(title="Success criteria (original design)", title_justify="left")
@@ -181,6 +193,9 @@ def _show(report) -> None:
         crit.add_column("value", justify="right")
         crit.add_column("")
         for row in entry["criteria"]:
-            value = "—" if row["value"] is None else f"{row['value']:.4f}"
+            if row["value"] is None:
+                value = "—"
+            else:  # a gap in points reads as points (2.1 points, not 0.0210)
+                value = f"{row['value'] * 100:+.2f} points" if row.get("unit") == "points" else f"{row['value']:.4f}"
             crit.add_row(row["criterion"], value, "[green]PASS[/green]" if row["pass"] else "[red]FAIL[/red]")
         _output.out.print(crit)

@@ -36,7 +36,7 @@ def command(
         str, typer.Option("--device", help="Where --benchmark times PyTorch: auto, cuda, cuda:N, mps or cpu.")
     ] = "auto",
     accept_data_change: AcceptDataChangeFlag = False,
-    json: JsonFlag = False,
+    as_json: JsonFlag = False,
 ) -> None:
     from cellmorphnet import export
     from cellmorphnet._io import check_writable
@@ -94,7 +94,7 @@ def command(
             result["variants"].append(entry)
         if (benchmark or all_variants) and not export.coreml_can_predict():
             result["note"] = "CoreML predictions need macOS: the packages' specs were validated, latency not measured."
-    if json:
+    if as_json:
         _output.print_json(result)
         return
     _show(result)

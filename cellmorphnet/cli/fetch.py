@@ -33,7 +33,7 @@ def command(
         bool, typer.Option("--allow-unverified", help="Accept a file whose checksum differs; it is marked unverified.")
     ] = False,
     force: ForceFlag = False,
-    json: JsonFlag = False,
+    as_json: JsonFlag = False,
 ) -> None:
     from cellmorphnet.data.fetch import fetch
     from cellmorphnet.errors import InvalidData
@@ -52,7 +52,7 @@ def command(
                 force=force,
                 progress=cb,
             )
-    if json:
+    if as_json:
         _output.print_json(
             [
                 {"dataset": r.dataset, "size": r.size, "action": r.action, "verified": r.verified, "path": r.path}
@@ -65,5 +65,6 @@ def command(
         state = "[green]verified[/green]" if r.verified else "[yellow]UNVERIFIED[/yellow]"
         where = f" → {r.path}" if r.path else ""
         _output.info(f"{label}: {r.action}, {state}{where}")
-    names = " ".join(dict.fromkeys(r.dataset for r in results))
-    _output.info(f"Next: cellmorphnet prepare {names}")
+    names = dict.fromkeys(r.dataset for r in results)
+    # train prepares what it needs itself; prepare is the step for other sizes or a look at the splits first
+    _output.info(f"Next: cellmorphnet train --datasets {','.join(names)}  (or: cellmorphnet prepare {' '.join(names)})")

@@ -26,6 +26,7 @@ from cellmorphnet.cli._options import (
     ColourMatchFlag,
     CropOption,
     DeviceOption,
+    JsonFlag,
     MaxCellsOption,
     RunArg,
     ScaleViewsFlag,
@@ -85,6 +86,7 @@ def command(
     ] = None,
     device: DeviceOption = "auto",
     accept_data_change: AcceptDataChangeFlag = False,
+    as_json: JsonFlag = False,
 ) -> None:
     from rich.table import Table
 
@@ -204,6 +206,11 @@ def command(
         drawn = write_overlays(preds, overlays)
         _output.info(f"Drew {len(drawn)} fields with their cells into {overlays}")
 
+    if as_json:  # what --out x.json writes: the summary and one entry per cell; the exit code as below
+        _output.print_json({"summary": summary, "predictions": [p.to_dict() for p in preds]})
+        if skipped:
+            raise typer.Exit(EXIT_SOME_SKIPPED if ok else 1)
+        return
     unit = "cells" if fields_seen else "images"
     table = Table(title=f"Predictions ({len(ok)} {unit}) with {run_dir.name}", title_justify="left")
     table.add_column("class")
@@ -230,8 +237,8 @@ def command(
                      "'low_confidence'): check those images by eye.")  # fmt: skip
     if skipped:
         rep = Table(title=f"Skipped files ({len(skipped)})", title_justify="left")
-        rep.add_column("file")
-        rep.add_column("reason")
+        rep.add_column("file", overflow="fold")  # the file is what the table is for: wrapped, never cut
+        rep.add_column("reason", overflow="fold")
         for p in skipped:
             rep.add_row(str(p.path), p.error)
         _output.err.print(rep)

@@ -30,7 +30,7 @@ def command(
         bool, typer.Option("--include-mixt", help="LISC: keep the 'mixt' (mixed) folder as a class.")
     ] = False,
     force: ForceFlag = False,
-    json: JsonFlag = False,
+    as_json: JsonFlag = False,
 ) -> None:
     from rich.table import Table
 
@@ -42,9 +42,9 @@ def command(
         with _output.progress(f"Preparing {name}") as cb:
             r = prepare(name, home=home_of(ctx), size=size, seed=seed, force=force, options=options, progress=cb)
         results.append(r)
-        if not json:
+        if not as_json:
             _show(r, Table)
-    if json:
+    if as_json:
         _output.print_json(
             [
                 {

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cellmorphnet.cli import _output
-from cellmorphnet.cli._options import home_of
+from cellmorphnet.cli._options import JsonFlag, home_of
 
 NAME = "reviews"
 app = typer.Typer(no_args_is_help=True, add_completion=False)
@@ -31,12 +31,15 @@ def _open(ctx: typer.Context, db: Path | None):
 
 
 @app.command("list")
-def list_cases(ctx: typer.Context, db: DbArg = None) -> None:
+def list_cases(ctx: typer.Context, db: DbArg = None, as_json: JsonFlag = False) -> None:
     """The cases, with their cells and how many are reviewed."""
     from rich.table import Table
 
     store = _open(ctx, db)
     try:
+        if as_json:
+            _output.print_json({"database": str(store.path), "cases": store.cases()})
+            return
         table = Table(title=f"Cases in {store.path}", title_justify="left")
         for col in ("case", "opened", "cells", "reviewed"):
             table.add_column(col, justify="right" if col in ("cells", "reviewed") else "left")
@@ -53,6 +56,7 @@ def export_cmd(
     db: DbArg = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="A new folder for the dataset.")] = ...,
     case: Annotated[str | None, typer.Option("--case", help="Only this case (default: every case).")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
     """Write the reviewed cells as class sub-folders plus cells.csv (source file, box, predicted, reviewed class,
     reviewer, time). Refuses to write into an existing folder."""
@@ -63,6 +67,9 @@ def export_cmd(
         result = export(store, out, case)
     finally:
         store.close()
+    if as_json:
+        _output.print_json(result)
+        return
     per = ", ".join(f"{c} {n}" for c, n in result["per_class"].items())
     _output.info(f"Exported {result['cells']} reviewed cells to {out} ({per}).")
     if result["refused"]:

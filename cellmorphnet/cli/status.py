@@ -62,7 +62,8 @@ def run_renderable(st: dict[str, Any]):
         epochs += f" (epoch {st['current_epoch'] + 1}: batch {st['batch']}/{st['batches']})"
     head.add_row("epochs", epochs)
     best = "—" if st["best_val_f1"] is None else f"{st['best_val_f1']:.4f} (epoch {st['best_epoch']})"
-    head.add_row("best val macro-F1", best)
+    head.add_row("best val macro-F1", best + ("" if st["best_val_f1"] is None else " (as training measures it: one "
+                                              "view; eval averages 8)"))
     head.add_row("train / val accuracy", f"{_pct(st['train_acc'])} / {_pct(st['val_acc'])}")
     head.add_row("last epoch", _output.duration(st["last_epoch_time"]))
     if st["state"] == "running":
@@ -128,7 +129,7 @@ def command(
     run: LatestRunArg = None,
     watch: Annotated[bool, typer.Option("--watch", "-w", help="Refresh until the run stops.")] = False,
     interval: Annotated[float, typer.Option("--interval", help="Seconds between refreshes with --watch.")] = 2.0,
-    json: JsonFlag = False,
+    as_json: JsonFlag = False,
 ) -> None:
     from cellmorphnet.data.cache import cache_status
     from cellmorphnet.runs import folders as runs
@@ -136,7 +137,7 @@ def command(
     home = home_of(ctx)
     all_runs = runs.list_runs(home)
     target = runs.resolve_run(run, home) if (run is not None or all_runs) else None
-    if json:
+    if as_json:
         _output.print_json(
             {
                 "run": runs.read_status(target) if target else None,

@@ -129,7 +129,7 @@ def command(
                      show_default=False),
     ] = None,
     accept_data_change: AcceptDataChangeFlag = False,
-    json: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the final summary as JSON.")] = False,
 ) -> None:
     from cellmorphnet.errors import ConfigError
     from cellmorphnet.runs import folders as runs
@@ -159,7 +159,7 @@ def command(
         if group.active:
             raise ConfigError("train --init runs in one process (a few minutes on a CPU): launch it without torchrun.")
         own = ("datasets", "lr", "seed", "device", "model")
-        _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, json, model,
+        _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, as_json, model,
                [k for k, v in flags.items() if v is not None and k not in own], new_class or [])
         return
     if replay is not None or steps is not None or new_class:
@@ -182,8 +182,10 @@ def command(
     else:
         file_values = load_toml(config) if config else {}
         cfg, kept = resolve(file_values, flags)
-        if not json:
-            settings = ", ".join(f"{k.replace('_', '-')} {v}" for k, v in kept.items())
+        if not as_json:
+            shown = {"image_size": "the data's own"}  # (None means: as prepared)
+            settings = ", ".join(f"{k.replace('_', '-')} {shown.get(k, 'none') if v is None else v}"
+                                 for k, v in kept.items())  # fmt: skip
             _output.info(f"Recipe: {cfg.recipe}{f' ({settings})' if settings else ''}; flags override any setting.")
         # one folder for the job: rank 0 names it (a new name holds the time)
         target = group.on_main(lambda: run_dir.expanduser().resolve() if run_dir else
@@ -192,12 +194,12 @@ def command(
     from cellmorphnet.cli._train_view import TrainView
     from cellmorphnet.training.fit import fit
 
-    view = TrainView(quiet=json)
+    view = TrainView(quiet=as_json)
     start = time.perf_counter()
     summary = fit(cfg, target, home=home, resume=bool(resume), accept_data_change=accept_data_change,
                   events=view.event, group=group, sync_bn=sync_bn)  # fmt: skip
     summary["wall_time_s"] = round(time.perf_counter() - start, 1)
-    if json:
+    if as_json:
         _output.print_json(summary)
     else:
         view.finish(summary)
@@ -205,7 +207,7 @@ def command(
         raise typer.Exit(143 if summary.get("reason") == "stopped by SIGTERM" else 130)
 
 
-def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, json, model, ignored,
+def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, as_json, model, ignored,
            new_class) -> None:  # fmt: skip
     """train --init: adapt a run to a lab's cells (adapt)."""
     import dataclasses
@@ -241,13 +243,13 @@ def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, 
     with _output.progress("Adapting", unit="steps") as bar:
 
         def events(kind: str, **info) -> None:
-            if kind == "adapt_prepare" and not json:
+            if kind == "adapt_prepare" and not as_json:
                 _output.info(f"Reading {info['folder']} as {parent.name}'s infer sees it …")
             elif kind == "adapt_step":
                 bar(info["step"], info["steps"])
 
         summary = adapt(parent, folder, target, home=home, settings=settings, device=device or "auto", events=events)
-    if json:
+    if as_json:
         _output.print_json(summary)
         return
     a = summary["adaptation"]

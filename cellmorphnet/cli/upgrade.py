@@ -16,7 +16,7 @@ from cellmorphnet.cli._options import JsonFlag, RunArg, home_of
 NAME = "upgrade"
 
 
-def command(ctx: typer.Context, run: RunArg, json: JsonFlag = False) -> None:
+def command(ctx: typer.Context, run: RunArg, as_json: JsonFlag = False) -> None:
     from cellmorphnet.runs import folders as runs
     from cellmorphnet.training.upgrade import upgrade_run
 
@@ -24,7 +24,7 @@ def command(ctx: typer.Context, run: RunArg, json: JsonFlag = False) -> None:
     run_dir = runs.resolve_run(run, home)
     _output.info(f"Measuring the training images' stain for {run_dir.name} …")
     result = upgrade_run(run_dir, home)
-    if json:
+    if as_json:
         _output.print_json(result)
     elif result["changed"]:
         _output.info(f"Added the stain reference to {result['run']}: its stain normalisation and contrast now work.")

@@ -106,5 +106,5 @@ def success_criteria(val_f1: float, class_f1: dict[str, float], test_f1: float |
     if test_f1 is not None:
         gap = val_f1 - test_f1
         rows.append({"criterion": f"test macro-F1 within {c['gap_max'] * 100:.0f} points of validation", "value": gap,
-                     "pass": abs(gap) <= c["gap_max"]})  # fmt: skip
+                     "unit": "points", "pass": abs(gap) <= c["gap_max"]})  # fmt: skip
     return rows

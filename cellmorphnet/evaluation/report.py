@@ -20,6 +20,7 @@ def evaluate_run(
     device: str = "auto",
     accept_data_change: bool = False,
     tta: bool | None = None,
+    progress=None,
 ) -> dict[str, Any]:
     """Metrics of ``which``.pt on ``split`` (and on val, for the generalisation gap), each dataset in its own labels.
 
@@ -36,7 +37,20 @@ def evaluate_run(
         from cellmorphnet.inference import DEFAULT_TTA
 
         tta = DEFAULT_TTA
-    preds = {s: predict_split(rm, s, home, datasets, tta=tta) for s in splits}
+    # ``progress(batches done, batches in all)`` over the splits: the splits not yet begun counted at this one's size
+    offset, last = 0, {"n": 0}
+
+    def step(i: int, n: int, left: int) -> None:
+        last["n"] = n
+        if progress is not None:
+            progress(offset + i, offset + n * left)
+
+    preds = {}
+    for k, s in enumerate(splits):
+        left = len(splits) - k
+        preds[s] = predict_split(rm, s, home, datasets, tta=tta,
+                                 progress=lambda i, n, left=left: step(i, n, left))  # fmt: skip
+        offset += last["n"]
     report: dict[str, Any] = {
         "run": str(run_dir),
         "checkpoint": str(rm.checkpoint),

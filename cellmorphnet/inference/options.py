@@ -40,7 +40,7 @@ class InferenceOptions:
     stain_norm: bool = False  # normalise the set's stain and lamp to the training images' (colour.normalise_stain)
     scale_views: bool = False  # a framed cell also seen at 3 crop sides around the set's (images.crop_sides)
     stain_contrast: bool = False  # with stain_norm, match the set's cytoplasm-to-nucleus density too
-    cells: str = "one"  # "auto": fields searched for every white cell, crops as one; "one"; "all" (inference.cells)
+    cells: str = DEFAULT_CELLS  # "auto": fields searched for every white cell, crops as one; "one"; "all"
     max_cells: int = DEFAULT_MAX_CELLS  # white cells per field at most; a field with more is refused (--max-cells)
 
     def to_dict(self) -> dict[str, Any]:

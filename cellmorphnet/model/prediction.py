@@ -7,6 +7,7 @@ probabilities summed into that dataset's own labels, and the per-sample losses.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,7 +52,8 @@ def oriented(x: torch.Tensor, views=ORIENTATIONS) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def collect_logits(
-    model: torch.nn.Module, loader: BatchLoader, device: torch.device, precision: Precision, tta: bool = False
+    model: torch.nn.Module, loader: BatchLoader, device: torch.device, precision: Precision, tta: bool = False,
+    progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, torch.Tensor]]:
     """Per dataset, on the CPU: the raw ``logits``, the ``target_ids`` and the local ``labels``.
 
@@ -60,7 +62,8 @@ def collect_logits(
     """
     model.eval()
     out: dict[str, dict[str, list]] = {}
-    for batch in loader:
+    total = len(loader)
+    for i, batch in enumerate(loader, 1):
         with autocast(device, precision):
             views = [model(v) for v in oriented(batch.images)] if tta else [model(batch.images)]
         logits = views[0]
@@ -70,13 +73,15 @@ def collect_logits(
         d["logits"].append(logits.float().cpu())
         d["target_ids"].append(batch.target_ids.cpu())
         d["labels"].append(batch.labels.cpu())
+        if progress is not None:
+            progress(i, total)
     return {k: {kk: torch.cat(vv, dim=1 if kk == "view_logits" else 0) for kk, vv in v.items()}
             for k, v in out.items()}  # fmt: skip
 
 
 def predict_local(
     model: torch.nn.Module, loader: BatchLoader, space: LabelSpace, device: torch.device, *, precision: Precision,
-    temperature: float = 1.0, tta: bool = False,
+    temperature: float = 1.0, tta: bool = False, progress: Callable[[int, int], None] | None = None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per dataset: local ``labels``, local-space ``probs`` (after the temperature) and per-sample ``losses``.
 
@@ -85,7 +90,7 @@ def predict_local(
     """
     table = space.target_table.float().cpu()
     out = {}
-    for name, d in collect_logits(model, loader, device, precision, tta).items():
+    for name, d in collect_logits(model, loader, device, precision, tta, progress).items():
         losses = coarse_cross_entropy(d["logits"], d["target_ids"], table)
         probs = (d["view_logits"] / temperature).softmax(2).mean(0) if tta else (d["logits"] / temperature).softmax(1)
         # the summed probability of the classes each local label covers

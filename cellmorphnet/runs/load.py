@@ -75,7 +75,7 @@ def load_run_model(
 
 def predict_split(
     rm: RunModel, split: str, home: Path | None = None, datasets: list[str] | None = None, batch_size: int = 256,
-    tta: bool = False,
+    tta: bool = False, progress=None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per dataset: ``labels`` (local) and ``probs`` (local label space) for one prepared split (``tta``: the
     mean over the 8 flips and turns)."""
@@ -99,7 +99,7 @@ def predict_split(
     loader = BatchLoader(parts, space.target_offset, batch_size, rec.image_size, rec.mean, rec.std, train=False,
                          channels_last=rm.channels_last)  # fmt: skip
     return predict_local(rm.model, loader, space, rm.device, precision=Precision(None, False),
-                         temperature=rm.record.temperature, tta=tta)  # fmt: skip
+                         temperature=rm.record.temperature, tta=tta, progress=progress)  # fmt: skip
 
 
 def save_reference_images(run_dir: Path, images, labels, dataset: str) -> None:
