@@ -16,21 +16,35 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from cellmorphnet.errors import ConfigError
 from cellmorphnet.inference import Prediction
 from cellmorphnet.runs.load import RunModel
 
 
-def train(datasets: list[str], *, name: str | None = None, home: Path | None = None, **settings: Any) -> dict:
+def train(datasets: list[str] | None = None, *, name: str | None = None, home: Path | None = None,
+          resume: str | Path | None = None, **settings: Any) -> dict:  # fmt: skip
     """Train a run on ``datasets`` (registry names or ``folder:PATH``); ``settings`` are ``TrainConfig`` fields.
+    ``resume`` (a run's name or folder, or 'latest') goes on with that run instead, as ``train --resume`` does: its
+    own settings, except ``epochs``, ``patience`` and ``limit_batches``.
 
     Returns the summary ``cellmorphnet train --json`` prints (``run_dir``, ``state``, ``best_val_f1``...). Under
     torchrun every process calls it and they train one run together (docs/distributed.md).
     """
     from cellmorphnet.runs import folders as runs
-    from cellmorphnet.runs.config import resolve
+    from cellmorphnet.runs.config import resolve, resume_config
+    from cellmorphnet.runs.record import RunRecord
     from cellmorphnet.runtime import distributed
     from cellmorphnet.training.fit import fit
 
+    if resume is not None:
+        target = runs.resolve_run(resume, home)
+        cfg, ignored = resume_config(RunRecord.load(target).config.to_dict(), settings)
+        if ignored or datasets:
+            raise ConfigError(f"A resumed run keeps its own settings: leave out {', '.join(ignored) or 'datasets'}.")
+        group = distributed.start(cfg.device)
+        return fit(cfg, target, home=home, resume=True, group=group)
+    if not datasets:
+        raise ConfigError("Give the datasets to train on (or resume=RUN).")
     cfg, _ = resolve({}, {"datasets": list(datasets), **settings})
     group = distributed.start(cfg.device)
     target = group.on_main(lambda: runs.new_run_dir(home, name, cfg.datasets))
@@ -72,7 +86,8 @@ def predict(
     ``no_cells`` for a field without any. Unreadable files come back with ``error`` set and missing paths with
     ``error='does not exist'``. Under torchrun each process classifies its block of the files and every process gets
     every prediction, as one process gives them."""
-    from cellmorphnet.inference import collect_files, inference_options, predict_files
+    from cellmorphnet.inference import collect_files, inference_options
+    from cellmorphnet.inference.pipeline import infer_files
     from cellmorphnet.runtime import distributed
 
     group = distributed.start(str(run.device).split(":")[0] if isinstance(run, RunModel) else "auto")
@@ -82,8 +97,8 @@ def predict(
                                 adapt_bn=adapt_bn, classes=classes, tta=tta, stain_norm=stain_norm,
                                 scale_views=scale_views, stain_contrast=stain_contrast, cells=cells,
                                 max_cells=max_cells)  # fmt: skip
-    preds, _ = predict_files(rm, files, options, batch_size=batch_size, top_k=top_k, group=group)
-    return preds + [Prediction(p, error=reason) for p, reason in missing]
+    return infer_files(rm, files, options, missing=missing, batch_size=batch_size, top_k=top_k,
+                       group=group).predictions  # (infer's own path: the summary too, on InferResult)
 
 
 def evaluate(

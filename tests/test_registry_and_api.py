@@ -5,10 +5,12 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from conftest import PBC_TEST_IMAGES, ROOT
 
 from cellmorphnet.data import registry, store
 from cellmorphnet.data.source import Built, DatasetInfo, Source, SourceState
+from cellmorphnet.errors import ConfigError
 
 
 def test_a_new_source_is_one_class_and_every_command_knows_it(cli, home):
@@ -91,6 +93,10 @@ def test_public_api_trains_predicts_and_evaluates(home):
     assert all(p.predicted in run.classes for p in preds[:-1])
     report = cmn.evaluate("api", home=home, device="cpu")
     assert report["datasets"]["sample"]["metrics"]["n"] == 192 and report["data_changes_accepted"] == []
+    resumed = cmn.train(resume="api", home=home, epochs=2)  # as train --resume: one more epoch, its own settings
+    assert resumed["state"] == "finished" and resumed["epochs_done"] == 2
+    with pytest.raises(ConfigError, match="keeps its own settings"):
+        cmn.train(resume="api", home=home, lr=0.1)
 
 
 def test_the_public_api_is_listed_for_tab_completion_without_importing_torch():

@@ -37,7 +37,6 @@ from cellmorphnet.cli._options import (
 )
 
 NAME = "infer"
-EXIT_SOME_SKIPPED = 3
 
 
 def command(
@@ -92,17 +91,10 @@ def command(
 
     from cellmorphnet._io import check_writable
     from cellmorphnet.errors import ConfigError, InvalidData
-    from cellmorphnet.inference import (
-        Prediction,
-        check_results_path,
-        collect_files,
-        inference_options,
-        predict_files,
-        write_results,
-    )
+    from cellmorphnet.inference import check_results_path, inference_options, write_results
     from cellmorphnet.inference import sort_into as copy_sorted
-    from cellmorphnet.inference.differential import differential
     from cellmorphnet.inference.output import check_sort_folder
+    from cellmorphnet.inference.pipeline import files_of, infer_files
     from cellmorphnet.runs import folders as runs
     from cellmorphnet.runs.load import load_run_model
     from cellmorphnet.runtime import distributed
@@ -124,15 +116,7 @@ def command(
     run_dir = runs.resolve_run(run, home)
     group = distributed.start(device)
     device = distributed.local_device(group, device)
-    files, missing = group.on_main(lambda: collect_files(paths))  # one list for the job, in rank 0's order
-    if not files:
-        if missing:
-            raise InvalidData(
-                f"{missing[0][0]}: {missing[0][1]}."
-                if len(missing) == 1
-                else f"None of the {len(missing)} paths can be read: {'; '.join(f'{m} ({why})' for m, why in missing)}."
-            )
-        raise InvalidData("No image files found in the given paths.", hint="Images end in .jpg, .png, .bmp or .tif.")
+    files, missing = files_of(paths, group)
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept_data_change)
     for field in rm.record_mismatch:
         _output.warn(f"Using the checkpoint's {field}: config.json differs (accepted).")
@@ -140,60 +124,27 @@ def command(
                                 adapt_bn=adapt_bn, classes=classes_only, tta=tta, stain_norm=stain_norm,
                                 scale_views=scale_views, stain_contrast=stain_contrast, cells=cells,
                                 max_cells=max_cells)  # fmt: skip
-    classes = rm.classes
-    policy = options.policy
     with _output.progress("Classifying") as cb:
-        preds, kept = predict_files(rm, files, options, batch_size=batch_size, top_k=top_k, workers=workers,
-                                    on_batch=cb, keep_inputs=gradcam is not None, group=group)  # fmt: skip
-    preds += [Prediction(p, error=reason) for p, reason in missing]
-    for p in preds:
-        p.min_confidence = min_confidence
-    ok = [p for p in preds if p.status == "ok"]
-    skipped = [p for p in preds if p.error]
+        result = infer_files(rm, files, options, missing=missing, batch_size=batch_size, top_k=top_k,
+                             workers=workers, min_confidence=min_confidence, count_edge_cells=count_edge_cells,
+                             keep_inputs=gradcam is not None, group=group, progress=cb)  # fmt: skip
+    classes, policy, preds, summary = rm.classes, options.policy, result.predictions, result.summary
+    ok, skipped, fields_seen, diff = result.classified, result.skipped, result.fields, summary["differential"]
     counts = Counter(p.predicted for p in ok)
-    taken = {p.source: p.image for p in preds if p.image is not None}
-    fields_seen = {s: i for s, i in taken.items() if i.kind == "field"}
-    diff = differential(preds, classes, include_edge=count_edge_cells)
-    summary = {
-        "run": str(run_dir),
-        "checkpoint": str(rm.checkpoint),
-        "device": str(rm.device),
-        "policy": policy.to_dict(),
-        "adaptation": options.to_dict(),
-        "stain_norm_applied": any(p.colour_step == "stain-norm" for p in ok),
-        "colour_match_applied": any(p.colour_step == "colour-match" for p in ok),
-        "stain_contrast_applied": next((p.stain_contrast for p in ok if p.stain_contrast is not None), None),
-        "framing": dict(Counter(p.framing for p in ok)),
-        "unlike_training": sum(p.unusual for p in ok),
-        "low_confidence": sum(p.low_confidence for p in ok),
-        "min_confidence": min_confidence,
-        "images": len({p.source for p in preds}),
-        "fields": len(fields_seen),
-        "cells": len(ok),
-        "predicted": len(ok),
-        "skipped": len(skipped),
-        "class_counts": {c: counts.get(c, 0) for c in classes},
-        "differential": diff,
-        "per_image": [{"path": str(s), **i.to_dict()} for s, i in taken.items()],
-    }
-    if group.active:
-        summary["world_size"] = group.world_size
     if out is not None and group.is_main:
         write_results(preds, out, summary)
     if gradcam is not None and ok:  # each process draws its own block's
         from cellmorphnet.inference.gradcam import write_gradcams
 
         with _output.progress("Grad-CAM") as cb:
-            written = write_gradcams(rm.model, policy, ok, kept, gradcam, channels_last=rm.channels_last,
+            written = write_gradcams(rm.model, policy, ok, result.inputs, gradcam, channels_last=rm.channels_last,
                                      progress=cb)  # fmt: skip
         total = int(group.sum([len(written)])[0])
         _output.info(f"Wrote {total} Grad-CAM overlays to {gradcam}")
     if not group.is_main:  # rank 0 copies, draws and reports for the job; the same exit code everywhere
         group.barrier()
-        if ok and skipped:
-            raise typer.Exit(EXIT_SOME_SKIPPED)
-        if not ok and skipped:
-            raise typer.Exit(1)
+        if result.exit_code:
+            raise typer.Exit(result.exit_code)
         return
     group.barrier()
     if sort_into is not None:
@@ -208,8 +159,8 @@ def command(
 
     if as_json:  # what --out x.json writes: the summary and one entry per cell; the exit code as below
         _output.print_json({"summary": summary, "predictions": [p.to_dict() for p in preds]})
-        if skipped:
-            raise typer.Exit(EXIT_SOME_SKIPPED if ok else 1)
+        if result.exit_code:
+            raise typer.Exit(result.exit_code)
         return
     unit = "cells" if fields_seen else "images"
     table = Table(title=f"Predictions ({len(ok)} {unit}) with {run_dir.name}", title_justify="left")
@@ -245,7 +196,7 @@ def command(
         if not ok:
             raise InvalidData(f"None of the {len(preds)} files could be read; see the skipped-files report above.")
         _output.err.print(f"[yellow]Skipped {len(skipped)} of {len(preds)} files[/yellow]; the others were classified.")
-        raise typer.Exit(EXIT_SOME_SKIPPED)
+        raise typer.Exit(result.exit_code)
 
 
 def _print_fields(fields_seen, diff, preds) -> None:

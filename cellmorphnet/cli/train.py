@@ -133,7 +133,7 @@ def command(
 ) -> None:
     from cellmorphnet.errors import ConfigError
     from cellmorphnet.runs import folders as runs
-    from cellmorphnet.runs.config import TrainConfig, load_toml, resolve
+    from cellmorphnet.runs.config import load_toml, resolve, resume_config
     from cellmorphnet.runs.record import RunRecord
     from cellmorphnet.runtime import distributed
 
@@ -173,12 +173,9 @@ def command(
         if runs.is_packaged(target):
             raise ConfigError(f"{target.name} ships with cellmorphnet and cannot be resumed in place.",
                               hint=f"Train your own: cellmorphnet train --datasets {target.name}")  # fmt: skip
-        saved = RunRecord.load(target).config.to_dict()
-        extendable = {k: v for k, v in flags.items() if k in ("epochs", "patience", "limit_batches") and v is not None}
-        ignored = sorted(k for k, v in flags.items() if v is not None and k not in extendable)
+        cfg, ignored = resume_config(RunRecord.load(target).config.to_dict(), flags)
         if ignored:
             _output.warn(f"--resume keeps the run's own settings; ignoring {', '.join(ignored)}.")
-        cfg = TrainConfig.from_dict({**saved, **extendable}).validate()
     else:
         file_values = load_toml(config) if config else {}
         cfg, kept = resolve(file_values, flags)

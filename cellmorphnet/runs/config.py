@@ -147,3 +147,14 @@ def resolve(file_values: dict[str, Any], flag_values: dict[str, Any]) -> tuple[T
         return TrainConfig.from_dict(merged).validate(), recipe
     except TypeError as e:
         raise ConfigError(f"Invalid configuration: {e}.") from None
+
+
+EXTENDABLE = ("epochs", "patience", "limit_batches")  # what --resume may change: how long the run goes on
+
+
+def resume_config(saved: dict[str, Any], flag_values: dict[str, Any]) -> tuple[TrainConfig, list[str]]:
+    """The configuration a resumed run goes on with: its own (``saved``), with only ``EXTENDABLE`` settings taken from
+    ``flag_values`` (None: not given); and the names of the other settings given, which a resume ignores."""
+    extendable = {k: v for k, v in flag_values.items() if k in EXTENDABLE and v is not None}
+    ignored = sorted(k for k, v in flag_values.items() if v is not None and k not in extendable)
+    return TrainConfig.from_dict({**saved, **extendable}).validate(), ignored

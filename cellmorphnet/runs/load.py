@@ -33,6 +33,11 @@ class RunModel:
     def classes(self) -> list[str]:
         return list(self.record.classes)
 
+    @property
+    def run_dir(self) -> Path:
+        """The run folder the checkpoint is in (``RUN/checkpoints/best.pt``)."""
+        return Path(self.checkpoint).parent.parent
+
 
 def load_run_model(
     run_dir: Path, which: str = "best", device: str = "auto", *, accept_mismatch: bool = False
