@@ -40,10 +40,11 @@ def test_init_adapts_the_shipped_model_to_a_lab_folder(cli, lab, tmp_path):
     record = RunRecord.load(run)
     assert record.classes[:8] == RunRecord.load(runs.packaged_runs()["bloodmnist"]).classes
     assert record.classes[8:] == ["Smudge"]  # a new class, added at the end of the head
-    assert record.parent["name"] == "bloodmnist" and len(record.parent["checkpoint_sha256"]) == 64
-    assert record.adaptation["cells"] == 24 and record.adaptation["held_out"]["cells"] == 4
-    assert record.adaptation["per_class"] == {"eosinophil": 6, "lymphocyte": 6, "neutrophil": 6, "Smudge": 6}
-    assert record.adaptation["few_cells"] == record.adaptation["per_class"]
+    assert record.parent.name == "bloodmnist" and len(record.parent.checkpoint_sha256) == 64
+    assert record.adaptation.cells == 24 and record.adaptation.held_out["cells"] == 4
+    assert record.adaptation.per_class == {"eosinophil": 6, "lymphocyte": 6, "neutrophil": 6, "Smudge": 6}
+    assert record.adaptation.few_cells == record.adaptation.per_class
+    assert RunRecord.from_dict(record.to_dict()) == record  # the typed parts round-trip through config.json
     parent = RunRecord.load(runs.packaged_runs()["bloodmnist"]).inference
     assert record.config.init and dataclasses.replace(record.inference, lab_set=None) == parent
     lab_set = record.inference.lab_set  # the lab's set-level values, infer's for every set of this run

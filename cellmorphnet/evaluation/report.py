@@ -57,7 +57,7 @@ def evaluate_run(
         "epoch": rm.epoch,
         "split": split,
         "device": str(rm.device),
-        "calibration": rm.record.calibration,
+        "calibration": rm.record.calibration.to_dict() if rm.record.calibration else None,
         "tta": tta,
         "data_changes_accepted": changes + [f"config.json differs from the checkpoint: {m}" for m in
                                             rm.record_mismatch],

@@ -288,12 +288,12 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         "state": state,
         "reason": reason,
         "datasets": list(record.config.datasets) if record else [],
-        "parent": record.parent if record else None,  # train --init: the run it was adapted from
-        "reviewed_cells": (record.adaptation or {}).get("per_class") if record else None,  # and on which cells
+        "parent": record.parent.to_dict() if record and record.parent else None,  # train --init: adapted from
+        "reviewed_cells": record.adaptation.per_class if record and record.adaptation else None,  # on which cells
         "device": (record.resumed[-1]["device"] if record.resumed and "device" in record.resumed[-1]
                    else record.device) if record else None,
         "world_size": _world_size(hb, record),  # processes of the latest session (torchrun), 1 without
-        "started_with": (record.distributed or {}).get("world_size", 1) if record else None,
+        "started_with": (record.distributed.world_size if record.distributed else 1) if record else None,
         "epochs_done": done,
         "epochs_planned": planned,
         "current_epoch": hb.get("epoch"),
@@ -319,4 +319,4 @@ def _world_size(hb: dict[str, Any], record) -> int:
         return 1
     if record.resumed:
         return int(record.resumed[-1].get("world_size", 1))
-    return int((record.distributed or {}).get("world_size", 1))
+    return record.distributed.world_size if record.distributed else 1

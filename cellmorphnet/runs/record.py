@@ -160,6 +160,90 @@ def _counts(c: dict[str, int]) -> str:
     return "/".join(str(c.get(s, 0)) for s in ("train", "val", "test"))
 
 
+@dataclass(frozen=True)
+class Calibration:
+    """Temperature scaling fitted after training (``training.calibration``) or on a lab's held-out cells."""
+
+    temperature: float  # logits are divided by it before the softmax
+    fitted_on: str | None = None  # what it was fitted on, where it was not the validation split (train --init)
+    measured: dict[str, float] = field(default_factory=dict)  # validation NLL and ECE before and after
+
+    def to_dict(self) -> dict[str, Any]:
+        fitted = {"fitted_on": self.fitted_on} if self.fitted_on is not None else {}
+        return {"temperature": self.temperature, **fitted, **self.measured}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        rest = {k: float(v) for k, v in d.items() if k not in ("temperature", "fitted_on")}
+        return cls(float(d["temperature"]), d.get("fitted_on"), rest)
+
+
+@dataclass(frozen=True)
+class Parent:
+    """The run a ``train --init`` run was adapted from."""
+
+    name: str
+    path: str
+    checkpoint_sha256: str  # the parent's checkpoint, so a changed parent is seen
+    epoch: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Parent:
+        return cls(str(d["name"]), str(d["path"]), str(d["checkpoint_sha256"]), int(d["epoch"]))
+
+
+@dataclass(frozen=True)
+class Adaptation:
+    """What a ``train --init`` run was adapted on: the lab's cells, and what the adaptation measured."""
+
+    cells: int  # reviewed cells used
+    per_class: dict[str, int]  # of them, per class
+    few_cells: dict[str, int]  # the classes with fewer than reviews.ENOUGH_PER_TYPE
+    new_classes: list[str]  # the lab's own classes, added to the head
+    held_out: dict[str, Any]  # the held-out cells' count and accuracy ({} where none were held out)
+    replay: dict[str, Any] | None  # the parent's datasets and images replayed (None: no replay)
+    steps: int
+    seconds: float
+    skipped: list[Any] = field(default_factory=list)  # (file, why), the first 20
+    skipped_total: int = 0
+    distill: float | None = None  # the weight of the parent's answers, without replay
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Adaptation:
+        return cls(cells=int(d["cells"]), per_class=dict(d.get("per_class", {})),
+                   few_cells=dict(d.get("few_cells", {})), new_classes=list(d.get("new_classes", [])),
+                   held_out=dict(d.get("held_out") or {}), replay=d.get("replay"), steps=int(d.get("steps", 0)),
+                   seconds=float(d.get("seconds", 0.0)), skipped=list(d.get("skipped", [])),
+                   skipped_total=int(d.get("skipped_total", len(d.get("skipped", [])))),
+                   distill=d.get("distill"))  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Distributed:
+    """How a run trained under torchrun."""
+
+    world_size: int
+    backend: str | None
+    sync_batch_norm: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Distributed:
+        return cls(int(d["world_size"]), d.get("backend"), bool(d.get("sync_batch_norm", False)))
+
+
+def _part(kind, d: dict[str, Any] | None):
+    return kind.from_dict(d) if d else None
+
+
 @dataclass
 class RunRecord:
     """Everything eval, infer, export, status and resume need to rebuild what a run trained."""
@@ -178,16 +262,16 @@ class RunRecord:
     versions: dict[str, str] = field(default_factory=dict)  # package versions that trained it
     created: str = ""  # ISO time the run started
     resumed: list[dict[str, Any]] = field(default_factory=list)  # each resume: when, and settings it changed
-    calibration: dict[str, float] | None = None  # temperature scaling fitted on validation (see calibration.py)
-    parent: dict[str, Any] | None = None  # train --init: the run adapted from (name, path, checkpoint_sha256, epoch)
-    adaptation: dict[str, Any] | None = None  # train --init: the lab's cells, new classes, replay, held-out scores
-    distributed: dict[str, Any] | None = None  # under torchrun: world_size, backend, sync_batch_norm (None: 1 process)
+    calibration: Calibration | None = None  # temperature scaling (None: not calibrated)
+    parent: Parent | None = None  # train --init: the run adapted from
+    adaptation: Adaptation | None = None  # train --init: the lab's cells, new classes, replay, held-out scores
+    distributed: Distributed | None = None  # under torchrun (None: one process)
     schema: int = SCHEMA
 
     @property
     def temperature(self) -> float:
         """Logits are divided by this before the softmax everywhere (1.0 where the run was not calibrated)."""
-        return float(self.calibration["temperature"]) if self.calibration else 1.0
+        return float(self.calibration.temperature) if self.calibration else 1.0
 
     @property
     def data_sizes(self) -> dict[str, int]:
@@ -210,10 +294,10 @@ class RunRecord:
             "inference": self.inference.to_dict(),
             "versions": {k: str(v) for k, v in self.versions.items()},
             "resumed": list(self.resumed),
-            "calibration": self.calibration,
-            **({"parent": self.parent} if self.parent else {}),
-            **({"adaptation": self.adaptation} if self.adaptation else {}),
-            **({"distributed": self.distributed} if self.distributed else {}),
+            "calibration": self.calibration.to_dict() if self.calibration else None,
+            **({"parent": self.parent.to_dict()} if self.parent else {}),
+            **({"adaptation": self.adaptation.to_dict()} if self.adaptation else {}),
+            **({"distributed": self.distributed.to_dict()} if self.distributed else {}),
         }
 
     @classmethod
@@ -244,10 +328,10 @@ class RunRecord:
                 versions=dict(d.get("versions", {})),
                 created=str(d.get("created", "")),
                 resumed=list(d.get("resumed", [])),
-                calibration=d.get("calibration"),
-                parent=d.get("parent"),
-                adaptation=d.get("adaptation"),
-                distributed=d.get("distributed"),
+                calibration=_part(Calibration, d.get("calibration")),
+                parent=_part(Parent, d.get("parent")),
+                adaptation=_part(Adaptation, d.get("adaptation")),
+                distributed=_part(Distributed, d.get("distributed")),
             )
         except (KeyError, TypeError, ValueError) as e:
             raise RunError(f"The run record is damaged or incomplete ({type(e).__name__}: {e}).") from None

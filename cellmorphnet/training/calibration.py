@@ -59,11 +59,12 @@ def calibrate_run(run_dir, record, model, *, val_loader, data, device, precision
     """Fit the temperature of the best model on validation; store it in config.json and in both checkpoints."""
     from cellmorphnet.model.prediction import collect_logits
     from cellmorphnet.runs import checkpoint
+    from cellmorphnet.runs.record import Calibration
 
     best_path, last_path = run_dir / "checkpoints" / "best.pt", run_dir / "checkpoints" / "last.pt"
     model.load_state_dict(checkpoint.load(best_path)["model"])
     calibration = calibrate(collect_logits(model, val_loader, device, precision), data.space)
-    record.calibration = calibration
+    record.calibration = Calibration.from_dict(calibration)
     with checkpoint.defer_interrupt():
         for path in (best_path, last_path):
             state = checkpoint.load(path)

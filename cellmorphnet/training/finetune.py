@@ -294,7 +294,7 @@ def _write_run(run_dir: Path, rm, lab: LabCells, trained: Trained, *, parent_dir
     """The adapted run's folder, as training writes one: record, checkpoints (training's, optimizer and schedule
     included), history (training's keys), heartbeat."""
     from cellmorphnet.data.taxonomy import Taxonomy, canonical
-    from cellmorphnet.runs.record import DatasetRecord
+    from cellmorphnet.runs.record import Adaptation, Calibration, DatasetRecord, Parent
 
     rec = rm.record
     model, temperature, held, losses = trained.model, trained.temperature, trained.held, trained.losses
@@ -311,22 +311,20 @@ def _write_run(run_dir: Path, rm, lab: LabCells, trained: Trained, *, parent_dir
                for n, d in datasets.items()}  # fmt: skip
     taxonomy = Taxonomy(tuple(lab.classes), {n: tuple(d.classes) for n, d in datasets.items()}, targets)
     cfg = dataclasses.replace(rec.config, datasets=list(datasets), epochs=1, init=str(parent_dir))
-    parent = {"name": Path(parent_dir).name, "path": str(parent_dir), "checkpoint_sha256": parent_sha,
-              "epoch": rm.epoch}  # fmt: skip
+    parent = Parent(Path(parent_dir).name, str(parent_dir), parent_sha, rm.epoch)
     fitted_on = [w for w, used in (("held-out reviewed cells", held),
                                    ("the parent's validation images", replay is not None)) if used]
-    calibration = {"temperature": round(float(temperature), 4),
-                   "fitted_on": " and ".join(fitted_on) or "nothing (the parent's temperature)"}
+    calibration = Calibration(round(float(temperature), 4),
+                              " and ".join(fitted_on) or "nothing (the parent's temperature)")
     counts = np.bincount(lab.labels, minlength=len(lab.classes))
     per_class = {c: int(n) for c, n in zip(lab.classes, counts, strict=True) if n}
-    adaptation = {"cells": int(len(lab.labels)), "per_class": per_class,
-                  "few_cells": {c: n for c, n in per_class.items() if n < ENOUGH_PER_TYPE},
-                  "new_classes": lab.new_classes, "held_out": held,
-                  "replay": None if replay is None else {"datasets": replay.datasets,
-                                                         "images": int(len(replay.train_labels))},
-                  "steps": settings.steps, "seconds": round(trained.seconds, 1), "skipped": lab.skipped[:20],
-                  "skipped_total": len(lab.skipped),
-                  "distill": settings.distill if replay is None else None}  # fmt: skip
+    adaptation = Adaptation(
+        cells=int(len(lab.labels)), per_class=per_class,
+        few_cells={c: n for c, n in per_class.items() if n < ENOUGH_PER_TYPE}, new_classes=lab.new_classes,
+        held_out=held, steps=settings.steps, seconds=round(trained.seconds, 1), skipped=lab.skipped[:20],
+        replay=None if replay is None else {"datasets": replay.datasets, "images": int(len(replay.train_labels))},
+        skipped_total=len(lab.skipped), distill=settings.distill if replay is None else None,
+    )  # fmt: skip
     inference = dataclasses.replace(rec.inference, lab_set=_plain(lab.lab_set))
     record = dataclasses.replace(rec, config=cfg, classes=list(lab.classes), taxonomy=taxonomy.to_dict(),
                                  inference=inference,
@@ -348,8 +346,9 @@ def _write_run(run_dir: Path, rm, lab: LabCells, trained: Trained, *, parent_dir
         record.save(run_dir)
         runs.Heartbeat(run_dir, epochs_planned=1, epoch=1, batch=0, batches=0).close(
             "finished", best_val_f1=held.get("balanced_accuracy"), best_epoch=1)
-    return {"run_dir": str(run_dir), "state": "finished", "parent": parent, "classes": lab.classes,
-            "adaptation": adaptation, "calibration": calibration, "train_acc": trained.train_acc}  # fmt: skip
+    return {"run_dir": str(run_dir), "state": "finished", "parent": parent.to_dict(), "classes": lab.classes,
+            "adaptation": adaptation.to_dict(), "calibration": calibration.to_dict(),
+            "train_acc": trained.train_acc}  # fmt: skip
 
 
 def _fingerprint(files: list[str]) -> str:

@@ -26,7 +26,7 @@ from cellmorphnet.runs import checkpoint
 from cellmorphnet.runs import folders as runs
 from cellmorphnet.runs.config import TrainConfig
 from cellmorphnet.runs.load import save_reference_images
-from cellmorphnet.runs.record import RunRecord, policy_for
+from cellmorphnet.runs.record import Calibration, Distributed, RunRecord, policy_for
 from cellmorphnet.runtime import distributed
 from cellmorphnet.runtime.devices import (
     make_scaler,
@@ -224,11 +224,11 @@ def _fit_locked(
     )  # fmt: skip
 
 
-def _job(group: distributed.Group, sync_bn: bool) -> dict[str, Any] | None:
+def _job(group: distributed.Group, sync_bn: bool) -> Distributed | None:
     """How a distributed run was launched, for its record (None for one process)."""
     if not group.active:
         return None
-    return {"world_size": group.world_size, "backend": group.backend, "sync_batch_norm": bool(sync_bn)}
+    return Distributed(group.world_size, group.backend, bool(sync_bn))
 
 
 def _wrapped(model: torch.nn.Module, group: distributed.Group, device: torch.device) -> torch.nn.Module:
@@ -351,10 +351,10 @@ def _epochs(cfg, run_dir, record, *, lr_plan, model, optimizer, lr_schedule, sca
             if bad_epochs >= cfg.patience and len(history["epoch"]) < cfg.epochs:
                 final_state = "early-stopped"
         if best_epoch is not None:
-            record.calibration = group.on_main(
+            c = group.on_main(
                 lambda: calibrate_run(run_dir, record, model, val_loader=val_loader, data=data, device=device,
                                       precision=precision))  # fmt: skip
-            c = record.calibration
+            record.calibration = Calibration.from_dict(c)
             log_line(f"calibrated: temperature {c['temperature']:.3f}, validation ECE {c['val_ece_before']:.4f} -> "
                      f"{c['val_ece_after']:.4f}")  # fmt: skip
             emit("calibrated", calibration=c)
@@ -393,7 +393,7 @@ def _epochs(cfg, run_dir, record, *, lr_plan, model, optimizer, lr_schedule, sca
         "best_epoch": best_epoch,
         "device": str(device),
         "precision": precision.name,
-        "calibration": record.calibration,
+        "calibration": record.calibration.to_dict() if record.calibration else None,
         "world_size": group.world_size,
     }
     emit("end", summary=summary)
