@@ -74,21 +74,21 @@ def test_brackets_in_help_and_in_error_hints_are_shown_as_written(cli, capsys):
     import typer
     from rich.console import Console
 
-    from cellmorphnet.cli import _output
+    from cellmorphnet.cli.output import output
     from cellmorphnet.cli.app import _handle_errors
     from cellmorphnet.errors import ConfigError
 
     def fails():
         raise ConfigError("CoreML export needs [bold]coremltools[/bold].", hint="pip install 'cellmorphnet[coreml]'")
 
-    console, _output.err = _output.err, Console(stderr=True, highlight=False, width=200)
+    console, output.err = output.err, Console(stderr=True, highlight=False, width=200)
     try:
         try:
             _handle_errors(fails)()
         except typer.Exit as e:
             assert e.exit_code != 0
     finally:
-        _output.err = console
+        output.err = console
     err = capsys.readouterr().err
     assert "needs [bold]coremltools[/bold]." in err and "pip install 'cellmorphnet[coreml]'" in err
 

@@ -7,13 +7,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from cellmorphnet.cli import _output
+from cellmorphnet.cli.output import output
 
 
 class TrainView:
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
-        self.console = _output.err
+        self.console = output.err
         self.tty = self.console.is_terminal
         self.progress = None
         self.task = None
@@ -72,7 +72,7 @@ class TrainView:
         self.console.print(
             f"{record['epoch']:>3}/{self.epochs:<3} {record['stage']:>5} {record['train_loss']:>10.4f} "
             f"{record['train_acc']:>6.3f} {record['val_loss']:>9.4f} {record['val_acc']:>6.3f} "
-            f"{record['val_f1']:>6.3f} {_output.duration(record['epoch_time']):>6} {record['images_per_s']:>7.0f}{star}"
+            f"{record['val_f1']:>6.3f} {output.duration(record['epoch_time']):>6} {record['images_per_s']:>7.0f}{star}"
         )
 
     def _on_calibrated(self, calibration) -> None:
@@ -96,7 +96,7 @@ class TrainView:
         colour = {"finished": "green", "early-stopped": "green", "interrupted": "yellow"}.get(state, "red")
         self.console.print(
             f"[{colour}]{state}[/{colour}] after {summary['epochs_done']}/{summary['epochs_planned']} epochs "
-            f"({_output.duration(summary.get('wall_time_s'))}); {best_text}."
+            f"({output.duration(summary.get('wall_time_s'))}); {best_text}."
         )
         if state == "interrupted":
             self.console.print(f"Resume with: cellmorphnet train --resume {summary['run_dir']}")

@@ -16,7 +16,7 @@ import typer
 from rich.markup import escape
 
 from cellmorphnet import __version__
-from cellmorphnet.cli import _output
+from cellmorphnet.cli.output import output
 from cellmorphnet.errors import CellMorphNetError
 from cellmorphnet.paths import ENV_HOME
 from cellmorphnet.runtime.distributed import JobBroken
@@ -45,23 +45,23 @@ def _handle_errors(fn):
             if _debug():
                 raise
             # in a torchrun job rank 0 reports what every rank meets; the others report only their own trouble
-            if _output.rank == 0 or isinstance(e, JobBroken):
+            if output.rank == 0 or isinstance(e, JobBroken):
                 # messages and hints are text: "cellmorphnet[serve]" must not be read as a style tag
-                _output.errors().print(f"[bold red]Error:[/bold red] {_rank()}{escape(e.message)}", soft_wrap=True)
-                if e.hint and _output.rank == 0:
-                    _output.errors().print(f"[dim]Hint:[/dim] {escape(e.hint)}", soft_wrap=True)
+                output.errors().print(f"[bold red]Error:[/bold red] {_rank()}{escape(e.message)}", soft_wrap=True)
+                if e.hint and output.rank == 0:
+                    output.errors().print(f"[dim]Hint:[/dim] {escape(e.hint)}", soft_wrap=True)
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             if _debug():
                 raise
-            _output.err.print("[yellow]Interrupted.[/yellow]")
+            output.err.print("[yellow]Interrupted.[/yellow]")
             raise typer.Exit(130) from None
         except (typer.Exit, typer.Abort, SystemExit):
             raise
         except Exception as e:  # a bug: still one line, the traceback behind the debug variable
             if _debug():
                 raise
-            _output.errors().print(
+            output.errors().print(
                 f"[bold red]Unexpected error:[/bold red] {_rank()}{type(e).__name__}: {escape(str(e))}. "
                 "Set CELLMORPHNET_DEBUG=1 to see the traceback, and please report it.",
                 soft_wrap=True,
@@ -76,7 +76,7 @@ def _handle_errors(fn):
 
 
 def _rank() -> str:
-    return f"(rank {_output.rank}) " if _output.rank else ""
+    return f"(rank {output.rank}) " if output.rank else ""
 
 
 def _version(value: bool) -> None:

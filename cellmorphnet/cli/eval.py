@@ -12,7 +12,6 @@ from typing import Annotated
 
 import typer
 
-from cellmorphnet.cli import _output
 from cellmorphnet.cli._options import (
     AcceptDataChangeFlag,
     AdaptBnFlag,
@@ -28,6 +27,7 @@ from cellmorphnet.cli._options import (
     TtaFlag,
     home_of,
 )
+from cellmorphnet.cli.output import output
 
 NAME = "eval"
 
@@ -79,18 +79,18 @@ def command(
                  stain_norm, target, as_json, scale_views, stain_contrast)  # fmt: skip
         return
     subset = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
-    with _output.progress(f"Evaluating ({split} and val)" if split == "test" else "Evaluating", unit="batches") as cb:
+    with output.progress(f"Evaluating ({split} and val)" if split == "test" else "Evaluating", unit="batches") as cb:
         report = evaluate_run(run_dir, home=home, split=split, datasets=subset, which=checkpoint, device=device,
                               accept_data_change=accept_data_change, tta=tta, progress=cb)  # fmt: skip
     for change in report["data_changes_accepted"]:
-        _output.warn(f"Evaluating on changed data (accepted): {change}")
+        output.warn(f"Evaluating on changed data (accepted): {change}")
     out_dir = out or runs.output_dir(run_dir, home, "eval", split)
     files = write_report(report, out_dir)
-    if as_json:
-        _output.print_json(report)
-        return
-    _show(report)
-    _output.info(f"Wrote {len(files)} files to {out_dir}")
+    def human() -> None:
+        _show(report)
+        output.info(f"Wrote {len(files)} files to {out_dir}")
+
+    output.result(report, human, as_json=as_json)
 
 
 def _free(folder: Path) -> Path:
@@ -115,7 +115,7 @@ def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, co
     options = inference_options(rm.record, crop=crop, colour_match=colour_match, adapt_bn=adapt_bn,
                                 classes=classes_only, tta=tta, stain_norm=stain_norm, scale_views=scale_views,
                                 stain_contrast=stain_contrast)  # fmt: skip
-    with _output.progress("Classifying") as cb:
+    with output.progress("Classifying") as cb:
         report = evaluate_folder(rm, folder, options, progress=cb)
     report.update(run=str(run_dir), checkpoint=str(rm.checkpoint), epoch=rm.epoch)
     out_dir = out
@@ -124,25 +124,25 @@ def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, co
     if report["metrics"]:
         files += plot_dataset(report["metrics"], out_dir, "on")
     if as_json:
-        _output.print_json(report)
+        output.print_json(report)
         return
     for name, n in report["unknown_folders"].items():
-        _output.warn(f"Folder '{name}' ({n} images) matches none of the run's classes; it was left out.")
+        output.warn(f"Folder '{name}' ({n} images) matches none of the run's classes; it was left out.")
     if report["skipped"]:
-        _output.warn(f"{len(report['skipped'])} files could not be read and were left out (listed in metrics.json).")
+        output.warn(f"{len(report['skipped'])} files could not be read and were left out (listed in metrics.json).")
     if report["metrics"]:
         entry = {"metrics": report["metrics"]}
         _show({"split": f"on {Path(folder).name}", "epoch": report["epoch"], "datasets": {"your images": entry}})
         key = f"balanced_accuracy_min{report['min_images']}"
         if report[key] is not None:
-            _output.out.print(f"Balanced accuracy over the classes with at least {report['min_images']} images: "
+            output.out.print(f"Balanced accuracy over the classes with at least {report['min_images']} images: "
                               f"{report[key]:.4f}")  # fmt: skip
     framed = report["framing"]
-    _output.info("Framing: " + ", ".join(f"{k} {v}" for k, v in framed.items()) + "; adaptation: "
+    output.info("Framing: " + ", ".join(f"{k} {v}" for k, v in framed.items()) + "; adaptation: "
                  + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in report["adaptation"].items() if v is not None))
     if report["unlike_training"]:
-        _output.warn(f"{report['unlike_training']} images look unlike the training data (colour).")
-    _output.info(f"Wrote {len(files)} files to {out_dir}")
+        output.warn(f"{report['unlike_training']} images look unlike the training data (colour).")
+    output.info(f"Wrote {len(files)} files to {out_dir}")
 
 
 def _show(report) -> None:
@@ -159,7 +159,7 @@ def _show(report) -> None:
         head.add_row(
             f"{m['accuracy']:.4f}", f"{m['balanced_accuracy']:.4f}", f"{m['macro_f1']:.4f}", auc, f"{m['ece']:.4f}"
         )
-        _output.out.print(head)
+        output.out.print(head)
 
         per = Table(title="Per class", title_justify="left")
         for col in ("class", "precision", "recall", "F1", "support"):
@@ -168,7 +168,7 @@ def _show(report) -> None:
             style = "" if v["f1"] >= 0.8 else ("yellow" if v["f1"] > 0.75 else "red")
             per.add_row(c, f"{v['precision']:.3f}", f"{v['recall']:.3f}", f"[{style}]{v['f1']:.3f}[/{style}]" if style
                         else f"{v['f1']:.3f}", f"{v['support']:,}")  # fmt: skip
-        _output.out.print(per)
+        output.out.print(per)
 
         cm = Table(title="Confusion matrix (rows: true, columns: predicted)", title_justify="left")
         cm.add_column("")
@@ -177,13 +177,13 @@ def _show(report) -> None:
             cm.add_column(c, justify="right")
         for c, row in zip(short, m["confusion_matrix"], strict=True):
             cm.add_row(c, *(f"[bold]{v}[/bold]" if i == short.index(c) else str(v) for i, v in enumerate(row)))
-        _output.out.print(cm)
+        output.out.print(cm)
 
         if "criteria" not in entry:
             continue
         if "generalisation_gap" in entry:
             gap = entry["generalisation_gap"]
-            _output.out.print(
+            output.out.print(
                 f"Generalisation gap{' (8-view average)' if report.get('tta') else ''}: validation macro-F1 "
                 f"{entry['val_metrics']['macro_f1']:.4f} − test "
                 f"{m['macro_f1']:.4f} = {gap * 100:+.2f} points"
@@ -198,4 +198,4 @@ def _show(report) -> None:
             else:  # a gap in points reads as points (2.1 points, not 0.0210)
                 value = f"{row['value'] * 100:+.2f} points" if row.get("unit") == "points" else f"{row['value']:.4f}"
             crit.add_row(row["criterion"], value, "[green]PASS[/green]" if row["pass"] else "[red]FAIL[/red]")
-        _output.out.print(crit)
+        output.out.print(crit)

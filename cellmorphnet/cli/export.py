@@ -13,8 +13,8 @@ from typing import Annotated
 
 import typer
 
-from cellmorphnet.cli import _output
 from cellmorphnet.cli._options import AcceptDataChangeFlag, JsonFlag, LatestRunArg, home_of
+from cellmorphnet.cli.output import output
 
 NAME = "export"
 
@@ -61,7 +61,7 @@ def command(
             path = (out or runs.output_dir(run_dir, home, "export")) / f"{run_dir.name}.onnx"
         else:
             path = out
-        with _output.err.status("Exporting to ONNX…"):
+        with output.err.status("Exporting to ONNX…"):
             export.export_onnx(rm, path, images)
             check = export.verify_onnx(rm, path, images)
         result.update(path=str(path), size_bytes=path.stat().st_size, verification=check)
@@ -71,7 +71,7 @@ def command(
                 f"top-1 agreement {check['top1_agreement']:.1%}); {path} was kept for inspection."
             )
         if benchmark:
-            with _output.err.status("Timing PyTorch and onnxruntime…"):
+            with output.err.status("Timing PyTorch and onnxruntime…"):
                 result["benchmark"] = export.benchmark_onnx(rm, path, device)
     else:
         variants = ["fp32", "fp16", "int8"] if all_variants else [quantize or "fp32"]
@@ -82,7 +82,7 @@ def command(
                 path = (folder or runs.output_dir(run_dir, home, "export")) / f"{run_dir.name}-{v}.mlpackage"
             else:
                 path = out
-            with _output.err.status(f"Converting to CoreML ({v})…"):
+            with output.err.status(f"Converting to CoreML ({v})…"):
                 export.export_coreml(rm, path, images, None if v == "fp32" else v)
                 spec = export.coreml_spec_summary(path)
             entry = {"variant": v, "path": str(path), "spec": spec}
@@ -94,10 +94,7 @@ def command(
             result["variants"].append(entry)
         if (benchmark or all_variants) and not export.coreml_can_predict():
             result["note"] = "CoreML predictions need macOS: the packages' specs were validated, latency not measured."
-    if as_json:
-        _output.print_json(result)
-        return
-    _show(result)
+    output.result(result, lambda: _show(result), as_json=as_json)
 
 
 def _show(result) -> None:
@@ -105,8 +102,8 @@ def _show(result) -> None:
 
     if result["format"] == "onnx":
         v = result["verification"]
-        _output.info(f"ONNX model: {result['path']} ({result['size_bytes'] / 1e6:.1f} MB)")
-        _output.info(
+        output.info(f"ONNX model: {result['path']} ({result['size_bytes'] / 1e6:.1f} MB)")
+        output.info(
             f"Verified on {v['images']} real images: max |ONNX − PyTorch| = {v['max_abs_diff']:.2e}, "
             f"top-1 agreement {v['top1_agreement']:.1%}"
         )
@@ -118,7 +115,7 @@ def _show(result) -> None:
                 t.add_column(col, justify="right")
             t.add_row("PyTorch", f"{b['pytorch_latency_ms']:.1f}", f"{b['pytorch_images_per_s']:.0f}")
             t.add_row("onnxruntime", f"{b['onnxruntime_latency_ms']:.1f}", f"{b['onnxruntime_images_per_s']:.0f}")
-            _output.out.print(t)
+            output.out.print(t)
         return
     t = Table(title="CoreML packages", title_justify="left")
     for col in ("variant", "size (MB)", "input", "classes", "latency (ms)", "top-1 agreement"):
@@ -132,8 +129,8 @@ def _show(result) -> None:
             str(len(s["class_labels"])), f"{b['latency_ms']:.1f}" if b else "macOS only",
             f"{b['top1_agreement']:.1%}" if b else "macOS only",
         )  # fmt: skip
-    _output.out.print(t)
+    output.out.print(t)
     for e in result["variants"]:  # whole, to copy: a table column cuts long paths short
-        _output.info(f"Wrote {e['path']}")
+        output.info(f"Wrote {e['path']}")
     if result.get("note"):
-        _output.warn(result["note"])
+        output.warn(result["note"])

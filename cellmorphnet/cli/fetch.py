@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from cellmorphnet.cli import _output
 from cellmorphnet.cli._options import DatasetsArg, ForceFlag, JsonFlag, home_of
+from cellmorphnet.cli.output import output
 
 NAME = "fetch"
 
@@ -42,7 +42,7 @@ def command(
         raise InvalidData("--from imports one dataset at a time.")
     results = []
     for name in datasets:
-        with _output.progress(f"Downloading {name}", unit="bytes") as cb:
+        with output.progress(f"Downloading {name}", unit="bytes") as cb:
             results += fetch(
                 name,
                 home=home_of(ctx),
@@ -52,19 +52,17 @@ def command(
                 force=force,
                 progress=cb,
             )
-    if as_json:
-        _output.print_json(
-            [
-                {"dataset": r.dataset, "size": r.size, "action": r.action, "verified": r.verified, "path": r.path}
-                for r in results
-            ]
-        )
-        return
+    data = [{"dataset": r.dataset, "size": r.size, "action": r.action, "verified": r.verified, "path": r.path}
+            for r in results]  # fmt: skip
+    output.result(data, lambda: _show(results), as_json=as_json)
+
+
+def _show(results) -> None:
     for r in results:
         label = r.dataset + (f" ({r.size} px)" if r.size else "")
         state = "[green]verified[/green]" if r.verified else "[yellow]UNVERIFIED[/yellow]"
         where = f" → {r.path}" if r.path else ""
-        _output.info(f"{label}: {r.action}, {state}{where}")
+        output.info(f"{label}: {r.action}, {state}{where}")
     names = dict.fromkeys(r.dataset for r in results)
     # train prepares what it needs itself; prepare is the step for other sizes or a look at the splits first
-    _output.info(f"Next: cellmorphnet train --datasets {','.join(names)}  (or: cellmorphnet prepare {' '.join(names)})")
+    output.info(f"Next: cellmorphnet train --datasets {','.join(names)}  (or: cellmorphnet prepare {' '.join(names)})")

@@ -18,7 +18,6 @@ from typing import Annotated
 
 import typer
 
-from cellmorphnet.cli import _output
 from cellmorphnet.cli._options import (
     AcceptDataChangeFlag,
     AdaptBnFlag,
@@ -35,6 +34,7 @@ from cellmorphnet.cli._options import (
     TtaFlag,
     home_of,
 )
+from cellmorphnet.cli.output import output
 
 NAME = "infer"
 
@@ -111,7 +111,7 @@ def command(
     if sort_into is not None:
         check_sort_folder(sort_into)
     group = distributed.env_group()
-    _output.only_rank_zero(group.rank)
+    output.only_rank_zero(group.rank)
     home = home_of(ctx)
     run_dir = runs.resolve_run(run, home)
     group = distributed.start(device)
@@ -119,12 +119,12 @@ def command(
     files, missing = files_of(paths, group)
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept_data_change)
     for field in rm.record_mismatch:
-        _output.warn(f"Using the checkpoint's {field}: config.json differs (accepted).")
+        output.warn(f"Using the checkpoint's {field}: config.json differs (accepted).")
     options = inference_options(rm.record, crop=crop, crop_fraction=crop_fraction, colour_match=colour_match,
                                 adapt_bn=adapt_bn, classes=classes_only, tta=tta, stain_norm=stain_norm,
                                 scale_views=scale_views, stain_contrast=stain_contrast, cells=cells,
                                 max_cells=max_cells)  # fmt: skip
-    with _output.progress("Classifying") as cb:
+    with output.progress("Classifying") as cb:
         result = infer_files(rm, files, options, missing=missing, batch_size=batch_size, top_k=top_k,
                              workers=workers, min_confidence=min_confidence, count_edge_cells=count_edge_cells,
                              keep_inputs=gradcam is not None, group=group, progress=cb)  # fmt: skip
@@ -136,11 +136,11 @@ def command(
     if gradcam is not None and ok:  # each process draws its own block's
         from cellmorphnet.inference.gradcam import write_gradcams
 
-        with _output.progress("Grad-CAM") as cb:
+        with output.progress("Grad-CAM") as cb:
             written = write_gradcams(rm.model, policy, ok, result.inputs, gradcam, channels_last=rm.channels_last,
                                      progress=cb)  # fmt: skip
         total = int(group.sum([len(written)])[0])
-        _output.info(f"Wrote {total} Grad-CAM overlays to {gradcam}")
+        output.info(f"Wrote {total} Grad-CAM overlays to {gradcam}")
     if not group.is_main:  # rank 0 copies, draws and reports for the job; the same exit code everywhere
         group.barrier()
         if result.exit_code:
@@ -149,16 +149,16 @@ def command(
     group.barrier()
     if sort_into is not None:
         n = copy_sorted(ok, sort_into)
-        _output.info(f"Copied {n} images into {sort_into}/<class>/ (the originals are untouched; a cell of a field "
+        output.info(f"Copied {n} images into {sort_into}/<class>/ (the originals are untouched; a cell of a field "
                      "as its crop).")  # fmt: skip
     if overlays is not None and fields_seen:
         from cellmorphnet.inference.output import write_overlays
 
         drawn = write_overlays(preds, overlays)
-        _output.info(f"Drew {len(drawn)} fields with their cells into {overlays}")
+        output.info(f"Drew {len(drawn)} fields with their cells into {overlays}")
 
     if as_json:  # what --out x.json writes: the summary and one entry per cell; the exit code as below
-        _output.print_json({"summary": summary, "predictions": [p.to_dict() for p in preds]})
+        output.print_json({"summary": summary, "predictions": [p.to_dict() for p in preds]})
         if result.exit_code:
             raise typer.Exit(result.exit_code)
         return
@@ -170,21 +170,21 @@ def command(
     for c in classes:
         n = counts.get(c, 0)
         table.add_row(c, f"{n:,}", f"{n / max(len(ok), 1):.1%}")
-    _output.out.print(table)
+    output.out.print(table)
     if fields_seen:
         _print_fields(fields_seen, diff, preds)
     if out is None and ok:
         for p in ok[:20]:
             where = f"#{p.cell.index} {p.cell.box}" if p.cell else ""
-            _output.out.print(f"{p.source}{where}  {p.predicted}  {p.confidence:.3f}")
+            output.out.print(f"{p.source}{where}  {p.predicted}  {p.confidence:.3f}")
         if len(ok) > 20:
-            _output.out.print(f"… {len(ok) - 20} more; use --out FILE.csv for all of them.")
+            output.out.print(f"… {len(ok) - 20} more; use --out FILE.csv for all of them.")
     if out is not None:
-        _output.info(f"Wrote {out}")
+        output.info(f"Wrote {out}")
     _report_framing_and_colour(ok)
     low = sum(p.low_confidence for p in ok)
     if low:
-        _output.warn(f"{low} of {len(ok)} predictions have a confidence below {min_confidence:g} (column "
+        output.warn(f"{low} of {len(ok)} predictions have a confidence below {min_confidence:g} (column "
                      "'low_confidence'): check those images by eye.")  # fmt: skip
     if skipped:
         rep = Table(title=f"Skipped files ({len(skipped)})", title_justify="left")
@@ -192,10 +192,10 @@ def command(
         rep.add_column("reason", overflow="fold")
         for p in skipped:
             rep.add_row(str(p.path), p.error)
-        _output.err.print(rep)
+        output.err.print(rep)
         if not ok:
             raise InvalidData(f"None of the {len(preds)} files could be read; see the skipped-files report above.")
-        _output.err.print(f"[yellow]Skipped {len(skipped)} of {len(preds)} files[/yellow]; the others were classified.")
+        output.err.print(f"[yellow]Skipped {len(skipped)} of {len(preds)} files[/yellow]; the others were classified.")
         raise typer.Exit(result.exit_code)
 
 
@@ -207,7 +207,7 @@ def _print_fields(fields_seen, diff, preds) -> None:
     empty = diff["fields_without_cells"]
     scales = sorted({round(i.diameter) for i in fields_seen.values() if i.diameter})
     scale = f"; red cells {scales[0]} px across ({7.5 / scales[0]:.3f} µm per pixel)" if len(scales) == 1 else ""
-    _output.info(f"{len(fields_seen)} fields: {cells} white cells found, {empty} fields without any{scale}.")
+    output.info(f"{len(fields_seen)} fields: {cells} white cells found, {empty} fields without any{scale}.")
     n = diff["white_cells"]
     table = Table(title=f"Differential ({n} white cells)", title_justify="left")
     table.add_column("type")
@@ -223,7 +223,7 @@ def _print_fields(fields_seen, diff, preds) -> None:
                       f"{per:.1f} per 100 WBC")  # fmt: skip
     for c, k in diff["other"].items():
         table.add_row(f"other: {c}", str(k), "", "")
-    _output.out.print(table)
+    output.out.print(table)
     notes = []
     if diff["edge_cells"]:
         notes.append(f"{diff['edge_cells']} cells cut by a field's border are "
@@ -231,7 +231,7 @@ def _print_fields(fields_seen, diff, preds) -> None:
     if diff["low_confidence"]:
         notes.append(f"{diff['low_confidence']} below the confidence threshold are counted apart: check them by eye")
     if notes:
-        _output.info("; ".join(notes) + ".")
+        output.info("; ".join(notes) + ".")
 
 
 def _report_framing_and_colour(ok) -> None:
@@ -240,11 +240,11 @@ def _report_framing_and_colour(ok) -> None:
 
     missed = [p for p in ok if not p.cell_found]
     if missed:
-        _output.warn(f"No cell was found in {len(missed)} of {len(ok)} images; they were cropped at the centre "
+        output.warn(f"No cell was found in {len(missed)} of {len(ok)} images; they were cropped at the centre "
                      "(column 'framing') and are not counted as cells in the differential.")  # fmt: skip
     unusual = [p for p in ok if p.unusual]
     if unusual:
-        _output.warn(
+        output.warn(
             f"{len(unusual)} of {len(ok)} images look unlike the training data (colour distance above "
             f"{COLOUR_DISTANCE_WARN:g}; column 'unlike_training'): other stain, camera or white balance. Check "
             "the model on labelled images of your own first: cellmorphnet eval RUN --on FOLDER"

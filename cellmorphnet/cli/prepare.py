@@ -10,8 +10,8 @@ from typing import Annotated
 
 import typer
 
-from cellmorphnet.cli import _output
 from cellmorphnet.cli._options import DatasetsArg, ForceFlag, JsonFlag, home_of
+from cellmorphnet.cli.output import output
 
 NAME = "prepare"
 
@@ -39,13 +39,12 @@ def command(
     results = []
     for name in datasets:
         options = {"include_mixt": True} if include_mixt and name == "lisc" else {}
-        with _output.progress(f"Preparing {name}") as cb:
+        with output.progress(f"Preparing {name}") as cb:
             r = prepare(name, home=home_of(ctx), size=size, seed=seed, force=force, options=options, progress=cb)
         results.append(r)
-        if not as_json:
+        if not as_json:  # each as it is done
             _show(r, Table)
-    if as_json:
-        _output.print_json(
+    output.result(
             [
                 {
                     "dataset": r.dataset,
@@ -58,8 +57,8 @@ def command(
                     "warnings": r.warnings,
                 }
                 for r in results
-            ]
-        )
+            ], as_json=as_json,
+        )  # fmt: skip
 
 
 def _show(r, table_cls) -> None:
@@ -67,9 +66,9 @@ def _show(r, table_cls) -> None:
     m = r.manifest
     verified = "" if m["source"]["verified"] else " [yellow](UNVERIFIED source)[/yellow]"
     head = "unchanged, kept" if r.skipped else "prepared"
-    _output.info(f"{r.dataset} at {r.size} px: {head}{verified} → {r.path}")
+    output.info(f"{r.dataset} at {r.size} px: {head}{verified} → {r.path}")
     for w in r.warnings:
-        _output.warn(w)
+        output.warn(w)
     table = table_cls(title=f"{r.dataset} ({r.size} px)", show_lines=False)
     table.add_column("class")
     for s in m["counts"]:
@@ -77,4 +76,4 @@ def _show(r, table_cls) -> None:
     for i, c in enumerate(m["classes"]):
         table.add_row(c, *(f"{m['counts'][s]['per_class'][i]:,}" for s in m["counts"]))
     table.add_row("[bold]total[/bold]", *(f"[bold]{m['counts'][s]['total']:,}[/bold]" for s in m["counts"]))
-    _output.out.print(table)
+    output.out.print(table)

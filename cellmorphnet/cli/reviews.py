@@ -8,8 +8,8 @@ from typing import Annotated
 
 import typer
 
-from cellmorphnet.cli import _output
 from cellmorphnet.cli._options import JsonFlag, home_of
+from cellmorphnet.cli.output import output
 
 NAME = "reviews"
 app = typer.Typer(no_args_is_help=True, add_completion=False)
@@ -38,14 +38,14 @@ def list_cases(ctx: typer.Context, db: DbArg = None, as_json: JsonFlag = False) 
     store = _open(ctx, db)
     try:
         if as_json:
-            _output.print_json({"database": str(store.path), "cases": store.cases()})
+            output.print_json({"database": str(store.path), "cases": store.cases()})
             return
         table = Table(title=f"Cases in {store.path}", title_justify="left")
         for col in ("case", "opened", "cells", "reviewed"):
             table.add_column(col, justify="right" if col in ("cells", "reviewed") else "left")
         for c in store.cases():
             table.add_row(c["name"], c["created"][:19].replace("T", " "), str(c["cells"]), str(c["reviewed"]))
-        _output.out.print(table)
+        output.out.print(table)
     finally:
         store.close()
 
@@ -67,13 +67,14 @@ def export_cmd(
         result = export(store, out, case)
     finally:
         store.close()
-    if as_json:
-        _output.print_json(result)
-        return
+    output.result(result, lambda: _said(result, out), as_json=as_json)
+
+
+def _said(result, out) -> None:
     per = ", ".join(f"{c} {n}" for c, n in result["per_class"].items())
-    _output.info(f"Exported {result['cells']} reviewed cells to {out} ({per}).")
+    output.info(f"Exported {result['cells']} reviewed cells to {out} ({per}).")
     if result["refused"]:
         ids = ", ".join(str(r["id"]) for r in result["refused"][:10])
-        _output.warn(f"Left out {len(result['refused'])} cells whose stored class is not a class name (cells {ids}"
+        output.warn(f"Left out {len(result['refused'])} cells whose stored class is not a class name (cells {ids}"
                      f"{', …' if len(result['refused']) > 10 else ''}): the database was changed outside cellmorphnet.")
-    _output.info(f"Adapt a model to them: cellmorphnet train --init RUN --datasets folder:{out}")
+    output.info(f"Adapt a model to them: cellmorphnet train --init RUN --datasets folder:{out}")

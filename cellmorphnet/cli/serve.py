@@ -11,8 +11,8 @@ from typing import Annotated
 
 import typer
 
-from cellmorphnet.cli import _output
 from cellmorphnet.cli._options import DeviceOption, MaxCellsOption, home_of
+from cellmorphnet.cli.output import output
 from cellmorphnet.serve.settings import Limits
 
 LIMITS = Limits()  # the flags' defaults (one place: serve/settings.py)
@@ -138,12 +138,12 @@ def command(
                     max_concurrent_sets=max_concurrent_sets, body_timeout_s=body_timeout,
                     min_upload_rate=min_upload_kbps * 1000, request_timeout_s=request_timeout,
                     max_json_bytes=int(max_json_kb * 1024))  # fmt: skip
-    _output.info(f"Loading {run_dir.name} …")
+    output.info(f"Loading {run_dir.name} …")
     service = ModelService(run_dir, checkpoint, device, max_batch=max_batch, max_wait_ms=batch_wait_ms, limits=limits,
                            max_cells=max_cells)  # fmt: skip
     service.warm_up()  # a broken run fails here, before the port opens
     if host not in LOCAL_HOSTS and not token:
-        _output.warn(f"Listening on {host} without a token: anyone who can reach this machine can use the model. "
+        output.warn(f"Listening on {host} without a token: anyone who can reach this machine can use the model. "
                      f"Set --token or {ENV_TOKEN}.")  # fmt: skip
     from cellmorphnet.reviews.store import ReviewStore, check_class_name, store_path
 
@@ -152,7 +152,7 @@ def command(
     app = create_app(service, token=token, cors_origins=cors_origin or None, hosts=trusted_hosts(host, allowed_host),
                      reviews=store)  # fmt: skip
     shown = f"[{host}]" if ":" in host else host
-    _output.info(f"Serving {run_dir.name} ({len(service.classes)} classes, {service.rm.device}) on "
+    output.info(f"Serving {run_dir.name} ({len(service.classes)} classes, {service.rm.device}) on "
                  f"http://{shown}:{port}/  (API docs: /docs; Ctrl+C stops)")  # fmt: skip
     import logging
 

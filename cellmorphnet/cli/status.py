@@ -11,8 +11,8 @@ from typing import Annotated, Any
 
 import typer
 
-from cellmorphnet.cli import _output
 from cellmorphnet.cli._options import JsonFlag, LatestRunArg, home_of
+from cellmorphnet.cli.output import output
 
 NAME = "status"
 SPARKS = "▁▂▃▄▅▆▇█"
@@ -65,9 +65,9 @@ def run_renderable(st: dict[str, Any]):
     head.add_row("best val macro-F1", best + ("" if st["best_val_f1"] is None else " (as training measures it: one "
                                               "view; eval averages 8)"))
     head.add_row("train / val accuracy", f"{_pct(st['train_acc'])} / {_pct(st['val_acc'])}")
-    head.add_row("last epoch", _output.duration(st["last_epoch_time"]))
+    head.add_row("last epoch", output.duration(st["last_epoch_time"]))
     if st["state"] == "running":
-        head.add_row("time left", _output.duration(st["eta_seconds"]))
+        head.add_row("time left", output.duration(st["eta_seconds"]))
     curves = st["curves"]
     for key, label in (("train_loss", "train loss"), ("val_loss", "val loss"), ("val_f1", "val F1")):
         values = [v for v in curves.get(key) or [] if v is not None]  # (an adapted run has no validation loss)
@@ -138,7 +138,7 @@ def command(
     all_runs = runs.list_runs(home)
     target = runs.resolve_run(run, home) if (run is not None or all_runs) else None
     if as_json:
-        _output.print_json(
+        output.print_json(
             {
                 "run": runs.read_status(target) if target else None,
                 "runs": [runs.read_status(r) for r in all_runs],
@@ -150,7 +150,7 @@ def command(
     if watch and target is not None:
         from rich.live import Live
 
-        with Live(run_renderable(runs.read_status(target)), console=_output.out, auto_refresh=False) as live:
+        with Live(run_renderable(runs.read_status(target)), console=output.out, auto_refresh=False) as live:
             while True:
                 st = runs.read_status(target)
                 live.update(run_renderable(st), refresh=True)
@@ -159,12 +159,12 @@ def command(
                 time.sleep(interval)
         return
     if target is not None:
-        _output.out.print(run_renderable(runs.read_status(target)))
+        output.out.print(run_renderable(runs.read_status(target)))
     if run is None:
         if len(all_runs) > 1:
-            _output.out.print(runs_table([runs.read_status(r) for r in all_runs[-10:]]))
-        _output.out.print(cache_table(cache_status(home)))
+            output.out.print(runs_table([runs.read_status(r) for r in all_runs[-10:]]))
+        output.out.print(cache_table(cache_status(home)))
         shipped = runs.packaged_runs()
         if shipped:
-            _output.out.print(f"Shipped with cellmorphnet, ready to use: {', '.join(shipped)} "
+            output.out.print(f"Shipped with cellmorphnet, ready to use: {', '.join(shipped)} "
                               f"(e.g. cellmorphnet infer {next(iter(shipped))} FOLDER)")  # fmt: skip

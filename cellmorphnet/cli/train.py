@@ -17,8 +17,8 @@ from typing import Annotated
 
 import typer
 
-from cellmorphnet.cli import _output
 from cellmorphnet.cli._options import AcceptDataChangeFlag, home_of
+from cellmorphnet.cli.output import output
 
 NAME = "train"
 
@@ -152,7 +152,7 @@ def command(
         "patience": patience, "seed": seed, "channels_last": channels_last, "limit_batches": limit_batches,
     }  # fmt: skip
     group = distributed.env_group()
-    _output.only_rank_zero(group.rank)
+    output.only_rank_zero(group.rank)
     if name is not None:
         runs.check_run_name(name)
     if init:
@@ -175,7 +175,7 @@ def command(
                               hint=f"Train your own: cellmorphnet train --datasets {target.name}")  # fmt: skip
         cfg, ignored = resume_config(RunRecord.load(target).config.to_dict(), flags)
         if ignored:
-            _output.warn(f"--resume keeps the run's own settings; ignoring {', '.join(ignored)}.")
+            output.warn(f"--resume keeps the run's own settings; ignoring {', '.join(ignored)}.")
     else:
         file_values = load_toml(config) if config else {}
         cfg, kept = resolve(file_values, flags)
@@ -183,7 +183,7 @@ def command(
             shown = {"image_size": "the data's own"}  # (None means: as prepared)
             settings = ", ".join(f"{k.replace('_', '-')} {shown.get(k, 'none') if v is None else v}"
                                  for k, v in kept.items())  # fmt: skip
-            _output.info(f"Recipe: {cfg.recipe}{f' ({settings})' if settings else ''}; flags override any setting.")
+            output.info(f"Recipe: {cfg.recipe}{f' ({settings})' if settings else ''}; flags override any setting.")
         # one folder for the job: rank 0 names it (a new name holds the time)
         target = group.on_main(lambda: run_dir.expanduser().resolve() if run_dir else
                                runs.new_run_dir(home, name, cfg.datasets))  # fmt: skip
@@ -196,10 +196,7 @@ def command(
     summary = fit(cfg, target, home=home, resume=bool(resume), accept_data_change=accept_data_change,
                   events=view.event, group=group, sync_bn=sync_bn)  # fmt: skip
     summary["wall_time_s"] = round(time.perf_counter() - start, 1)
-    if as_json:
-        _output.print_json(summary)
-    else:
-        view.finish(summary)
+    output.result(summary, lambda: view.finish(summary), as_json=as_json)
     if summary["state"] == "interrupted":
         raise typer.Exit(143 if summary.get("reason") == "stopped by SIGTERM" else 130)
 
@@ -223,7 +220,7 @@ def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, 
     if not folder.is_dir():
         raise ConfigError(f"{folder} is not a folder.", hint="Use folder:PATH with one sub-folder per class.")
     if ignored:
-        _output.warn(f"--init adapts with its own settings; ignoring {', '.join(sorted(ignored))}.")
+        output.warn(f"--init adapts with its own settings; ignoring {', '.join(sorted(ignored))}.")
     parent = runs.resolve_run(init, home)
     from cellmorphnet.runs.record import RunRecord
 
@@ -237,38 +234,38 @@ def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, 
     if settings.steps < 1 or settings.lr <= 0:
         raise ConfigError("--steps must be at least 1 and --lr positive.")
     target = run_dir.expanduser().resolve() if run_dir else runs.new_run_dir(home, name, [f"{parent.name}-adapted"])
-    with _output.progress("Adapting", unit="steps") as bar:
+    with output.progress("Adapting", unit="steps") as bar:
 
         def events(kind: str, **info) -> None:
             if kind == "adapt_prepare" and not as_json:
-                _output.info(f"Reading {info['folder']} as {parent.name}'s infer sees it …")
+                output.info(f"Reading {info['folder']} as {parent.name}'s infer sees it …")
             elif kind == "adapt_step":
                 bar(info["step"], info["steps"])
 
         summary = adapt(parent, folder, target, home=home, settings=settings, device=device or "auto", events=events)
     if as_json:
-        _output.print_json(summary)
+        output.print_json(summary)
         return
     a = summary["adaptation"]
     replayed = (f"replaying {a['replay']['images']:,} of the parent's training images" if a["replay"]
                 else "without replay (the parent's training data is not prepared here)")  # fmt: skip
-    _output.info(f"Adapted {parent.name} to {a['cells']} cells of {folder} in {a['seconds']:.0f} s, {replayed}.")
+    output.info(f"Adapted {parent.name} to {a['cells']} cells of {folder} in {a['seconds']:.0f} s, {replayed}.")
     if a["new_classes"]:
-        _output.info(f"New classes: {', '.join(a['new_classes'])}.")
+        output.info(f"New classes: {', '.join(a['new_classes'])}.")
     if a["skipped"]:
         shown = "; ".join(f"{f} ({why})" for f, why in a["skipped"][:10])
         more = f"; … {a['skipped_total'] - 10} more" if a["skipped_total"] > 10 else ""
-        _output.warn(f"Skipped {a['skipped_total']} files that could not be read: {shown}{more}.")
+        output.warn(f"Skipped {a['skipped_total']} files that could not be read: {shown}{more}.")
     if a["few_cells"]:
         from cellmorphnet.reviews.store import ENOUGH_PER_TYPE
 
         few = ", ".join(f"{c} {n}" for c, n in a["few_cells"].items())
-        _output.warn(f"Few reviewed cells of {few}: on another lab's cells, 10 per type reached 0.88-0.90 balanced "
+        output.warn(f"Few reviewed cells of {few}: on another lab's cells, 10 per type reached 0.88-0.90 balanced "
                      f"accuracy and 20 reached 0.93. Review at least {ENOUGH_PER_TYPE} of each type, from every "
                      "stain and camera the lab uses, and adapt again.")  # fmt: skip
     held = a["held_out"]
     if held:
         t = summary["calibration"]["temperature"]
-        _output.info(f"Held-out reviewed cells ({held['cells']}): accuracy {held['accuracy']:.3f}, balanced "
+        output.info(f"Held-out reviewed cells ({held['cells']}): accuracy {held['accuracy']:.3f}, balanced "
                      f"{held['balanced_accuracy']:.3f}; temperature {t:.3f}.")  # fmt: skip
-    _output.info(f"Run: {summary['run_dir']} (use it as any run: cellmorphnet infer {Path(summary['run_dir']).name} …)")
+    output.info(f"Run: {summary['run_dir']} (use it as any run: cellmorphnet infer {Path(summary['run_dir']).name} …)")

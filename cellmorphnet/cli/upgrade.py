@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import typer
 
-from cellmorphnet.cli import _output
 from cellmorphnet.cli._options import JsonFlag, RunArg, home_of
+from cellmorphnet.cli.output import output
 
 NAME = "upgrade"
 
@@ -22,11 +22,8 @@ def command(ctx: typer.Context, run: RunArg, as_json: JsonFlag = False) -> None:
 
     home = home_of(ctx)
     run_dir = runs.resolve_run(run, home)
-    _output.info(f"Measuring the training images' stain for {run_dir.name} …")
+    output.info(f"Measuring the training images' stain for {run_dir.name} …")
     result = upgrade_run(run_dir, home)
-    if as_json:
-        _output.print_json(result)
-    elif result["changed"]:
-        _output.info(f"Added the stain reference to {result['run']}: its stain normalisation and contrast now work.")
-    else:
-        _output.info(f"{result['run']} is already up to date.")
+    said = (f"Added the stain reference to {result['run']}: its stain normalisation and contrast now work."
+            if result["changed"] else f"{result['run']} is already up to date.")  # fmt: skip
+    output.result(result, lambda: output.info(said), as_json=as_json)
