@@ -74,8 +74,8 @@ def test_brackets_in_help_and_in_error_hints_are_shown_as_written(cli, capsys):
     import typer
     from rich.console import Console
 
-    from cellmorphnet.cli.output import output
     from cellmorphnet.cli.app import _handle_errors
+    from cellmorphnet.cli.output import output
     from cellmorphnet.errors import ConfigError
 
     def fails():
