@@ -131,7 +131,7 @@ def test_two_processes_take_the_same_steps_as_one(tmp_path, home):
     (every step's norm, the last one over a group of one batch), and the weights end where one process's do."""
     script = tmp_path / "step_check.py"
     script.write_text(STEP_CHECK)
-    env = {**_env(), "CELLMORPHNET_HOME": str(home), "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**_env(), "CELLMORPHNET_HOME": str(home), "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     one = subprocess.run([sys.executable, str(script), str(tmp_path / "one")], capture_output=True, text=True,
                          env=env, timeout=600)  # fmt: skip
     assert one.returncode == 0, one.stderr[-2000:]
