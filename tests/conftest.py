@@ -126,3 +126,24 @@ def png_claiming(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.fixture(scope="module")
+def service():
+    """The shipped model loaded as ``serve`` holds it (once per test module)."""
+    from cellmorphnet.runs import folders as runs
+    from cellmorphnet.serve.service import ModelService
+
+    svc = ModelService(runs.packaged_runs()[runs.PACKAGED], device="cpu").warm_up()
+    yield svc
+    svc.close()
+
+
+@pytest.fixture
+def client(service):
+    """A test client of the web application around ``service``."""
+    from fastapi.testclient import TestClient
+
+    from cellmorphnet.serve.app import create_app
+
+    return TestClient(create_app(service))

@@ -59,7 +59,7 @@ def calibrate_run(run_dir, record, model, *, val_loader, data, device, precision
     """Fit the temperature of the best model on validation; store it in config.json and in both checkpoints."""
     from cellmorphnet.model.prediction import collect_logits
     from cellmorphnet.runs import checkpoint
-    from cellmorphnet.runs.record import Calibration
+    from cellmorphnet.runs.parts import Calibration
 
     best_path, last_path = run_dir / "checkpoints" / "best.pt", run_dir / "checkpoints" / "last.pt"
     model.load_state_dict(checkpoint.load(best_path)["model"])

@@ -294,7 +294,8 @@ def _write_run(run_dir: Path, rm, lab: LabCells, trained: Trained, *, parent_dir
     """The adapted run's folder, as training writes one: record, checkpoints (training's, optimizer and schedule
     included), history (training's keys), heartbeat."""
     from cellmorphnet.data.taxonomy import Taxonomy, canonical
-    from cellmorphnet.runs.record import Adaptation, Calibration, DatasetRecord, Parent
+    from cellmorphnet.runs.parts import Adaptation, Calibration, Parent
+    from cellmorphnet.runs.record import DatasetRecord
 
     rec = rm.record
     model, temperature, held, losses = trained.model, trained.temperature, trained.held, trained.losses

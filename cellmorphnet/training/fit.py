@@ -26,7 +26,8 @@ from cellmorphnet.runs import checkpoint
 from cellmorphnet.runs import folders as runs
 from cellmorphnet.runs.config import TrainConfig
 from cellmorphnet.runs.load import save_reference_images
-from cellmorphnet.runs.record import Calibration, Distributed, RunRecord, policy_for
+from cellmorphnet.runs.parts import Calibration, Distributed
+from cellmorphnet.runs.record import RunRecord, policy_for
 from cellmorphnet.runtime import distributed
 from cellmorphnet.runtime.devices import (
     make_scaler,

@@ -184,16 +184,7 @@ def test_reviews_export_command(cli, tmp_path):
     assert cli("reviews", "list", tmp_path / "r.sqlite").exit_code == 0
 
 
-# --- the REST API, on the shipped model -------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def service():
-    from cellmorphnet.runs import folders as runs
-    from cellmorphnet.serve.service import ModelService
-
-    svc = ModelService(runs.packaged_runs()[runs.PACKAGED], device="cpu").warm_up()
-    yield svc
-    svc.close()
-
+# --- the REST API, on the shipped model (the ``service`` fixture: conftest) --------------------------------
 
 def test_review_routes(service, tmp_path):
     from fastapi.testclient import TestClient

@@ -22,9 +22,8 @@ from PIL import Image
 from cellmorphnet.inference import find_cells
 from cellmorphnet.inference.images import Upload
 from cellmorphnet.reviews.store import ReviewStore, check_name
-from cellmorphnet.runs import folders as runs
 from cellmorphnet.serve.app import create_app
-from cellmorphnet.serve.service import Limits, ModelService
+from cellmorphnet.serve.service import Limits
 from cellmorphnet.serve.uploads import BodyLimit
 from cellmorphnet.vision import fields
 
@@ -45,18 +44,6 @@ def _noise(w: int = 640, h: int = 480) -> np.ndarray:
 def _bccd(n: str = "00000") -> bytes:
     with zipfile.ZipFile(BCCD_ZIP) as z:
         return z.read(next(m for m in z.namelist() if m.endswith(f"JPEGImages/BloodImage_{n}.jpg")))
-
-
-@pytest.fixture(scope="module")
-def service():
-    svc = ModelService(runs.packaged_runs()[runs.PACKAGED], device="cpu").warm_up()
-    yield svc
-    svc.close()
-
-
-@pytest.fixture
-def client(service):
-    return TestClient(create_app(service))
 
 
 # --- 1 and 5: what a field may cost ---------------------------------------------------------------------------------

@@ -19,20 +19,10 @@ from PIL import Image
 
 from cellmorphnet.errors import InvalidData
 from cellmorphnet.inference.images import Upload, read_image
-from cellmorphnet.runs import folders as runs
 from cellmorphnet.vision.imaging import load_rgb
 
 TOKEN = "fuzz-token"
 JPEG = sorted((PBC_TEST_IMAGES / "lymphocyte").glob("*.jpg"))[0]
-
-
-@pytest.fixture(scope="module")
-def _service():
-    from cellmorphnet.serve.service import ModelService
-
-    svc = ModelService(runs.packaged_runs()[runs.PACKAGED], device="cpu").warm_up()
-    yield svc
-    svc.close()
 
 
 def _schema(service, tmp_path_factory, token):
@@ -51,13 +41,13 @@ def _schema(service, tmp_path_factory, token):
 
 
 @pytest.fixture(scope="module")
-def open_api(_service, tmp_path_factory):
-    return _schema(_service, tmp_path_factory, None)
+def open_api(service, tmp_path_factory):
+    return _schema(service, tmp_path_factory, None)
 
 
 @pytest.fixture(scope="module")
-def guarded_api(_service, tmp_path_factory):
-    return _schema(_service, tmp_path_factory, TOKEN)
+def guarded_api(service, tmp_path_factory):
+    return _schema(service, tmp_path_factory, TOKEN)
 
 
 EXPECTED = {200, 400, 401, 403, 404, 405, 408, 409, 413, 415, 422, 503}

@@ -28,18 +28,6 @@ from cellmorphnet.serve.service import Limits, ModelService
 JPEGS = sorted(PBC_TEST_IMAGES.rglob("*.jpg"))
 
 
-@pytest.fixture(scope="module")
-def service():
-    svc = ModelService(runs.packaged_runs()[runs.PACKAGED], device="cpu").warm_up()
-    yield svc
-    svc.close()
-
-
-@pytest.fixture
-def client(service):
-    return TestClient(create_app(service))
-
-
 def _files(paths, field="files"):
     return [(field, (p.name, p.read_bytes(), "image/jpeg")) for p in paths]
 
