@@ -146,7 +146,8 @@ def find_white_cells(img: Image.Image, diameter: float, max_cells: int = DEFAULT
     from scipy import ndimage as ndi
 
     scale = work_scale(img.size, diameter)
-    d = diameter * scale  # WORK_DIAMETER, unless the field is too large for that
+    # a red cell's width on the work copy: WORK_DIAMETER exactly, unless the field is too large for that
+    d = float(WORK_DIAMETER) if scale == WORK_DIAMETER / diameter else diameter * scale
     rel = _relative(img, scale)
     blueness = ndi.gaussian_filter(rel[..., 2] - rel[..., 0], SMOOTHING)
     mask = blueness > NUCLEUS_THRESHOLD
