@@ -79,7 +79,7 @@ def load_run_model(
 
 
 def predict_split(
-    rm: RunModel, split: str, home: Path | None = None, datasets: list[str] | None = None, batch_size: int = 256,
+    rm: RunModel, split: str, home: Path | None = None, datasets: list[str] | None = None, *, batch_size: int = 256,
     tta: bool = False, progress=None,
 ) -> dict[str, dict[str, np.ndarray]]:
     """Per dataset: ``labels`` (local) and ``probs`` (local label space) for one prepared split (``tta``: the

@@ -52,10 +52,6 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__, "python": platform.python_version()}  # fmt: skip
 
 
-def _optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
-    return adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
 @dataclass
 class _Start:
     """Where a run starts: fresh, or from its last checkpoint."""
@@ -156,7 +152,7 @@ def _fit_locked(
         train=False, channels_last=channels_last,
     )  # fmt: skip
     steps_per_epoch = math.ceil(len(train_loader) / cfg.accum_steps)
-    optimizer = _optimizer(model, cfg)
+    optimizer = adamw(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     scaler = make_scaler(device, precision)
     total_steps = cfg.epochs * steps_per_epoch
     lr_plan = schedule.LrPlan(total_steps, round(cfg.warmup_epochs * steps_per_epoch), cfg.min_lr_ratio)
