@@ -9,7 +9,6 @@ there; nothing uploaded is written to disk.
 
 from __future__ import annotations
 
-import logging
 from importlib import resources
 
 from fastapi import APIRouter, Depends, FastAPI, HTTPException
@@ -22,7 +21,6 @@ from cellmorphnet.serve.service import ModelService
 from cellmorphnet.serve.settings import Limits
 from cellmorphnet.serve.uploads import BodyLimit, Refused
 
-log = logging.getLogger("cellmorphnet.serve")  # the CLI shows its INFO lines
 STATIC = resources.files(__package__) / "static"
 API_VERSION = "v1"
 
