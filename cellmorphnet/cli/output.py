@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -69,7 +68,8 @@ class Output:
 
     @contextmanager
     def progress(self, description: str, unit: str = "items") -> Iterator[Callable[[int, int | None], None]]:
-        """Yield a ``callback(done, total)``: a rich bar on a terminal, plain lines (every 10%) otherwise."""
+        """Yield a ``callback(done, total)``: a rich bar on a terminal; nothing otherwise (a log or a script reads
+        the result, not the progress)."""
         err = self.err
         if err.is_terminal:
             from rich.progress import (
@@ -97,29 +97,7 @@ class Output:
                 yield update
             return
 
-        state = {"next": 0.0, "last": 0.0}
-
-        def plain(done: int, total: int | None) -> None:
-            now = time.monotonic()
-            fmt = _human_bytes if unit == "bytes" else (lambda n: f"{n:,}")
-            if total:
-                frac = done / total
-                if frac >= state["next"] or done == total:
-                    err.print(f"{description}: {fmt(done)} of {fmt(total)} ({frac:.0%})")
-                    state["next"] = min(1.0, int(frac * 10 + 1) / 10)
-            elif now - state["last"] > 5:
-                err.print(f"{description}: {fmt(done)}")
-                state["last"] = now
-
-        yield plain
-
-
-def _human_bytes(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} GB"
+        yield lambda done, total: None  # not a terminal (a log, a pipe, a script): no progress lines
 
 
 output = Output()  # the CLI's one instance

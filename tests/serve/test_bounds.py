@@ -351,6 +351,7 @@ def test_infer_and_reviews_print_json(cli, tmp_path):
     """Every command that prints a result has --json (issue 35): infer's is what --out x.json writes."""
     r = cli("infer", "bloodmnist", JPEG, "--json")
     assert r.exit_code == 0, r
+    assert "Classifying" not in r.stderr  # progress is for a terminal; a script reads the result (issue 35)
     body = json.loads(r.stdout)
     assert body["summary"]["cells"] == 1 and body["predictions"][0]["cell_found"] is True
     db = tmp_path / "r.sqlite"
