@@ -7,7 +7,6 @@ signature outside ``cli/``, how many modules sit loose in ``cellmorphnet/``, and
 
 from __future__ import annotations
 
-import ast
 import sys
 from pathlib import Path
 
@@ -16,20 +15,11 @@ PKG = ROOT / "cellmorphnet"
 
 
 def main() -> None:
-    sizes = sorted(((len(p.read_text(encoding="utf-8").splitlines()), p.relative_to(ROOT).as_posix())
-                    for p in PKG.rglob("*.py")), reverse=True)  # fmt: skip
-    signatures = []
-    for p in PKG.rglob("*.py"):
-        if "cli" in p.relative_to(PKG).parts:
-            continue
-        for node in ast.walk(ast.parse(p.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
-                positional = [a.arg for a in node.args.posonlyargs + node.args.args if a.arg not in ("self", "cls")]
-                signatures.append((len(positional), f"{p.relative_to(ROOT).as_posix()}:{node.lineno} {node.name}"))
-    signatures.sort(reverse=True)
     sys.path.insert(0, str(ROOT / "tests"))
-    from test_architecture import LAYERS
+    from test_architecture import LAYERS, module_sizes, positional_parameters  # the test holds the same rules
 
+    sizes = sorted(((n, p.relative_to(ROOT).as_posix()) for p, n in module_sizes().items()), reverse=True)
+    signatures = sorted(((n, name) for name, n in positional_parameters().items()), reverse=True)
     loose = sorted(p.name for p in PKG.glob("*.py"))
     print(f"largest modules: {', '.join(f'{n} ({lines})' for lines, n in sizes[:5])}")
     print(f"over 400 lines: {sum(lines > 400 for lines, _ in sizes)}")

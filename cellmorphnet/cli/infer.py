@@ -12,7 +12,6 @@ files are listed with the reason and skipped; the exit code is 3 when any were.
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -130,7 +129,7 @@ def command(
                              keep_inputs=gradcam is not None, group=group, progress=cb)  # fmt: skip
     classes, policy, preds, summary = rm.classes, options.policy, result.predictions, result.summary
     ok, skipped, fields_seen, diff = result.classified, result.skipped, result.fields, summary["differential"]
-    counts = Counter(p.predicted for p in ok)
+    counts = summary["class_counts"]
     if out is not None and group.is_main:
         write_results(preds, out, summary)
     if gradcam is not None and ok:  # each process draws its own block's
@@ -168,7 +167,7 @@ def command(
     table.add_column(unit, justify="right")
     table.add_column("share", justify="right")
     for c in classes:
-        n = counts.get(c, 0)
+        n = counts[c]
         table.add_row(c, f"{n:,}", f"{n / max(len(ok), 1):.1%}")
     output.out.print(table)
     if fields_seen:

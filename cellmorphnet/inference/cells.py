@@ -50,15 +50,11 @@ def _size(item: Item) -> tuple[int, int] | None:
     """Width and height from the header, or None where it cannot be read (its own error comes later)."""
     import io
 
-    from PIL import Image, UnidentifiedImageError
-
-    from cellmorphnet.vision.imaging import IMAGE_FORMATS
+    from cellmorphnet.vision.imaging import image_size
 
     try:
-        source = io.BytesIO(item.data) if isinstance(item, Upload) else item
-        with Image.open(source, formats=list(IMAGE_FORMATS)) as img:
-            return img.size
-    except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError):
+        return image_size(io.BytesIO(item.data) if isinstance(item, Upload) else item, str(item))
+    except InvalidData:
         return None  # an unreadable file is reported by the normal path
 
 
