@@ -24,6 +24,7 @@ LAYERS = [
     ["runs"],  # config, record, checkpoints, folders, a run loaded back: what every later step reads
     ["inference"],  # files to predictions: reading, framing, set-level steps, the differential, Grad-CAM
     ["evaluation"],
+    ["labs"],  # lab profiles: a lab's values measured once, and a conformal rule from its reviewed cells
     ["training"],  # fit, engine, calibration, and fine-tuning a run to a lab (training.finetune)
     ["serve", "api"],
     ["cli"],

@@ -87,3 +87,9 @@ MaxCellsOption = Annotated[
                  "(or more than 4x as many stained objects) is refused with the reason, not searched on: cut a "
                  "whole slide into fields first.", show_default=False),
 ]  # fmt: skip
+LabOption = Annotated[
+    str | None,
+    typer.Option("--lab", help="A lab profile (cellmorphnet lab create) whose stain, contrast and scale every image is "
+                 "read with; 'none' for the run's home preprocessing. Default: each image on its own (an adapted "
+                 "run: the lab it adapted to).", show_default=False),
+]

@@ -120,13 +120,14 @@ def _help(doc: str | None) -> str | None:
 
 def _register() -> None:
     from cellmorphnet.cli import eval as eval_cmd
-    from cellmorphnet.cli import export, fetch, infer, prepare, reviews, serve, status, train, upgrade
+    from cellmorphnet.cli import export, fetch, infer, lab, prepare, reviews, serve, status, train, upgrade
 
     for module in (fetch, prepare, train, status, eval_cmd, infer, export, serve, upgrade):
         app.command(module.NAME, help=_help(module.__doc__))(_handle_errors(module.command))
-    for command in reviews.app.registered_commands:  # a group: reviews list, reviews export
-        command.callback = _handle_errors(command.callback)
-    app.add_typer(reviews.app, name=reviews.NAME, help=_help(reviews.__doc__))
+    for group in (lab, reviews):  # groups: lab create/list/..., reviews list/export
+        for command in group.app.registered_commands:
+            command.callback = _handle_errors(command.callback)
+        app.add_typer(group.app, name=group.NAME, help=_help(group.__doc__))
 
 
 _register()

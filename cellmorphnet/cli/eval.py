@@ -20,6 +20,7 @@ from cellmorphnet.cli._options import (
     CropOption,
     DeviceOption,
     JsonFlag,
+    LabOption,
     LatestRunArg,
     ScaleViewsFlag,
     StainContrastFlag,
@@ -56,6 +57,7 @@ def command(
     adapt_bn: AdaptBnFlag = None,
     tta: TtaFlag = None,
     scale_views: ScaleViewsFlag = None,
+    lab: LabOption = None,
     device: DeviceOption = "auto",
     accept_data_change: AcceptDataChangeFlag = False,
     as_json: JsonFlag = False,
@@ -76,7 +78,7 @@ def command(
     if on is not None:
         target = out or _free(runs.output_dir(run_dir, home, "eval", f"on-{Path(on).expanduser().resolve().name}"))
         _eval_on(run_dir, on, checkpoint, device, accept_data_change, classes_only, crop, colour_match, adapt_bn, tta,
-                 stain_norm, target, as_json, scale_views, stain_contrast)  # fmt: skip
+                 stain_norm, target, as_json, scale_views, stain_contrast, lab, home)  # fmt: skip
         return
     subset = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
     with output.progress(f"Evaluating ({split} and val)" if split == "test" else "Evaluating", unit="batches") as cb:
@@ -104,17 +106,19 @@ def _free(folder: Path) -> Path:
 
 
 def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, colour_match, adapt_bn, tta, stain_norm,
-             out, as_json, scale_views=None, stain_contrast=None):  # fmt: skip
+             out, as_json, scale_views=None, stain_contrast=None, lab=None, home=None):  # fmt: skip
     from cellmorphnet._io import write_json
     from cellmorphnet.evaluation.on_folder import evaluate_folder
     from cellmorphnet.evaluation.report import plot_dataset
     from cellmorphnet.inference import inference_options
+    from cellmorphnet.labs import profile as profiles
     from cellmorphnet.runs.load import load_run_model
 
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept)
+    lab_values, home_only = profiles.resolve(lab, rm, home)
     options = inference_options(rm.record, crop=crop, colour_match=colour_match, adapt_bn=adapt_bn,
                                 classes=classes_only, tta=tta, stain_norm=stain_norm, scale_views=scale_views,
-                                stain_contrast=stain_contrast)  # fmt: skip
+                                stain_contrast=stain_contrast, lab=lab_values, home=home_only)  # fmt: skip
     with output.progress("Classifying") as cb:
         report = evaluate_folder(rm, folder, options, progress=cb)
     report.update(run=str(run_dir), checkpoint=str(rm.checkpoint), epoch=rm.epoch)

@@ -12,6 +12,7 @@ files are listed with the reason and skipped; the exit code is 3 when any were.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -25,6 +26,7 @@ from cellmorphnet.cli._options import (
     CropOption,
     DeviceOption,
     JsonFlag,
+    LabOption,
     MaxCellsOption,
     RunArg,
     ScaleViewsFlag,
@@ -82,6 +84,7 @@ def command(
     overlays: Annotated[
         Path | None, typer.Option("--overlays", help="Draw each field with its cells' boxes and classes into DIR.")
     ] = None,
+    lab: LabOption = None,
     device: DeviceOption = "auto",
     accept_data_change: AcceptDataChangeFlag = False,
     as_json: JsonFlag = False,
@@ -94,6 +97,7 @@ def command(
     from cellmorphnet.inference import sort_into as copy_sorted
     from cellmorphnet.inference.output import check_sort_folder
     from cellmorphnet.inference.pipeline import files_of, infer_files
+    from cellmorphnet.labs import profile as profiles
     from cellmorphnet.runs import folders as runs
     from cellmorphnet.runs.load import load_run_model
     from cellmorphnet.runtime import distributed
@@ -119,10 +123,11 @@ def command(
     rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept_data_change)
     for field in rm.record_mismatch:
         output.warn(f"Using the checkpoint's {field}: config.json differs (accepted).")
+    lab_values, home_only = profiles.resolve(lab, rm, home)
     options = inference_options(rm.record, crop=crop, crop_fraction=crop_fraction, colour_match=colour_match,
                                 adapt_bn=adapt_bn, classes=classes_only, tta=tta, stain_norm=stain_norm,
                                 scale_views=scale_views, stain_contrast=stain_contrast, cells=cells,
-                                max_cells=max_cells)  # fmt: skip
+                                max_cells=max_cells, lab=lab_values, home=home_only)  # fmt: skip
     with output.progress("Classifying") as cb:
         result = infer_files(rm, files, options, missing=missing, batch_size=batch_size, top_k=top_k,
                              workers=workers, min_confidence=min_confidence, count_edge_cells=count_edge_cells,
@@ -166,10 +171,13 @@ def command(
     table.add_column("class")
     table.add_column(unit, justify="right")
     table.add_column("share", justify="right")
+    table.add_column("for review", justify="right")
+    review = Counter(p.predicted for p in ok if p.verdict == "review")
     for c in classes:
         n = counts[c]
-        table.add_row(c, f"{n:,}", f"{n / max(len(ok), 1):.1%}")
+        table.add_row(c, f"{n:,}", f"{n / max(len(ok), 1):.1%}", f"{review[c]:,}")
     output.out.print(table)
+    _report_verdicts(summary["verdicts"])
     if fields_seen:
         _print_fields(fields_seen, diff, preds)
     if out is None and ok:
@@ -196,6 +204,17 @@ def command(
             raise InvalidData(f"None of the {len(preds)} files could be read; see the skipped-files report above.")
         output.err.print(f"[yellow]Skipped {len(skipped)} of {len(preds)} files[/yellow]; the others were classified.")
         raise typer.Exit(result.exit_code)
+
+
+def _report_verdicts(v) -> None:
+    """Classified and for-review counts, the reasons, and the next step where most cells need a person."""
+    if not v["classified"] and not v["review"]:
+        return
+    reasons = "; ".join(f"{n} {why}" for why, n in v["reasons"].items())
+    output.info(f"Verdicts: {v['classified']} classified, {v['review']} for review" + (f" ({reasons})." if reasons
+                else ".") + " Columns 'verdict' and 'review_reason'.")  # fmt: skip
+    if v["next_step"]:
+        output.warn(v["next_step"])
 
 
 def _print_fields(fields_seen, diff, preds) -> None:
@@ -227,6 +246,9 @@ def _print_fields(fields_seen, diff, preds) -> None:
     if diff["edge_cells"]:
         notes.append(f"{diff['edge_cells']} cells cut by a field's border are "
                      + ("counted" if diff["edge_cells_counted"] else "left out (--count-edge-cells counts them)"))
+    if diff["awaiting_review"]:
+        notes.append(f"{diff['awaiting_review']} cells ({diff['awaiting_review_percent']:.1f}%) await review and are "
+                     "not counted")  # fmt: skip
     if diff["low_confidence"]:
         notes.append(f"{diff['low_confidence']} below the confidence threshold are counted apart: check them by eye")
     if notes:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cellmorphnet.cli._options import DeviceOption, MaxCellsOption, home_of
+from cellmorphnet.cli._options import DeviceOption, LabOption, MaxCellsOption, home_of
 from cellmorphnet.cli.output import output
 from cellmorphnet.serve.settings import Limits
 
@@ -100,6 +100,7 @@ def command(
         float, typer.Option("--max-json-kb", help="Size of a JSON body (a review), in KB.")
     ] = LIMITS.max_json_bytes / 1024,
     max_cells: MaxCellsOption = None,
+    lab: LabOption = None,
 ) -> None:
     from cellmorphnet.errors import ConfigError
     from cellmorphnet.runs import folders as runs
@@ -140,7 +141,7 @@ def command(
                     max_json_bytes=int(max_json_kb * 1024))  # fmt: skip
     output.info(f"Loading {run_dir.name} …")
     service = ModelService(run_dir, checkpoint, device, max_batch=max_batch, max_wait_ms=batch_wait_ms, limits=limits,
-                           max_cells=max_cells)  # fmt: skip
+                           max_cells=max_cells, lab=lab, home=home_of(ctx))  # fmt: skip
     service.warm_up()  # a broken run fails here, before the port opens
     if host not in LOCAL_HOSTS and not token:
         output.warn(f"Listening on {host} without a token: anyone who can reach this machine can use the model. "

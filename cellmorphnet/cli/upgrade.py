@@ -24,6 +24,6 @@ def command(ctx: typer.Context, run: RunArg, as_json: JsonFlag = False) -> None:
     run_dir = runs.resolve_run(run, home)
     output.info(f"Measuring the training images' stain for {run_dir.name} …")
     result = upgrade_run(run_dir, home)
-    said = (f"Added the stain reference to {result['run']}: its stain normalisation and contrast now work."
+    said = (f"Updated {result['run']}: its stain reference and trust reference are in place."
             if result["changed"] else f"{result['run']} is already up to date.")  # fmt: skip
     output.result(result, lambda: output.info(said), as_json=as_json)

@@ -47,13 +47,14 @@ from cellmorphnet.inference.images import (
     read_image,
     single_view,
 )
-from cellmorphnet.inference.options import DEFAULT_TTA, InferenceOptions, inference_options
+from cellmorphnet.inference.options import DEFAULT_TTA, InferenceOptions, LabSet, inference_options
 from cellmorphnet.inference.output import check_results_path, sort_into, write_results
 from cellmorphnet.inference.predict import (
     COLOUR_DISTANCE_WARN,
     ORIENTATIONS_PER_SCALE,
     Prediction,
     class_probs,
+    judged,
     predict_files,
     to_prediction,
 )
@@ -63,7 +64,7 @@ __all__ = [
     "ADAPT_BN_MAX_IMAGES", "COLOUR_DISTANCE_WARN", "CONTRAST_MAX_IMAGES", "CONTRAST_ROUNDS", "DEFAULT_ADAPT_BN",
     "DEFAULT_COLOUR_MATCH", "DEFAULT_SCALE_VIEWS", "DEFAULT_STAIN_CONTRAST", "DEFAULT_STAIN_NORM", "DEFAULT_TTA",
     "CELL_MODES", "MIN_COLOUR_SET", "ORIENTATIONS_PER_SCALE", "SCALE_VIEWS", "CellItem", "Framing", "ImageInfo",
-    "InferenceOptions", "Item", "Loaded", "find_cells",
+    "InferenceOptions", "Item", "LabSet", "Loaded", "find_cells", "judged",
     "Prediction", "Survey", "Upload", "adapt_batch_norm", "check_results_path", "class_probs", "collect_files",
     "contrast_sample", "crop_box", "crop_sides", "inference_options", "load", "load_all", "predict_files",
     "prepare_set", "preprocess", "read_error", "read_image", "settle_contrast", "single_view", "sort_into",

@@ -1,13 +1,17 @@
-"""Set-level adaptation: what a first look at a whole set of images finds, and how it moves the set toward the
-training images (framing scale, stain normalisation, stain contrast, colour match, AdaBN).
+"""What a first look at images finds, and the lab-level steps that move them toward the training images
+(framing scale, stain normalisation, stain contrast, colour match, AdaBN).
 
-Stain, lamp, camera and magnification belong to the lab, not to one image, so scale and colour are taken
-from the set: ``survey_files`` finds each image's cell, the set's crop side (``cellfinder``), its colours
-and its nuclei's optical density; ``settle_contrast`` the set's stain contrast, with the model's help.
+By default each image is framed at the side its own cell implies and nothing else is taken from the set, so
+a cell's answer depends on its own file only. Stain, lamp, camera and magnification belong to the lab, so the
+lab-level values come from a lab profile (``labs``), measured once on a folder of that lab's images with the
+same functions: ``survey_files`` finds each image's cell and implied side, the set's colours and its nuclei's
+optical density; ``settle_contrast`` the set's stain contrast, with the model's help. Asked for explicitly
+without a profile (``--stain-norm``, ``--colour-match``, ``--adapt-bn``), they are measured on the set sent.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
@@ -20,25 +24,22 @@ from cellmorphnet.runtime.distributed import SINGLE, Group
 from cellmorphnet.vision import colour
 from cellmorphnet.vision.cellfinder import Nucleus, crop_side_of, find_nucleus, implied_side
 
-# Defaults decided by measurement on another lab's cells and on PBC's own JPEGs with the default model
-# (docs/benchmarks.md, "Generalisation to another lab"): the set-level colour match helped the 64 px-input
-# model (+2.3 points) but costs the 96 px default 4.7 points, and AdaBN lowered the balanced accuracy with
-# both, so both are off unless asked for. The stain normalisation lifted ten of eleven models there (8.4
-# points on average; the default recipe's four seeds by 4.7, 9.3, 20.9 and 13.0) and left PBC's JPEGs
-# within one image of 240, so it is on.
+# The colour match and AdaBN are off unless asked for: the colour match cost the 96 px default 4.7 points on
+# another lab's cells and AdaBN lowered both models (docs/benchmarks.md, "Generalisation to another lab").
+# The stain normalisation and the stain contrast lifted the other lab's figures when measured on its whole
+# set (docs/benchmarks.md, "Stain normalisation", "Stain contrast"): they are on wherever a lab profile gives
+# the lab's values, and off without one (measured on one image they help little: "Lab profiles").
 DEFAULT_COLOUR_MATCH = False
 DEFAULT_ADAPT_BN = False
-DEFAULT_STAIN_NORM = True
+DEFAULT_STAIN_NORM = True  # with a lab profile that has a stain
 ADAPT_BN_MAX_IMAGES = 2048  # images used to re-estimate batch-norm statistics
 # The colour match and the stain normalisation need a set: one image's colours are mostly its own cell's
 # (matching single images cost 8 points on PBC's JPEGs, docs/benchmarks.md). Smaller sets are classified
 # as they come.
 MIN_COLOUR_SET = 16
 # The stain contrast (``settle_contrast``): measured on at most this many images of a set, one view each,
-# in this many rounds of classifying and estimating. On by default: on another lab's cells it lifted the
-# default recipe's four seeds by 1.6 to 5.5 points (mean 0.772 -> 0.806) and left PBC's JPEGs as they were
-# (docs/benchmarks.md, "Stain contrast").
-DEFAULT_STAIN_CONTRAST = True
+# in this many rounds of classifying and estimating.
+DEFAULT_STAIN_CONTRAST = True  # with a lab profile that has a contrast
 CONTRAST_MAX_IMAGES = 512
 CONTRAST_ROUNDS = 3
 
@@ -49,14 +50,21 @@ class Survey:
     ``cellfinder``), and the set's colour statistics (see ``colour.match``)."""
 
     nuclei: dict[Item, Nucleus | None]
-    side: float | None  # None: no cell found anywhere, every image is cropped at the centre
+    side: float | None  # one crop side for every image (a lab profile's); None: each image's own (``sides``)
     colour: dict[str, list[float]] | None = None  # the set's CIELAB mean and std, where colour matching is on
-    stain: list[float] | None = None  # the set's nucleus optical density, where stain normalisation is on
-    contrast: float | None = None  # the set's stain-contrast power, where it is applied (``settle_contrast``)
+    stain: list[float] | None = None  # the nucleus optical density normalised from, where stain normalisation is on
+    contrast: float | None = None  # the stain-contrast power, where it is applied (``settle_contrast``)
+    sides: dict[Item, float | None] = dataclasses.field(default_factory=dict)  # each image's own implied side
 
     def of(self, path: Item) -> tuple[Nucleus | None, float | None]:
         n = self.nuclei.get(path)
-        return (n, self.side) if n is not None and self.side is not None else (None, None)
+        side = self.side if self.side is not None else self.sides.get(path)
+        return (n, side) if n is not None and side is not None else (None, None)
+
+    @property
+    def set_side(self) -> float | None:
+        """The crop side of the set as a whole (the median of its images' own): what a lab profile keeps."""
+        return crop_side_of(self.sides.values())
 
 
 def _look(path: Item, policy: InferencePolicy, with_colour: bool, with_stain: bool = False):
@@ -78,19 +86,20 @@ def _look(path: Item, policy: InferencePolicy, with_colour: bool, with_stain: bo
 
 def survey_files(files: list[Item], policy: InferencePolicy, workers: int = 2, colour_match: bool = False,
                  stain_norm: bool = False, group: Group = SINGLE) -> Survey:  # fmt: skip
-    """Look at every file once (in a thread pool): find the cells, the set's crop side, colours and nucleus density.
+    """Look at every file once (in a thread pool): find each one's cell and the crop side it implies; with
+    ``colour_match`` or ``stain_norm`` (set-level steps, asked for), the set's colours and nucleus density too.
     In a distributed job each rank looks at its block and every rank gets the whole survey."""
     stain_norm = stain_norm and policy.stain is not None
     if not (policy.crop == "cell" and policy.nucleus_fraction) and not colour_match and not stain_norm:
-        return Survey({}, None)
+        return Survey({}, None)  # (centre crops: nothing to look for)
     # the server's requests (workers 1): no pool to start
     found = group.map(lambda f: _look(f, policy, colour_match, stain_norm), files, workers)
     moments = [m for _, _, m, _ in found if m is not None]
     source = colour.from_moments(moments) if colour_match and len(moments) >= MIN_COLOUR_SET else None
     densities = [d for *_, d in found if d is not None]
     density = colour.set_density(densities) if stain_norm and len(densities) >= MIN_COLOUR_SET else None
-    return Survey({f: n for f, (n, *_) in zip(files, found, strict=True)}, crop_side_of([s for _, s, *_ in found]),
-                  source, density)  # fmt: skip
+    return Survey({f: n for f, (n, *_) in zip(files, found, strict=True)}, None, source, density,
+                  sides={f: s for f, (_, s, *_) in zip(files, found, strict=True)})  # fmt: skip
 
 
 def settle_contrast(survey: Survey, policy: InferencePolicy, arrays: list[np.ndarray], classes: list[str],

@@ -29,7 +29,7 @@ class ImageInfo:
 
     kind: str  # "crop" or "field"
     cells: int = 1
-    diameter: float | None = None  # the red-cell diameter used (the set's), in the image's pixels
+    diameter: float | None = None  # the red-cell diameter used (its own, or the lab's), in the image's pixels
     own_diameter: float | None = None  # measured on this image alone
     note: str | None = None  # why a field was taken as one cell instead
     size: tuple[int, int] | None = None  # width and height of a field
@@ -78,13 +78,17 @@ def _cells(item: Item, diameter: float, max_cells: int) -> list[CellItem]:
 
 
 def find_cells(items: list[Item], mode: str = "auto", workers: int = 2, group: Group = SINGLE, *,
-               max_cells: int = fields.DEFAULT_MAX_CELLS) -> tuple[list[Item], dict[Item, ImageInfo], dict[Item, str]]:
+               max_cells: int = fields.DEFAULT_MAX_CELLS,
+               diameter: float | None = None) -> tuple[list[Item], dict[Item, ImageInfo], dict[Item, str]]:
     """Every item as it will be classified: crops as they are, each field replaced by its cells (a field with
     none drops out); per original item, how it was taken; and the fields refused, with the reason (too large, or
     more than ``max_cells`` cells).
 
     In a distributed job each rank reads its block of the files and every rank gets the whole answer, the
-    set's one scale included (``distributed.Group.map``)."""
+    set's one scale included (``distributed.Group.map``).
+
+    Each field is read at its own red cells' diameter, so its cells do not depend on what else was sent with it;
+    ``diameter`` (a lab profile's) replaces every field's own where given."""
     if mode not in CELL_MODES:
         raise InvalidData(f"--cells must be one of {', '.join(CELL_MODES)}, not '{mode}'.")
     if mode == "one":
@@ -96,9 +100,9 @@ def find_cells(items: list[Item], mode: str = "auto", workers: int = 2, group: G
                for i in candidates if sizes[i][0] * sizes[i][1] > fields.MAX_FIELD_PIXELS}  # fmt: skip
     candidates = [i for i in candidates if i not in refused]  # refused from the header, never decoded
     measured = dict(zip(candidates, group.map(_diameter, candidates, workers), strict=True))
-    diameter = fields.set_diameter(measured.values())
-    searched = candidates if diameter is not None else []
-    found = dict(zip(searched, group.map(lambda i: _safe_cells(i, diameter, max_cells), searched, workers),
+    scale = {i: diameter or measured[i] for i in candidates}
+    searched = [i for i in candidates if scale[i]]
+    found = dict(zip(searched, group.map(lambda i: _safe_cells(i, scale[i], max_cells), searched, workers),
                      strict=True))  # fmt: skip
     refused.update({i: f"not searched: {why}" for i, why in found.items() if isinstance(why, str)})
     found = {i: cells for i, cells in found.items() if not isinstance(cells, str)}
@@ -109,7 +113,7 @@ def find_cells(items: list[Item], mode: str = "auto", workers: int = 2, group: G
             continue
         cells = found.get(item)
         if cells is not None:
-            info[item] = ImageInfo("field", len(cells), diameter, measured.get(item), size=sizes[item])
+            info[item] = ImageInfo("field", len(cells), scale[item], measured.get(item), size=sizes[item])
             out.extend(cells)
         else:  # a crop; or a field without red cells to measure (or unreadable: its error comes later)
             note = "no red cells to measure the scale: taken as one cell" if item in candidates else None

@@ -3,10 +3,11 @@
 Counted: every classified cell of a white-cell type (``data.taxonomy.WHITE_CELLS`` among the run's classes),
 except images in which no cell was found (blank, too small: ``no_cell_found``, never counted), cells cut by a
 field's border (a lab leaves those out; ``include_edge`` counts them) and cells below the confidence threshold
-(``low_confidence``: counted apart, to be checked by eye). Each type gets its count, its share of the counted
-white cells and the 95% Wilson interval of that share. Nucleated red cells (erythroblasts) are not white cells:
-they are reported per 100 white cells, as labs do. Anything else the model calls a cell (a platelet clump) is
-listed as other.
+(``low_confidence``: counted apart, to be checked by eye). Cells whose verdict is ``review`` are not counted
+either: ``awaiting_review`` says how many a person decides (as an analyser reports its unidentified share).
+Each type gets its count, its share of the counted white cells and the 95% Wilson interval of that share.
+Nucleated red cells (erythroblasts) are not white cells: they are reported per 100 white cells, as labs do.
+Anything else the model calls a cell (a platelet clump) is listed as other.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ def differential(preds, classes: list[str], *, include_edge: bool = False) -> di
     cells = [p for p in classified if p.cell_found]
     edge = [p for p in cells if p.cell is not None and p.cell.edge]
     counted = cells if include_edge else [p for p in cells if p not in edge]
+    review = [p for p in counted if getattr(p, "verdict", None) == "review"]
+    counted = [p for p in counted if getattr(p, "verdict", None) != "review"]
     low = [p for p in counted if p.low_confidence]
     sure = [p for p in counted if not p.low_confidence]
     counts = Counter(p.predicted for p in sure)
@@ -56,6 +59,8 @@ def differential(preds, classes: list[str], *, include_edge: bool = False) -> di
         "nrbc_per_100_wbc": round(100 * nrbc / n_white, 1) if nrbc is not None and n_white else None,
         "other": other,
         "low_confidence": len(low),
+        "awaiting_review": len(review),
+        "awaiting_review_percent": round(100 * len(review) / (len(review) + len(counted)), 1) if review else 0.0,
         "edge_cells": len(edge),
         "edge_cells_counted": include_edge,
         "images": len({p.source for p in preds}),

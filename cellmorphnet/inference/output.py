@@ -91,8 +91,9 @@ def write_results(preds: list[Prediction], out: Path, summary: dict[str, Any]) -
     header = ["path", "cell", "kind", "x0", "y0", "x1", "y1", "edge", "status", "predicted", "confidence"]
     for i in range(1, k + 1):
         header += [f"top{i}", f"top{i}_probability"]
-    w.writerow([*header, "framing", "cell_found", "colour_step", "stain_contrast", "colour_distance", "unlike_training",
-                "low_confidence", "rbc_diameter_px", "error"])  # fmt: skip
+    w.writerow([*header, "verdict", "review_reason", "typicality", "framing", "cell_found", "colour_step",
+                "stain_contrast", "colour_distance", "unlike_training", "low_confidence", "rbc_diameter_px",
+                "error"])  # fmt: skip
     for p in preds:
         c, info = p.cell, p.image
         place = [str(c.index), *map(str, c.box), "yes" if c.edge else "no"] if c else [""] * 6
@@ -106,7 +107,9 @@ def write_results(preds: list[Prediction], out: Path, summary: dict[str, Any]) -
         contrast = "" if p.stain_contrast is None else f"{p.stain_contrast:.3f}"
         scale = "" if info is None or info.diameter is None else f"{info.diameter:.1f}"
         found = "" if unread else ("yes" if p.cell_found else "no")
-        row = [*row, p.framing or "", found, p.colour_step or "", contrast, dist, *flags, scale, p.error or ""]
+        typical = "" if p.typicality is None else f"{p.typicality:.4f}"
+        row = [*row, p.verdict or "", p.review_reason or "", typical, p.framing or "", found, p.colour_step or "",
+               contrast, dist, *flags, scale, p.error or ""]  # fmt: skip
         w.writerow([spreadsheet_safe(c) for c in row])  # file names are the user's: never a formula
     with atomic_path(out) as tmp:
         tmp.write_text(buf.getvalue(), encoding="utf-8")

@@ -106,6 +106,9 @@ def summarise(result: InferResult, rm, options: InferenceOptions, *, min_confide
         "framing": dict(Counter(p.framing for p in ok)),
         "unlike_training": sum(p.unusual for p in ok),
         "low_confidence": sum(p.low_confidence for p in ok),
+        "verdicts": verdict_counts(ok),
+        "per_image_answers": options.per_image,
+        "lab": options.to_dict()["lab"],
         "min_confidence": min_confidence,
         "images": len({p.source for p in preds}),
         "fields": len(result.fields),
@@ -116,3 +119,21 @@ def summarise(result: InferResult, rm, options: InferenceOptions, *, min_confide
         "differential": differential(preds, rm.classes, include_edge=count_edge_cells),
         "per_image": [{"path": str(s), **i.to_dict()} for s, i in taken.items()],
     }
+
+
+MOSTLY_REVIEW = 0.5  # above this share of cells for review, the set is said to be unlike what the model vouches for
+
+
+def verdict_counts(ok: list[Prediction]) -> dict[str, Any]:
+    """How many cells were classified and how many go to a person, with the reasons, and the next step where most
+    go to review."""
+    judged = [p for p in ok if p.verdict is not None]
+    review = [p for p in judged if p.verdict == "review"]
+    out: dict[str, Any] = {"classified": len(judged) - len(review), "review": len(review),
+                           "reasons": dict(Counter(p.review_reason for p in review).most_common()), "next_step": None}
+    if judged and len(review) > MOSTLY_REVIEW * len(judged):
+        out["next_step"] = (f"{len(review)} of {len(judged)} cells need a person: these images are unlike what the "
+                            "model can vouch for. Make a lab profile (cellmorphnet lab create NAME FOLDER, then --lab "
+                            "NAME), review the cells (cellmorphnet serve), and adapt the model to the reviewed cells "
+                            "(cellmorphnet train --init).")  # fmt: skip
+    return out

@@ -19,6 +19,7 @@ from cellmorphnet.inference.cells import ImageInfo, find_cells, source_of
 from cellmorphnet.inference.images import CellItem, Item, Upload, single_view
 from cellmorphnet.inference.options import InferenceOptions
 from cellmorphnet.inference.prepare import NO_CELL, Loaded, prepare_set
+from cellmorphnet.inference.verdict import verdict
 from cellmorphnet.runs.record import InferencePolicy
 from cellmorphnet.runtime.distributed import SINGLE, Group
 
@@ -41,6 +42,9 @@ class Prediction:
     stain_contrast: float | None = None  # the set's stain-contrast power where it was applied (colour.apply_contrast)
     image: ImageInfo | None = None  # how its image was taken: a crop, or a field with its scale (inference.cells)
     no_cells: bool = False  # a field in which no white cell was found (no class)
+    verdict: str | None = None  # "classified" or "review" (inference.verdict); None where nothing was classified
+    review_reason: str | None = None  # why a person should look
+    typicality: float | None = None  # similarity to the run's training cells (runs.trust)
 
     @property
     def source(self) -> Path | Upload:
@@ -89,17 +93,21 @@ class Prediction:
             "stain_contrast": self.stain_contrast,
             "unlike_training": self.unusual,
             "low_confidence": self.low_confidence,
+            "verdict": self.verdict,
+            "review_reason": self.review_reason,
+            "typicality": None if self.typicality is None else round(self.typicality, 4),
             "error": self.error,
         }
 
 
 def class_probs(model, arrays: list[np.ndarray], policy: InferencePolicy, *, device, channels_last: bool = False,
-                tta: bool = False, temperature: float = 1.0, keep=None) -> np.ndarray:  # fmt: skip
+                tta: bool = False, temperature: float = 1.0, keep=None, features: bool = False):  # fmt: skip
     """The model's calibrated class probabilities (N, C) for prepared arrays (HxWx3, or SxHxWx3 for one image at
     S crop sides, see ``prepare.load``, whose probabilities are averaged).
 
     ``tta`` averages the 8 flips and quarter turns (4 orientations at each of several crop sides); ``keep``
-    (class indices) restricts the softmax to them.
+    (class indices) restricts the softmax to them. With ``features``, ``(probs, feats)``: also each image's pooled
+    features (the classifier's input), averaged over its views (``runs.trust``).
     """
     import torch
 
@@ -108,6 +116,14 @@ def class_probs(model, arrays: list[np.ndarray], policy: InferencePolicy, *, dev
 
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out: list[np.ndarray | None] = [None] * len(arrays)
+    feats: list[np.ndarray | None] = [None] * len(arrays)
+
+    def run(v):
+        if not features:
+            return model(v).float().cpu(), None
+        f = model.forward_head(model.forward_features(v), pre_logits=True)
+        return model.get_classifier()(f).float().cpu(), f.float().cpu()
+
     for ndim, views in ((3, ORIENTATIONS), (4, ORIENTATIONS_PER_SCALE)):
         idx = [i for i, a in enumerate(arrays) if a.ndim == ndim]
         if not idx:
@@ -118,13 +134,18 @@ def class_probs(model, arrays: list[np.ndarray], policy: InferencePolicy, *, dev
         x = eval_transform(x, policy.image_size, policy.mean, policy.std).contiguous(memory_format=fmt)
         with torch.no_grad():
             turned = oriented(x, views if tta else views[:1])  # in x's memory format
-            logits = torch.stack([model(v).float().cpu() for v in turned]) / temperature
+            ran = [run(v) for v in turned]
+            logits = torch.stack([lg for lg, _ in ran]) / temperature
         if keep is not None:
             logits = torch.full_like(logits, float("-inf")).index_copy(2, keep, logits.index_select(2, keep))
         probs = logits.softmax(2).mean(0).reshape(len(idx), n_sides, -1).mean(1).numpy()
+        pooled = (torch.stack([f for _, f in ran]).mean(0).reshape(len(idx), n_sides, -1).mean(1).numpy()
+                  if features else None)  # fmt: skip
         for j, i in enumerate(idx):
             out[i] = probs[j]
-    return np.stack(out)
+            if pooled is not None:
+                feats[i] = pooled[j]
+    return (np.stack(out), np.stack(feats)) if features else np.stack(out)
 
 
 def to_prediction(loaded: Loaded, probs: np.ndarray, classes: list[str], k: int) -> Prediction:
@@ -136,6 +157,25 @@ def to_prediction(loaded: Loaded, probs: np.ndarray, classes: list[str], k: int)
     return Prediction(loaded.item, top[0][0], top[0][1], top, framing=f.label if f else None, box=f.box if f else None,
                       colour_distance=loaded.colour_distance, colour_step=f.colour_step if f else None,
                       stain_contrast=f.stain_contrast if f else None)  # fmt: skip
+
+
+def judged(loaded: list[Loaded], rows: np.ndarray, feats: np.ndarray, classes: list[str], k: int, *, trust,
+           options: InferenceOptions) -> list[Prediction]:  # fmt: skip
+    """Predictions of loaded cells from their probabilities and pooled features, each with its verdict
+    (``inference.verdict``): the run's trust reference (``runs.trust``, None for a run without one) and the lab
+    profile's conformal calibration, where there is one, decide it."""
+    marks = (trust.typical, trust.home) if trust is not None else None
+    conformal = options.lab.conformal if options.lab is not None else None
+    typical = trust.typicality(feats) if trust is not None and len(loaded) else [None] * len(loaded)
+    out = []
+    for x, row, t in zip(loaded, rows, typical, strict=True):
+        p = to_prediction(x, row, classes, k)
+        p.typicality = None if t is None else float(t)
+        p.verdict, p.review_reason = verdict(predicted=p.predicted, confidence=p.confidence, cell_found=p.cell_found,
+                                             typicality=p.typicality, marks=marks, probs=row, classes=classes,
+                                             conformal=conformal)  # fmt: skip
+        out.append(p)
+    return out
 
 
 def predict_files(
@@ -174,7 +214,8 @@ def predict_files(
 
     if options.adapt_bn and group.active:
         raise ConfigError("--adapt-bn needs every image in one process: run it without torchrun.")
-    items, taken, refused = find_cells(files, options.cells, workers, group, max_cells=options.max_cells)
+    items, taken, refused = find_cells(files, options.cells, workers, group, max_cells=options.max_cells,
+                                       diameter=options.lab.rbc_diameter if options.lab else None)  # fmt: skip
     _, loaded = prepare_set(items, options, classes, lambda arrays: probs(arrays, False), workers=workers,
                             window=max(2 * batch_size, 8), group=group)  # fmt: skip
     start, stop = group.shard(len(items))
@@ -191,9 +232,9 @@ def predict_files(
 
     def flush() -> None:
         if batch:
-            rows = class_probs(model, [x.array for x in batch], policy, device=dev, channels_last=channels_last,
-                               tta=options.tta, temperature=options.temperature, keep=keep)  # fmt: skip
-            preds.extend(to_prediction(x, row, classes, k) for x, row in zip(batch, rows, strict=True))
+            rows, feats = class_probs(model, [x.array for x in batch], policy, device=dev, channels_last=channels_last,
+                                      tta=options.tta, temperature=options.temperature, keep=keep, features=True)
+            preds.extend(judged(batch, rows, feats, classes, k, trust=rm.trust, options=options))
             batch.clear()
 
     done = 0

@@ -1,9 +1,10 @@
 """One function prepares a set of images for the model: ``prepare_set``. ``infer``, ``eval --on``, the Python
 API and ``serve`` all call it, so a file gets the same prediction from each of them by construction.
 
-A first pass over the set (``adaptation.survey_files``) finds the cells and the set's colours and nucleus
-density before any prediction, so every image is decoded twice on the default path, and a sample of up to
-``adaptation.CONTRAST_MAX_IMAGES`` once more for the stain contrast (classified one view each, three times).
+A first pass (``adaptation.survey_files``) finds each image's cell before any prediction, so every image is
+decoded twice. By default each image is then framed on its own; a lab profile (``options.lab``) supplies the
+lab's crop side, stain and contrast. Only set-level steps asked for without a profile are measured on the set
+(its colours, nucleus density, and a sample of up to ``adaptation.CONTRAST_MAX_IMAGES`` for the contrast).
 Decoding runs in a thread pool ahead of the model (PIL releases the GIL while decoding), so images are read
 while the network works on the previous batch. Unreadable files are reported, never fatal.
 """
@@ -20,7 +21,7 @@ import numpy as np
 from cellmorphnet.errors import InvalidData
 from cellmorphnet.inference.adaptation import Survey, contrast_sample, settle_contrast, survey_files
 from cellmorphnet.inference.images import Item, crop_box, crop_sides, preprocess, read_error, read_image
-from cellmorphnet.inference.options import InferenceOptions
+from cellmorphnet.inference.options import InferenceOptions, LabSet
 from cellmorphnet.runs.record import InferencePolicy
 from cellmorphnet.runtime.distributed import SINGLE, Group
 from cellmorphnet.vision import colour
@@ -117,9 +118,11 @@ def prepare_set(items: list[Item], options: InferenceOptions, classes: list[str]
     this rank's block (``group.shard``).
     """
     policy = options.policy
-    survey = survey_files(items, policy, workers, options.colour_match, options.stain_norm, group)
-    if policy.lab_set is not None:
-        survey = _lab_set(survey, options)
+    lab = options.lab
+    survey = survey_files(items, policy, workers, options.colour_match and lab is None,
+                          options.stain_norm and lab is None, group)  # fmt: skip
+    if lab is not None:
+        survey = _lab_set(survey, options, lab)
     elif options.stain_contrast and survey.stain is not None:
         first = survey
 
@@ -133,18 +136,11 @@ def prepare_set(items: list[Item], options: InferenceOptions, classes: list[str]
     return survey, load_all(items[start:stop], policy, survey, workers, window, crop_sides(policy, options.scale_views))
 
 
-def _lab_set(survey: Survey, options: InferenceOptions) -> Survey:
-    """An adapted run's set-level values: those of the lab's cells it trained on, for every set.
+def _lab_set(survey: Survey, options: InferenceOptions, lab: LabSet) -> Survey:
+    """The lab's values (a lab profile's, or those of the cells an adapted run trained on), for every image.
 
-    The survey of a set depends on what the set holds (a slide of neutrophils has denser nuclei and another
-    crop side than the reviewed cells, a few of each type), so each set's own values would show the adapted
-    model its lab's cells otherwise than it learned them; the lab's values keep them as they were (measured:
-    docs/benchmarks.md, "Adapting to a lab"). Each image's cell is still found in it; the switches of ``infer``
-    (``--no-stain-norm``, ``--no-stain-contrast``) still turn the steps off, and a set too small for its own
-    survey gets the lab's.
-    """
-    lab = options.policy.lab_set or {}
-    stain = lab.get("stain") if options.stain_norm and options.policy.stain is not None else None
-    contrast = lab.get("contrast") if stain is not None and options.stain_contrast else None
-    side = lab.get("side", survey.side) if survey.side is not None else None
-    return replace(survey, side=side, stain=stain, contrast=contrast)
+    Each image's cell is still found in it; the lab's crop side replaces the one its cell implies, and its
+    stain and contrast are applied unless switched off (``--no-stain-norm``, ``--no-stain-contrast``)."""
+    stain = lab.stain if options.stain_norm and options.policy.stain is not None else None
+    contrast = lab.contrast if stain is not None and options.stain_contrast else None
+    return replace(survey, side=lab.side, stain=stain, contrast=contrast)

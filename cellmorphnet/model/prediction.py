@@ -97,3 +97,21 @@ def predict_local(
         local = probs @ space.rows(name).float().cpu().T
         out[name] = {"labels": d["labels"].numpy(), "probs": local.numpy(), "losses": losses.numpy()}
     return out
+
+
+@torch.no_grad()
+def pooled_features(model: torch.nn.Module, images, *, image_size: int, mean, std, device: torch.device,
+                    batch_size: int = 64):  # fmt: skip
+    """Each prepared image's pooled features (the classifier's input; N x F, float32 numpy), averaged over the 8
+    flips and turns as ``infer`` reads a cell (``runs.trust``)."""
+    import numpy as np
+
+    from cellmorphnet.data.loader import eval_transform
+
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch_size])).to(device)
+        x = eval_transform(x, image_size, mean, std)
+        views = [model.forward_head(model.forward_features(v), pre_logits=True).float() for v in oriented(x)]
+        out.append(torch.stack(views).mean(0).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)

@@ -28,6 +28,7 @@ class RunModel:
     device: Any  # torch.device
     channels_last: bool  # the memory layout the model and its inputs use
     record_mismatch: list[str]  # fields where config.json differs from the checkpoint (accepted)
+    trust: Any = None  # runs.trust.TrustReference, or None for a run without one
 
     @property
     def classes(self) -> list[str]:
@@ -75,7 +76,10 @@ def load_run_model(
     model = model.to(dev).eval()
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return RunModel(model, record, int(state["epoch"]), path, dev, channels_last, mismatch)
+    from cellmorphnet.runs import trust
+
+    reference = trust.load(path.parent.parent, len(record.classes), getattr(model, "num_features", None))
+    return RunModel(model, record, int(state["epoch"]), path, dev, channels_last, mismatch, reference)
 
 
 def predict_split(

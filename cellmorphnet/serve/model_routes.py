@@ -93,8 +93,10 @@ def model_card(service: ModelService) -> dict[str, Any]:
         "datasets": datasets,
         "preprocessing": {**o.policy.to_dict(), "stain_norm": o.stain_norm, "colour_match": o.colour_match,
                           "stain_contrast": o.stain_contrast,
-                          "tta": o.tta, "temperature": o.temperature,
-                          "set": "the files of one request"},  # fmt: skip
+                          "tta": o.tta, "temperature": o.temperature, "lab": o.to_dict()["lab"],
+                          "set": "each file on its own" if o.per_image else "the files of one request"},  # fmt: skip
+        "verdicts": {"trust_reference": service.rm.trust is not None,
+                     "conformal": o.lab.conformal.to_dict() if o.lab and o.lab.conformal else None},  # fmt: skip
         "test_metrics": metrics,
         "device": str(service.rm.device),
         "micro_batching": {"max_batch": service.batcher.max_batch, "max_wait_ms": service.batcher.max_wait * 1000},

@@ -29,10 +29,10 @@ from cellmorphnet.inference import (
     class_probs,
     find_cells,
     inference_options,
+    judged,
     prepare_set,
     read_image,
     single_view,
-    to_prediction,
 )
 from cellmorphnet.serve.batching import DEFAULT_MAX_BATCH, DEFAULT_MAX_WAIT_MS, MicroBatcher
 from cellmorphnet.serve.settings import Limits
@@ -55,12 +55,15 @@ class ModelService:
 
     def __init__(self, run_dir: Path, which: str = "best", device: str = "auto", *,
                  max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-                 limits: Limits | None = None, max_cells: int | None = None) -> None:  # fmt: skip
+                 limits: Limits | None = None, max_cells: int | None = None, lab: str | None = None,
+                 home: Path | None = None) -> None:  # fmt: skip
+        from cellmorphnet.labs import profile as profiles
         from cellmorphnet.runs.load import load_run_model
 
         self.run_dir = Path(run_dir)
         self.rm = load_run_model(self.run_dir, which, device)
-        self.options = inference_options(self.rm.record, max_cells=max_cells)
+        lab_values, home_only = profiles.resolve(lab, self.rm, home)
+        self.options = inference_options(self.rm.record, max_cells=max_cells, lab=lab_values, home=home_only)
         self.limits = limits = limits or Limits()
         self.classes = self.rm.classes
         self.ready = False
@@ -81,9 +84,16 @@ class ModelService:
 
     # --- the model thread -------------------------------------------------------------------------
     def _forward(self, arrays: list[np.ndarray], tta: bool | None = None) -> np.ndarray:
+        """Class probabilities; on the main path (``tta`` None) with each image's pooled features after them on the
+        same row (the verdict's), so the micro-batcher slices one array."""
         o = self.options
-        return class_probs(self.rm.model, arrays, o.policy, device=self.rm.device, channels_last=self.rm.channels_last,
-                           tta=o.tta if tta is None else tta, temperature=o.temperature)  # fmt: skip
+        if tta is not None:
+            return class_probs(self.rm.model, arrays, o.policy, device=self.rm.device,
+                               channels_last=self.rm.channels_last, tta=tta, temperature=o.temperature)  # fmt: skip
+        probs, feats = class_probs(self.rm.model, arrays, o.policy, device=self.rm.device,
+                                   channels_last=self.rm.channels_last, tta=o.tta, temperature=o.temperature,
+                                   features=True)  # fmt: skip
+        return np.concatenate([probs, feats], axis=1)
 
     def warm_up(self) -> ModelService:
         """One real forward pass (and the checkpoint's digest), so the first request is not the slow one."""
@@ -180,9 +190,11 @@ class ModelService:
                                 "(--request-timeout): send fewer images per request.")  # fmt: skip
             batch = [x.array for x in ok[i : i + step]]
             parts.append(self.batcher.submit(batch, priority=0 if prepared.light else 1).result())
-        probs = np.concatenate(parts) if parts else []
-        k = max(1, min(top_k, len(self.classes)))
-        by_item = {x.item: to_prediction(x, row, self.classes, k) for x, row in zip(ok, probs, strict=True)}
+        rows = np.concatenate(parts) if parts else np.zeros((0, len(self.classes)))
+        c = len(self.classes)
+        k = max(1, min(top_k, c))
+        judged_ = judged(ok, rows[:, :c], rows[:, c:], self.classes, k, trust=self.rm.trust, options=self.options)
+        by_item = {x.item: p for x, p in zip(ok, judged_, strict=True)}
         preds = [by_item.get(x.item) or Prediction(x.item, error=x.error) for x in loaded]
         preds += [Prediction(u, error=why) for u, why in prepared.refused.items()]
         preds += [Prediction(u, no_cells=True) for u, i in prepared.taken.items() if i.kind == "field" and not i.cells]

@@ -72,3 +72,36 @@ def calibrate_run(run_dir, record, model, *, val_loader, data, device, precision
             checkpoint.save(state, path)
         record.save(run_dir)
     return calibration
+
+
+def write_trust(run_dir, record, model, *, data, device) -> dict:
+    """Measure and write the run's trust reference (``runs.trust``) from its first dataset's training and
+    validation splits (``data``, a ``TrainData``; see ``trust_reference``). Returns the marks."""
+    first = next(iter(record.datasets))
+    train, val = data.train[first], data.val[first]
+    ref = trust_reference(record, model, train.images.cpu().numpy(), train.labels_cpu.numpy(),
+                          val.images.cpu().numpy(), device=device)  # fmt: skip
+    ref.save(run_dir)
+    return {"typical": ref.typical, "home": ref.home, "reference_cells": len(ref.labels)}
+
+
+def trust_reference(record, model, train_images, train_labels, val_images, *, device="cpu"):
+    """The pooled features of a stratified sample of training cells and the typicality marks from the validation
+    cells, 8 views each, as ``infer`` reads a cell (``runs.trust.build``)."""
+    import numpy as np
+
+    from cellmorphnet.model.prediction import pooled_features
+    from cellmorphnet.runs import trust
+
+    labels = np.asarray(train_labels).ravel()
+    rng = np.random.default_rng(0)
+    keep = np.sort(np.concatenate([rng.permutation(np.nonzero(labels == c)[0])[:trust.REFERENCE_PER_CLASS]
+                                   for c in np.unique(labels)]))  # fmt: skip
+    model.eval()
+    pol = record.inference
+
+    def feats(images) -> np.ndarray:
+        return pooled_features(model, images, image_size=pol.image_size, mean=pol.mean, std=pol.std,
+                               device=torch.device(device))  # fmt: skip
+
+    return trust.build(feats(np.asarray(train_images)[keep]), labels[keep], feats(np.asarray(val_images)))

@@ -37,7 +37,7 @@ from cellmorphnet.runtime.devices import (
 )
 from cellmorphnet.training import schedule
 from cellmorphnet.training.augment import AUGMENTATIONS, Augment
-from cellmorphnet.training.calibration import calibrate_run
+from cellmorphnet.training.calibration import calibrate_run, write_trust
 from cellmorphnet.training.data import appearance, load_data, pick_data_size
 from cellmorphnet.training.ema import WeightAverage
 from cellmorphnet.training.engine import HISTORY_KEYS, adamw, evaluate, train_one_epoch
@@ -355,6 +355,8 @@ def _epochs(cfg, run_dir, record, *, lr_plan, model, optimizer, lr_schedule, sca
             log_line(f"calibrated: temperature {c['temperature']:.3f}, validation ECE {c['val_ece_before']:.4f} -> "
                      f"{c['val_ece_after']:.4f}")  # fmt: skip
             emit("calibrated", calibration=c)
+            marks = group.on_main(lambda: write_trust(run_dir, record, model, data=data, device=device))
+            log_line(f"trust reference: typicality marks {marks['typical']:.3f} and {marks['home']:.3f}")
     except KeyboardInterrupt as e:  # Ctrl-C, or checkpoint.Stopped for SIGTERM
         final_state = "interrupted"
         reason = f"stopped by {e.args[0]}" if isinstance(e, checkpoint.Stopped) else "stopped by SIGINT"

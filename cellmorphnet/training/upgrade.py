@@ -6,7 +6,8 @@ steps were added (``training.data.appearance``). ``upgrade_run`` measures them o
 training split exactly as training does (the same sample) and writes them into the run's ``config.json``
 and the record inside each of its checkpoints, atomically, leaving everything else as it was. Where the
 run already has a stain reference, the data must give the same nucleus density and background, or it is
-not the data the run was trained on and nothing is written.
+not the data the run was trained on and nothing is written. A run without a trust reference (``runs.trust``,
+which the verdicts use) gets one, measured on the same data.
 """
 
 from __future__ import annotations
@@ -16,9 +17,11 @@ from pathlib import Path
 from typing import Any
 
 from cellmorphnet.errors import DataChanged, RunError
-from cellmorphnet.runs import checkpoint
+from cellmorphnet.runs import checkpoint, trust
 from cellmorphnet.runs import folders as runs
+from cellmorphnet.runs.load import load_run_model
 from cellmorphnet.runs.record import RunRecord
+from cellmorphnet.training.calibration import trust_reference
 
 
 def upgrade_run(run_dir: Path, home: Path | None = None) -> dict[str, Any]:
@@ -47,12 +50,18 @@ def upgrade_run(run_dir: Path, home: Path | None = None) -> dict[str, Any]:
         raise DataChanged(f"{first.name} as prepared here is not what {run_dir.name} was trained on: its stain "
                           f"reference is {old.to_dict()}, the data gives {stain.to_dict()}.",
                           hint=f"Restore it with: {first.restore_command()}")  # fmt: skip
-    if old == stain:
-        return {"run": str(run_dir), "stain": stain.to_dict(), "changed": False}
     with runs.RunLock(run_dir):  # not while a training process writes the run
-        dataclasses.replace(record, inference=dataclasses.replace(record.inference, stain=stain)).save(run_dir)
-        for path in sorted((run_dir / "checkpoints").glob("*.pt")):
-            state = checkpoint.load(path)
-            state["record"]["inference"]["stain"] = stain.to_dict()
-            checkpoint.save(state, path)
-    return {"run": str(run_dir), "stain": stain.to_dict(), "changed": True}
+        if old != stain:
+            dataclasses.replace(record, inference=dataclasses.replace(record.inference, stain=stain)).save(run_dir)
+            for path in sorted((run_dir / "checkpoints").glob("*.pt")):
+                state = checkpoint.load(path)
+                state["record"]["inference"]["stain"] = stain.to_dict()
+                checkpoint.save(state, path)
+        marks = None
+        if not (run_dir / trust.TRUST_FILE).exists() and record.parent is None:
+            rm = load_run_model(run_dir, device="cpu")
+            val = store.load_split(first.name, first.size, "val", home)
+            ref = trust_reference(rm.record, rm.model, split.images, split.labels, val.images)
+            ref.save(run_dir)
+            marks = {"typical": ref.typical, "home": ref.home}
+    return {"run": str(run_dir), "stain": stain.to_dict(), "trust": marks, "changed": old != stain or bool(marks)}

@@ -66,16 +66,16 @@ def test_the_merge_of_many_pieces_is_quadratic_not_cubic():
 def test_a_field_with_more_cells_than_the_budget_is_refused_with_the_reason(tmp_path, cli):
     folder = tmp_path / "fields"
     folder.mkdir()
-    for n in ("00176", "00000"):  # two white cells, then one, at the two fields' scale
+    for n in ("00010", "00000"):  # two white cells, then one, each at its own red cells' scale
         (folder / f"{n}.jpg").write_bytes(_bccd(n))
-    img = Image.open(folder / "00176.jpg").convert("RGB")
+    img = Image.open(folder / "00010.jpg").convert("RGB")
     with pytest.raises(fields.TooManyCells, match="the limit is 1"):
-        fields.find_white_cells(img, 94.0, max_cells=1)
+        fields.find_white_cells(img, fields.rbc_diameter(img), max_cells=1)
     out = tmp_path / "p.json"
     r = cli("infer", "bloodmnist", folder, "--max-cells", "1", "--out", out)
     assert r.exit_code == 3, r  # the one refused, listed with the reason; the other classified
     rows = {p["path"].split("/")[-1]: p for p in json.loads(out.read_text())["predictions"]}
-    assert "--max-cells" in rows["00176.jpg"]["error"] and rows["00000.jpg"]["status"] == "ok"
+    assert "--max-cells" in rows["00010.jpg"]["error"] and rows["00000.jpg"]["status"] == "ok"
     assert_one_line_error(cli("infer", "bloodmnist", folder, "--max-cells", "0"), "--max-cells")
 
 

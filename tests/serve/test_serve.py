@@ -60,7 +60,8 @@ def test_model_card(client, service):
     assert card["datasets"][0]["name"] == "bloodmnist" and card["datasets"][0]["licence"] == "CC BY 4.0"
     assert card["test_metrics"]["bloodmnist"]["accuracy"] > 0.97  # the shipped run was evaluated
     assert card["preprocessing"]["crop"] == "cell" and card["preprocessing"]["tta"] is True
-    assert card["preprocessing"]["stain_norm"] and card["preprocessing"]["stain_contrast"]  # what the page shows
+    assert card["preprocessing"]["set"] == "each file on its own" and card["preprocessing"]["lab"] is None
+    assert not card["preprocessing"]["stain_norm"] and card["verdicts"]["trust_reference"]  # what the page shows
     assert card["datasets"][0]["verified"] is False  # this project's PBC rebuild, not the official BloodMNIST file
     assert "not a medical device" in card["notice"]
     with warnings.catch_warnings():
@@ -365,10 +366,12 @@ def test_serve_and_infer_agree_on_smear_fields(client, service, tmp_path):
     got = [(r["file"], c["cell"], tuple(c["box"]), c["edge"], c["predicted"])
            for r in body["results"] for c in r["cells"]]  # fmt: skip
     assert got == [(p.source.name, p.cell.index, p.cell.box, p.cell.edge, p.predicted) for p in want]
-    assert len(got) == 3 and body["results"][0]["predicted"] is None
+    assert len(got) == 2 and body["results"][0]["predicted"] is None
     assert body["differential"]["white_cells"] + body["differential"]["nucleated_red_cells"] + sum(
-        body["differential"]["other"].values()) + body["differential"]["low_confidence"] == 3
-    cell = body["results"][0]["cells"][1]
+        body["differential"]["other"].values()) + body["differential"]["low_confidence"] + body["differential"][
+        "awaiting_review"] == 2
+    assert {c["verdict"] for r in body["results"] for c in r["cells"]} <= {"classified", "review"}
+    cell = body["results"][0]["cells"][0]
     x0, y0, x1, y1 = cell["box"]
     r = client.post(f"/v1/gradcam?x0={x0}&y0={y0}&x1={x1}&y1={y1}&rbc={body['results'][0]['rbc_diameter_px']}",
                     files=_files(paths[:1], field="file"))  # fmt: skip
