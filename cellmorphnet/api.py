@@ -78,13 +78,16 @@ def predict(
     stain_contrast: bool | None = None,
     cells: str | None = None,
     max_cells: int | None = None,
+    lab: str | None = None,
     home: Path | None = None,
 ) -> list[Prediction]:
     """Classify image files and folders (searched recursively) as ``cellmorphnet infer`` does; the options are
     its flags (``None``: the same defaults). One prediction per cell: a crop's, each white cell found in a
     field (``p.cell``: its index, box and edge flag; ``p.image``: how the image was taken), or one with
     ``no_cells`` for a field without any. Unreadable files come back with ``error`` set and missing paths with
-    ``error='does not exist'``. Under torchrun each process classifies its block of the files and every process gets
+    ``error='does not exist'``. Each cell's answer depends on its own file alone unless ``lab`` names a lab
+    profile (or ``'none'``, the run's home preprocessing), and carries its ``verdict`` and ``review_reason``.
+    Under torchrun each process classifies its block of the files and every process gets
     every prediction, as one process gives them."""
     from cellmorphnet.inference import collect_files, inference_options
     from cellmorphnet.inference.pipeline import infer_files
@@ -93,10 +96,13 @@ def predict(
     group = distributed.start(str(run.device).split(":")[0] if isinstance(run, RunModel) else "auto")
     rm = run if isinstance(run, RunModel) else load_run(run, home=home, device=distributed.local_device(group, "auto"))
     files, missing = group.on_main(lambda: collect_files([Path(p) for p in paths]))
+    from cellmorphnet.labs import profile as profiles
+
+    lab_values, home_only = profiles.resolve(lab, rm, home)
     options = inference_options(rm.record, crop=crop, crop_fraction=crop_fraction, colour_match=colour_match,
                                 adapt_bn=adapt_bn, classes=classes, tta=tta, stain_norm=stain_norm,
                                 scale_views=scale_views, stain_contrast=stain_contrast, cells=cells,
-                                max_cells=max_cells)  # fmt: skip
+                                max_cells=max_cells, lab=lab_values, home=home_only)  # fmt: skip
     return infer_files(rm, files, options, missing=missing, batch_size=batch_size, top_k=top_k,
                        group=group).predictions  # (infer's own path: the summary too, on InferResult)
 

@@ -121,6 +121,18 @@ def evaluate_folder(rm, root: Path, options, *, min_images: int = 5, batch_size:
         "colour_step": dict(Counter(p.colour_step or "none" for p in ok)),
         "stain_contrast": next((p.stain_contrast for p in ok if p.stain_contrast is not None), None),
         "unlike_training": sum(p.unusual for p in ok),
+        "verdicts": _verdicts(ok, truth),
         "policy": options.policy.to_dict(),
         "adaptation": options.to_dict(),
     }
+
+
+def _verdicts(ok, truth) -> dict[str, Any]:
+    """How many cells the verdict classified and how many it sent to review, and how often the classified ones
+    were right: the error rate of the answers given without a person."""
+    classified = [p for p in ok if p.verdict == "classified"]
+    right = sum(p.predicted == truth[p.source] for p in classified)
+    return {"classified": len(classified), "review": len(ok) - len(classified),
+            "classified_share": len(classified) / len(ok) if ok else None,
+            "classified_accuracy": right / len(classified) if classified else None,
+            "reasons": dict(Counter(p.review_reason for p in ok if p.verdict == "review"))}  # fmt: skip

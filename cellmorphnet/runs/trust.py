@@ -11,6 +11,7 @@ data (no pickle), checked on load.
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def load(run_dir: Path, num_classes: int, num_features: int | None = None) -> Tr
             features = d["features"].astype(np.float32)
             labels = d["labels"].astype(np.int64)
             typical, home = float(d["typical"]), float(d["home"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+    except (OSError, ValueError, KeyError, TypeError, zipfile.BadZipFile) as e:
         raise RunError(f"{path} is damaged ({e}).", hint="Rebuild it: cellmorphnet upgrade RUN.") from None
     ok = (labels.shape == (features.shape[0],) and features.shape[0] > 0 and np.isfinite(features).all()
           and labels.min() >= 0 and labels.max() < 65_536 and -1 <= typical <= 1 and -1 <= home <= 1

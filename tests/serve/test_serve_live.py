@@ -176,8 +176,8 @@ def test_the_web_page_in_a_real_browser(server, page, tmp_path):
     picked = JPEGS[::20]  # 12 images, every class
     for p in picked:
         shutil.copy(p, folder / p.name)
-    with zipfile.ZipFile(BCCD_ZIP) as z:  # BCCD fields: two white cells side by side, and one neutrophil
-        for n in ("00176", "00000"):
+    with zipfile.ZipFile(BCCD_ZIP) as z:  # BCCD fields: two white cells (at the field's own scale), and one
+        for n in ("00010", "00000"):
             name = next(m for m in z.namelist() if m.endswith(f"JPEGImages/BloodImage_{n}.jpg"))
             (folder / f"field-{n}.jpg").write_bytes(z.read(name))
     shutil.copy(picked[0], folder / "=HYPERLINK(1).jpg")  # a name a spreadsheet would run as a formula
@@ -185,7 +185,7 @@ def test_the_web_page_in_a_real_browser(server, page, tmp_path):
     (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
     files = sorted(folder.iterdir())
 
-    # What infer says about the same files, as one set, flagged below the page's default 0.8.
+    # What infer says about the same files (each on its own), flagged below the page's default 0.8.
     want_csv = tmp_path / "infer.csv"
     env = {**os.environ, "CELLMORPHNET_HOME": str(tmp_path / "home")}
     r = subprocess.run([*_command(), "infer", runs.PACKAGED, str(folder), "--out", str(want_csv), "--device", "cpu",
@@ -197,6 +197,7 @@ def test_the_web_page_in_a_real_browser(server, page, tmp_path):
     want = {(Path(row[0]).name, row[col["cell"]]): row for row in want_rows[1:]}
     field_rows = [row for row in want_rows[1:] if row[col["kind"]] == "field"]
     assert len(field_rows) == 3 and all(row[col["status"]] == "ok" for row in field_rows), field_rows
+    assert {row[col["verdict"]] for row in want_rows[1:] if row[col["status"]] == "ok"} <= {"classified", "review"}
 
     page.goto(server.url)
     expect(page.locator("#model-name")).to_contain_text(runs.PACKAGED, timeout=30_000)
@@ -212,7 +213,7 @@ def test_the_web_page_in_a_real_browser(server, page, tmp_path):
         shown = card.locator(".cls").inner_text()
         if name == "broken.jpg":
             assert shown == "could not be read" and "error" in card.get_attribute("class")
-        elif name == "field-00176.jpg":
+        elif name == "field-00010.jpg":
             assert shown == "field: 2 white cells"
             expect(card.locator("svg rect.box")).to_have_count(2)
             assert card.locator("ol li").count() == 2
@@ -223,11 +224,13 @@ def test_the_web_page_in_a_real_browser(server, page, tmp_path):
             assert shown == row[col["predicted"]], name
             assert card.locator("ol li").count() == 3
             assert ("low" in card.get_attribute("class")) == (row[col["low_confidence"]] == "yes"), name
+            assert card.get_attribute("data-verdict") == row[col["verdict"]], name  # the verdict, as infer gives it
+            assert ("review:" in card.locator(".conf").inner_text()) == (row[col["verdict"]] == "review"), name
     bars = page.locator("#chart .bar .n")
     assert sum(int(bars.nth(i).inner_text()) for i in range(bars.count())) == len(picked) + 3
     white = page.locator("#differential tbody tr[data-class] td:nth-child(2)")
     counted = [r for r in want_rows[1:] if r[col["status"]] == "ok" and r[col["edge"]] != "yes"
-               and r[col["low_confidence"]] == "no"]  # fmt: skip
+               and r[col["low_confidence"]] == "no" and r[col["verdict"]] == "classified"]  # fmt: skip
     wbc = ("basophil", "eosinophil", "ig", "lymphocyte", "monocyte", "neutrophil")
     assert sum(int(white.nth(i).inner_text()) for i in range(white.count())) == sum(
         r[col["predicted"]] in wbc for r in counted)
@@ -255,7 +258,7 @@ def test_the_web_page_in_a_real_browser(server, page, tmp_path):
     for row in got_rows[1:]:
         expected = want[(Path(row[0].removeprefix("'")).name, row[col["cell"]])]
         for column, a, b in zip(want_rows[0][1:], row[1:], expected[1:], strict=True):
-            numeric = column == "confidence" or column.endswith("_probability")
+            numeric = column in ("confidence", "typicality") or column.endswith("_probability")
             if numeric and a and b:
                 assert abs(float(a) - float(b)) < 1e-4, (row[0], column, a, b)
             else:

@@ -102,7 +102,7 @@ function renderField(item) {
       rect.setAttribute("class", `box${c.edge ? " edge" : ""}${c.confidence < threshold() ? " low" : ""}`);
       rect.setAttribute("data-cell", c.cell);
       const title = document.createElementNS(SVG, "title");
-      title.textContent = `${c.cell}: ${c.predicted} ${pct(c.confidence)}${c.edge ? " (cut by the border)" : ""}`;
+      title.textContent = `${c.cell}: ${c.predicted} ${pct(c.confidence)}${c.edge ? " (cut by the border)" : ""}${verdictText(c)}`;
       rect.append(title);
       rect.addEventListener("click", (e) => { e.stopPropagation(); showCell(item, c); });
       svg.append(rect);
@@ -116,11 +116,17 @@ function renderField(item) {
   node.querySelector(".conf").textContent = r.rbc_diameter_px ? `red cells ${Math.round(r.rbc_diameter_px)} px across` : "";
   const ol = node.querySelector("ol");
   ol.replaceChildren(...r.cells.map((c) => {
-    const li = el("li", { class: `cell${c.edge ? " edge" : ""}`, text: `${c.predicted} ${pct(c.confidence)}${c.edge ? " (edge)" : ""}` });
+    const li = el("li", { class: `cell${c.edge ? " edge" : ""}${c.verdict === "review" ? " review" : ""}`,
+      text: `${c.predicted} ${pct(c.confidence)}${c.edge ? " (edge)" : ""}${verdictText(c)}` });
     li.addEventListener("click", (e) => { e.stopPropagation(); showCell(item, c); });
     return li;
   }));
   node.title = "Click a box for the cell's top 3 and Grad-CAM";
+}
+
+// The cell's verdict (classified, or for a person to review, and why), as infer's columns give it.
+function verdictText(c) {
+  return c.verdict === "review" ? ` · review: ${c.review_reason || ""}` : (c.verdict === "classified" ? " · classified" : "");
 }
 
 function renderResult(item) {
@@ -134,8 +140,10 @@ function renderResult(item) {
     node.querySelector(".conf").textContent = r.error || "";
     return;
   }
-  node.querySelector(".conf").textContent = `confidence ${pct(r.confidence)}`;
+  node.querySelector(".conf").textContent = `confidence ${pct(r.confidence)}${verdictText(r)}`;
   node.classList.toggle("low", r.confidence < threshold());
+  node.classList.toggle("review", r.verdict === "review");
+  node.dataset.verdict = r.verdict || "";
   const ol = node.querySelector("ol");
   ol.replaceChildren(...r.top_k.map((t) => el("li", { text: `${t.class} ${pct(t.probability)}` })));
   node.title = "Click for the Grad-CAM view";
@@ -203,7 +211,8 @@ function wilson(k, n) {
 function renderDifferential(cells) {
   const limit = threshold();
   const found = cells.filter(({ cell }) => cell.cell_found !== false);  // blank or tiny images are no cells
-  const counted = found.filter(({ cell }) => !cell.edge);
+  const unreviewed = found.filter(({ cell }) => !cell.edge);
+  const counted = unreviewed.filter(({ cell }) => cell.verdict !== "review");  // a person decides those
   const sure = counted.filter(({ cell }) => !(cell.confidence < limit));
   const white = state.classes.filter((c) => WHITE_CELLS.includes(c));
   const n = sure.filter(({ cell }) => white.includes(cell.predicted)).length;
@@ -221,7 +230,9 @@ function renderDifferential(cells) {
   }
   table.querySelector("tbody").replaceChildren(...body);
   const notes = [];
-  const none = cells.length - found.length, edge = found.length - counted.length, low = counted.length - sure.length;
+  const none = cells.length - found.length, edge = found.length - unreviewed.length, low = counted.length - sure.length;
+  const review = unreviewed.length - counted.length;
+  if (review) notes.push(`${review} cell(s) await review and are not counted`);
   if (none) notes.push(`${none} image(s) with no cell found not counted`);
   if (edge) notes.push(`${edge} cell(s) cut by a field's border left out`);
   if (low) notes.push(`${low} below the confidence mark counted apart`);
@@ -270,7 +281,7 @@ async function showGradcam(item) {
 function csvText() {
   const header = ["path", "cell", "kind", "x0", "y0", "x1", "y1", "edge", "status", "predicted", "confidence"];
   for (let i = 1; i <= TOP_K; i++) header.push(`top${i}`, `top${i}_probability`);
-  header.push("framing", "cell_found", "colour_step", "stain_contrast", "colour_distance", "unlike_training", "low_confidence",
+  header.push("verdict", "review_reason", "typicality", "framing", "cell_found", "colour_step", "stain_contrast", "colour_distance", "unlike_training", "low_confidence",
     "rbc_diameter_px", "error");
   // a cell that a spreadsheet would read as a formula (=, +, -, @, tab, CR first) gets a leading ', as infer writes it
   const safe = (v) => (/^[=+\-@\t\r]/.test(v) ? `'${v}` : v);
@@ -287,7 +298,8 @@ function csvText() {
       const t = ok ? c.top_k[i] : null;
       out.push(t ? t.class : "", t ? t.probability.toFixed(6) : "");
     }
-    out.push(ok ? c.framing || "" : "", ok ? (c.cell_found === false ? "no" : "yes") : "", ok ? c.colour_step || "" : "", ok && c.stain_contrast != null ? c.stain_contrast.toFixed(3) : "",
+    out.push(ok ? c.verdict || "" : "", ok ? c.review_reason || "" : "", ok && c.typicality != null ? c.typicality.toFixed(4) : "",
+      ok ? c.framing || "" : "", ok ? (c.cell_found === false ? "no" : "yes") : "", ok ? c.colour_step || "" : "", ok && c.stain_contrast != null ? c.stain_contrast.toFixed(3) : "",
       ok && c.colour_distance != null ? c.colour_distance.toFixed(2) : "",
       ok ? (c.unlike_training ? "yes" : "no") : "", ok ? (c.confidence < limit ? "yes" : "no") : "",
       field ? scale(r) : "", r.status === "error" ? r.error || "" : "");
