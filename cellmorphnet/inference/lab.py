@@ -36,23 +36,25 @@ def _one_view(rm, policy, temperature: float):
     return one_view
 
 
-def measure_lab(rm, files: list[Item], *, name: str | None = None, workers: int = 2) -> tuple[LabSet, int]:
+def measure_lab(rm, files: list[Item], *, name: str | None = None, workers: int = 2,
+                minimum: int = MIN_LAB_IMAGES) -> tuple[LabSet, int]:  # fmt: skip
     """The lab's values from its images (fields are searched for their white cells first) and how many cells
-    they were measured on; ``InvalidData`` when fewer than ``MIN_LAB_IMAGES`` cells are found and readable."""
+    they were measured on; ``InvalidData`` when fewer than ``minimum`` cells are found and readable (the stain
+    is measured from ``adaptation.MIN_COLOUR_SET`` cells up; below that only the crop side)."""
     options = inference_options(rm.record, home=True, stain_norm=bool(rm.record.inference.stain) or None,
                                 cells="auto", tta=False)  # fmt: skip
     options = dataclasses.replace(options, stain_contrast=options.stain_norm and bool(
         rm.record.inference.stain and rm.record.inference.stain.contrast))  # fmt: skip
     items, taken, _ = find_cells(files, "auto", workers, max_cells=options.max_cells)
     diameters = [i.diameter for i in taken.values() if i.kind == "field" and i.diameter]
-    if len(items) < MIN_LAB_IMAGES:
-        raise InvalidData(f"A lab profile needs at least {MIN_LAB_IMAGES} cells; {len(items)} found.",
+    if len(items) < minimum:
+        raise InvalidData(f"A lab profile needs at least {minimum} cells; {len(items)} found.",
                           hint="Give a folder with more of the lab's images.")  # fmt: skip
     survey, loaded = prepare_set(items, options, rm.classes, _one_view(rm, options.policy, options.temperature),
                                  workers=workers)  # fmt: skip
     cells = sum(1 for x in loaded if x.error is None)
-    if cells < MIN_LAB_IMAGES:
-        raise InvalidData(f"A lab profile needs at least {MIN_LAB_IMAGES} readable cells; {cells} could be read.")
+    if cells < minimum:
+        raise InvalidData(f"A lab profile needs at least {minimum} readable cells; {cells} could be read.")
     lab = LabSet(name=name, side=survey.set_side, stain=survey.stain, contrast=survey.contrast,
                  rbc_diameter=float(np.median(diameters)) if diameters else None)  # fmt: skip
     return lab, cells

@@ -263,6 +263,7 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
                       time.monotonic() - started)  # fmt: skip
     summary = _write_run(run_dir, rm, lab, trained, parent_dir=parent_dir, parent_sha=parent_sha, settings=settings,
                          replay=replay, folder=folder)  # fmt: skip
+    summary["lab_profile"] = _write_profile(run_dir, lab, folder, home)
     emit("adapt_end", summary=summary)
     return summary
 
@@ -372,3 +373,21 @@ def _plain(lab_set: dict[str, Any]) -> dict[str, Any]:
         return [float(x) for x in v] if isinstance(v, list | tuple | np.ndarray) else float(v)
 
     return {k: plain(v) for k, v in lab_set.items()}
+
+
+def _write_profile(run_dir: Path, lab: LabCells, folder: Path, home: Path | None) -> str | None:
+    """The lab the run adapted to, as a lab profile named after the run (``--lab NAME`` for that lab's images with
+    another run made from the same checkpoint; the adapted run uses these values by default anyway)."""
+    from cellmorphnet.errors import ConfigError
+    from cellmorphnet.inference.options import LabSet
+    from cellmorphnet.labs import profile as profiles
+
+    try:
+        name = profiles.check_name(run_dir.name)
+    except ConfigError:
+        return None  # a run name a profile cannot take: the run keeps its lab's values all the same
+    values = LabSet.from_dict(_plain(lab.lab_set), name=name)
+    sha = file_digest(run_dir / "checkpoints" / "best.pt")
+    profiles.save(profiles.LabProfile(name, run_dir.name, sha, profiles.now(), len(lab.labels),
+                                      str(Path(folder).resolve()), values), home)  # fmt: skip
+    return name

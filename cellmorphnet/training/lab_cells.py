@@ -71,6 +71,7 @@ def lab_cells(rm, folder: Path, workers: int = 2, new_classes: tuple[str, ...] =
     (``match_folders``)."""
     from cellmorphnet.data.sources.folder import list_images
     from cellmorphnet.inference import inference_options, prepare_set
+    from cellmorphnet.inference.lab import measure_lab
     from cellmorphnet.inference.predict import class_probs
 
     folder_names, items = list_images(folder)
@@ -80,18 +81,20 @@ def lab_cells(rm, folder: Path, workers: int = 2, new_classes: tuple[str, ...] =
     classes = parent + new
     if not items:
         raise InvalidData(f"{folder} has no images in its class sub-folders.")
-    options = dataclasses.replace(inference_options(rm.record), cells="one", tta=False, scale_views=False)
-    # this lab's own set-level values (an adapted parent's are another lab's)
-    options = dataclasses.replace(options, policy=dataclasses.replace(options.policy, lab_set=None))
+    # this lab's own values, measured on its cells as one set with the parent's home preprocessing (an adapted
+    # parent's are another lab's): the adapted run keeps them and reads the lab's images with them
+    files = [p for p, _ in items]
+    values, _ = measure_lab(rm, files, workers=workers, minimum=1)
+    options = dataclasses.replace(inference_options(rm.record, lab=values), cells="one", tta=False,
+                                  scale_views=False)  # fmt: skip
     device = torch.device(rm.device)
 
     def one_view(arrays: list[np.ndarray]) -> np.ndarray:
         return class_probs(rm.model, arrays, options.policy, device=device, channels_last=rm.channels_last,
                            tta=False, temperature=options.temperature)  # fmt: skip
 
-    files = [p for p, _ in items]
     label_of = {p: classes.index(mapping[folder_names[i]]) for p, i in items}
-    survey, loaded = prepare_set(files, options, parent, one_view, workers=workers)
+    _, loaded = prepare_set(files, options, parent, one_view, workers=workers)
     arrays, labels, kept, skipped = [], [], [], []
     for x in loaded:
         if x.error is not None:
@@ -102,6 +105,6 @@ def lab_cells(rm, folder: Path, workers: int = 2, new_classes: tuple[str, ...] =
         kept.append(str(x.item))
     if not arrays:
         raise InvalidData(f"None of the images in {folder} could be read.")
-    lab_set = {"side": survey.side, "stain": survey.stain, "contrast": survey.contrast, "cells": len(arrays)}
+    lab_set = {"side": values.side, "stain": values.stain, "contrast": values.contrast, "cells": len(arrays)}
     return LabCells(np.stack(arrays), np.array(labels), classes, new, kept, skipped, mapping,
                     lab_set)  # fmt: skip

@@ -68,6 +68,10 @@ def test_init_adapts_the_shipped_model_to_a_lab_folder(cli, lab, tmp_path):
     assert {r["stain_contrast"] for r in rows} == {"" if lab_set["contrast"] is None else f"{lab_set['contrast']:.3f}"}
     assert cli("infer", "ours", lab / "Smudge", "--no-stain-norm", "--out", out).exit_code == 0
     assert {r["colour_step"] for r in csv.DictReader(out.open())} == {""}  # the switch still turns it off
+    profile = json.loads(cli("lab", "show", "ours", "--json").stdout)  # the lab it adapted to, as a profile
+    assert profile["run"] == "ours" and profile["values"]["stain"] == lab_set["stain"]
+    assert cli("infer", "ours", lab / "Smudge", "--lab", "none", "--out", out).exit_code == 0
+    assert {r["colour_step"] for r in csv.DictReader(out.open())} == {""}  # --lab none: the home preprocessing
     again = cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--name", "ours",
                 "--new-class", "Smudge")  # fmt: skip
     assert_one_line_error(again, "already holds a run")
