@@ -200,10 +200,11 @@ def test_upgrade_adds_the_stain_reference_to_an_older_run_from_its_own_data(cli,
         assert state["record"]["inference"]["stain"] == measured
     after = checkpoint.load(run / "checkpoints" / "best.pt")["model"]
     assert all(torch.equal(weights[k], after[k]) for k in weights)  # the weights stay as they were
-    out = cli("infer", "old", PBC_TEST_IMAGES / "monocyte", "--out", home / "p.json")
+    out = cli("infer", "old", PBC_TEST_IMAGES / "monocyte", "--stain-norm", "--out", home / "p.json")
     assert out.exit_code == 0, out
     rows = json.loads((home / "p.json").read_text())["predictions"]
-    assert all(p["colour_step"] == "stain-norm" for p in rows)  # the run works with every default again
+    assert all(p["colour_step"] == "stain-norm" for p in rows)  # the stain steps work again
+    assert (run / "trust.npz").exists() and all(p["typicality"] is not None for p in rows)  # and the verdicts
     assert json.loads(cli("upgrade", "old", "--json").stdout)["changed"] is False  # twice is a no-op
 
     # a stored reference that the data does not give: not the data the run trained on, nothing written

@@ -67,7 +67,9 @@ def test_infer_status_and_eval_know_the_shipped_model(cli, home, tmp_path):
     r = cli("infer", runs.PACKAGED, PBC_TEST_IMAGES / "monocyte", "--out", out)
     assert r.exit_code == 0, r
     rows = list(csv.DictReader(out.open()))
-    assert len(rows) == 30 and sum(row["predicted"] == "monocyte" for row in rows) >= 27
+    assert len(rows) == 30 and sum(row["predicted"] == "monocyte" for row in rows) >= 26  # each image on its own
+    wrong = [row for row in rows if row["verdict"] == "classified" and row["predicted"] != "monocyte"]
+    assert len(wrong) <= 1, wrong  # most errors go to a person (98.6% of PBC's classified cells are right)
 
     r = cli("eval", runs.PACKAGED)
     assert_one_line_error(r, "bloodmnist")  # the test split is not prepared in this home yet
@@ -87,10 +89,13 @@ def test_infer_status_and_eval_know_the_shipped_model(cli, home, tmp_path):
 
 @pytest.mark.slow
 def test_the_shipped_model_on_another_labs_white_cells(cli):
-    """The default path on the other lab's 300 cells: framed, stain-normalised, the stain contrast found
-    (denser cytoplasm than PBC's, so above 1), 8 views; the figure docs/benchmarks.md reports, as a floor."""
+    """The other lab's 300 cells with a lab profile made from them (no labels): framed, stain-normalised, the
+    stain contrast found (denser cytoplasm than PBC's, so above 1), 8 views; the figure docs/benchmarks.md
+    reports, as a floor."""
     five = "basophil,eosinophil,lymphocyte,monocyte,neutrophil"
-    r = cli("eval", runs.PACKAGED, "--on", SHARED / "external" / "zheng2018-d1", "--classes", five, "--json")
+    assert cli("lab", "create", "d1", SHARED / "external" / "zheng2018-d1").exit_code == 0
+    r = cli("eval", runs.PACKAGED, "--on", SHARED / "external" / "zheng2018-d1", "--classes", five, "--json",
+            "--lab", "d1")  # fmt: skip
     assert r.exit_code == 0, r
     report = json.loads(r.stdout)
     assert report["framing"] == {"cell": 300} and report["colour_step"] == {"stain-norm": 300}

@@ -74,7 +74,7 @@ def test_model_card(client, service):
 
 @pytest.mark.slow
 def test_predict_agrees_with_infer_on_the_real_test_jpegs(client, cli, tmp_path):
-    """All 240 JPEGs in one request are one set, as infer's folder; the same file gets the same answer."""
+    """All 240 JPEGs in one request, as infer's folder: each file gets infer's answer and verdict."""
     assert len(JPEGS) == 240
     out = tmp_path / "infer.csv"
     r = cli("infer", runs.PACKAGED, PBC_TEST_IMAGES, "--out", out)
@@ -89,8 +89,7 @@ def test_predict_agrees_with_infer_on_the_real_test_jpegs(client, cli, tmp_path)
         assert x["status"] == "ok" and x["predicted"] == row["predicted"], x["file"]
         assert abs(x["confidence"] - float(row["confidence"])) < 1e-4
         assert x["framing"] == row["framing"]
-        assert x["stain_contrast"] == float(row["stain_contrast"])  # one set, one contrast, as infer found it
-    assert 0.95 < results[0]["stain_contrast"] < 1.08  # the training lab's own images: about as they are
+        assert x["verdict"] == row["verdict"] and x["stain_contrast"] is None and row["stain_contrast"] == ""
     truth = [p.parent.name for p in JPEGS]
     accuracy = np.mean([x["predicted"] == t for x, t in zip(results, truth, strict=True)])
     assert accuracy > 0.9
