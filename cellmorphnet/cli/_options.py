@@ -14,7 +14,7 @@ DatasetsArg = Annotated[
 ]
 
 RUN_HELP = "A run: a name, a folder, 'latest', or a model that ships with cellmorphnet (bloodmnist)."
-LatestRunArg = Annotated[str | None, typer.Argument(help=RUN_HELP + " (default: the latest run)", show_default=False)]
+LatestRunArg = Annotated[str | None, typer.Argument(help=RUN_HELP + " \\[default: the latest run]", show_default=False)]
 RunArg = Annotated[str, typer.Argument(help=RUN_HELP, show_default=False)]
 
 DeviceOption = Annotated[
@@ -32,8 +32,8 @@ AcceptDataChangeFlag = Annotated[
 CropOption = Annotated[
     str | None,
     typer.Option("--crop", help="cell: centred on the white cell found in each image, at the training data's "
-                 "scale; centre: the training data's exact centre crop. (default: cell where the run measured "
-                 "its framing)", show_default=False),
+                 "scale; centre: the training data's exact centre crop. \\[default: cell where the run measured "
+                 "its framing]", show_default=False),
 ]  # fmt: skip
 ColourMatchFlag = Annotated[
     bool | None,
@@ -44,16 +44,18 @@ ColourMatchFlag = Annotated[
 StainNormFlag = Annotated[
     bool | None,
     typer.Option("--stain-norm/--no-stain-norm",
-                 help="Normalise the set's lamp and stain colours to the training images': the background to "
-                 "theirs, the nuclei's colour to theirs (sets of 16 or more images). (default: on where the run "
-                 "measured its stain)", show_default=False),
+                 help="Normalise the lamp and stain colours to the training images': the background to theirs, "
+                 "the nuclei's colour to theirs. With --lab, the lab's stain; without, measured on the set sent "
+                 "(16 or more images; answers then depend on the set). \\[default: on with a lab profile]",
+                 show_default=False),
 ]  # fmt: skip
 StainContrastFlag = Annotated[
     bool | None,
     typer.Option("--stain-contrast/--no-stain-contrast",
-                 help="With the stain normalisation, also match how densely the set's stain colours the cytoplasm "
-                 "against the nucleus to the training images', per the cell types the model takes the cells for "
-                 "(sets of 16 or more cells). (default: on where the stain normalisation is)", show_default=False),
+                 help="With the stain normalisation, also match how densely the stain colours the cytoplasm against "
+                 "the nucleus to the training images', per the cell types the model takes the cells for (the lab "
+                 "profile's, or measured on a set of 16 or more cells). \\[default: on with a lab profile]",
+                 show_default=False),
 ]  # fmt: skip
 AdaptBnFlag = Annotated[
     bool | None,
@@ -64,13 +66,13 @@ AdaptBnFlag = Annotated[
 TtaFlag = Annotated[
     bool | None,
     typer.Option("--tta/--no-tta", help="Average over the 8 flips and quarter turns of each image (8x the work). "
-                 "(default: on)", show_default=False),
+                 "\\[default: on]", show_default=False),
 ]  # fmt: skip
 ScaleViewsFlag = Annotated[
     bool | None,
     typer.Option("--scale-views/--no-scale-views", help="Also see each cell the cell finder framed at 0.87, 1 and "
                  "1.15 times the set's crop side, averaged (with --tta, 4 orientations each: 12 passes). Measured "
-                 "on another lab: mixed, half the speed (docs/benchmarks.md). (default: off)", show_default=False),
+                 "on another lab: mixed, half the speed (docs/benchmarks.md). \\[default: off]", show_default=False),
 ]  # fmt: skip
 ClassesOption = Annotated[
     str | None,
@@ -83,9 +85,9 @@ def home_of(ctx: typer.Context):
     return ctx.obj["home"]
 MaxCellsOption = Annotated[
     int | None,
-    typer.Option("--max-cells", help="White cells searched for per field at most (default 500); a field holding more "
-                 "(or more than 4x as many stained objects) is refused with the reason, not searched on: cut a "
-                 "whole slide into fields first.", show_default=False),
+    typer.Option("--max-cells", help="White cells searched for per field at most; a field holding more (or more "
+                 "than 4x as many stained objects) is refused with the reason, not searched on: cut a whole slide "
+                 "into fields first. \\[default: 500]", show_default=False),
 ]  # fmt: skip
 LabOption = Annotated[
     str | None,

@@ -93,7 +93,7 @@ def root(
         typer.Option(
             "--home",
             envvar=ENV_HOME,
-            help="Folder for downloads, prepared data and runs (default: your user data folder).",
+            help="Folder for downloads, prepared data and runs \\[default: your user data folder].",
             show_default=False,
         ),
     ] = None,

@@ -42,7 +42,7 @@ def command(
     ] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
     out: Annotated[
-        Path | None, typer.Option("--out", help="Folder for metrics.json and plots. (default: RUN/eval/SPLIT)")
+        Path | None, typer.Option("--out", help="Folder for metrics.json and plots. \\[default: RUN/eval/SPLIT]")
     ] = None,
     on: Annotated[
         Path | None,

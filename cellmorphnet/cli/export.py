@@ -29,7 +29,7 @@ def command(
     ] = False,
     benchmark: Annotated[bool, typer.Option("--benchmark", help="Time the export (CoreML: macOS only).")] = False,
     out: Annotated[
-        Path | None, typer.Option("--out", "-o", help="Output file or folder. (default: RUN/export/)")
+        Path | None, typer.Option("--out", "-o", help="Output file or folder. \\[default: RUN/export/]")
     ] = None,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
     device: Annotated[

@@ -23,7 +23,8 @@ def command(
     datasets: DatasetsArg,
     size: Annotated[
         list[int] | None,
-        typer.Option("--size", "-s", help="BloodMNIST size(s): 28, 64, 128 or 224; repeat for several. (default: 28)"),
+        typer.Option("--size", "-s",
+                     help="BloodMNIST size(s): 28, 64, 128 or 224; repeat for several. \\[default: 28]"),
     ] = None,
     from_: Annotated[
         Path | None,

@@ -4,10 +4,11 @@ photos of whole smear fields.
 A field (by default, an image whose shorter side has 400 pixels or more; --cells) is searched for every
 white cell, at a scale read from its red cells, and each cell found is classified; a crop is one cell.
 Each cell is framed like the training images (the white cell found and cropped at the training data's
-scale; --crop centre for the exact BloodMNIST geometry) and resized as the training arrays were made, and a
-set's stain and stain contrast are normalised to the training images' (--no-stain-norm,
---no-stain-contrast). One row per cell (CSV or JSON), and the differential of the whole set. Unreadable
-files are listed with the reason and skipped; the exit code is 3 when any were.
+scale; --crop centre for the exact BloodMNIST geometry) and resized as the training arrays were made. Each
+cell's answer is its own, whatever else is sent with it; --lab NAME reads every image with a lab profile's
+stain, contrast and scale (cellmorphnet lab create). Each cell gets a verdict: classified, or review with the
+reason. One row per cell (CSV or JSON), and the differential of the classified cells, with how many await
+review. Unreadable files are listed with the reason and skipped; the exit code is 3 when any were.
 """
 
 from __future__ import annotations

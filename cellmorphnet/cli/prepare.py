@@ -22,7 +22,7 @@ def command(
     size: Annotated[
         int | None,
         typer.Option(
-            "--size", "-s", help="Image size in pixels. (default: 64; bloodmnist: the fetched size)"
+            "--size", "-s", help="Image size in pixels. \\[default: 64; bloodmnist: the fetched size]"
         ),
     ] = None,
     seed: Annotated[int, typer.Option("--seed", help="Seed for the splits that prepare makes itself.")] = 42,

@@ -16,7 +16,7 @@ app = typer.Typer(no_args_is_help=True, add_completion=False)
 
 DbArg = Annotated[
     Path | None,
-    typer.Argument(help="The review database (default: HOME/reviews.sqlite, serve's).", show_default=False),
+    typer.Argument(help="The review database \\[default: HOME/reviews.sqlite, serve's].", show_default=False),
 ]
 
 
@@ -55,7 +55,7 @@ def export_cmd(
     ctx: typer.Context,
     db: DbArg = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="A new folder for the dataset.")] = ...,
-    case: Annotated[str | None, typer.Option("--case", help="Only this case (default: every case).")] = None,
+    case: Annotated[str | None, typer.Option("--case", help="Only this case \\[default: every case].")] = None,
     as_json: JsonFlag = False,
 ) -> None:
     """Write the reviewed cells as class sub-folders plus cells.csv (source file, box, predicted, reviewed class,

@@ -71,7 +71,7 @@ def command(
                           "holds at most --max-request-megapixels decoded).")
     ] = LIMITS.max_concurrent_sets,
     reviews_db: Annotated[
-        Path | None, typer.Option("--reviews", help="The review database (default: HOME/reviews.sqlite).",
+        Path | None, typer.Option("--reviews", help="The review database \\[default: HOME/reviews.sqlite].",
                                   show_default=False)
     ] = None,
     extra_class: Annotated[

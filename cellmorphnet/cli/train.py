@@ -32,7 +32,7 @@ def command(
     datasets: Annotated[
         str | None,
         typer.Option(
-            "--datasets", "-d", help="Comma-separated: sample, bloodmnist, bccd, lisc, folder:PATH. (default: sample)"
+            "--datasets", "-d", help="Comma-separated: sample, bloodmnist, bccd, lisc, folder:PATH. \\[default: sample]"
         ),
     ] = None,
     recipe: Annotated[
@@ -55,9 +55,9 @@ def command(
     replay: Annotated[
         bool | None,
         typer.Option("--replay/--no-replay", help="With --init: mix the parent's training data into every batch "
-                     "(default: where it is prepared here).", show_default=False),
+                     "\\[default: where it is prepared here].", show_default=False),
     ] = None,
-    steps: Annotated[int | None, typer.Option("--steps", help="With --init: optimizer steps. (default: 300)")] = None,
+    steps: Annotated[int | None, typer.Option("--steps", help="With --init: optimizer steps. \\[default: 300]")] = None,
     new_class: Annotated[
         list[str] | None,
         typer.Option("--new-class", help="With --init: this class folder is a class of the lab's own, not one of the "
@@ -65,59 +65,59 @@ def command(
                      show_default=False),
     ] = None,
     model: Annotated[
-        str | None, typer.Option("--model", help="timm architecture. (default: tf_efficientnet_lite0)")
+        str | None, typer.Option("--model", help="timm architecture. \\[default: tf_efficientnet_lite0]")
     ] = None,
     weights: Annotated[Path | None, typer.Option("--weights", help="Start from this state dict file.")] = None,
     pretrained: Annotated[
-        bool | None, typer.Option("--pretrained/--no-pretrained", help="ImageNet weights. (default: pretrained)")
+        bool | None, typer.Option("--pretrained/--no-pretrained", help="ImageNet weights. \\[default: pretrained]")
     ] = None,
     image_size: Annotated[
         int | None,
-        typer.Option("--image-size", help="Network input size, resized from the prepared data. (default: 96; "
-                     "the data's own size in the quick and original recipes)"),
+        typer.Option("--image-size", help="Network input size, resized from the prepared data. \\[default: 96; "
+                     "the data's own size in the quick and original recipes]"),
     ] = None,
     data_size: Annotated[int | None, typer.Option("--data-size", help="Prepared size to train from.")] = None,
-    epochs: Annotated[int | None, typer.Option("--epochs", help="(default: 20)")] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="(default: 32)")] = None,
+    epochs: Annotated[int | None, typer.Option("--epochs", help="\\[default: 20]")] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="\\[default: 32]")] = None,
     accum_steps: Annotated[
-        int | None, typer.Option("--accum-steps", help="Batches per optimizer step. (default: 2)")
+        int | None, typer.Option("--accum-steps", help="Batches per optimizer step. \\[default: 2]")
     ] = None,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate. (default: 5e-4)")] = None,
-    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="(default: 1e-4)")] = None,
-    warmup_epochs: Annotated[float | None, typer.Option("--warmup-epochs", help="(default: 1)")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate. \\[default: 5e-4]")] = None,
+    weight_decay: Annotated[float | None, typer.Option("--weight-decay", help="\\[default: 1e-4]")] = None,
+    warmup_epochs: Annotated[float | None, typer.Option("--warmup-epochs", help="\\[default: 1]")] = None,
     grad_clip: Annotated[
-        float | None, typer.Option("--grad-clip", help="Max gradient norm, 0 = off. (default: 1.0)")
+        float | None, typer.Option("--grad-clip", help="Max gradient norm, 0 = off. \\[default: 1.0]")
     ] = None,
-    label_smoothing: Annotated[float | None, typer.Option("--label-smoothing", help="(default: 0.1)")] = None,
+    label_smoothing: Annotated[float | None, typer.Option("--label-smoothing", help="\\[default: 0.1]")] = None,
     class_weights: Annotated[
         bool | None, typer.Option("--class-weights/--no-class-weights", help="Inverse-frequency loss weights.")
     ] = None,
     ema: Annotated[
         float | None,
         typer.Option("--ema", help="Decay of a moving average of the weights, validated and saved instead "
-                     "(e.g. 0.998; 0 = off). (default: 0)"),
+                     "(e.g. 0.998; 0 = off). \\[default: 0]"),
     ] = None,
-    mixup: Annotated[float | None, typer.Option("--mixup", help="Mixup alpha, 0 = off. (default: 0)")] = None,
-    cutmix: Annotated[float | None, typer.Option("--cutmix", help="CutMix alpha, 0 = off. (default: 0)")] = None,
-    amp: Annotated[str | None, typer.Option("--amp", help="auto, bf16, fp16 or off. (default: auto)")] = None,
+    mixup: Annotated[float | None, typer.Option("--mixup", help="Mixup alpha, 0 = off. \\[default: 0]")] = None,
+    cutmix: Annotated[float | None, typer.Option("--cutmix", help="CutMix alpha, 0 = off. \\[default: 0]")] = None,
+    amp: Annotated[str | None, typer.Option("--amp", help="auto, bf16, fp16 or off. \\[default: auto]")] = None,
     augment: Annotated[
         str | None,
         typer.Option("--augment", help="stain: stain, hue, blur and JPEG jitter for other labs' slides; basic: "
-                     "geometry and mild colour jitter. (default: stain)"),
+                     "geometry and mild colour jitter. \\[default: stain]"),
     ] = None,
-    device: Annotated[str | None, typer.Option("--device", help="auto, cuda, mps or cpu. (default: auto)")] = None,
+    device: Annotated[str | None, typer.Option("--device", help="auto, cuda, mps or cpu. \\[default: auto]")] = None,
     unfreeze_epochs: Annotated[
         str | None,
         typer.Option(
-            "--unfreeze-epochs", help="Head only until A, top half of the backbone until B: 'A,B'. (default: 1,2)"
+            "--unfreeze-epochs", help="Head only until A, top half of the backbone until B: 'A,B'. \\[default: 1,2]"
         ),
     ] = None,
-    patience: Annotated[int | None, typer.Option("--patience", help="Early-stopping patience. (default: 10)")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="(default: 42)")] = None,
+    patience: Annotated[int | None, typer.Option("--patience", help="Early-stopping patience. \\[default: 10]")] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="\\[default: 42]")] = None,
     channels_last: Annotated[
         bool | None,
         typer.Option("--channels-last/--no-channels-last",
-                     help="Channels-last memory layout. (default: on, except on Apple MPS)"),
+                     help="Channels-last memory layout. \\[default: on, except on Apple MPS]"),
     ] = None,
     limit_batches: Annotated[
         int | None, typer.Option("--limit-batches", help="Cap batches per epoch (quick checks).")
@@ -125,7 +125,7 @@ def command(
     sync_bn: Annotated[
         bool | None,
         typer.Option("--sync-bn/--no-sync-bn", help="Under torchrun: batch-norm statistics over every process's "
-                     "block of the batch (SyncBatchNorm). (default: on with CUDA GPUs; torch has none for CPUs)",
+                     "block of the batch (SyncBatchNorm). \\[default: on with CUDA GPUs; torch has none for CPUs]",
                      show_default=False),
     ] = None,
     accept_data_change: AcceptDataChangeFlag = False,
