@@ -100,6 +100,35 @@ def _pbc_test(rm) -> float:
     return hits / len(images)
 
 
+def _conformal(rm, calibration: dict[str, list[Path]], rest: dict[str, list[Path]], alpha: float = 0.05) -> dict:
+    """The lab's next reviewed cells (``calibration``, not trained on) calibrate split conformal on the adapted run,
+    read with its own lab's values as ``infer`` reads them; scored on ``rest``: coverage against the promise, the
+    share of cells whose set holds one type (classified) and the share of those right."""
+    from cellmorphnet.inference.lab import lab_probs
+    from cellmorphnet.inference.options import LabSet
+    from cellmorphnet.inference.verdict import fit_conformal
+
+    lab = LabSet.from_dict(rm.record.inference.lab_set or {})
+
+    def read(files: dict[str, list[Path]]):
+        items = [f for fs in files.values() for f in fs]
+        labels = np.array([rm.classes.index(c) for c, fs in files.items() for _ in fs])
+        probs = lab_probs(rm, items, lab)
+        keep = [i for i, p in enumerate(probs) if p is not None]
+        return np.stack([probs[i] for i in keep]), labels[keep]
+
+    cp, cy = read(calibration)
+    rp, ry = read(rest)
+    c = fit_conformal(cp, cy, alpha)
+    sets = c.sets(rp)
+    single = sets.sum(1) == 1
+    return {"alpha": alpha, "calibration_cells": len(cy), "rest_cells": len(ry), "qhat": round(c.qhat, 4),
+            "coverage": round(float(sets[np.arange(len(ry)), ry].mean()), 4),
+            "classified_share": round(float(single.mean()), 4),
+            "classified_right": round(float((rp.argmax(1) == ry)[single].mean()), 4) if single.any() else None,
+            "all_right": round(float((rp.argmax(1) == ry).mean()), 4)}  # fmt: skip
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ks", default="0,5,10,20")
@@ -111,6 +140,9 @@ def main() -> None:
                     help="keep the backbone's lower half as the parent had it (default: only without replay)")
     ap.add_argument("--hold-out", type=float, default=None,
                     help="of each type's reviewed cells, held out for the calibration (0: none)")
+    ap.add_argument("--conformal", action="store_true",
+                    help="also: k more cells per type (not trained on) calibrate split conformal at 5%%; scored on "
+                    "the rest")  # fmt: skip
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
@@ -145,6 +177,11 @@ def main() -> None:
                 seed = 1000 * k + draw
                 picked = draw_picks(files, k, seed) if k else {c: [] for c in files}
                 rest = {c: [f for f in fs if f not in picked[c]] for c, fs in files.items()}
+                calibration = None
+                if args.conformal and k:  # the lab's next k reviewed cells per type, drawn from the rest
+                    more = draw_picks(rest, k, seed + 500)
+                    calibration = {c: fs for c, fs in more.items() if fs}
+                    rest = {c: [f for f in fs if f not in more[c]] for c, fs in rest.items()}
                 work = Path(tmp) / f"k{k}-{draw}"
                 rest_dir = link_folder(work / "rest", rest)
                 names = {c: [f.name for f in fs] for c, fs in picked.items()}
@@ -157,6 +194,9 @@ def main() -> None:
                     summary = adapt(parent_dir, lab, work / "run", home=home, settings=settings, device="cpu")
                     seconds = time.perf_counter() - t
                     rm = api.load_run(str(work / "run"), device="cpu")
+                if calibration is not None:
+                    row["conformal"] = _conformal(rm, calibration, {c: fs for c, fs in rest.items() if fs})
+                    row["calibration_picked"] = {c: [f.name for f in fs] for c, fs in calibration.items()}
                 row.update(seconds=round(seconds, 1), rest=_score(rm, rest_dir),
                            pbc_test_accuracy=round(_pbc_test(rm), 4),
                            replay=None if summary is None else summary["adaptation"]["replay"])  # fmt: skip
@@ -173,6 +213,10 @@ def main() -> None:
             "pbc_test_mean": round(float(np.mean([r["pbc_test_accuracy"] for r in rows])), 4),
             "seconds_max": max(r["seconds"] for r in rows),
         }
+    conformal = [r["conformal"] for r in result["rows"] if "conformal" in r]
+    if conformal:
+        summary_rows["conformal"] = {key: round(float(np.mean([c[key] for c in conformal if c[key] is not None])), 4)
+                                     for key in ("coverage", "classified_share", "classified_right", "all_right")}
     result["summary"] = summary_rows
     print(json.dumps(summary_rows, indent=1), file=sys.stderr)
     emit(result, args.json)

@@ -12,21 +12,10 @@ Anything else the model calls a cell (a platelet clump) is listed as other.
 
 from __future__ import annotations
 
-import math
 from collections import Counter
 from typing import Any
 
-Z95 = 1.959963984540054
-
-
-def wilson(k: int, n: int, z: float = Z95) -> tuple[float, float]:
-    """The Wilson score interval of a proportion ``k / n`` (``(0, 1)`` when ``n`` is 0)."""
-    if n == 0:
-        return 0.0, 1.0
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
+from cellmorphnet.reviews.stats import wilson  # (the one Wilson interval: the differential's and the reviews')
 
 
 def differential(preds, classes: list[str], *, include_edge: bool = False) -> dict[str, Any]:

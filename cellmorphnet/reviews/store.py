@@ -7,7 +7,7 @@ SQLite (the standard library's ``sqlite3``, WAL journal, one file in the server'
 - ``cases``: a named set of uploads (one slide, one patient sample), and when it was opened;
 - ``cells``: one per white cell (a single-cell image, or a cell found in a field): the upload's name and
   SHA-256, the cell's index and box in it, its crop (PNG or the upload's own bytes), and the model's
-  prediction (run, checkpoint digest, class, probabilities);
+  prediction (run, checkpoint digest, class, probabilities, and from schema 2 its verdict and review reason);
 - ``reviews``: an append-only history per cell (class, reviewer, time). A cell's review is its latest row; an
   undo appends the row before it again (or ``NULL``: not reviewed), so two reviewers at once, or a review and
   its undo, all stay in the history.
@@ -33,7 +33,7 @@ from typing import Any
 from cellmorphnet._io import check_writable
 from cellmorphnet.errors import ConfigError, Conflict, InvalidData, NotFound, OutputError
 
-SCHEMA = 1
+SCHEMA = 2
 FILENAME = "reviews.sqlite"
 MAX_NAME = 200  # characters of a case or reviewer name
 # reviewed cells per type from which ``train --init`` adapts a model well: ten per type left another lab's remaining
@@ -75,6 +75,10 @@ _MIGRATIONS = {  # from version N-1 to N
         );
         CREATE INDEX reviews_by_cell ON reviews (cell_id, id);
     """,
+    2: """
+        ALTER TABLE cells ADD COLUMN verdict TEXT;        -- classified or review; NULL: stored before verdicts
+        ALTER TABLE cells ADD COLUMN review_reason TEXT;  -- why the model sent it to a person
+    """,
 }
 
 
@@ -87,6 +91,12 @@ def _probabilities(text) -> dict[str, float]:
     if not isinstance(data, dict):
         return {}
     return {str(k): float(v) for k, v in data.items() if isinstance(v, (int, float))}
+
+
+def _text(row: sqlite3.Row, column: str) -> str | None:
+    """A text column a database of an older schema (read, not migrated) may lack; anything but text reads as None."""
+    value = row[column] if column in row.keys() else None
+    return value if isinstance(value, str) else None
 
 
 def _now() -> str:
@@ -113,13 +123,16 @@ class Cell:
     reviewed: str | None  # the current review's class (None: not reviewed)
     reviewer: str | None
     reviewed_at: str | None
+    verdict: str | None = None  # the model's verdict when it was stored (None: stored before verdicts)
+    review_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "case": self.case, "source": self.source, "image_sha256": self.image_sha256,
                 "cell": self.cell_index, "box": list(self.box) if self.box else None, "edge": self.edge,
                 "run": self.run, "checkpoint_sha256": self.checkpoint_sha256, "predicted": self.predicted,
                 "confidence": self.confidence, "probabilities": self.probabilities, "created": self.created,
-                "reviewed": self.reviewed, "reviewer": self.reviewer, "reviewed_at": self.reviewed_at}  # fmt: skip
+                "reviewed": self.reviewed, "reviewer": self.reviewer, "reviewed_at": self.reviewed_at,
+                "verdict": self.verdict, "review_reason": self.review_reason}  # fmt: skip
 
 
 # Unicode categories that are not printable text: controls (C0, DEL, C1), format characters (the direction
@@ -181,9 +194,10 @@ class ReviewStore:
             self._db.row_factory = sqlite3.Row
             version = self._check_ours()  # before anything could change the file
             if read_only:
-                if version < SCHEMA:
+                if version < 1:
                     raise ConfigError(f"{self.path} has review schema {version}; open it once with cellmorphnet "
                                       f"serve to bring it to {SCHEMA}.")  # fmt: skip
+                # an older schema reads as it is (what it lacks reads as None), without being changed
             else:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=FULL")  # a committed review survives a power cut
@@ -261,8 +275,8 @@ class ReviewStore:
 
     def add_cell(self, case: str, *, source: str, image_sha256: str, cell_index: int | None,
                  box: tuple[int, int, int, int] | None, edge: bool, crop: bytes, crop_type: str, run: str,
-                 checkpoint_sha256: str, predicted: str, confidence: float,
-                 probabilities: dict[str, float]) -> int:  # fmt: skip
+                 checkpoint_sha256: str, predicted: str, confidence: float, probabilities: dict[str, float],
+                 verdict: str | None = None, review_reason: str | None = None) -> int:  # fmt: skip
         """Store one cell of ``case`` (the same cell of the same image again: the stored one is kept); its id."""
         case_id = self.case_id(case)
         with self._write() as db:
@@ -273,10 +287,11 @@ class ReviewStore:
             x0, y0, x1, y1 = box if box else (None, None, None, None)
             cur = db.execute(
                 "INSERT INTO cells (case_id, source, image_sha256, cell_index, x0, y0, x1, y1, edge, crop, crop_type, "
-                "run, checkpoint_sha256, predicted, confidence, probabilities, created) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "run, checkpoint_sha256, predicted, confidence, probabilities, created, verdict, review_reason) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (case_id, source, image_sha256, cell_index, x0, y0, x1, y1, int(edge), crop, crop_type, run,
-                 checkpoint_sha256, predicted, float(confidence), json.dumps(probabilities), _now()))  # fmt: skip
+                 checkpoint_sha256, predicted, float(confidence), json.dumps(probabilities), _now(), verdict,
+                 review_reason))  # fmt: skip
             return cur.lastrowid
 
     def _cell_rows(self, where: str, args: tuple) -> list[Cell]:
@@ -290,7 +305,8 @@ class ReviewStore:
                      (r["x0"], r["y0"], r["x1"], r["y1"]) if r["x0"] is not None else None, bool(r["edge"]), r["run"],
                      r["checkpoint_sha256"], r["predicted"], r["confidence"], _probabilities(r["probabilities"]),
                      r["created"], r["reviewed"], r["reviewer"] if r["reviewed"] else None,
-                     r["reviewed_at"] if r["reviewed"] else None) for r in rows]  # fmt: skip
+                     r["reviewed_at"] if r["reviewed"] else None, _text(r, "verdict"),
+                     _text(r, "review_reason")) for r in rows]  # fmt: skip
 
     def cells(self, case: str | None = None) -> list[Cell]:
         """Every cell (of one case), in the order they were stored."""

@@ -107,6 +107,10 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
     def review_page():
         return FileResponse(str(STATIC / "review.html"), media_type="text/html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def favicon():  # browsers ask for it before reading the page's <link rel="icon">
+        return FileResponse(str(STATIC / "favicon.svg"), media_type="image/svg+xml")
+
     @app.get("/static/{name}", include_in_schema=False)
     def static(name: str):
         allowed = {p.name: p for p in STATIC.iterdir() if p.is_file()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
@@ -57,6 +57,15 @@ def cases(store: Store) -> dict[str, Any]:
     return {"classes": store.classes, "cases": store.cases(), "enough_per_type": ENOUGH_PER_TYPE}
 
 
+@router.get("/reviews/stats")
+def stats(store: Store, case: str | None = Query(None, max_length=200, description="Only this case.")
+          ) -> dict[str, Any]:  # fmt: skip
+    """The lab's own accuracy from its reviews (what ``cellmorphnet reviews stats --json`` prints)."""
+    from cellmorphnet.reviews.stats import review_stats
+
+    return review_stats(store, case)
+
+
 @router.post("/cases/{case:path}/cells", openapi_extra=multipart_body("files", many=True))
 async def add_cells(request: Request, case: str, store: Store,
                     service: Service,
@@ -91,6 +100,18 @@ def export_zip(case: str, store: Store):
     name = f"{safe_stem(case)}-reviewed.zip"
     return Response(buf.getvalue(), media_type="application/zip",
                     headers={"Content-Disposition": f'attachment; filename="{name}"'})  # fmt: skip
+
+
+@router.get("/cases/{case:path}/report", responses={200: {"content": {"text/html": {}}}})
+def case_report(case: str, store: Store):
+    """The case's report: one self-contained HTML file (``cellmorphnet reviews report``)."""
+    from fastapi.responses import HTMLResponse
+
+    from cellmorphnet.reviews.export import safe_stem
+    from cellmorphnet.reviews.report import render_case
+
+    return HTMLResponse(render_case(store, case), headers={
+        "Content-Disposition": f'inline; filename="{safe_stem(case)}-report.html"'})  # fmt: skip
 
 
 @router.get("/cases/{case:path}")

@@ -308,6 +308,7 @@ def add_to_case(service: ModelService, store, case: str, files: list[tuple[str, 
                                  edge=bool(p.cell and p.cell.edge), crop=crop, crop_type=media,
                                  run=service.run_dir.name, checkpoint_sha256=service.checkpoint_sha256(),
                                  predicted=p.predicted, confidence=p.confidence,
-                                 probabilities={c: round(v, 6) for c, v in p.top_k})  # fmt: skip
+                                 probabilities={c: round(v, 6) for c, v in p.top_k}, verdict=p.verdict,
+                                 review_reason=p.review_reason)  # fmt: skip
         stored.append(store.cell(cell_id))
     return stored, skipped

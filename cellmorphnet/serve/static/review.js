@@ -5,7 +5,7 @@ const CHUNK = 16;
 // enough: reviewed cells of a type from which train --init adapts well (the server says how many)
 const state = { classes: [], enough: Infinity, case: null, cells: [], tiles: new Map(), typed: "", typedAt: 0 };
 
-const pct = (p) => `${(100 * p).toFixed(0)}%`;
+const pct = (p) => `${(100 * p).toFixed(1)}%`;
 const current = (c) => c.reviewed || c.predicted;
 
 // The keys: digits 1-9 (and 0 for the tenth), or the shortest unique start of a class's name.
@@ -46,7 +46,11 @@ function tile(cell) {
   const img = el("img", { alt: `cell ${cell.id}` });
   cropUrl(cell).then((u) => { img.src = u; }).catch(() => {});
   const node = el("button", { class: "cell-tile", type: "button", "data-id": String(cell.id) }, img,
-    el("span", { class: "pred", text: `${cell.predicted} ${pct(cell.confidence)}` }), el("span", { class: "rev" }));
+    el("span", { class: "pred", text: `${cell.predicted} ${pct(cell.confidence)}` }),
+    el("span", { class: "verdict", text: cell.verdict === "review" ? `for review: ${cell.review_reason || ""}` : "" }),
+    el("span", { class: "rev" }));
+  node.classList.toggle("for-review", cell.verdict === "review");
+  node.dataset.verdict = cell.verdict || "";
   node.addEventListener("keydown", (e) => onKey(e, cell));
   node.addEventListener("click", () => node.focus());
   state.tiles.set(cell.id, node);
@@ -63,10 +67,31 @@ function paint(cell) {
   node.title = `${cell.source}${cell.cell ? ` #${cell.cell}` : ""}`;
 }
 
+// The cells the model sent to review first (the verdict), then, if asked, the least confident first.
 function ordered() {
   const cells = [...state.cells];
   if ($("low-first").checked) cells.sort((a, b) => a.confidence - b.confidence);
+  if ($("review-first").checked) cells.sort((a, b) => (b.verdict === "review") - (a.verdict === "review"));
   return cells;
+}
+
+// The lab's own accuracy, from the reviews of this case and of all cases (GET /v1/reviews/stats).
+async function showStats() {
+  const line = (s) => {
+    if (!s.reviewed) return "no reviewed cells yet";
+    const c = s.confirmed, v = s.by_verdict.classified;
+    const kappa = s.kappa == null ? "" : `, kappa ${s.kappa.toFixed(2)}`;
+    const without = v ? `; answers given without a person changed: ${v.changed} of ${v.reviewed} (${pct(v.error_rate)})` : "";
+    return `${s.reviewed} reviewed, ${pct(c.share)} confirmed${kappa}${without}`;
+  };
+  try {
+    const all = await (await api("/v1/reviews/stats")).json();
+    const here = state.case ? await (await api(`/v1/reviews/stats?case=${encodeURIComponent(state.case)}`)).json() : null;
+    $("stats-case").textContent = here ? `This case: ${line(here)}.` : "";
+    $("stats-all").textContent = `All cases: ${line(all)}.`;
+  } catch (e) {
+    $("stats-all").textContent = "";
+  }
 }
 
 function render() {
@@ -81,7 +106,9 @@ function render() {
   }
   $("groups").replaceChildren(...groups);
   $("export").disabled = !state.cells.some((c) => c.reviewed);
+  $("report").disabled = !state.cells.length;
   counts();
+  showStats();
 }
 
 function counts() {
@@ -114,6 +141,8 @@ async function decide(cell, url, body) {
     Object.assign(cell, updated);
     paint(cell);
     counts();
+    clearTimeout(state.statsTimer);
+    state.statsTimer = setTimeout(showStats, 400);
     $("export").disabled = !state.cells.some((c) => c.reviewed);
     return true;
   } catch (e) {
@@ -167,6 +196,14 @@ async function addFiles(files) {
   loadCases();
 }
 
+// The case's report (self-contained HTML, to print or file), opened in a new tab.
+async function openReport() {
+  const blob = await (await api(`/v1/cases/${encodeURIComponent(state.case)}/report`)).blob();
+  const url = URL.createObjectURL(new Blob([blob], { type: "text/html" }));
+  window.open(url, "_blank");
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}
+
 async function download() {
   const blob = await (await api(`/v1/cases/${encodeURIComponent(state.case)}/export`)).blob();
   const url = URL.createObjectURL(blob);
@@ -183,7 +220,9 @@ function setUp() {
   $("case-form").addEventListener("submit", (e) => { e.preventDefault(); openCase($("case").value.trim()); });
   $("pick-files").addEventListener("change", (e) => { addFiles(e.target.files); e.target.value = ""; });
   $("low-first").addEventListener("change", render);
+  $("review-first").addEventListener("change", render);
   $("export").addEventListener("click", download);
+  $("report").addEventListener("click", openReport);
   $("auth").addEventListener("submit", (e) => {
     e.preventDefault();
     sessionStorage.setItem("cellmorphnet-token", $("token").value.trim());
