@@ -217,6 +217,9 @@ def test_the_web_page_in_a_real_browser(server, page, tmp_path):
             assert shown == "field: 2 white cells"
             expect(card.locator("svg rect.box")).to_have_count(2)
             assert card.locator("ol li").count() == 2
+            expect(card.locator("svg text.box-number")).to_have_count(2)  # each box numbered as the list is
+            assert card.locator("svg text.box-number").all_text_contents() == ["1", "2"]
+            assert card.locator(".legend .key").count() >= 1  # the box colours' legend
         elif name == "field-00000.jpg":
             assert shown == "field: 1 white cell"
         else:
@@ -457,6 +460,11 @@ def test_reviewing_cells_by_keyboard_in_a_real_browser(server, page, tmp_path):
     assert sum(int(reviewed.nth(i).inner_text()) for i in range(reviewed.count())) == 12
     assert int(page.locator("#counts tbody tr[data-class=basophil] td:nth-child(4)").inner_text()) >= 1
     expect(page.locator("#reviewed")).to_have_text("12 of 12 cells reviewed")
+    expect(page.locator("#stats-case")).to_contain_text("This case: 12 reviewed", timeout=10_000)  # the lab's accuracy
+    with page.expect_popup() as popup:  # the case report, in a new tab
+        page.click("#report")
+    expect(popup.value.locator("h1")).to_have_text("Case slide A", timeout=10_000)
+    assert httpx.get(f"{server.url}/favicon.ico").headers["content-type"].startswith("image/svg")
 
     with page.expect_download() as download:
         page.click("#export")

@@ -95,12 +95,20 @@ function renderField(item) {
     const svg = document.createElementNS(SVG, "svg");
     svg.setAttribute("viewBox", `0 0 ${img.naturalWidth} ${img.naturalHeight}`);
     svg.setAttribute("preserveAspectRatio", "none");
+    const scale = Math.max(img.naturalWidth, img.naturalHeight) / 40;  // the numbers' size: a fortieth of the field
     for (const c of r.cells) {
       const [x0, y0, x1, y1] = c.box;
       const rect = document.createElementNS(SVG, "rect");
       for (const [k, v] of Object.entries({ x: x0, y: y0, width: x1 - x0, height: y1 - y0 })) rect.setAttribute(k, v);
       rect.setAttribute("class", `box${c.edge ? " edge" : ""}${c.confidence < threshold() ? " low" : ""}`);
       rect.setAttribute("data-cell", c.cell);
+      rect.style.stroke = classColour(c.predicted);  // by class, as the legend says
+      const number = document.createElementNS(SVG, "text");
+      for (const [k, v] of Object.entries({ x: x0 + scale * 0.3, y: y0 + scale * 1.1, "font-size": scale })) number.setAttribute(k, v);
+      number.setAttribute("class", "box-number");
+      number.style.fill = classColour(c.predicted);
+      number.textContent = String(c.cell);
+      svg.append(number);
       const title = document.createElementNS(SVG, "title");
       title.textContent = `${c.cell}: ${c.predicted} ${pct(c.confidence)}${c.edge ? " (cut by the border)" : ""}${verdictText(c)}`;
       rect.append(title);
@@ -114,6 +122,13 @@ function renderField(item) {
   const found = r.cells.length;
   node.querySelector(".cls").textContent = found ? `field: ${found} white cell${found > 1 ? "s" : ""}` : "field: no white cell found";
   node.querySelector(".conf").textContent = r.rbc_diameter_px ? `red cells ${Math.round(r.rbc_diameter_px)} px across` : "";
+  const present = [...new Set(r.cells.map((c) => c.predicted))];
+  node.querySelector(".legend")?.remove();
+  node.querySelector(".conf").after(el("p", { class: "legend" }, ...present.map((cls) => {
+    const swatch = el("span", { class: "swatch" });
+    swatch.style.background = classColour(cls);
+    return el("span", { class: "key" }, swatch, document.createTextNode(cls));
+  })));
   const ol = node.querySelector("ol");
   ol.replaceChildren(...r.cells.map((c) => {
     const li = el("li", { class: `cell${c.edge ? " edge" : ""}${c.verdict === "review" ? " review" : ""}`,
@@ -122,6 +137,13 @@ function renderField(item) {
     return li;
   }));
   node.title = "Click a box for the cell's top 3 and Grad-CAM";
+}
+
+// One colour per class (the boxes of a field and their legend), in the order of the model's classes.
+const PALETTE = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#a6761d", "#1f78b4", "#666666", "#b15928", "#6a3d9a"];
+function classColour(cls) {
+  const i = state.classes.indexOf(cls);
+  return PALETTE[(i < 0 ? state.classes.length : i) % PALETTE.length];
 }
 
 // The cell's verdict (classified, or for a person to review, and why), as infer's columns give it.
@@ -188,7 +210,7 @@ function renderSummary() {
   for (const { cell } of cells) counts.set(cell.predicted, (counts.get(cell.predicted) || 0) + 1);
   const max = Math.max(1, ...counts.values());
   const rows = [...counts.entries()].map(([c, n]) => {
-    const fill = el("div", { class: "fill" });
+    const fill = el("div", { class: n ? "fill" : "fill zero" });  // a count of zero draws no bar
     fill.style.width = `${(100 * n) / max}%`;
     return el("div", { class: "bar", "data-class": c }, el("span", { text: c }), el("div", {}, fill), el("span", { class: "n", text: String(n) }));
   });
@@ -235,7 +257,11 @@ function renderDifferential(cells) {
   if (review) notes.push(`${review} cell(s) await review and are not counted`);
   if (none) notes.push(`${none} image(s) with no cell found not counted`);
   if (edge) notes.push(`${edge} cell(s) cut by a field's border left out`);
-  if (low) notes.push(`${low} below the confidence mark counted apart`);
+  if (low) {
+    const below = counted.filter(({ cell }) => cell.confidence < limit)
+      .map(({ item, cell }) => `${item.name}${cell.cell ? ` #${cell.cell}` : ""} (${cell.predicted} ${pct(cell.confidence)})`);
+    notes.push(`${low} below the confidence mark counted apart: ${below.slice(0, 20).join(", ")}${below.length > 20 ? ", …" : ""}`);
+  }
   $("differential-title").textContent = `Differential (${n} white cells)`;
   $("differential-notes").textContent = notes.join("; ");
 }
