@@ -461,6 +461,14 @@ def test_reviewing_cells_by_keyboard_in_a_real_browser(server, page, tmp_path):
     assert int(page.locator("#counts tbody tr[data-class=basophil] td:nth-child(4)").inner_text()) >= 1
     expect(page.locator("#reviewed")).to_have_text("12 of 12 cells reviewed")
     expect(page.locator("#stats-case")).to_contain_text("This case: 12 reviewed", timeout=10_000)  # the lab's accuracy
+    page.locator(".cell-tile").first.focus()
+    page.keyboard.press(" ")  # enlarged: the cell at full resolution, Grad-CAM on request
+    expect(page.locator("#zoom")).to_be_visible()
+    page.click("#zoom-cam-button")
+    expect(page.locator("#zoom-cam")).to_be_visible(timeout=30_000)
+    page.keyboard.press("Escape")
+    expect(page.locator("#zoom")).not_to_be_visible()
+    assert page.locator("#case").bounding_box()["width"] > 150  # a case name can be read in it
     with page.expect_popup() as popup:  # the case report, in a new tab
         page.click("#report")
     expect(popup.value.locator("h1")).to_have_text("Case slide A", timeout=10_000)

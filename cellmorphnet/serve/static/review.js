@@ -23,7 +23,7 @@ async function loadCases() {
   state.enough = body.enough_per_type;
   $("cases").replaceChildren(...body.cases.map((c) => el("option", { value: c.name, text: `${c.reviewed} of ${c.cells} reviewed` })));
   $("keys").textContent = "Keys: " + state.classes.map((c, i) => `${i < 10 ? (i + 1) % 10 : "-"} or ${shortcut(c)} = ${c}`).join(" · ")
-    + " · Enter = confirm the prediction · u or Backspace = undo · arrows = move";
+    + " · Enter = confirm the prediction · u or Backspace = undo · arrows = move · Space = enlarge (g: Grad-CAM)";
   const card = await (await api("/v1/model")).json();
   $("model-name").textContent = `${card.run} · ${card.classes.length} classes`;
   $("auth").hidden = true;
@@ -53,6 +53,9 @@ function tile(cell) {
   node.dataset.verdict = cell.verdict || "";
   node.addEventListener("keydown", (e) => onKey(e, cell));
   node.addEventListener("click", () => node.focus());
+  node.addEventListener("dblclick", () => enlarge(cell));
+  node.classList.toggle("edge", !!cell.edge);
+  if (cell.edge) node.append(el("span", { class: "edge-note", text: "cut by the field's border" }));
   state.tiles.set(cell.id, node);
   paint(cell);
   return node;
@@ -151,9 +154,36 @@ async function decide(cell, url, body) {
   }
 }
 
+// The cell at full resolution, in a dialog; Grad-CAM on request (the stored crop sent to /v1/gradcam).
+async function enlarge(cell) {
+  $("zoom-title").textContent = `Cell ${cell.id}: ${cell.predicted} ${pct(cell.confidence)}`
+    + (cell.verdict === "review" ? ` · for review: ${cell.review_reason || ""}` : "")
+    + (cell.reviewed ? ` · reviewed: ${cell.reviewed}` : "");
+  $("zoom-note").textContent = `${cell.source}${cell.cell ? ` #${cell.cell}, box ${cell.box.join(", ")}` : ""}${cell.edge ? " · cut by the field's border" : ""}`;
+  $("zoom-cam").hidden = true;
+  $("zoom-img").src = await cropUrl(cell);
+  $("zoom-cam-button").onclick = () => gradcam(cell);
+  state.zoomed = cell;
+  $("zoom").showModal();
+}
+
+async function gradcam(cell) {
+  const blob = await (await api(`/v1/cells/${cell.id}/crop`)).blob();
+  const form = new FormData();
+  form.append("file", blob, `cell-${cell.id}.png`);
+  try {
+    const cam = await (await api("/v1/gradcam", { method: "POST", body: form })).blob();
+    $("zoom-cam").src = URL.createObjectURL(cam);
+    $("zoom-cam").hidden = false;
+  } catch (e) {
+    $("zoom-note").textContent = e.message;
+  }
+}
+
 async function onKey(e, cell) {
   const reviewer = $("reviewer").value.trim() || null;
   let cls = null;
+  if (e.key === " ") { e.preventDefault(); enlarge(cell); return; }
   if (e.key === "ArrowRight" || e.key === "ArrowDown") { e.preventDefault(); move(cell, 1); return; }
   if (e.key === "ArrowLeft" || e.key === "ArrowUp") { e.preventDefault(); move(cell, -1); return; }
   if (e.key === "u" || e.key === "Backspace") {
@@ -223,6 +253,8 @@ function setUp() {
   $("review-first").addEventListener("change", render);
   $("export").addEventListener("click", download);
   $("report").addEventListener("click", openReport);
+  $("zoom").addEventListener("keydown", (e) => { if (e.key === "g" && state.zoomed) gradcam(state.zoomed); });
+  $("zoom").addEventListener("close", () => state.tiles.get(state.zoomed?.id)?.focus());
   $("auth").addEventListener("submit", (e) => {
     e.preventDefault();
     sessionStorage.setItem("cellmorphnet-token", $("token").value.trim());
