@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import tempfile
 import time
 import zipfile
@@ -127,7 +126,7 @@ def _plot(curves: dict, out: Path) -> None:
     plt.close(fig)
 
 
-def _conformal(rm, files, options, labels) -> dict:
+def _conformal(rm, files, options) -> dict:
     """k labelled cells per type calibrate the rule; the rest are scored; six seeded draws."""
     from cellmorphnet.inference.verdict import fit_conformal
 
@@ -200,7 +199,7 @@ def main() -> None:
     t_former = time.perf_counter() - t0
     d1_preds = _run(rm, d1, default)
     values, cells = measure_lab(rm, d1, name="d1")
-    with_profile = dataclasses.replace(inference_options(rm.record, lab=values))
+    with_profile = inference_options(rm.record, lab=values)
     d1_profile = _run(rm, d1, with_profile)
     result["zero_shot"] = {
         "pbc_jpegs": _scores(pbc_preds), "d1": _scores(d1_preds), "bccd_fields": _scores(together, white_only=True),
@@ -215,7 +214,7 @@ def main() -> None:
     result["risk_coverage_plot"] = str(args.plot.relative_to(ROOT))
 
     # 4. conformal from k labelled cells per type of d1, on the d1 profile
-    result["conformal_d1_profile"] = _conformal(rm, d1, with_profile, None)
+    result["conformal_d1_profile"] = _conformal(rm, d1, with_profile)
 
     # 5. time per image
     result["seconds_per_image"] = {"default": round(t_default / len(pbc), 4), "former_default": round(

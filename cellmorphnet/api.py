@@ -102,7 +102,8 @@ def predict(
     options = inference_options(rm.record, crop=crop, crop_fraction=crop_fraction, colour_match=colour_match,
                                 adapt_bn=adapt_bn, classes=classes, tta=tta, stain_norm=stain_norm,
                                 scale_views=scale_views, stain_contrast=stain_contrast, cells=cells,
-                                max_cells=max_cells, lab=lab_values, home=home_only)  # fmt: skip
+                                max_cells=max_cells, lab=lab_values,
+                                home_preprocessing=home_only)  # fmt: skip
     return infer_files(rm, files, options, missing=missing, batch_size=batch_size, top_k=top_k,
                        group=group).predictions  # (infer's own path: the summary too, on InferResult)
 

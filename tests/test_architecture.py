@@ -19,7 +19,8 @@ PKG = Path(__file__).resolve().parents[1] / "cellmorphnet"
 LAYERS = [
     ["errors"],  # the one exception hierarchy, which every room raises
     ["_io", "paths", "runtime", "vision", "shipped"],  # foundations: no network, no dataset
-    ["data", "reviews"],  # datasets from fetch to loader; what reviewers decided
+    ["data"],  # datasets from fetch to loader
+    ["reviews"],  # what reviewers decided (reads the taxonomy's white-cell types)
     ["model", "export"],  # the network, its loss, and it run over prepared splits; ONNX and CoreML
     ["runs"],  # config, record, checkpoints, folders, a run loaded back: what every later step reads
     ["inference"],  # files to predictions: reading, framing, set-level steps, the differential, Grad-CAM

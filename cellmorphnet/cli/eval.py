@@ -118,7 +118,8 @@ def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, co
     lab_values, home_only = profiles.resolve(lab, rm, home)
     options = inference_options(rm.record, crop=crop, colour_match=colour_match, adapt_bn=adapt_bn,
                                 classes=classes_only, tta=tta, stain_norm=stain_norm, scale_views=scale_views,
-                                stain_contrast=stain_contrast, lab=lab_values, home=home_only)  # fmt: skip
+                                stain_contrast=stain_contrast, lab=lab_values,
+                                home_preprocessing=home_only)  # fmt: skip
     with output.progress("Classifying") as cb:
         report = evaluate_folder(rm, folder, options, progress=cb)
     report.update(run=str(run_dir), checkpoint=str(rm.checkpoint), epoch=rm.epoch)

@@ -115,17 +115,13 @@ def export_cmd(
     as_json: JsonFlag = False,
 ) -> None:
     """Write a profile to a file a colleague can import."""
-    from cellmorphnet._io import atomic_path
     from cellmorphnet.errors import Conflict
     from cellmorphnet.labs import profile as profiles
 
     p = profiles.load(name, home_of(ctx))
     if out.exists():
         raise Conflict(f"{out} exists already.", hint="Choose another file name.")
-    import json
-
-    with atomic_path(out) as tmp:
-        tmp.write_text(json.dumps(p.to_dict(), indent=2) + "\n", encoding="utf-8")
+    profiles.write(p, out)
     output.result({"profile": p.name, "file": str(out)}, lambda: output.info(f"Wrote {out}."), as_json=as_json)
 
 

@@ -106,15 +106,14 @@ def report(
     red cells per 100 white cells), what awaits review, the cells by type, the model, the reviewers and when."""
     from cellmorphnet._io import atomic_path, check_writable
     from cellmorphnet.errors import InvalidData
-    from cellmorphnet.reviews.report import case_summary, render_case
+    from cellmorphnet.reviews.report import render_case
 
     if out.suffix.lower() not in (".html", ".htm"):
         raise InvalidData(f"--out must end in .html, not '{out.suffix}'.")
     check_writable(out, folder=False)
     store = _open(ctx, db)
     try:
-        summary = case_summary(store, case)
-        page = render_case(store, case)
+        page, summary = render_case(store, case)
     finally:
         store.close()
     with atomic_path(out) as tmp:

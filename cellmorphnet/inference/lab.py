@@ -17,23 +17,10 @@ from cellmorphnet.errors import InvalidData
 from cellmorphnet.inference.cells import find_cells
 from cellmorphnet.inference.images import Item
 from cellmorphnet.inference.options import LabSet, inference_options
-from cellmorphnet.inference.predict import class_probs
+from cellmorphnet.inference.predict import one_view_probs
 from cellmorphnet.inference.prepare import prepare_set
 
 MIN_LAB_IMAGES = 16  # a lab profile is measured on at least this many images (a set's stain needs a set)
-
-
-def _one_view(rm, policy, temperature: float):
-    import torch
-
-    device = torch.device(rm.device)
-
-    def one_view(arrays: list[np.ndarray]) -> np.ndarray:
-        out = [class_probs(rm.model, arrays[i : i + 64], policy, device=device, channels_last=rm.channels_last,
-                           tta=False, temperature=temperature) for i in range(0, len(arrays), 64)]  # fmt: skip
-        return np.concatenate(out) if out else np.zeros((0, len(rm.classes)))
-
-    return one_view
 
 
 def measure_lab(rm, files: list[Item], *, name: str | None = None, workers: int = 2,
@@ -41,17 +28,16 @@ def measure_lab(rm, files: list[Item], *, name: str | None = None, workers: int 
     """The lab's values from its images (fields are searched for their white cells first) and how many cells
     they were measured on; ``InvalidData`` when fewer than ``minimum`` cells are found and readable (the stain
     is measured from ``adaptation.MIN_COLOUR_SET`` cells up; below that only the crop side)."""
-    options = inference_options(rm.record, home=True, stain_norm=bool(rm.record.inference.stain) or None,
-                                cells="auto", tta=False)  # fmt: skip
-    options = dataclasses.replace(options, stain_contrast=options.stain_norm and bool(
-        rm.record.inference.stain and rm.record.inference.stain.contrast))  # fmt: skip
+    stain = rm.record.inference.stain  # the set's stain and contrast, where the run has references for them
+    options = inference_options(rm.record, home_preprocessing=True, stain_norm=stain is not None or None,
+                                stain_contrast=(stain is not None and bool(stain.contrast)) or None, tta=False)
     items, taken, _ = find_cells(files, "auto", workers, max_cells=options.max_cells)
     diameters = [i.diameter for i in taken.values() if i.kind == "field" and i.diameter]
     if len(items) < minimum:
         raise InvalidData(f"A lab profile needs at least {minimum} cells; {len(items)} found.",
                           hint="Give a folder with more of the lab's images.")  # fmt: skip
-    survey, loaded = prepare_set(items, options, rm.classes, _one_view(rm, options.policy, options.temperature),
-                                 workers=workers)  # fmt: skip
+    one_view = one_view_probs(rm, options.policy, temperature=options.temperature)
+    survey, loaded = prepare_set(items, options, rm.classes, one_view, workers=workers)
     cells = sum(1 for x in loaded if x.error is None)
     if cells < minimum:
         raise InvalidData(f"A lab profile needs at least {minimum} readable cells; {cells} could be read.")

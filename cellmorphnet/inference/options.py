@@ -91,7 +91,7 @@ class InferenceOptions:
     @property
     def per_image(self) -> bool:
         """True where a cell's answer depends on its own file only (no step measured on the set sent)."""
-        return not (self.lab is None and (self.stain_norm or self.colour_match or self.adapt_bn))
+        return not (self.adapt_bn or (self.lab is None and (self.stain_norm or self.colour_match)))
 
 
 def inference_options(record: RunRecord, *, crop: str | None = None, crop_fraction: float | None = None,
@@ -100,11 +100,11 @@ def inference_options(record: RunRecord, *, crop: str | None = None, crop_fracti
                       stain_norm: bool | None = None, scale_views: bool | None = None,
                       stain_contrast: bool | None = None, cells: str | None = None,
                       max_cells: int | None = None, lab: LabSet | None = None,
-                      home: bool = False) -> InferenceOptions:  # fmt: skip
+                      home_preprocessing: bool = False) -> InferenceOptions:  # fmt: skip
     """Resolve the command-line choices (``None``: the default) against the run's record and the measured defaults.
 
-    ``lab``: a lab profile's values (``--lab NAME``); else an adapted run's own lab, unless ``home`` (``--lab
-    none``: the run's home preprocessing). With a lab, its stain normalisation and contrast are on by default;
+    ``lab``: a lab profile's values (``--lab NAME``); else an adapted run's own lab, unless ``home_preprocessing``
+    (``--lab none``). With a lab, its stain normalisation and contrast are on by default;
     without one, every image is read on its own and the set-level steps run only when asked for (measured on
     the set sent). The stain normalisation and the colour match both change the colours: asking for the colour
     match turns the normalisation off, and asking for both is an error. The stain contrast builds on the stain
@@ -142,7 +142,7 @@ def inference_options(record: RunRecord, *, crop: str | None = None, crop_fracti
     if stain_norm and colour_match:
         raise ConfigError("--stain-norm and --colour-match both change the colours: choose one.")
     colour_match = bool(policy.colour) and (DEFAULT_COLOUR_MATCH if colour_match is None else colour_match)
-    if lab is None and not home and policy.lab_set:
+    if lab is None and not home_preprocessing and policy.lab_set:
         try:
             lab = LabSet.from_dict(policy.lab_set)
         except (ValueError, TypeError, KeyError) as e:

@@ -159,6 +159,23 @@ def to_prediction(loaded: Loaded, probs: np.ndarray, classes: list[str], k: int)
                       stain_contrast=f.stain_contrast if f else None)  # fmt: skip
 
 
+def one_view_probs(rm, policy: InferencePolicy, *, temperature: float, keep=None,
+                   batch_size: int = 64) -> Callable[[list[np.ndarray]], np.ndarray]:  # fmt: skip
+    """The model's probabilities of prepared arrays, one view each, ``batch_size`` at a time: what
+    ``prepare_set``'s stain contrast asks the model (``infer``, ``lab create`` and ``train --init`` alike)."""
+    import torch
+
+    dev = torch.device(rm.device)
+
+    def probs(arrays: list[np.ndarray]) -> np.ndarray:
+        parts = [class_probs(rm.model, arrays[i : i + batch_size], policy, device=dev,
+                             channels_last=rm.channels_last, temperature=temperature, keep=keep)
+                 for i in range(0, len(arrays), batch_size)]  # fmt: skip
+        return np.concatenate(parts) if parts else np.zeros((0, len(rm.classes)), np.float32)
+
+    return probs
+
+
 def judged(loaded: list[Loaded], rows: np.ndarray, feats: np.ndarray, classes: list[str], k: int, *, trust,
            options: InferenceOptions) -> list[Prediction]:  # fmt: skip
     """Predictions of loaded cells from their probabilities and pooled features, each with its verdict
@@ -206,18 +223,13 @@ def predict_files(
     keep = torch.tensor([classes.index(c) for c in options.restrict_to]) if options.restrict_to else None
     dev = torch.device(device)
 
-    def probs(arrays: list[np.ndarray], tta: bool) -> np.ndarray:
-        return np.concatenate([class_probs(model, arrays[i : i + batch_size], policy, device=dev,
-                                           channels_last=channels_last, tta=tta, temperature=options.temperature,
-                                           keep=keep)
-                               for i in range(0, len(arrays), batch_size)])  # fmt: skip
-
     if options.adapt_bn and group.active:
         raise ConfigError("--adapt-bn needs every image in one process: run it without torchrun.")
     items, taken, refused = find_cells(files, options.cells, workers, group, max_cells=options.max_cells,
                                        diameter=options.lab.rbc_diameter if options.lab else None)  # fmt: skip
-    _, loaded = prepare_set(items, options, classes, lambda arrays: probs(arrays, False), workers=workers,
-                            window=max(2 * batch_size, 8), group=group)  # fmt: skip
+    one_view = one_view_probs(rm, policy, temperature=options.temperature, keep=keep, batch_size=batch_size)
+    _, loaded = prepare_set(items, options, classes, one_view, workers=workers, window=max(2 * batch_size, 8),
+                            group=group)  # fmt: skip
     start, stop = group.shard(len(items))
     if options.adapt_bn:  # every image is needed before the first prediction: load once, keep, then predict
         loaded = list(loaded)

@@ -25,7 +25,7 @@ RARE_CONFIDENCE = 0.9  # a rare type is classified only at this confidence and o
 # Rare in peripheral blood and significant when present: a person verifies them unless the model can vouch for
 # the cell (confident, and as typical as the home lab's cells). Erythroblasts and immature granulocytes were also
 # what another lab's white cells were most often mistaken for. (Adding the platelet sent 6% more of PBC's own
-# JPEGs to review and changed nothing elsewhere: docs/benchmarks.md, "Verdicts".)
+# JPEGs to review and changed nothing on the other lab's: ``benchmarks.studies.trust_signals --rules``.)
 RARE_TYPES = frozenset({"erythroblast", "ig", "blast", "basophil"})
 
 NO_CELL = "no cell found"
@@ -74,7 +74,8 @@ def fit_conformal(probs: np.ndarray, labels: np.ndarray, alpha: float) -> Confor
 
 def verdict(*, predicted: str, confidence: float, cell_found: bool, typicality: float | None,
             marks: tuple[float, float] | None, probs: np.ndarray | None = None, classes: list[str] | None = None,
-            conformal: Conformal | None = None) -> tuple[str, str | None]:  # fmt: skip
+            conformal: Conformal | None = None, rare_types: frozenset[str] = RARE_TYPES,
+            ) -> tuple[str, str | None]:  # fmt: skip
     """``(verdict, review_reason)`` of one cell. ``marks``: the run's (typical, home) similarity marks
     (``runs.trust``), None where the run has none; ``probs`` and ``classes`` are needed with ``conformal``."""
     if not cell_found:
@@ -88,7 +89,7 @@ def verdict(*, predicted: str, confidence: float, cell_found: bool, typicality: 
         return REVIEW, UNLIKE
     if confidence < MIN_CONFIDENCE:
         return REVIEW, UNCERTAIN
-    if predicted in RARE_TYPES:
+    if predicted in rare_types:
         if marks is None or typicality is None:
             return REVIEW, NOT_VOUCHED
         if confidence < RARE_CONFIDENCE or typicality < marks[1]:

@@ -109,12 +109,16 @@ def load(name: str, home: Path | None = None) -> LabProfile:
     return read(path, f"Lab profile '{name}'")
 
 
-def save(profile: LabProfile, home: Path | None = None) -> Path:
-    path = path_of(profile.name, home)
+def write(profile: LabProfile, path: Path) -> Path:
+    """The profile as a JSON file at ``path``, written atomically (the home's copy, or an export)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(profile.to_dict(), indent=2) + "\n", encoding="utf-8")
     return path
+
+
+def save(profile: LabProfile, home: Path | None = None) -> Path:
+    return write(profile, path_of(profile.name, home))
 
 
 def list_profiles(home: Path | None = None) -> list[LabProfile]:

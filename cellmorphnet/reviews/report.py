@@ -16,11 +16,10 @@ from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
 
+from cellmorphnet.data.taxonomy import WHITE_CELLS as WHITE
 from cellmorphnet.errors import NotFound
 from cellmorphnet.reviews.stats import wilson
 
-# The white-cell types a differential counts (data.taxonomy.WHITE_CELLS; kept here, below the data room's import)
-WHITE = ("basophil", "eosinophil", "lymphocyte", "monocyte", "neutrophil", "ig", "blast")
 NOTICE = "Research use only: not a medical device, not a diagnosis. Every count was made by software and people."
 MAX_GALLERY = 2000  # cells shown in the gallery at most (a larger case is counted in full, shown in part)
 
@@ -33,20 +32,20 @@ def _counted_as(cell) -> str | None:
     return None if cell.verdict == "review" else cell.predicted  # (None: stored before verdicts, as the model said)
 
 
-def case_summary(store, case: str) -> dict[str, Any]:
-    """What the report shows, as data: the differential, what awaits review, reviewers, model, version."""
-    cells = store.cells(case)
+def case_summary(store, case: str, cells: list | None = None) -> dict[str, Any]:
+    """What the report shows, as data: the differential, what awaits review, reviewers, model, version (``cells``:
+    the case's, where already read)."""
+    cells = store.cells(case) if cells is None else cells
     if not cells:
         raise NotFound(f"There is no case '{case}' (or it holds no cells).")
     counted = Counter(c for c in map(_counted_as, cells) if c is not None)
     n_white = sum(counted[t] for t in WHITE)
     types = []
-    for t in WHITE:
-        if counted[t] or t in store.classes or t in counted:
-            lo, hi = wilson(counted[t], n_white)
-            types.append({"class": t, "count": counted[t],
-                          "percent": round(100 * counted[t] / n_white, 1) if n_white else None,
-                          "ci95": [round(100 * lo, 1), round(100 * hi, 1)] if n_white else None})  # fmt: skip
+    for t in WHITE:  # every white-cell type, counted or not, as infer's differential lists them
+        lo, hi = wilson(counted[t], n_white)
+        types.append({"class": t, "count": counted[t],
+                      "percent": round(100 * counted[t] / n_white, 1) if n_white else None,
+                      "ci95": [round(100 * lo, 1), round(100 * hi, 1)] if n_white else None})  # fmt: skip
     nrbc = counted.get("erythroblast", 0)
     awaiting = [c for c in cells if not c.edge and c.reviewed is None and c.verdict == "review"]
     decisions = [row for c in cells for row in store.history(c.id)]
@@ -66,9 +65,10 @@ def case_summary(store, case: str) -> dict[str, Any]:
     }
 
 
-def render_case(store, case: str, *, now: str | None = None) -> str:
-    """The report of ``case`` as one HTML document."""
-    s = case_summary(store, case)
+def render_case(store, case: str, *, now: str | None = None) -> tuple[str, dict[str, Any]]:
+    """The report of ``case`` as one HTML document, and what it shows as data (``case_summary``)."""
+    cells = store.cells(case)
+    s = case_summary(store, case, cells)
     e = html.escape
     now = now or datetime.now(timezone.utc).isoformat(timespec="seconds")
     rows = ""
@@ -79,7 +79,7 @@ def render_case(store, case: str, *, now: str | None = None) -> str:
     per = "" if s["nrbc_per_100_wbc"] is None else f"{s['nrbc_per_100_wbc']} per 100 white cells"
     rows += f"<tr><td>nucleated red cells</td><td>{s['nucleated_red_cells']}</td><td></td><td>{per}</td></tr>"
     rows += "".join(f"<tr><td>other: {e(k)}</td><td>{v}</td><td></td><td></td></tr>" for k, v in s["other"].items())
-    gallery = _gallery(store, case)
+    gallery = _gallery(store, cells)
     models = "; ".join(f"{e(run)} (checkpoint {e(sha[:16])}…)" for run, sha in s["models"])
     reviewers = ", ".join(f"{e(k)} {v}" for k, v in s["reviewers"].items()) or "none yet"
     when = "" if not s["first_review"] else f" (from {e(s['first_review'])} to {e(s['last_review'])})"
@@ -90,7 +90,7 @@ def render_case(store, case: str, *, now: str | None = None) -> str:
         flags.append(f"{s['edge_cells']} cells cut by a field's border are not counted.")
     if s["changed_by_reviewers"]:
         flags.append(f"Reviewers changed the model's answer for {s['changed_by_reviewers']} cells.")
-    return f"""<!doctype html>
+    page = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>cellmorphnet · case {e(case)}</title>
 <style>
 body {{ font: 14px/1.4 system-ui, sans-serif; margin: 2rem; color: #222; }}
@@ -118,12 +118,13 @@ reviewed</p>
 {gallery}
 </body></html>
 """
+    return page, s
 
 
-def _gallery(store, case: str) -> str:
+def _gallery(store, cells: list) -> str:
     e = html.escape
     by: dict[str, list] = {}
-    for c in store.cells(case)[:MAX_GALLERY]:
+    for c in cells[:MAX_GALLERY]:
         by.setdefault(c.reviewed or c.predicted, []).append(c)
     parts = []
     for cls in sorted(by):

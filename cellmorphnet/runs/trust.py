@@ -53,19 +53,22 @@ class TrustReference:
                                 home=np.float64(self.home))  # fmt: skip
 
 
-def build(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray, *, seed: int = 0) -> TrustReference:
-    """The reference from training cells' features (a stratified sample is kept) and the marks from validation's."""
+def sample(labels: np.ndarray, seed: int = 0) -> np.ndarray:
+    """The training cells kept as the reference: up to ``REFERENCE_PER_CLASS`` of each class, drawn at random."""
     rng = np.random.default_rng(seed)
     labels = np.asarray(labels).ravel()
-    keep = np.concatenate([rng.permutation(np.nonzero(labels == c)[0])[:REFERENCE_PER_CLASS]
-                           for c in np.unique(labels)])  # fmt: skip
-    f = np.asarray(features[keep], dtype=np.float32)
+    return np.sort(np.concatenate([rng.permutation(np.nonzero(labels == c)[0])[:REFERENCE_PER_CLASS]
+                                   for c in np.unique(labels)]))  # fmt: skip
+
+
+def build(features: np.ndarray, labels: np.ndarray, val_features: np.ndarray) -> TrustReference:
+    """The reference from the sampled training cells' features (``sample``) and the marks from validation's."""
+    f = np.asarray(features, dtype=np.float32)
     f = f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
     f = f.astype(np.float16).astype(np.float32)  # as it will be read back
-    ref = TrustReference(f, labels[keep], 0.0, 0.0)
-    t = ref.typicality(val_features)
-    return TrustReference(f, labels[keep], float(np.quantile(t, TYPICAL_QUANTILE)),
-                          float(np.quantile(t, HOME_QUANTILE)))  # fmt: skip
+    labels = np.asarray(labels).ravel()
+    t = TrustReference(f, labels, 0.0, 0.0).typicality(val_features)
+    return TrustReference(f, labels, float(np.quantile(t, TYPICAL_QUANTILE)), float(np.quantile(t, HOME_QUANTILE)))
 
 
 def load(run_dir: Path, num_classes: int, num_features: int | None = None) -> TrustReference | None:

@@ -110,7 +110,7 @@ def case_report(case: str, store: Store):
     from cellmorphnet.reviews.export import safe_stem
     from cellmorphnet.reviews.report import render_case
 
-    return HTMLResponse(render_case(store, case), headers={
+    return HTMLResponse(render_case(store, case)[0], headers={
         "Content-Disposition": f'inline; filename="{safe_stem(case)}-report.html"'})  # fmt: skip
 
 

@@ -63,7 +63,8 @@ class ModelService:
         self.run_dir = Path(run_dir)
         self.rm = load_run_model(self.run_dir, which, device)
         lab_values, home_only = profiles.resolve(lab, self.rm, home)
-        self.options = inference_options(self.rm.record, max_cells=max_cells, lab=lab_values, home=home_only)
+        self.options = inference_options(self.rm.record, max_cells=max_cells, lab=lab_values,
+                                         home_preprocessing=home_only)
         self.limits = limits = limits or Limits()
         self.classes = self.rm.classes
         self.ready = False

@@ -94,9 +94,7 @@ def trust_reference(record, model, train_images, train_labels, val_images, *, de
     from cellmorphnet.runs import trust
 
     labels = np.asarray(train_labels).ravel()
-    rng = np.random.default_rng(0)
-    keep = np.sort(np.concatenate([rng.permutation(np.nonzero(labels == c)[0])[:trust.REFERENCE_PER_CLASS]
-                                   for c in np.unique(labels)]))  # fmt: skip
+    keep = trust.sample(labels)
     model.eval()
     pol = record.inference
 

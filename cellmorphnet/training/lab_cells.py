@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from cellmorphnet.errors import InvalidData
 
@@ -72,7 +71,7 @@ def lab_cells(rm, folder: Path, workers: int = 2, new_classes: tuple[str, ...] =
     from cellmorphnet.data.sources.folder import list_images
     from cellmorphnet.inference import inference_options, prepare_set
     from cellmorphnet.inference.lab import measure_lab
-    from cellmorphnet.inference.predict import class_probs
+    from cellmorphnet.inference.predict import one_view_probs
 
     folder_names, items = list_images(folder)
     parent = list(rm.record.classes)
@@ -87,12 +86,7 @@ def lab_cells(rm, folder: Path, workers: int = 2, new_classes: tuple[str, ...] =
     values, _ = measure_lab(rm, files, workers=workers, minimum=1)
     options = dataclasses.replace(inference_options(rm.record, lab=values), cells="one", tta=False,
                                   scale_views=False)  # fmt: skip
-    device = torch.device(rm.device)
-
-    def one_view(arrays: list[np.ndarray]) -> np.ndarray:
-        return class_probs(rm.model, arrays, options.policy, device=device, channels_last=rm.channels_last,
-                           tta=False, temperature=options.temperature)  # fmt: skip
-
+    one_view = one_view_probs(rm, options.policy, temperature=options.temperature)
     label_of = {p: classes.index(mapping[folder_names[i]]) for p, i in items}
     _, loaded = prepare_set(files, options, parent, one_view, workers=workers)
     arrays, labels, kept, skipped = [], [], [], []

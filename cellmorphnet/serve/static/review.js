@@ -30,10 +30,13 @@ async function loadCases() {
 }
 
 async function openCase(name) {
+  const ticket = (state.opening = (state.opening || 0) + 1);  // the latest case asked for wins, whatever answers last
   state.case = name;
   localStorage.setItem("cellmorphnet-case", name);
   const res = await api(`/v1/cases/${encodeURIComponent(name)}`).catch((e) => (e.message.startsWith("404") ? null : Promise.reject(e)));
-  state.cells = res ? (await res.json()).cells : [];
+  const cells = res ? (await res.json()).cells : [];
+  if (ticket !== state.opening) return;
+  state.cells = cells;
   render();
 }
 
@@ -260,9 +263,9 @@ function setUp() {
     sessionStorage.setItem("cellmorphnet-token", $("token").value.trim());
     loadCases();
   });
-  loadCases().then(() => {
+  loadCases().then(() => {  // reopen the last case, unless a case was opened while the list loaded
     const last = localStorage.getItem("cellmorphnet-case");
-    if (last) { $("case").value = last; openCase(last); }
+    if (last && !state.case) { $("case").value = last; openCase(last); }
   }).catch(() => {});
 }
 
