@@ -18,7 +18,8 @@ PKG = Path(__file__).resolve().parents[1] / "cellmorphnet"
 # Lowest first. A room may import rooms on lower layers only (rooms on one layer do not import each other).
 LAYERS = [
     ["errors"],  # the one exception hierarchy, which every room raises
-    ["_io", "paths", "runtime", "vision", "shipped"],  # foundations: no network, no dataset
+    ["_io"],  # atomic writes, digests, writable paths
+    ["paths", "runtime", "vision", "shipped"],  # foundations: no network, no dataset (runtime.database writes SQLite)
     ["data"],  # datasets from fetch to loader
     ["reviews"],  # what reviewers decided (reads the taxonomy's white-cell types)
     ["model", "export"],  # the network, its loss, and it run over prepared splits; ONNX and CoreML

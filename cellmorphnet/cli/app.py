@@ -39,8 +39,14 @@ def _debug() -> bool:
 def _handle_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        clean = False
         try:
-            return fn(*args, **kwargs)
+            result = fn(*args, **kwargs)
+            clean = True
+            return result
+        except typer.Exit:  # the command's own exit code (every rank raises the same): an answer, not a failure
+            clean = True
+            raise
         except CellMorphNetError as e:
             if _debug():
                 raise
@@ -56,7 +62,7 @@ def _handle_errors(fn):
                 raise
             output.err.print("[yellow]Interrupted.[/yellow]")
             raise typer.Exit(130) from None
-        except (typer.Exit, typer.Abort, SystemExit):
+        except (typer.Abort, SystemExit):
             raise
         except Exception as e:  # a bug: still one line, the traceback behind the debug variable
             if _debug():
@@ -70,7 +76,7 @@ def _handle_errors(fn):
         finally:
             from cellmorphnet.runtime import distributed
 
-            distributed.stop()
+            distributed.stop(clean=clean)
 
     return wrapper
 
@@ -120,11 +126,11 @@ def _help(doc: str | None) -> str | None:
 
 def _register() -> None:
     from cellmorphnet.cli import eval as eval_cmd
-    from cellmorphnet.cli import export, fetch, infer, lab, prepare, reviews, serve, status, train, upgrade
+    from cellmorphnet.cli import export, fetch, infer, lab, prepare, reviews, serve, status, train, upgrade, users
 
     for module in (fetch, prepare, train, status, eval_cmd, infer, export, serve, upgrade):
         app.command(module.NAME, help=_help(module.__doc__))(_handle_errors(module.command))
-    for group in (lab, reviews):  # groups: lab create/list/..., reviews list/export
+    for group in (lab, reviews, users):  # groups: lab create/list/..., reviews list/export, users add/list
         for command in group.app.registered_commands:
             command.callback = _handle_errors(command.callback)
         app.add_typer(group.app, name=group.NAME, help=_help(group.__doc__))

@@ -165,3 +165,62 @@ def calibrate(
                     f"(promised {1 - alpha:.0%}); {c.classified:.0%} would be classified{right}.")  # fmt: skip
 
     output.result(c.to_dict(), human, as_json=as_json)
+
+
+def _said_switch(s) -> None:
+    verb = "Now serving" if s.action == "promote" else "Rolled back to"
+    output.info(f"{verb} {s.run} (checkpoint {s.checkpoint_sha256[:12]}…)" + (f", replacing {s.previous}" if
+                s.previous else "") + ". A running serve in this home follows within seconds.")  # fmt: skip
+
+
+@app.command("promote")
+def promote(
+    ctx: typer.Context,
+    run: Annotated[str, typer.Argument(help="The run to serve (a name, a folder, or bloodmnist).")],
+    note: Annotated[str | None, typer.Option("--note", help="Why, for the record.", show_default=False)] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Make a run the served model of this home (serve without a run serves it; a running serve switches to it)."""
+    from cellmorphnet.labs.served import promote as promote_run
+
+    s = promote_run(home_of(ctx), run, note=note)
+    output.result(s.to_dict(), lambda: _said_switch(s), as_json=as_json)
+
+
+@app.command("rollback")
+def rollback(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """Serve again the model served before the last switch."""
+    from cellmorphnet.labs.served import rollback as rollback_run
+
+    s = rollback_run(home_of(ctx))
+    output.result(s.to_dict(), lambda: _said_switch(s), as_json=as_json)
+
+
+@app.command("served")
+def served(ctx: typer.Context, as_json: JsonFlag = False) -> None:
+    """The served model and every switch (who, when, from what)."""
+    from cellmorphnet.labs.served import Served, served_path, served_run
+
+    name, run_dir = served_run(home_of(ctx))
+    history = []
+    if served_path(home_of(ctx)).is_file():
+        with Served(served_path(home_of(ctx)), read_only=True) as s:
+            history = s.history()
+
+    def human() -> None:
+        output.info(f"Served: {name} ({run_dir})")
+        if not history:
+            output.info("No switches yet: the model that ships with cellmorphnet.")
+            return
+        from rich.table import Table
+
+        table = Table(title="Switches, newest first", title_justify="left")
+        for col in ("when", "action", "run", "replacing", "by", "note"):
+            table.add_column(col, overflow="fold")
+        for s in history:
+            table.add_row(s.created[:19].replace("T", " "), s.action, s.run, s.previous or "", s.by or "",
+                          s.note or "")  # fmt: skip
+        output.out.print(table)
+
+    output.result({"run": name, "folder": str(run_dir), "switches": [s.to_dict() for s in history]}, human,
+                  as_json=as_json)  # fmt: skip

@@ -26,8 +26,10 @@ LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 def command(
     ctx: typer.Context,
     run: Annotated[
-        str, typer.Argument(help="A run name or folder, 'latest', or the model that ships with cellmorphnet.")
-    ] = "bloodmnist",
+        str | None, typer.Argument(help="A run name or folder, 'latest', or the model that ships with cellmorphnet "
+                                   "\\[default: this home's served model: the last 'lab promote', else bloodmnist].",
+                                   show_default=False)
+    ] = None,
     host: Annotated[str, typer.Option("--host", help="Address to listen on (0.0.0.0: every network).")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
@@ -101,6 +103,10 @@ def command(
     ] = LIMITS.max_json_bytes / 1024,
     max_cells: MaxCellsOption = None,
     lab: LabOption = None,
+    adapt_steps: Annotated[
+        int | None, typer.Option("--adapt-steps", help="Optimizer steps of an adaptation started from the review page "
+                                 "\\[default: train --init's, 300].", show_default=False)
+    ] = None,
 ) -> None:
     from cellmorphnet.errors import ConfigError
     from cellmorphnet.runs import folders as runs
@@ -131,7 +137,12 @@ def command(
 
     check_token_value(token)  # before the model loads
 
-    run_dir = runs.resolve_run(run, home_of(ctx))
+    from cellmorphnet.labs.served import run_name, served_run
+
+    home = home_of(ctx)
+    if adapt_steps is not None and adapt_steps <= 0:
+        raise ConfigError("--adapt-steps must be positive.")
+    run_dir = runs.resolve_run(run, home) if run is not None else served_run(home)[1]
     _check_port(host, port)
     limits = Limits(max_file_bytes=int(max_file_mb * MB), max_request_bytes=int(max_request_mb * MB),
                     max_files=max_files, max_pixels=int(max_megapixels * 1_000_000),
@@ -140,18 +151,29 @@ def command(
                     min_upload_rate=min_upload_kbps * 1000, request_timeout_s=request_timeout,
                     max_json_bytes=int(max_json_kb * 1024))  # fmt: skip
     output.info(f"Loading {run_dir.name} …")
-    service = ModelService(run_dir, checkpoint, device, max_batch=max_batch, max_wait_ms=batch_wait_ms, limits=limits,
-                           max_cells=max_cells, lab=lab, home=home_of(ctx))  # fmt: skip
-    service.warm_up()  # a broken run fails here, before the port opens
-    if host not in LOCAL_HOSTS and not token:
-        output.warn(f"Listening on {host} without a token: anyone who can reach this machine can use the model. "
-                     f"Set --token or {ENV_TOKEN}.")  # fmt: skip
-    from cellmorphnet.reviews.store import ReviewStore, check_class_name, store_path
 
+    def load(folder: Path, lab_name: str | None = None) -> ModelService:
+        return ModelService(folder, checkpoint, device, max_batch=max_batch, max_wait_ms=batch_wait_ms, limits=limits,
+                            max_cells=max_cells, lab=lab_name, home=home).warm_up()  # fmt: skip
+
+    service = load(run_dir, lab)  # a broken run fails here, before the port opens
+    from cellmorphnet.reviews.store import ReviewStore, check_class_name, store_path
+    from cellmorphnet.serve.accounts import Accounts, accounts_path
+    from cellmorphnet.serve.desk import Desk
+
+    accounts = Accounts(accounts_path(home))
+    people = len(accounts.list())
+    if people:
+        output.info(f"{people} account{'s' if people != 1 else ''} (cellmorphnet users list): every /v1 route needs a "
+                    "valid token" + (", or the shared --token." if token else "."))  # fmt: skip
+    elif host not in LOCAL_HOSTS and not token:
+        output.warn(f"Listening on {host} without a token: anyone who can reach this machine can use the model. "
+                     f"Set --token or {ENV_TOKEN}, or add accounts (cellmorphnet users add).")  # fmt: skip
     extra = [check_class_name(c) for c in extra_class or []]
-    store = ReviewStore(reviews_db or store_path(home_of(ctx)), [*service.classes, *extra])
+    store = ReviewStore(reviews_db or store_path(home), [*service.classes, *extra])
+    desk = Desk(home, store, load, served=(run_name(run_dir, home), run_dir), device=device, adapt_steps=adapt_steps)
     app = create_app(service, token=token, cors_origins=cors_origin or None, hosts=trusted_hosts(host, allowed_host),
-                     reviews=store)  # fmt: skip
+                     reviews=store, accounts=accounts, desk=desk)  # fmt: skip
     shown = f"[{host}]" if ":" in host else host
     output.info(f"Serving {run_dir.name} ({len(service.classes)} classes, {service.rm.device}) on "
                  f"http://{shown}:{port}/  (API docs: /docs; Ctrl+C stops)")  # fmt: skip
@@ -173,8 +195,10 @@ def command(
                     limit_concurrency=max_connections + 1,
                     timeout_keep_alive=5)  # fmt: skip
     finally:
-        service.close()
+        desk.close()
+        app.state.service.close()
         store.close()
+        accounts.close()
 
 
 def _check_port(host: str, port: int) -> None:

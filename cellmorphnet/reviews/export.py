@@ -23,12 +23,12 @@ def safe_stem(name: str, limit: int = 60) -> str:
     return stem or "cell"
 
 
-def export(store: ReviewStore, out: Path, case: str | None = None) -> dict[str, Any]:
+def export(store: ReviewStore, out: Path, case: str | None = None, *, only: set[int] | None = None) -> dict[str, Any]:
     """Write the reviewed cells (of one case) as a dataset: ``out/<class>/<id>-<name>.<ext>`` and ``cells.csv``
     (source file, cell, box, predicted, reviewed class, reviewer, time). ``out`` must not exist yet (nothing
     is overwritten); it is written whole into a temporary folder beside it and renamed at the end. A cell whose
     stored class is not a class name (a database changed by hand) is left out and listed in ``refused``: nothing
-    is ever written outside ``out``."""
+    is ever written outside ``out``. ``only``: these cell ids alone (of those reviewed)."""
     import csv
     import io
     import shutil
@@ -44,7 +44,7 @@ def export(store: ReviewStore, out: Path, case: str | None = None) -> dict[str, 
         raise NotFound(f"There is no case '{case}'.")
     cells, refused = [], []
     for c in store.cells(case):
-        if c.reviewed is None:
+        if c.reviewed is None or (only is not None and c.id not in only):
             continue
         # a value read from the database is input: the class becomes a folder name, so it must be one of the
         # store's classes (when it knows them) and a plain name, never a path ('../x', '/etc') or a control

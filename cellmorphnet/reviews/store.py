@@ -22,16 +22,12 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cellmorphnet._io import check_writable
-from cellmorphnet.errors import ConfigError, Conflict, InvalidData, NotFound, OutputError
+from cellmorphnet.errors import ConfigError, Conflict, InvalidData, NotFound
+from cellmorphnet.runtime.database import Database, now
 
 SCHEMA = 2
 FILENAME = "reviews.sqlite"
@@ -97,10 +93,6 @@ def _text(row: sqlite3.Row, column: str) -> str | None:
     """A text column a database of an older schema (read, not migrated) may lack; anything but text reads as None."""
     value = row[column] if column in row.keys() else None
     return value if isinstance(value, str) else None
-
-
-def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 @dataclass(frozen=True)
@@ -172,94 +164,30 @@ class ReviewStore:
         self.path = Path(path)
         self.classes = list(classes)  # what a review may say: the model's classes and the lab's own
         self.read_only = read_only
-        self._lock = threading.Lock()
-        if read_only:
-            if not self.path.is_file() or self.path.stat().st_size == 0:
-                what = "an empty file" if self.path.is_file() else "not a file"
-                raise InvalidData(f"{self.path} is not a review database ({what}).",
-                                  hint="Reviews are made in cellmorphnet serve's review view.")  # fmt: skip
-        else:
-            check_writable(self.path, folder=False)  # WAL mode writes beside the file, even to read
-        try:
-            if read_only:
-                uri = f"{self.path.resolve().as_uri()}?mode=ro"
-                self._db = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None, timeout=30)
-            else:
-                self.path.parent.mkdir(parents=True, exist_ok=True)
-                self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-        except (OSError, sqlite3.Error) as e:
-            raise OutputError(f"Cannot open the review database {self.path}: {getattr(e, 'strerror', None) or e}.",
-                              hint="Give a file in a folder you can write to.") from None  # fmt: skip
-        try:
-            self._db.row_factory = sqlite3.Row
-            version = self._check_ours()  # before anything could change the file
-            if read_only:
-                if version < 1:
-                    raise ConfigError(f"{self.path} has review schema {version}; open it once with cellmorphnet "
-                                      f"serve to bring it to {SCHEMA}.")  # fmt: skip
-                # an older schema reads as it is (what it lacks reads as None), without being changed
-            else:
-                self._db.execute("PRAGMA journal_mode=WAL")
-                self._db.execute("PRAGMA synchronous=FULL")  # a committed review survives a power cut
-                self._db.execute("PRAGMA foreign_keys=ON")
-                self._migrate(version)
-        except sqlite3.Error as e:  # not SQLite at all, or a database that stays locked
-            self._db.close()
-            raise InvalidData(f"Cannot use {self.path} as a review database: {e}.") from None
-        except BaseException:
-            self._db.close()
-            raise
+        self._file = Database(self.path, what="review database", schema=SCHEMA, migrations=_MIGRATIONS,
+                              marker="reviews", read_only=read_only,
+                              hint="Reviews are made in cellmorphnet serve's review view.")  # fmt: skip
+        if read_only and self._file.found < 1:
+            self._file.close()
+            raise ConfigError(f"{self.path} has review schema {self._file.found}; open it once with cellmorphnet "
+                              f"serve to bring it to {SCHEMA}.")  # fmt: skip
+        # an older schema opened read-only reads as it is (what it lacks reads as None), without being changed
+        self._db = self._file.db
+        self._write = self._file.write
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
-
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        """One transaction: all of it is committed, or none."""
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._db
-            except BaseException:
-                self._db.execute("ROLLBACK")
-                raise
-            self._db.execute("COMMIT")
-
-    def _check_ours(self) -> int:
-        """The file's review schema version; ``InvalidData`` for another program's database, ``ConfigError`` for a
-        newer cellmorphnet's. Reads only."""
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        tables = [r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
-        if version > SCHEMA:
-            raise ConfigError(f"{self.path} was written by a newer cellmorphnet (review schema {version}; this one "
-                              f"reads up to {SCHEMA}).",
-                              hint="Upgrade cellmorphnet: pipx upgrade cellmorphnet")  # fmt: skip
-        if (version == 0 and tables) or (version and "reviews" not in tables):  # ours always set user_version
-            raise InvalidData(f"{self.path} is another program's SQLite database (tables: "
-                              f"{', '.join(tables[:5]) or 'none'}).",
-                              hint="Give a new file, or a review database cellmorphnet wrote.")  # fmt: skip
-        return version
-
-    def _migrate(self, version: int) -> None:
-        for target in range(version + 1, SCHEMA + 1):
-            script = re.sub(r"--[^\n]*", "", _MIGRATIONS[target])  # (comments may hold a ';')
-            with self._write() as db:  # the whole step or none of it
-                for statement in script.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
-                db.execute(f"PRAGMA user_version = {target}")
+        self._file.close()
 
     @property
     def schema(self) -> int:
-        return self._db.execute("PRAGMA user_version").fetchone()[0]
+        return self._file.schema
 
     # --- cases and cells ---------------------------------------------------------------------------
     def case_id(self, name: str) -> int:
         """The case called ``name``, opened if new."""
         name = check_name(name, "case name", required=True)
         with self._write() as db:
-            db.execute("INSERT OR IGNORE INTO cases (name, created) VALUES (?, ?)", (name, _now()))
+            db.execute("INSERT OR IGNORE INTO cases (name, created) VALUES (?, ?)", (name, now()))
             return db.execute("SELECT id FROM cases WHERE name = ?", (name,)).fetchone()[0]
 
     def cases(self) -> list[dict[str, Any]]:
@@ -290,7 +218,7 @@ class ReviewStore:
                 "run, checkpoint_sha256, predicted, confidence, probabilities, created, verdict, review_reason) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (case_id, source, image_sha256, cell_index, x0, y0, x1, y1, int(edge), crop, crop_type, run,
-                 checkpoint_sha256, predicted, float(confidence), json.dumps(probabilities), _now(), verdict,
+                 checkpoint_sha256, predicted, float(confidence), json.dumps(probabilities), now(), verdict,
                  review_reason))  # fmt: skip
             return cur.lastrowid
 
@@ -336,7 +264,7 @@ class ReviewStore:
             if db.execute("SELECT 1 FROM cells WHERE id = ?", (cell_id,)).fetchone() is None:
                 raise NotFound(f"There is no cell {cell_id}.")
             db.execute("INSERT INTO reviews (cell_id, class, reviewer, created, action) VALUES (?, ?, ?, ?, 'review')",
-                       (cell_id, cls, reviewer, _now()))  # fmt: skip
+                       (cell_id, cls, reviewer, now()))  # fmt: skip
         return self.cell(cell_id)
 
     def undo(self, cell_id: int, reviewer: str | None = None) -> Cell:
@@ -356,7 +284,7 @@ class ReviewStore:
                 raise Conflict(f"Cell {cell_id} has no review to undo.")
             previous = state[-2] if len(state) > 1 else None
             db.execute("INSERT INTO reviews (cell_id, class, reviewer, created, action) VALUES (?, ?, ?, ?, 'undo')",
-                       (cell_id, previous, reviewer, _now()))  # fmt: skip
+                       (cell_id, previous, reviewer, now()))  # fmt: skip
         return self.cell(cell_id)
 
     def history(self, cell_id: int) -> list[dict[str, Any]]:

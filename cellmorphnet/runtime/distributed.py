@@ -183,13 +183,21 @@ def local_device(group: Group, device: str) -> str:
     return device
 
 
-def stop() -> None:
-    """Leave the process group (at the end of a command)."""
+def stop(*, clean: bool = True) -> None:
+    """Leave the process group (at the end of a command). After a command that ended well (``clean``) the ranks
+    first wait for each other, so none tears its connections down while another still uses them (gloo aborted a
+    rank that finished first, once in CI); after a failure each leaves at once, as the others may be gone."""
     global _started
     if _started is not None and _started.active:
         import torch.distributed as dist
 
         if dist.is_initialized():
+            if clean:
+                try:
+                    with _broken_job():
+                        dist.barrier()
+                except JobBroken:
+                    pass  # another rank failed: it reports that itself
             dist.destroy_process_group()
     _started = None
 

@@ -15,7 +15,7 @@ from fastapi import APIRouter, Depends, FastAPI, HTTPException
 from fastapi.responses import FileResponse, JSONResponse
 
 from cellmorphnet.errors import Conflict, InvalidData, LimitExceeded, NotFound, TimeLimit
-from cellmorphnet.serve import model_routes, review_routes
+from cellmorphnet.serve import desk_routes, model_routes, review_routes
 from cellmorphnet.serve.security import OriginCheck, bearer_guard
 from cellmorphnet.serve.service import ModelService
 from cellmorphnet.serve.settings import Limits
@@ -26,15 +26,18 @@ API_VERSION = "v1"
 
 
 def create_app(service: ModelService, *, token: str | None = None, cors_origins: list[str] | None = None,
-               limits: Limits | None = None, hosts: list[str] | None = None, reviews=None) -> FastAPI:  # fmt: skip
+               limits: Limits | None = None, hosts: list[str] | None = None, reviews=None,
+               accounts=None, desk=None) -> FastAPI:  # fmt: skip
     """The application: ``service`` answers, ``token`` (if any) guards ``/v1``, ``cors_origins`` opens CORS (and
     are the only other origins whose POSTs are served), ``limits`` bound each request (default: the service's),
     ``hosts`` are the ``Host`` values it answers (``trusted_hosts``; None: any), ``reviews`` (a
-    ``reviews.ReviewStore``) keeps cases, cells and reviews (None: no review routes)."""
+    ``reviews.ReviewStore``) keeps cases, cells and reviews (None: no review routes), ``accounts`` (a
+    ``serve.accounts.Accounts``) names who may do what once it holds an account, ``desk`` (a ``serve.desk.Desk``)
+    adapts and switches the served model (None: no such routes)."""
     limits = limits or service.limits
     from cellmorphnet import __version__
 
-    check_token = bearer_guard(token)  # (an empty token is refused here)
+    check_token = bearer_guard(token, accounts)  # (an empty token is refused here)
 
     app = FastAPI(
         title="cellmorphnet",
@@ -92,9 +95,15 @@ def create_app(service: ModelService, *, token: str | None = None, cors_origins:
             return JSONResponse({"status": "saturated"}, status_code=503)
         return {"status": "ready"}
 
-    app.state.service, app.state.limits, app.state.reviews = service, limits, reviews
+    app.state.service, app.state.limits, app.state.reviews, app.state.desk = service, limits, reviews, desk
+    if desk is not None:
+        desk.state = app.state  # where it swaps the served model
     v1 = APIRouter(prefix=f"/{API_VERSION}", dependencies=[Depends(check_token)])
     v1.include_router(model_routes.router)
+    if desk is not None:
+        v1.include_router(desk_routes.router)
+    else:  # who is signed in, on any server
+        v1.add_api_route("/me", desk_routes.me, methods=["GET"], tags=["desk"])
     if reviews is not None:
         v1.include_router(review_routes.router)
     app.include_router(v1)

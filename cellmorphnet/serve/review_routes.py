@@ -18,11 +18,13 @@ from starlette.concurrency import run_in_threadpool
 from cellmorphnet.errors import NotFound
 from cellmorphnet.reviews.store import ENOUGH_PER_TYPE, ReviewStore, check_name
 from cellmorphnet.serve.model_routes import RequestLimits, Service
+from cellmorphnet.serve.security import require
 from cellmorphnet.serve.uploads import multipart_body, read_files
 
 MAX_ID = 2**63 - 1  # SQLite's largest integer: a cell id beyond it is no cell
 CellId = Annotated[int, PathParam(ge=1, le=MAX_ID, description="A cell's id, as the case lists it.")]
 router = APIRouter(tags=["review"])
+REVIEWS = [Depends(require("review"))]  # what changes a case: a viewer is answered 403
 
 
 def get_store(request: Request) -> ReviewStore:
@@ -66,7 +68,7 @@ def stats(store: Store, case: str | None = Query(None, max_length=200, descripti
     return review_stats(store, case)
 
 
-@router.post("/cases/{case:path}/cells", openapi_extra=multipart_body("files", many=True))
+@router.post("/cases/{case:path}/cells", openapi_extra=multipart_body("files", many=True), dependencies=REVIEWS)
 async def add_cells(request: Request, case: str, store: Store,
                     service: Service,
                     limits: RequestLimits) -> dict[str, Any]:  # fmt: skip
@@ -122,16 +124,23 @@ def get_case(case: str, store: Store) -> dict[str, Any]:
     return case_json(store, case)
 
 
-@router.post("/cells/{cell_id}/review")
-def review(cell_id: CellId, body: ReviewBody, store: Store) -> dict[str, Any]:
-    """Confirm or reassign a cell (422 for a class that is not one of the case's classes)."""
-    return store.review(cell_id, body.cls, body.reviewer).to_dict()
+def reviewer_of(request: Request, given: str | None) -> str | None:
+    """Who a review is recorded under: the signed-in account's name; the name given only without accounts."""
+    account = getattr(request.state, "account", None)
+    return account.name if account is not None and account.name is not None else given
 
 
-@router.post("/cells/{cell_id}/undo")
-def undo(cell_id: CellId, store: Store, body: UndoBody | None = None) -> dict[str, Any]:
+@router.post("/cells/{cell_id}/review", dependencies=REVIEWS)
+def review(request: Request, cell_id: CellId, body: ReviewBody, store: Store) -> dict[str, Any]:
+    """Confirm or reassign a cell (422 for a class that is not one of the case's classes). With accounts, the
+    review is recorded under the signed-in account (a ``reviewer`` in the body is ignored)."""
+    return store.review(cell_id, body.cls, reviewer_of(request, body.reviewer)).to_dict()
+
+
+@router.post("/cells/{cell_id}/undo", dependencies=REVIEWS)
+def undo(request: Request, cell_id: CellId, store: Store, body: UndoBody | None = None) -> dict[str, Any]:
     """Take back the cell's latest review (kept in its history; 409 when there is none)."""
-    return store.undo(cell_id, body.reviewer if body else None).to_dict()
+    return store.undo(cell_id, reviewer_of(request, body.reviewer if body else None)).to_dict()
 
 
 @router.get("/cells/{cell_id}/history")

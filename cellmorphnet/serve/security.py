@@ -59,20 +59,50 @@ def check_token_value(token: str | None) -> None:
                           hint="Give a real token, or leave out --token (and unset CELLMORPHNET_TOKEN).")  # fmt: skip
 
 
-def bearer_guard(token: str | None) -> Callable[[Request], None]:
-    """The dependency that requires ``Authorization: Bearer TOKEN`` (nothing when ``token`` is None)."""
+def bearer_guard(token: str | None, accounts=None) -> Callable[[Request], None]:
+    """The dependency of every ``/v1`` route: who the request comes from, kept in ``request.state.account``.
+
+    With ``accounts`` (a ``serve.accounts.Accounts``) that hold any account, ``Authorization: Bearer <token>`` must
+    be an account's token or the shared ``token``; with none, the shared ``token`` alone (nothing when it is None).
+    The shared token's holder, and anyone on a server with neither, acts as an unnamed admin (one-person use)."""
+    from cellmorphnet.serve.accounts import ANONYMOUS_ADMIN
+
     check_token_value(token)
     expected = token.encode("utf-8") if token is not None else b""
 
+    def refuse() -> None:
+        raise HTTPException(401, "A valid 'Authorization: Bearer <token>' header is required.",
+                            headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+
     def check_token(request: Request) -> None:
-        if token is None:
+        with_accounts = accounts is not None and accounts.any()
+        request.state.account = ANONYMOUS_ADMIN
+        if token is None and not with_accounts:
             return
         given = request.headers.get("authorization", "")
         scheme, _, value = given.partition(" ")
+        if scheme.lower() != "bearer":
+            refuse()
         # HTTP headers arrive as bytes, which Starlette hands over decoded as Latin-1: encoding them back gives the
         # bytes the client sent (UTF-8 for a non-ASCII token), compared with the token's own UTF-8 bytes
-        if scheme.lower() != "bearer" or not secrets.compare_digest(value.strip().encode("latin-1"), expected):
-            raise HTTPException(401, "A valid 'Authorization: Bearer <token>' header is required.",
-                                headers={"WWW-Authenticate": "Bearer"})  # fmt: skip
+        sent = value.strip().encode("latin-1")
+        if token is not None and secrets.compare_digest(sent, expected):
+            return
+        account = accounts.authenticate(value) if with_accounts and sent.isascii() else None
+        if account is None:
+            refuse()
+        request.state.account = account
 
     return check_token
+
+
+def require(right: str) -> Callable[[Request], None]:
+    """A route's dependency: the request's account must have ``right`` (``serve.accounts.RIGHTS``), else 403."""
+
+    def check_right(request: Request) -> None:
+        account = getattr(request.state, "account", None)
+        if account is None or not account.may(right):
+            role = getattr(account, "role", "none")
+            raise HTTPException(403, f"A {role} may not do this (it needs the right to {right}).")
+
+    return check_right

@@ -73,7 +73,7 @@ def test_imports_flow_one_way():
         if "cli" not in path.parts and path.name != "__main__.py":
             assert not {m for m in _imports(path) if m.startswith("cellmorphnet.cli")}, path
         # HTTP stays in the web app: the library (service included) never imports it or the web frameworks
-        http = ("app", "connections", "model_routes", "review_routes", "security", "uploads")
+        http = ("app", "connections", "desk_routes", "model_routes", "review_routes", "security", "uploads")
         if not (path.parent.name == "serve" and path.stem in http) and "cli" not in path.parts:
             web = ("cellmorphnet.serve.app", "fastapi", "starlette", "uvicorn")
             assert not {m for m in _imports(path) if m.startswith(web)}, path

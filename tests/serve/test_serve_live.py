@@ -503,3 +503,56 @@ def test_reviewing_cells_by_keyboard_in_a_real_browser(server, page, tmp_path):
     expect(page.locator("#reviewed")).to_have_text("20 of 20 cells reviewed", timeout=30_000)
     expect(page.locator("#counts tbody td.enough")).to_have_count(1)
     expect(page.locator("#counts tbody tr[data-class=neutrophil] td.enough")).to_have_text("20")
+
+
+def test_accounts_adapt_promote_and_rollback_in_a_real_browser(page, tmp_path):
+    """A home with accounts: the page signs in as the admin (the reviewer box is the account), adapts the served model
+    to a case's reviewed cells as a background job, shows both models side by side, promotes the new one and rolls
+    back; a viewer's review is refused, and every switch is recorded under the admin."""
+    from playwright.sync_api import expect
+
+    env = {**os.environ, "CELLMORPHNET_HOME": str(tmp_path / "home"), "NO_COLOR": "1"}
+    tokens = {}
+    for name, role in (("Adam", "admin"), ("Ana", "reviewer"), ("Vi", "viewer")):
+        r = subprocess.run([*_command(), "users", "add", name, "--role", role], env=env, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+        tokens[role] = r.stdout.strip()
+    server = Server(tmp_path, "--adapt-steps", "6").wait_ready()
+    try:
+        assert "3 accounts" in server.log.read_text()
+        assert httpx.get(f"{server.url}/v1/cases").status_code == 401
+        ana = {"Authorization": f"Bearer {tokens['reviewer']}"}
+        picked = [p for t in ("eosinophil", "lymphocyte", "monocyte", "neutrophil")
+                  for p in sorted((PBC_TEST_IMAGES / t).glob("*.jpg"))[:5]]  # fmt: skip
+        files = [("files", (p.name, p.read_bytes(), "image/jpeg")) for p in picked]
+        cells = httpx.post(f"{server.url}/v1/cases/slide%20C/cells", files=files, headers=ana, timeout=120).json()
+        for cell, p in zip(cells["cells"], picked, strict=True):
+            r = httpx.post(f"{server.url}/v1/cells/{cell['id']}/review", json={"class": p.parent.name}, headers=ana)
+            assert r.status_code == 200 and r.json()["reviewer"] == "Ana"
+        viewer = {"Authorization": f"Bearer {tokens['viewer']}"}
+        cid = cells["cells"][0]["id"]
+        refused = httpx.post(f"{server.url}/v1/cells/{cid}/review", json={"class": "ig"}, headers=viewer)
+        assert refused.status_code == 403
+
+        page.goto(f"{server.url}/review")
+        page.fill("#token", tokens["admin"])
+        page.click("#auth button[type=submit]")
+        expect(page.locator("#signed-in")).to_have_text("Signed in as Adam (admin).", timeout=30_000)
+        expect(page.locator("#reviewer")).to_be_disabled()
+        page.locator("#adapt-cases input[value='slide C']").check()
+        page.click("#adapt")
+        expect(page.locator("#adapt-status")).to_contain_text("is ready", timeout=300_000)
+        expect(page.locator("#adapt-scores")).to_be_visible()
+        assert page.locator("#adapt-scores tbody tr").count() == 6  # four types, all, PBC reference
+        page.click("#promote")
+        expect(page.locator("#model-name")).to_contain_text("desk-", timeout=60_000)
+        expect(page.locator("#served")).to_contain_text("by Adam")
+        page.click("#rollback")
+        expect(page.locator("#model-name")).to_contain_text(runs.PACKAGED, timeout=60_000)
+        r = subprocess.run([*_command(), "lab", "served", "--json"], env=env, capture_output=True, text=True)
+        import json
+
+        switches = json.loads(r.stdout)["switches"]
+        assert [(s["action"], s["by"]) for s in switches] == [("rollback", "Adam"), ("promote", "Adam")]
+    finally:
+        server.stop()

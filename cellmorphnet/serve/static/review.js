@@ -27,6 +27,90 @@ async function loadCases() {
   const card = await (await api("/v1/model")).json();
   $("model-name").textContent = `${card.run} · ${card.classes.length} classes`;
   $("auth").hidden = true;
+  renderAdaptCases(body.cases);
+}
+
+// Who is signed in: an account's name is the reviewer (the box is locked); its role decides the buttons.
+async function loadMe() {
+  const me = await (await api("/v1/me")).json();
+  state.rights = me.rights;
+  $("signed-in").textContent = me.name ? `Signed in as ${me.name} (${me.role}).` : "No account: reviews carry the name typed.";
+  if (me.name) { $("reviewer").value = me.name; $("reviewer").disabled = true; }
+  $("adapt").disabled = !me.rights.includes("adapt");
+  $("rollback").hidden = !me.rights.includes("promote");
+  if (!me.rights.includes("review")) $("pick-files").disabled = true;
+}
+
+async function loadServed() {
+  const res = await api("/v1/served").catch(() => null);
+  if (!res) return;
+  const body = await res.json();
+  const last = body.switches[0];
+  $("served").textContent = `Serving ${body.run}` + (last ? ` (${last.action} ${last.created.slice(0, 16).replace("T", " ")}${last.by ? ` by ${last.by}` : ""}).` : ".");
+  const card = await (await api("/v1/model")).json();
+  $("model-name").textContent = `${card.run} · ${card.classes.length} classes`;
+}
+
+function renderAdaptCases(cases) {
+  const box = $("adapt-cases");
+  const ticked = new Set([...box.querySelectorAll("input:checked")].map((i) => i.value));
+  if (!ticked.size && state.case) ticked.add(state.case);
+  box.replaceChildren(el("legend", { text: "Reviewed cells of" }), ...cases.filter((c) => c.reviewed > 0).map((c) => {
+    const input = el("input", { type: "checkbox", value: c.name });
+    input.checked = ticked.has(c.name);
+    return el("label", {}, input, ` ${c.name} (${c.reviewed})`);
+  }));
+}
+
+const pctOrDash = (x) => (x === null || x === undefined ? "—" : pct(x));
+
+function showJob(job) {
+  const secs = Math.round(job.seconds);
+  const status = {
+    running: `${job.phase}${job.steps ? ` · step ${job.step} of ${job.steps}` : ""} · ${secs} s`,
+    failed: `The adaptation failed: ${job.error}`,
+    done: `${job.run} is ready (${secs} s; trained on ${job.cells.train} cells, ${job.cells.held_out} held out).`,
+  }[job.state];
+  $("adapt-status").textContent = status;
+  $("adapt").disabled = job.state === "running" || !(state.rights || []).includes("adapt");
+  if (job.state !== "done" || job.scores.length < 2) { $("adapt-scores").hidden = true; $("promote").hidden = true; return; }
+  const [served, fresh] = job.scores;
+  const types = [...new Set([...Object.keys(served.per_type), ...Object.keys(fresh.per_type)])].sort();
+  const share = (s, t) => { const v = s.per_type[t]; return v ? `${v.agree} of ${v.cells}` : "—"; };
+  $("adapt-scores").querySelector("tbody").replaceChildren(
+    ...types.map((t) => el("tr", {}, el("td", { text: t }), el("td", { text: share(served, t) }), el("td", { text: share(fresh, t) }))),
+    el("tr", { class: "total" }, el("td", { text: "all" }), el("td", { text: pctOrDash(served.agreement) }), el("td", { text: pctOrDash(fresh.agreement) })),
+    el("tr", {}, el("td", { text: `PBC reference (${served.reference_images})` }), el("td", { text: pctOrDash(served.reference_accuracy) }),
+      el("td", { text: pctOrDash(fresh.reference_accuracy) })));
+  $("adapt-scores").hidden = false;
+  $("promote").hidden = !(state.rights || []).includes("promote");
+  $("promote").dataset.run = job.run;
+}
+
+async function pollJob() {
+  const res = await api("/v1/adapt").catch(() => null);
+  if (!res) return;
+  const job = await res.json();
+  showJob(job);
+  if (job.state === "running") setTimeout(pollJob, 1000);
+}
+
+async function startAdapt() {
+  const cases = [...$("adapt-cases").querySelectorAll("input:checked")].map((i) => i.value);
+  if (!cases.length) { $("adapt-status").textContent = "Tick the cases whose reviewed cells to adapt on."; return; }
+  try {
+    showJob(await (await api("/v1/adapt", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ cases }) })).json());
+    setTimeout(pollJob, 1000);
+  } catch (e) { $("adapt-status").textContent = e.message; }
+}
+
+async function switchModel(path, body) {
+  try {
+    const sw = await (await api(path, { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body || {}) })).json();
+    $("adapt-status").textContent = `Now serving ${sw.run}` + (sw.previous ? ` (was ${sw.previous}).` : ".");
+    $("promote").hidden = true;
+    await loadServed();
+  } catch (e) { $("adapt-status").textContent = e.message; }
 }
 
 async function openCase(name) {
@@ -256,14 +340,17 @@ function setUp() {
   $("review-first").addEventListener("change", render);
   $("export").addEventListener("click", download);
   $("report").addEventListener("click", openReport);
+  $("adapt").addEventListener("click", startAdapt);
+  $("promote").addEventListener("click", () => switchModel("/v1/served/promote", { run: $("promote").dataset.run }));
+  $("rollback").addEventListener("click", () => switchModel("/v1/served/rollback"));
   $("zoom").addEventListener("keydown", (e) => { if (e.key === "g" && state.zoomed) gradcam(state.zoomed); });
   $("zoom").addEventListener("close", () => state.tiles.get(state.zoomed?.id)?.focus());
   $("auth").addEventListener("submit", (e) => {
     e.preventDefault();
     sessionStorage.setItem("cellmorphnet-token", $("token").value.trim());
-    loadCases();
+    loadCases().then(() => Promise.all([loadMe(), loadServed(), pollJob()])).catch(() => {});
   });
-  loadCases().then(() => {  // reopen the last case, unless a case was opened while the list loaded
+  loadCases().then(() => Promise.all([loadMe(), loadServed(), pollJob()])).then(() => {  // reopen the last case, unless a case was opened while the list loaded
     const last = localStorage.getItem("cellmorphnet-case");
     if (last && !state.case) { $("case").value = last; openCase(last); }
   }).catch(() => {});
