@@ -29,7 +29,7 @@ from typing import Any
 from cellmorphnet.errors import ConfigError, Conflict, InvalidData, NotFound
 from cellmorphnet.runtime.database import Database, now
 
-SCHEMA = 2
+SCHEMA = 3
 FILENAME = "reviews.sqlite"
 MAX_NAME = 200  # characters of a case or reviewer name
 # reviewed cells per type from which ``train --init`` adapts a model well: ten per type left another lab's remaining
@@ -74,6 +74,14 @@ _MIGRATIONS = {  # from version N-1 to N
     2: """
         ALTER TABLE cells ADD COLUMN verdict TEXT;        -- classified or review; NULL: stored before verdicts
         ALTER TABLE cells ADD COLUMN review_reason TEXT;  -- why the model sent it to a person
+    """,
+    3: """
+        CREATE TABLE fields (                -- a smear field's upload, once, so a cell can be shown in it
+            image_sha256 TEXT PRIMARY KEY,   -- as cells.image_sha256
+            data BLOB NOT NULL,
+            media TEXT NOT NULL,
+            created TEXT NOT NULL
+        );
     """,
 }
 
@@ -253,6 +261,20 @@ class ReviewStore:
         if row is None:
             raise NotFound(f"There is no cell {cell_id}.")
         return bytes(row["crop"]), row["crop_type"]
+
+    def add_field(self, image_sha256: str, data: bytes, media: str) -> None:
+        """Keep a field's upload (once, whatever the cases that hold its cells)."""
+        with self._write() as db:
+            db.execute("INSERT OR IGNORE INTO fields (image_sha256, data, media, created) VALUES (?, ?, ?, ?)",
+                       (image_sha256, data, media, now()))  # fmt: skip
+
+    def field(self, image_sha256: str) -> tuple[bytes, str] | None:
+        """A kept field's upload and media type; None where it was not kept (a database of schema 2 or older)."""
+        try:
+            row = self._db.execute("SELECT data, media FROM fields WHERE image_sha256 = ?", (image_sha256,)).fetchone()
+        except sqlite3.OperationalError:  # no such table: an older schema, read as it is
+            return None
+        return None if row is None or not isinstance(row["data"], bytes) else (bytes(row["data"]), str(row["media"]))
 
     # --- reviews -----------------------------------------------------------------------------------
     def review(self, cell_id: int, cls: str, reviewer: str | None = None) -> Cell:

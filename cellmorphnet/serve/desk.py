@@ -112,6 +112,8 @@ class Desk:
             if Path(run_dir).resolve() != Path(self.served[1]).resolve():
                 new = self._load(run_dir)
                 old, self.state.service = self.state.service, new
+                # a class the new model gave (a lab's own, from an adaptation) can be reviewed from now on
+                self.store.classes.extend(c for c in new.classes if c not in self.store.classes)
                 self.served = (name, run_dir)
                 log.info("Now serving %s.", name)
                 retire = threading.Timer(RETIRE_S, old.close)

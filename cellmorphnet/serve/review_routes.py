@@ -148,6 +148,19 @@ def history(cell_id: CellId, store: Store) -> dict[str, Any]:
     return {"cell": store.cell(cell_id).to_dict(), "history": store.history(cell_id)}
 
 
+@router.get("/cells/{cell_id}/field", responses={200: {"content": {"image/png": {}}}})
+def field(cell_id: CellId, store: Store, limits: RequestLimits):
+    """The field the cell was found in, its box drawn (404 for a single-cell image, or a field not kept)."""
+    from cellmorphnet.vision.imaging import boxed_png
+
+    cell = store.cell(cell_id)
+    kept = store.field(cell.image_sha256) if cell.box else None
+    if kept is None:
+        raise NotFound(f"Cell {cell_id} has no field kept (a single-cell image, or stored before fields were kept).")
+    png = boxed_png(kept[0], cell.box, max_pixels=limits.max_pixels, name=cell.source)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
 @router.get("/cells/{cell_id}/crop")
 def crop(cell_id: CellId, store: Store):
     """The cell's image as it was stored."""

@@ -300,6 +300,8 @@ def add_to_case(service: ModelService, store, case: str, files: list[tuple[str, 
             buf = io.BytesIO()
             p.cell.image.save(buf, format="PNG")
             crop, media = buf.getvalue(), "image/png"
+            with Image.open(io.BytesIO(upload.data)) as img:
+                store.add_field(digest, upload.data, MEDIA_TYPES.get(img.format or "", "image/png"))
         else:
             with Image.open(io.BytesIO(upload.data)) as img:
                 media = MEDIA_TYPES.get(img.format or "", "image/png")

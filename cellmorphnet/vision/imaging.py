@@ -119,3 +119,25 @@ def centre_square(
 def crop_resize(img: Image.Image, box: tuple[int, int, int, int], size: int) -> np.ndarray:
     """Crop ``box`` and resize to ``size`` x ``size`` (bicubic, as MedMNIST); return HxWx3 uint8."""
     return np.asarray(img.crop(box).resize((size, size), Image.BICUBIC), dtype=np.uint8)
+
+
+def boxed_png(data: bytes, box: tuple[int, int, int, int], *, max_side: int = 1200, max_pixels: int = 50_000_000,
+              name: str = "field") -> bytes:  # fmt: skip
+    """A field's image (``data``, checked before decoding) with ``box`` drawn on it, shrunk to at most ``max_side``
+    pixels a side, as PNG: where a cell lies in its field."""
+    import io
+
+    from PIL import ImageDraw
+
+    img = load_rgb(io.BytesIO(data), name, max_pixels=max_pixels)
+    scale = min(1.0, max_side / max(img.size))
+    if scale < 1.0:
+        img = img.resize((max(1, round(img.width * scale)), max(1, round(img.height * scale))), Image.BILINEAR)
+    x0, y0, x1, y1 = (round(v * scale) for v in box)
+    width = max(2, round(max(img.size) / 300))
+    draw = ImageDraw.Draw(img)
+    draw.rectangle((x0 - width, y0 - width, x1 + width, y1 + width), outline=(255, 255, 255), width=width)
+    draw.rectangle((x0, y0, x1, y1), outline=(220, 0, 90), width=width)
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()

@@ -219,3 +219,18 @@ def test_review_routes(service, tmp_path):
     assert client.post(f"/v1/cells/{cells[1]['id']}/review", json={"class": "smudge"},
                        headers={"Origin": "https://evil.example"}).status_code == 403  # fmt: skip
     assert Path(store.path).is_file()
+    assert client.get(f"/v1/cells/{cells[0]['id']}/field").status_code == 404  # a single-cell image has no field
+    from conftest import BCCD_ZIP
+
+    with zipfile.ZipFile(BCCD_ZIP) as z:
+        name = next(m for m in z.namelist() if m.endswith("JPEGImages/BloodImage_00176.jpg"))
+        field = z.read(name)
+    found = client.post("/v1/cases/slide%202/cells", files=[("files", ("00176.jpg", field, "image/jpeg"))]).json()
+    boxed = found["cells"][0]
+    assert boxed["box"] and store.field(boxed["image_sha256"]) == (field, "image/jpeg")  # kept once, as sent
+    view = client.get(f"/v1/cells/{boxed['id']}/field")
+    assert view.status_code == 200 and view.headers["content-type"] == "image/png"
+    with Image.open(io.BytesIO(view.content)) as img, Image.open(io.BytesIO(field)) as original:
+        assert img.size == original.size  # 640x480: drawn on, not shrunk
+        x0, y0, x1, _ = boxed["box"]
+        assert img.convert("RGB").getpixel((x0, (y0 + boxed["box"][3]) // 2)) == (220, 0, 90)  # the box's edge

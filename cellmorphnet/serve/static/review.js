@@ -248,10 +248,18 @@ async function enlarge(cell) {
     + (cell.reviewed ? ` · reviewed: ${cell.reviewed}` : "");
   $("zoom-note").textContent = `${cell.source}${cell.cell ? ` #${cell.cell}, box ${cell.box.join(", ")}` : ""}${cell.edge ? " · cut by the field's border" : ""}`;
   $("zoom-cam").hidden = true;
+  $("zoom-field").hidden = true;
   $("zoom-img").src = await cropUrl(cell);
   $("zoom-cam-button").onclick = () => gradcam(cell);
   state.zoomed = cell;
   $("zoom").showModal();
+  if (cell.box) {  // where it lies in its field (kept with the case since review schema 3)
+    api(`/v1/cells/${cell.id}/field`).then((r) => r.blob()).then((b) => {
+      if (state.zoomed !== cell) return;
+      $("zoom-field").src = URL.createObjectURL(b);
+      $("zoom-field").hidden = false;
+    }).catch(() => {});
+  }
 }
 
 async function gradcam(cell) {
