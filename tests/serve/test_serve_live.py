@@ -534,11 +534,26 @@ def test_accounts_adapt_promote_and_rollback_in_a_real_browser(page, tmp_path):
         refused = httpx.post(f"{server.url}/v1/cells/{cid}/review", json={"class": "ig"}, headers=viewer)
         assert refused.status_code == 403
 
+        import zipfile
+
+        with zipfile.ZipFile(BCCD_ZIP) as z:  # a smear field: its cells are shown in it when enlarged
+            field = z.read(next(m for m in z.namelist() if m.endswith("JPEGImages/BloodImage_00176.jpg")))
+        httpx.post(f"{server.url}/v1/cases/field%20D/cells", files=[("files", ("00176.jpg", field, "image/jpeg"))],
+                   headers=ana, timeout=120).raise_for_status()  # fmt: skip
+
         page.goto(f"{server.url}/review")
         page.fill("#token", tokens["admin"])
         page.click("#auth button[type=submit]")
         expect(page.locator("#signed-in")).to_have_text("Signed in as Adam (admin).", timeout=30_000)
         expect(page.locator("#reviewer")).to_be_disabled()
+        page.fill("#case", "field D")
+        page.click("#case-form button[type=submit]")
+        expect(page.locator(".cell-tile").first).to_be_visible(timeout=30_000)
+        assert page.locator(".cell-tile img").first.bounding_box()["width"] >= 150  # large enough to judge granules
+        page.locator(".cell-tile").first.focus()
+        page.keyboard.press(" ")
+        expect(page.locator("#zoom-field")).to_be_visible(timeout=30_000)  # the cell's box in its field
+        page.keyboard.press("Escape")
         page.locator("#adapt-cases input[value='slide C']").check()
         page.click("#adapt")
         expect(page.locator("#adapt-status")).to_contain_text("is ready", timeout=300_000)
