@@ -52,13 +52,16 @@ def train(datasets: list[str] | None = None, *, name: str | None = None, home: P
 
 
 def load_run(
-    run: str | Path | None = None, *, checkpoint: str = "best", device: str = "auto", home: Path | None = None
+    run: str | Path | None = None, *, checkpoint: str = "best", device: str = "auto", home: Path | None = None,
+    engine: str = "torch",
 ) -> RunModel:
-    """A trained run (a name under the home's ``runs/``, a folder, or the latest when ``None``), ready to predict."""
+    """A trained run (a name under the home's ``runs/``, a folder, or the latest when ``None``), ready to predict:
+    its ``model`` a PyTorch module (``engine="torch"``), or with ``engine="onnx"``/``"auto"`` possibly an ONNX
+    Runtime session (``inference.engine``), which ``predict`` takes as well."""
+    from cellmorphnet.inference.engine import load_model
     from cellmorphnet.runs import folders as runs
-    from cellmorphnet.runs.load import load_run_model
 
-    return load_run_model(runs.resolve_run(run, home), checkpoint, device)
+    return load_model(runs.resolve_run(run, home), checkpoint, device, engine=engine, home=home)
 
 
 def predict(
@@ -80,6 +83,7 @@ def predict(
     max_cells: int | None = None,
     lab: str | None = None,
     home: Path | None = None,
+    engine: str = "auto",
 ) -> list[Prediction]:
     """Classify image files and folders (searched recursively) as ``cellmorphnet infer`` does; the options are
     its flags (``None``: the same defaults). One prediction per cell: a crop's, each white cell found in a
@@ -88,13 +92,14 @@ def predict(
     ``error='does not exist'``. Each cell's answer depends on its own file alone unless ``lab`` names a lab
     profile (or ``'none'``, the run's home preprocessing), and carries its ``verdict`` and ``review_reason``.
     Under torchrun each process classifies its block of the files and every process gets
-    every prediction, as one process gives them."""
+    every prediction, as one process gives them. ``engine``: as ``infer --engine`` (for a run given by name)."""
     from cellmorphnet.inference import collect_files, inference_options
     from cellmorphnet.inference.pipeline import infer_files
     from cellmorphnet.runtime import distributed
 
     group = distributed.start(str(run.device).split(":")[0] if isinstance(run, RunModel) else "auto")
-    rm = run if isinstance(run, RunModel) else load_run(run, home=home, device=distributed.local_device(group, "auto"))
+    rm = run if isinstance(run, RunModel) else load_run(run, home=home, device=distributed.local_device(group, "auto"),
+                                                        engine=engine)  # fmt: skip
     files, missing = group.on_main(lambda: collect_files([Path(p) for p in paths]))
     from cellmorphnet.labs import profile as profiles
 

@@ -20,6 +20,10 @@ RunArg = Annotated[str, typer.Argument(help=RUN_HELP, show_default=False)]
 DeviceOption = Annotated[
     str, typer.Option("--device", help="auto (CUDA, then Apple MPS, then CPU), cuda, cuda:N, mps or cpu.")
 ]
+EngineOption = Annotated[
+    str, typer.Option("--engine", help="onnx (ONNX Runtime, on the CPU), torch (PyTorch), or auto: onnx where ONNX "
+                      "Runtime is installed and no GPU is there, else torch. The same answers either way.")
+]
 AcceptDataChangeFlag = Annotated[
     bool,
     typer.Option(

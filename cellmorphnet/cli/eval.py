@@ -19,6 +19,7 @@ from cellmorphnet.cli._options import (
     ColourMatchFlag,
     CropOption,
     DeviceOption,
+    EngineOption,
     JsonFlag,
     LabOption,
     LatestRunArg,
@@ -59,6 +60,7 @@ def command(
     scale_views: ScaleViewsFlag = None,
     lab: LabOption = None,
     device: DeviceOption = "auto",
+    engine: EngineOption = "auto",
     accept_data_change: AcceptDataChangeFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -78,7 +80,7 @@ def command(
     if on is not None:
         target = out or _free(runs.output_dir(run_dir, home, "eval", f"on-{Path(on).expanduser().resolve().name}"))
         _eval_on(run_dir, on, checkpoint, device, accept_data_change, classes_only, crop, colour_match, adapt_bn, tta,
-                 stain_norm, target, as_json, scale_views, stain_contrast, lab, home)  # fmt: skip
+                 stain_norm, target, as_json, scale_views, stain_contrast, lab, home, engine)  # fmt: skip
         return
     subset = [d.strip() for d in datasets.split(",") if d.strip()] if datasets else None
     with output.progress(f"Evaluating ({split} and val)" if split == "test" else "Evaluating", unit="batches") as cb:
@@ -106,15 +108,16 @@ def _free(folder: Path) -> Path:
 
 
 def _eval_on(run_dir, folder, checkpoint, device, accept, classes_only, crop, colour_match, adapt_bn, tta, stain_norm,
-             out, as_json, scale_views=None, stain_contrast=None, lab=None, home=None):  # fmt: skip
+             out, as_json, scale_views=None, stain_contrast=None, lab=None, home=None, engine="auto"):  # fmt: skip
     from cellmorphnet._io import write_json
     from cellmorphnet.evaluation.on_folder import evaluate_folder
     from cellmorphnet.evaluation.report import plot_dataset
     from cellmorphnet.inference import inference_options
+    from cellmorphnet.inference.engine import load_model
     from cellmorphnet.labs import profile as profiles
-    from cellmorphnet.runs.load import load_run_model
 
-    rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept)
+    rm = load_model(run_dir, checkpoint, device, engine="torch" if adapt_bn and engine == "auto" else engine, home=home,
+                    accept_mismatch=accept)  # fmt: skip
     lab_values, home_only = profiles.resolve(lab, rm, home)
     options = inference_options(rm.record, crop=crop, colour_match=colour_match, adapt_bn=adapt_bn,
                                 classes=classes_only, tta=tta, stain_norm=stain_norm, scale_views=scale_views,

@@ -26,6 +26,7 @@ from cellmorphnet.cli._options import (
     ColourMatchFlag,
     CropOption,
     DeviceOption,
+    EngineOption,
     JsonFlag,
     LabOption,
     MaxCellsOption,
@@ -87,6 +88,7 @@ def command(
     ] = None,
     lab: LabOption = None,
     device: DeviceOption = "auto",
+    engine: EngineOption = "auto",
     accept_data_change: AcceptDataChangeFlag = False,
     as_json: JsonFlag = False,
 ) -> None:
@@ -96,11 +98,11 @@ def command(
     from cellmorphnet.errors import ConfigError, InvalidData
     from cellmorphnet.inference import check_results_path, inference_options, write_results
     from cellmorphnet.inference import sort_into as copy_sorted
+    from cellmorphnet.inference.engine import is_engine, load_model
     from cellmorphnet.inference.output import check_sort_folder
     from cellmorphnet.inference.pipeline import files_of, infer_files
     from cellmorphnet.labs import profile as profiles
     from cellmorphnet.runs import folders as runs
-    from cellmorphnet.runs.load import load_run_model
     from cellmorphnet.runtime import distributed
 
     if batch_size < 1 or top_k < 1 or workers < 1:
@@ -121,7 +123,9 @@ def command(
     group = distributed.start(device)
     device = distributed.local_device(group, device)
     files, missing = files_of(paths, group)
-    rm = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept_data_change)
+    if engine == "auto" and adapt_bn:  # AdaBN changes the network itself: PyTorch's
+        engine = "torch"
+    rm = load_model(run_dir, checkpoint, device, engine=engine, home=home, accept_mismatch=accept_data_change)
     for field in rm.record_mismatch:
         output.warn(f"Using the checkpoint's {field}: config.json differs (accepted).")
     lab_values, home_only = profiles.resolve(lab, rm, home)
@@ -142,8 +146,13 @@ def command(
     if gradcam is not None and ok:  # each process draws its own block's
         from cellmorphnet.inference.gradcam import write_gradcams
 
+        cam = rm
+        if is_engine(rm.model):  # Grad-CAM needs the network's gradients: PyTorch's model, loaded for it
+            from cellmorphnet.runs.load import load_run_model
+
+            cam = load_run_model(run_dir, checkpoint, device, accept_mismatch=accept_data_change)
         with output.progress("Grad-CAM") as cb:
-            written = write_gradcams(rm.model, policy, ok, result.inputs, gradcam, channels_last=rm.channels_last,
+            written = write_gradcams(cam.model, policy, ok, result.inputs, gradcam, channels_last=cam.channels_last,
                                      progress=cb)  # fmt: skip
         total = int(group.sum([len(written)])[0])
         output.info(f"Wrote {total} Grad-CAM overlays to {gradcam}")

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cellmorphnet.cli._options import DeviceOption, LabOption, MaxCellsOption, home_of
+from cellmorphnet.cli._options import DeviceOption, EngineOption, LabOption, MaxCellsOption, home_of
 from cellmorphnet.cli.output import output
 from cellmorphnet.serve.settings import Limits
 
@@ -34,6 +34,7 @@ def command(
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8000,
     checkpoint: Annotated[str, typer.Option("--checkpoint", help="best or last.")] = "best",
     device: DeviceOption = "auto",
+    engine: EngineOption = "auto",
     token: Annotated[
         str | None,
         typer.Option("--token", envvar=ENV_TOKEN, help="Require 'Authorization: Bearer TOKEN' on every /v1 route.",
@@ -154,7 +155,7 @@ def command(
 
     def load(folder: Path, lab_name: str | None = None) -> ModelService:
         return ModelService(folder, checkpoint, device, max_batch=max_batch, max_wait_ms=batch_wait_ms, limits=limits,
-                            max_cells=max_cells, lab=lab_name, home=home).warm_up()  # fmt: skip
+                            max_cells=max_cells, lab=lab_name, home=home, engine=engine).warm_up()  # fmt: skip
 
     service = load(run_dir, lab)  # a broken run fails here, before the port opens
     from cellmorphnet.reviews.store import ReviewStore, check_class_name, store_path
@@ -175,7 +176,10 @@ def command(
     app = create_app(service, token=token, cors_origins=cors_origin or None, hosts=trusted_hosts(host, allowed_host),
                      reviews=store, accounts=accounts, desk=desk)  # fmt: skip
     shown = f"[{host}]" if ":" in host else host
-    output.info(f"Serving {run_dir.name} ({len(service.classes)} classes, {service.rm.device}) on "
+    from cellmorphnet.inference.engine import is_engine
+
+    on = "ONNX Runtime, cpu" if is_engine(service.rm.model) else f"PyTorch, {service.rm.device}"
+    output.info(f"Serving {run_dir.name} ({len(service.classes)} classes, {on}) on "
                  f"http://{shown}:{port}/  (API docs: /docs; Ctrl+C stops)")  # fmt: skip
     import logging
 

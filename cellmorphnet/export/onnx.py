@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from cellmorphnet.export.graph import as_input, export_model, median_ms, metadata
+from cellmorphnet.errors import ExportError
+from cellmorphnet.export.graph import as_input, export_model, median_ms, metadata, static_padding
 
 
 def export_onnx(rm, out: Path, images: np.ndarray, opset: int = 17) -> Path:
@@ -34,6 +35,42 @@ def export_onnx(rm, out: Path, images: np.ndarray, opset: int = 17) -> Path:
     onnx.checker.check_model(model)
     onnx.save(model, str(tmp))
     tmp.replace(out)
+    return out
+
+
+def export_engine(rm, out: Path, opset: int = 17) -> Path:
+    """Write the graph ``--engine onnx`` runs (``inference.engine``): float RGB in [0, 1], NCHW at the run's input
+    size, normalised inside; outputs ``logits`` and ``features`` (the pooled features the classifier reads), with a
+    dynamic batch axis. Checked against the trained model on random input before it is kept."""
+    import onnxruntime as ort
+    import torch
+
+    class Graph(torch.nn.Module):
+        def __init__(self, model, mean, std):
+            super().__init__()
+            self.model = model
+            self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+            self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+        def forward(self, image):
+            f = self.model.forward_head(self.model.forward_features((image - self.mean) / self.std), pre_logits=True)
+            return self.model.get_classifier()(f), f
+
+    rec, size = rm.record, rm.record.image_size
+    original = rm.model.to("cpu", memory_format=torch.contiguous_format).eval()
+    graph = Graph(static_padding(original, size), rec.mean, rec.std).eval()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(graph, (torch.rand(1, 3, size, size),), str(out), input_names=["image"],
+                          output_names=["logits", "features"], opset_version=opset, dynamo=False,
+                          dynamic_axes={"image": {0: "batch"}, "logits": {0: "batch"}, "features": {0: "batch"}})
+    x = torch.rand(4, 3, size, size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = Graph(original, rec.mean, rec.std).eval()(x)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})
+    diff = max(float(np.abs(g - w.numpy()).max()) for g, w in zip(got, want, strict=True))
+    if diff > 1e-4:
+        raise ExportError(f"The ONNX engine's graph differs from the trained model (max {diff:.2e}).")
     return out
 
 

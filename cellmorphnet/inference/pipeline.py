@@ -18,6 +18,7 @@ import numpy as np
 from cellmorphnet.errors import InvalidData
 from cellmorphnet.inference.cells import ImageInfo
 from cellmorphnet.inference.differential import differential
+from cellmorphnet.inference.engine import is_engine
 from cellmorphnet.inference.images import Item, collect_files
 from cellmorphnet.inference.options import InferenceOptions
 from cellmorphnet.inference.predict import Prediction, predict_files
@@ -98,6 +99,7 @@ def summarise(result: InferResult, rm, options: InferenceOptions, *, min_confide
         "run": str(rm.run_dir),
         "checkpoint": str(rm.checkpoint),
         "device": str(rm.device),
+        "engine": "onnx" if is_engine(rm.model) else "torch",
         "policy": options.policy.to_dict(),
         "adaptation": options.to_dict(),
         "stain_norm_applied": any(p.colour_step == "stain-norm" for p in ok),

@@ -109,11 +109,17 @@ def class_probs(model, arrays: list[np.ndarray], policy: InferencePolicy, *, dev
     (class indices) restricts the softmax to them. With ``features``, ``(probs, feats)``: also each image's pooled
     features (the classifier's input), averaged over its views (``runs.trust``).
     """
+    from cellmorphnet.inference.engine import engine_class_probs, is_engine
+
+    if is_engine(model):  # ONNX Runtime: the same steps in numpy, without torch
+        return engine_class_probs(model, arrays, tta=tta, temperature=temperature, keep=keep, features=features)
     import torch
 
     from cellmorphnet.data.loader import eval_transform
     from cellmorphnet.model.prediction import ORIENTATIONS, oriented
 
+    device = torch.device(device)
+    keep = None if keep is None else torch.as_tensor(np.asarray(keep), dtype=torch.long)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     out: list[np.ndarray | None] = [None] * len(arrays)
     feats: list[np.ndarray | None] = [None] * len(arrays)
@@ -163,12 +169,8 @@ def one_view_probs(rm, policy: InferencePolicy, *, temperature: float, keep=None
                    batch_size: int = 64) -> Callable[[list[np.ndarray]], np.ndarray]:  # fmt: skip
     """The model's probabilities of prepared arrays, one view each, ``batch_size`` at a time: what
     ``prepare_set``'s stain contrast asks the model (``infer``, ``lab create`` and ``train --init`` alike)."""
-    import torch
-
-    dev = torch.device(rm.device)
-
     def probs(arrays: list[np.ndarray]) -> np.ndarray:
-        parts = [class_probs(rm.model, arrays[i : i + batch_size], policy, device=dev,
+        parts = [class_probs(rm.model, arrays[i : i + batch_size], policy, device=rm.device,
                              channels_last=rm.channels_last, temperature=temperature, keep=keep)
                  for i in range(0, len(arrays), batch_size)]  # fmt: skip
         return np.concatenate(parts) if parts else np.zeros((0, len(rm.classes)), np.float32)
@@ -214,14 +216,14 @@ def predict_files(
     classifies its block of the cells with the whole set's survey and every rank gets every prediction, in the
     order one process gives them (the inputs kept are this rank's block's).
     """
-    import torch
-
     from cellmorphnet.inference.adaptation import adapt_batch_norm
+    from cellmorphnet.inference.engine import is_engine
 
     model, classes, device, channels_last = rm.model, rm.classes, rm.device, rm.channels_last
     policy = options.policy
-    keep = torch.tensor([classes.index(c) for c in options.restrict_to]) if options.restrict_to else None
-    dev = torch.device(device)
+    keep = np.array([classes.index(c) for c in options.restrict_to]) if options.restrict_to else None
+    if options.adapt_bn and is_engine(model):
+        raise ConfigError("--adapt-bn changes the network's batch-norm statistics: it needs --engine torch.")
 
     if options.adapt_bn and group.active:
         raise ConfigError("--adapt-bn needs every image in one process: run it without torchrun.")
@@ -244,8 +246,9 @@ def predict_files(
 
     def flush() -> None:
         if batch:
-            rows, feats = class_probs(model, [x.array for x in batch], policy, device=dev, channels_last=channels_last,
-                                      tta=options.tta, temperature=options.temperature, keep=keep, features=True)
+            rows, feats = class_probs(model, [x.array for x in batch], policy, device=device,
+                                      channels_last=channels_last, tta=options.tta, temperature=options.temperature,
+                                      keep=keep, features=True)  # fmt: skip
             preds.extend(judged(batch, rows, feats, classes, k, trust=rm.trust, options=options))
             batch.clear()
 

@@ -40,6 +40,20 @@ class RunModel:
         return Path(self.checkpoint).parent.parent
 
 
+def record_mismatch(run_dir: Path, record: RunRecord, which: str, *, accept: bool) -> list[str]:
+    """Where the run's config.json differs from the record its checkpoint ``which`` carries: refused unless
+    ``accept`` (``--accept-data-change``), then the differing fields."""
+    if not (Path(run_dir) / runs.CONFIG).exists():
+        return []
+    mismatch = RunRecord.load(run_dir).mismatch(record)
+    if mismatch and not accept:
+        raise RunError(
+            f"{runs.CONFIG} of {Path(run_dir).name} does not match its {which}.pt ({', '.join(mismatch)} differ).",
+            hint=f"Restore the run's own {runs.CONFIG}, or pass --accept-data-change to trust the checkpoint.",
+        )
+    return mismatch
+
+
 def load_run_model(
     run_dir: Path, which: str = "best", device: str = "auto", *, accept_mismatch: bool = False
 ) -> RunModel:
@@ -58,14 +72,7 @@ def load_run_model(
         raise RunError(f"{Path(run_dir).name} has no {which}.pt yet.", hint="Wait for the first epoch to finish.")
     state = checkpoint.load(path)
     record = checkpoint.record_of(state)
-    mismatch: list[str] = []
-    if (Path(run_dir) / runs.CONFIG).exists():
-        mismatch = RunRecord.load(run_dir).mismatch(record)
-        if mismatch and not accept_mismatch:
-            raise RunError(
-                f"{runs.CONFIG} of {Path(run_dir).name} does not match its {which}.pt ({', '.join(mismatch)} differ).",
-                hint=f"Restore the run's own {runs.CONFIG}, or pass --accept-data-change to trust the checkpoint.",
-            )
+    mismatch = record_mismatch(run_dir, record, which, accept=accept_mismatch)
     model = create_model(record.config.model, num_classes=len(record.classes), pretrained=False)
     try:
         model.load_state_dict(state["model"])

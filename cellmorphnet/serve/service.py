@@ -56,12 +56,13 @@ class ModelService:
     def __init__(self, run_dir: Path, which: str = "best", device: str = "auto", *,
                  max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
                  limits: Limits | None = None, max_cells: int | None = None, lab: str | None = None,
-                 home: Path | None = None) -> None:  # fmt: skip
+                 home: Path | None = None, engine: str = "auto") -> None:  # fmt: skip
+        from cellmorphnet.inference.engine import load_model
         from cellmorphnet.labs import profile as profiles
-        from cellmorphnet.runs.load import load_run_model
 
-        self.run_dir = Path(run_dir)
-        self.rm = load_run_model(self.run_dir, which, device)
+        self.run_dir, self._which = Path(run_dir), which
+        self.rm = load_model(self.run_dir, which, device, engine=engine, home=home)
+        self._torch_model = None  # Grad-CAM's (PyTorch), loaded on the first request where the engine is ONNX
         lab_values, home_only = profiles.resolve(lab, self.rm, home)
         self.options = inference_options(self.rm.record, max_cells=max_cells, lab=lab_values,
                                          home_preprocessing=home_only)
@@ -260,13 +261,21 @@ class ModelService:
         import torch
 
         from cellmorphnet.data.loader import eval_transform
+        from cellmorphnet.inference.engine import is_engine
         from cellmorphnet.inference.gradcam import gradcam
 
+        rm = self.rm
+        if is_engine(rm.model):  # Grad-CAM needs gradients: PyTorch's copy of the network, loaded once
+            if self._torch_model is None:
+                from cellmorphnet.runs.load import load_run_model
+
+                self._torch_model = load_run_model(self.run_dir, self._which, "cpu", accept_mismatch=True)
+            rm = self._torch_model
         p = self.options.policy
-        x = eval_transform(torch.from_numpy(np.array(arr[None])), p.image_size, p.mean, p.std).to(self.rm.device)
-        if self.rm.channels_last:
+        x = eval_transform(torch.from_numpy(np.array(arr[None])), p.image_size, p.mean, p.std).to(rm.device)
+        if rm.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        cam, _ = gradcam(self.rm.model, x, [idx])
+        cam, _ = gradcam(rm.model, x, [idx])
         return cam[0]
 
     def checkpoint_sha256(self) -> str:
