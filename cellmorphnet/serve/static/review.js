@@ -358,9 +358,10 @@ function setUp() {
     sessionStorage.setItem("cellmorphnet-token", $("token").value.trim());
     loadCases().then(() => Promise.all([loadMe(), loadServed(), pollJob()])).catch(() => {});
   });
-  loadCases().then(() => Promise.all([loadMe(), loadServed(), pollJob()])).then(() => {  // reopen the last case, unless a case was opened while the list loaded
+  loadCases().then(() => {  // reopen the last case, unless a case was opened, or one typed, while the list loaded
     const last = localStorage.getItem("cellmorphnet-case");
-    if (last && !state.case) { $("case").value = last; openCase(last); }
+    if (last && !state.case && !$("case").value.trim()) { $("case").value = last; openCase(last); }
+    return Promise.all([loadMe(), loadServed(), pollJob()]);
   }).catch(() => {});
 }
 
