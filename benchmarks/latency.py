@@ -42,7 +42,7 @@ def main() -> None:
         model = create_model("tf_efficientnet_lite0", num_classes=8, pretrained=True).eval()
         norm = data_config(model)
         policy = InferencePolicy("x", None, 1.0, [size], "bicubic", size, norm["mean"], norm["std"])
-        record = SimpleNamespace(image_size=size, mean=norm["mean"], std=norm["std"], inference=policy,
+        record = SimpleNamespace(image_size=size, mean=norm["mean"], std=norm["std"], inference=policy, temperature=1.0,
                                  classes=[str(i) for i in range(8)], datasets={"x": None},
                                  config=SimpleNamespace(model="tf_efficientnet_lite0"))  # fmt: skip
         rm = SimpleNamespace(model=model, record=record)  # what export reads of a run

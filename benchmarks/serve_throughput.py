@@ -24,12 +24,12 @@ from benchmarks._common import SHARED, emit, header, serving
 JPEGS = sorted((SHARED / "bloodmnist-pbc" / "test_images").rglob("*.jpg"))
 
 
-def infer_rate(run: str) -> dict:
+def infer_rate(run: str, engine: str = "auto") -> dict:
     from cellmorphnet.inference import inference_options, predict_files
+    from cellmorphnet.inference.engine import load_model
     from cellmorphnet.runs import folders as runs
-    from cellmorphnet.runs.load import load_run_model
 
-    rm = load_run_model(runs.resolve_run(run), "best", "cpu")
+    rm = load_model(runs.resolve_run(run), "best", "cpu", engine=engine)
     o = inference_options(rm.record)
     predict_files(rm, JPEGS[:32], o)  # warm-up
     times = []
@@ -86,16 +86,20 @@ def main() -> None:
     ap.add_argument("--run", default="bloodmnist")
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--clients", type=int, default=16)
+    ap.add_argument("--engine", default="auto", help="serve's and infer's --engine")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     result = header("python -m benchmarks.serve_throughput " + " ".join(sys.argv[1:]))
-    result["infer"] = infer_rate(args.run)
+    result["infer"] = infer_rate(args.run, args.engine)
     print(f"infer: {result['infer']['images_per_s']:.1f} images/s", file=sys.stderr)
-    result["serve_micro_batching"] = serve_rate(args.run, args.seconds, args.clients, [])
+    engine = ["--engine", args.engine]
+    result["serve_micro_batching"] = serve_rate(args.run, args.seconds, args.clients, engine)
     print(f"serve (micro-batching): {result['serve_micro_batching']}", file=sys.stderr)
-    result["serve_no_batching"] = serve_rate(args.run, args.seconds, args.clients, ["--max-batch", "1"])
+    result["serve_no_batching"] = serve_rate(args.run, args.seconds, args.clients, [*engine, "--max-batch", "1"])
     print(f"serve (no batching): {result['serve_no_batching']}", file=sys.stderr)
-    for k in ("serve_micro_batching", "serve_no_batching"):
+    result["serve_one_client"] = serve_rate(args.run, min(args.seconds, 15), 1, engine)  # single-image latency
+    print(f"serve (one client): {result['serve_one_client']}", file=sys.stderr)
+    for k in ("serve_micro_batching", "serve_no_batching", "serve_one_client"):
         result[k]["ratio_to_infer"] = result[k]["images_per_s"] / result["infer"]["images_per_s"]
     emit(result, args.json)
 
