@@ -143,3 +143,36 @@ def test_a_case_report_is_one_html_file_with_the_differential_and_its_version(tm
 
     assert_one_line_error(cli("reviews", "report", "nobody", "--db", db, "--out", tmp_path / "x.html"), "no case")
     assert_one_line_error(cli("reviews", "report", "slide <1>", "--db", db, "--out", tmp_path / "x.pdf"), ".html")
+
+
+def test_the_reports_figures_are_infers_differential_and_the_stats_on_the_same_cells(service, tmp_path):
+    """Real JPEGs added to a case through the API: before any review the report's differential is infer's on the
+    same files (classified cells only, what awaits review apart); after three reviews its figures are the stats'."""
+    from conftest import PBC_TEST_IMAGES
+    from fastapi.testclient import TestClient
+
+    from cellmorphnet.inference.options import inference_options
+    from cellmorphnet.inference.pipeline import infer_files
+    from cellmorphnet.reviews.report import case_summary
+    from cellmorphnet.serve.app import create_app
+
+    files = sorted(PBC_TEST_IMAGES.rglob("*.jpg"))[::10]
+    store = ReviewStore(tmp_path / "r.sqlite", service.classes)
+    client = TestClient(create_app(service, reviews=store))
+    body = client.post("/v1/cases/slide%20R/cells", files=[("files", (p.name, p.read_bytes(), "image/jpeg"))
+                                                            for p in files]).json()  # fmt: skip
+    assert len(body["added"]) == len(files)
+    want = infer_files(service.rm, files, inference_options(service.rm.record)).summary["differential"]
+    got = case_summary(store, "slide R")
+    assert got["white_cells"] == want["white_cells"] and got["awaiting_review"] == want["awaiting_review"]
+    assert [(t["class"], t["count"], t["percent"], t["ci95"]) for t in got["types"]] == [
+        (t["class"], t["count"], t["percent"], t["ci95"]) for t in want["types"]]  # fmt: skip
+    assert got["nucleated_red_cells"] == want["nucleated_red_cells"]
+    cells = body["cells"]
+    for cell, cls in zip(cells[:3], ("neutrophil", cells[1]["predicted"], "lymphocyte"), strict=True):
+        client.post(f"/v1/cells/{cell['id']}/review", json={"class": cls, "reviewer": "ann"})
+    stats = review_stats(store, "slide R")
+    summary = case_summary(store, "slide R")
+    assert summary["reviewed"] == stats["reviewed"] == 3
+    assert summary["changed_by_reviewers"] == stats["reviewed"] - stats["confirmed"]["confirmed"]
+    store.close()

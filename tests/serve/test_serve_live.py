@@ -554,6 +554,10 @@ def test_accounts_adapt_promote_and_rollback_in_a_real_browser(page, tmp_path):
         page.keyboard.press(" ")
         expect(page.locator("#zoom-field")).to_be_visible(timeout=30_000)  # the cell's box in its field
         page.keyboard.press("Escape")
+        page.set_viewport_size({"width": 800, "height": 900})  # from 800 px up the counts stay beside the tiles
+        tiles_box, aside_box = page.locator("#groups").bounding_box(), page.locator("aside").bounding_box()
+        assert aside_box["x"] >= tiles_box["x"] + tiles_box["width"] - 1 and aside_box["y"] < tiles_box["y"] + 100
+        page.set_viewport_size({"width": 1280, "height": 900})
         page.locator("#adapt-cases input[value='slide C']").check()
         page.click("#adapt")
         expect(page.locator("#adapt-status")).to_contain_text("is ready", timeout=300_000)
