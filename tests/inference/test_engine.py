@@ -118,3 +118,18 @@ def test_the_engine_is_chosen_with_one_line_errors(cli, monkeypatch, tmp_path):
                           "cellmorphnet[onnx]")  # fmt: skip
     r = cli("infer", "bloodmnist", str(jpg), "--out", str(tmp_path / "t.json"))
     assert r.exit_code == 0 and json.loads((tmp_path / "t.json").read_text())["summary"]["engine"] == "torch"
+
+
+@pytest.mark.slow
+def test_every_pbc_jpeg_and_every_cell_of_the_other_lab_the_same_on_both_engines():
+    files = sorted(PBC_TEST_IMAGES.rglob("*.jpg")) + sorted(p for p in EXTERNAL.rglob("*") if p.is_file())
+    _, (a, b) = _both(files)
+    assert len(a) == len(b) == len(files)
+    worst = max(max(abs(x[1] - y[1]) for x, y in zip(p.top_k, q.top_k, strict=True))
+                for p, q in zip(a, b, strict=True))  # fmt: skip
+    assert worst <= 1e-5
+    assert [(p.predicted, p.verdict) for p in a] == [(q.predicted, q.verdict) for q in b]
+    from cellmorphnet.inference.differential import differential
+
+    classes = load_run_model(SHIPPED, "best", "cpu").classes
+    assert differential(a, classes) == differential(b, classes)
