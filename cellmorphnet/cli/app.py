@@ -132,6 +132,7 @@ def _register() -> None:
         app.command(module.NAME, help=_help(module.__doc__))(_handle_errors(module.command))
     for group in (lab, reviews, users):  # groups: lab create/list/..., reviews list/export, users add/list
         for command in group.app.registered_commands:
+            command.help = command.help or _help(command.callback.__doc__)  # one line a paragraph, as above
             command.callback = _handle_errors(command.callback)
         app.add_typer(group.app, name=group.NAME, help=_help(group.__doc__))
 

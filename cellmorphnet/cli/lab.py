@@ -152,8 +152,7 @@ def calibrate(
     device: DeviceOption = "auto",
     as_json: JsonFlag = False,
 ) -> None:
-    """Fit split-conformal prediction on the lab's reviewed cells: a cell is then classified when its prediction set
-    at the error rate holds one type, and sent to review otherwise."""
+    """Fit split-conformal prediction on reviewed cells: a cell is classified when its set holds one type."""
     from cellmorphnet.labs.build import calibrate_profile
 
     rm = _model(ctx, run, device)

@@ -94,7 +94,8 @@ def test_brackets_in_help_and_in_error_hints_are_shown_as_written(cli, capsys):
 
 
 @pytest.mark.parametrize("command", ["fetch", "prepare", "train", "status", "eval", "infer", "export", "serve",
-                                     "upgrade", "reviews list", "reviews export"])
+                                     "upgrade", "reviews list", "reviews export", "reviews stats", "reviews report",
+                                     "lab calibrate", "lab promote", "users add"])
 def test_help_reads_as_written_for_the_terminal(cli, command):
     """No '<bool>' after an on/off flag, and the description wrapped by the terminal, not by the source's line
     breaks (an orphan word alone on a line at any other width)."""
