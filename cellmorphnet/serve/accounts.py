@@ -37,6 +37,7 @@ RIGHTS = {
 # (as its SHA-256) so each request does not pay it again
 SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 _TOKEN = re.compile(r"cmn_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
+_HASHING = threading.BoundedSemaphore(2)  # scrypt calls at once: a burst of wrong tokens costs 2 x 16 MiB, not 40 x
 
 _MIGRATIONS = {
     1: """
@@ -89,7 +90,8 @@ def check_role(role: str) -> str:
 
 
 def _hash(secret: str, salt: bytes) -> bytes:
-    return hashlib.scrypt(secret.encode("ascii"), salt=salt, maxmem=64 * 1024 * 1024, **SCRYPT)
+    with _HASHING:
+        return hashlib.scrypt(secret.encode("ascii"), salt=salt, maxmem=64 * 1024 * 1024, **SCRYPT)
 
 
 def _new_token() -> tuple[str, str, bytes, bytes]:
