@@ -102,15 +102,19 @@ class Desk:
                     log.warning("Not switching models: %s", e.message)
                     self._seen = latest
 
-    def follow(self) -> tuple[str, Path]:
-        """Serve what ``HOME/served.sqlite`` says is served now (a switch made here or elsewhere)."""
+    def follow(self, loaded: tuple[Path, Any] | None = None) -> tuple[str, Path]:
+        """Serve what ``HOME/served.sqlite`` says is served now (a switch made here or elsewhere); ``loaded``: that
+        run's folder and its service, already loaded."""
         from cellmorphnet.labs.served import served_run
 
         with self._switching:
             self._seen = self._latest_switch()
             name, run_dir = served_run(self.home)
+            same = loaded is not None and Path(loaded[0]).resolve() == Path(run_dir).resolve()
+            if loaded is not None and not same:  # another switch came first: what was loaded is not needed
+                loaded[1].close()
             if Path(run_dir).resolve() != Path(self.served[1]).resolve():
-                new = self._load(run_dir)
+                new = loaded[1] if same else self._load(run_dir)
                 old, self.state.service = self.state.service, new
                 # a class the new model gave (a lab's own, from an adaptation) can be reviewed from now on
                 self.store.classes.extend(c for c in new.classes if c not in self.store.classes)
@@ -128,18 +132,37 @@ class Desk:
 
         if not run.strip() or any(c in run for c in "/\\") or run.startswith("."):
             raise InvalidData("Give a run's name (as GET /v1/adapt or cellmorphnet status shows it), not a path.")
+        from cellmorphnet.runs.folders import resolve_run
+
         try:
-            switch = promote(self.home, run, by=by)
+            run_dir = resolve_run(run, self.home)
         except RunError as e:
             raise NotFound(e.message) from None
-        self.follow()
-        return switch.to_dict()
+        return self._switch(run_dir, lambda: promote(self.home, run, by=by))
 
     def rollback(self, by: str | None) -> dict[str, Any]:
-        from cellmorphnet.labs.served import rollback
+        from cellmorphnet.labs.served import Served, rollback, served_path
+        from cellmorphnet.runs.folders import resolve_run
 
-        switch = rollback(self.home, by=by)
-        self.follow()
+        with Served(served_path(self.home)) as served:
+            target, _ = served.rollback_target()
+        return self._switch(resolve_run(target, self.home), lambda: rollback(self.home, by=by))
+
+    def _switch(self, run_dir: Path, record: Callable[[], Any]) -> dict[str, Any]:
+        """Load ``run_dir`` first (a run that does not load is never recorded as served), then ``record()`` the switch
+        and serve it."""
+        try:
+            new = self._load(run_dir)
+        except InvalidData:
+            raise
+        except CellMorphNetError as e:  # a checkpoint that does not load, a run record that does not match...
+            raise Conflict(f"{Path(run_dir).name} cannot be served: {e.message}", hint=e.hint) from None
+        try:
+            switch = record()
+        except BaseException:
+            new.close()
+            raise
+        self.follow(loaded=(run_dir, new))
         return switch.to_dict()
 
     def history(self) -> dict[str, Any]:

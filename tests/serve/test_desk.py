@@ -171,7 +171,14 @@ def test_promote_and_rollback_through_the_api_are_recorded_and_admin_only(desk_h
     assert back.status_code == 200 and back.json()["action"] == "rollback" and back.json()["run"] == "bloodmnist"
     history = client.get("/v1/served", headers=reviewer).json()
     assert history["run"] == "bloodmnist" and [s["action"] for s in history["switches"]] == ["rollback", "promote"]
-    assert client.post("/v1/served/promote", json={"run": "no-such-run"}, headers=admin).status_code in (404, 422)
+    assert client.post("/v1/served/promote", json={"run": "no-such-run"}, headers=admin).status_code == 404
+    assert client.post("/v1/served/promote", json={"run": "../etc"}, headers=admin).status_code == 422
+    broken = copy.parent / "broken"
+    shutil.copytree(copy, broken)
+    (broken / "checkpoints" / "best.pt").write_bytes(b"not a checkpoint")
+    r = client.post("/v1/served/promote", json={"run": "broken"}, headers=admin)
+    assert r.status_code == 409 and "cannot be served" in r.json()["detail"]
+    assert len(client.get("/v1/served", headers=admin).json()["switches"]) == 2  # nothing recorded for it
 
 
 def test_lab_promote_on_the_command_line_and_a_tampered_run_refused(cli, home):
