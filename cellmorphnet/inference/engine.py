@@ -117,6 +117,15 @@ def _softmax(z: np.ndarray) -> np.ndarray:
     return e / e.sum(axis=-1, keepdims=True)
 
 
+def _threads() -> int:
+    """Threads for one session: ``OMP_NUM_THREADS`` where set (torchrun sets 1 a process), else every core."""
+    try:
+        n = int(os.environ.get("OMP_NUM_THREADS", ""))
+    except ValueError:
+        n = 0
+    return n if n > 0 else os.cpu_count() or 1
+
+
 class OnnxEngine:
     """An ONNX Runtime session of a run's network: ``run(x)`` gives (logits, pooled features) of float NCHW input."""
 
@@ -124,7 +133,7 @@ class OnnxEngine:
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
+        options.intra_op_num_threads = threads or _threads()
         options.inter_op_num_threads = 1
         options.log_severity_level = 3
         self.path, self.image_size = Path(path), image_size
