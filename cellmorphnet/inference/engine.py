@@ -223,12 +223,10 @@ def load_onnx_run(run_dir: Path, which: str = "best", *, home: Path | None = Non
     """A loaded run (``runs.load.RunModel``) whose ``model`` is an ``OnnxEngine``: the cached ONNX model of its
     checkpoint ``which``, built first where there is none."""
     from cellmorphnet.runs import trust
-    from cellmorphnet.runs.load import RunModel, record_mismatch
+    from cellmorphnet.runs.load import RunModel, checkpoint_path, record_mismatch
     from cellmorphnet.runs.record import RunRecord
 
-    ckpt = Path(run_dir) / "checkpoints" / f"{which}.pt"
-    if not ckpt.exists():
-        raise RunError(f"{Path(run_dir).name} has no {which}.pt.", hint="Use --checkpoint best.")
+    ckpt = checkpoint_path(run_dir, which)
     digest = file_digest(ckpt)
     name = f"{digest[:16]}-{which}-f{ENGINE_FORMAT}.onnx"
     onnx = Path(run_dir) / "engine" / name  # a shipped run carries its own, built with it

@@ -40,6 +40,17 @@ class RunModel:
         return Path(self.checkpoint).parent.parent
 
 
+def checkpoint_path(run_dir: Path, which: str) -> Path:
+    """``RUN/checkpoints/<which>.pt``; a ``RunError`` that says why where there is none."""
+    path = Path(run_dir) / "checkpoints" / f"{which}.pt"
+    if not path.exists():
+        if runs.is_packaged(run_dir):
+            raise RunError(f"{Path(run_dir).name} ships with its best checkpoint only (no {which}.pt).",
+                           hint="Leave out --checkpoint, or use --checkpoint best.")  # fmt: skip
+        raise RunError(f"{Path(run_dir).name} has no {which}.pt yet.", hint="Wait for the first epoch to finish.")
+    return path
+
+
 def record_mismatch(run_dir: Path, record: RunRecord, which: str, *, accept: bool) -> list[str]:
     """Where the run's config.json differs from the record its checkpoint ``which`` carries: refused unless
     ``accept`` (``--accept-data-change``), then the differing fields."""
@@ -64,12 +75,7 @@ def load_run_model(
     from cellmorphnet.runs import checkpoint
     from cellmorphnet.runtime.devices import pick_device, resolve_channels_last
 
-    path = Path(run_dir) / "checkpoints" / f"{which}.pt"
-    if not path.exists():
-        if runs.is_packaged(run_dir):
-            raise RunError(f"{Path(run_dir).name} ships with its best checkpoint only (no {which}.pt).",
-                           hint="Leave out --checkpoint, or use --checkpoint best.")  # fmt: skip
-        raise RunError(f"{Path(run_dir).name} has no {which}.pt yet.", hint="Wait for the first epoch to finish.")
+    path = checkpoint_path(run_dir, which)
     state = checkpoint.load(path)
     record = checkpoint.record_of(state)
     mismatch = record_mismatch(run_dir, record, which, accept=accept_mismatch)
