@@ -175,11 +175,12 @@ def engine_class_probs(engine: OnnxEngine, arrays: list[np.ndarray], *, tta: boo
 
 
 def cache_dir(run_dir: Path, home: Path | None) -> Path:
-    """Where a run's ONNX model is kept: its own folder, or the home's for a run shipped inside the package."""
+    """Where a run's ONNX model is kept: its own folder, or the home's for a run shipped inside the package or in a
+    folder this user cannot write (a colleague's, on a shared drive)."""
     from cellmorphnet import paths
     from cellmorphnet.runs import folders as runs
 
-    if runs.is_packaged(run_dir):
+    if runs.is_packaged(run_dir) or not os.access(run_dir, os.W_OK):
         return Path(home or paths.home_dir()) / "engines" / Path(run_dir).name
     return Path(run_dir) / "engine"
 
