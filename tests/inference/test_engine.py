@@ -83,6 +83,7 @@ def test_classifying_files_on_the_onnx_engine_never_imports_torch(tmp_path, home
     assert summary["engine"] == "onnx" and summary["images"] == len(files)
 
 
+@pytest.mark.slow  # (a build: several seconds of the fast tier's three minutes)
 def test_the_cached_model_is_rebuilt_for_a_new_checkpoint_and_refused_when_changed(tmp_path):
     run = tmp_path / "lab-run"
     shutil.copytree(SHIPPED, run)
