@@ -83,13 +83,28 @@ def test_classifying_files_on_the_onnx_engine_never_imports_torch(tmp_path, home
     assert summary["engine"] == "onnx" and summary["images"] == len(files)
 
 
-@pytest.mark.slow  # (a build: several seconds of the fast tier's three minutes)
-def test_the_cached_model_is_rebuilt_for_a_new_checkpoint_and_refused_when_changed(tmp_path):
+def test_a_cached_model_changed_after_it_was_written_is_refused(tmp_path):
     run = tmp_path / "lab-run"
     shutil.copytree(SHIPPED, run)
-    rm = engines.load_onnx_run(run)  # the copied engine/ is the checkpoint's own: used as it is
+    rm = engines.load_onnx_run(run)  # the copied engine/ is the checkpoint's own: used as it is, nothing built
+    assert rm.model.path.parent == run / "engine"
+    data = bytearray(rm.model.path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    rm.model.path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="changed after cellmorphnet wrote it"):
+        engines.load_onnx_run(run)
+    meta = rm.model.path.with_suffix(".json")
+    meta.write_text("{not json")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        engines.load_onnx_run(run)
+
+
+@pytest.mark.slow  # (a build: several seconds of the fast tier's three minutes)
+def test_the_cached_model_is_rebuilt_for_a_new_checkpoint(tmp_path):
+    run = tmp_path / "lab-run"
+    shutil.copytree(SHIPPED, run)
+    rm = engines.load_onnx_run(run)
     first = rm.model.path
-    assert first.parent == run / "engine"
     ckpt = run / "checkpoints" / "best.pt"
     state = torch.load(ckpt, weights_only=True)
     state["epoch"] = int(state["epoch"]) + 1  # another checkpoint (as after more training)
@@ -98,11 +113,6 @@ def test_the_cached_model_is_rebuilt_for_a_new_checkpoint_and_refused_when_chang
     assert rebuilt.model.path != first and rebuilt.model.path.is_file() and not first.exists()  # the old one gone
     x = [np.full((64, 64, 3), 180, np.uint8)]
     assert np.abs(engines.engine_class_probs(rebuilt.model, x) - engines.engine_class_probs(rm.model, x)).max() < 1e-6
-    data = bytearray(rebuilt.model.path.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    rebuilt.model.path.write_bytes(bytes(data))
-    with pytest.raises(CheckpointError, match="changed after cellmorphnet wrote it"):
-        engines.load_onnx_run(run)
 
 
 def test_the_engine_is_chosen_with_one_line_errors(cli, monkeypatch, tmp_path):
