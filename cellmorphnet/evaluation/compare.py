@@ -80,13 +80,12 @@ def compare_runs(runs: dict[str, Path], files: list[Path], truths: list[str], *,
                  device: str = "cpu") -> list[RunScore]:  # fmt: skip
     """Each run of ``runs`` (label: folder) on the held-out reviewed cells and on ``reference_from``'s images."""
     from cellmorphnet.runs.load import load_run_model
+    from cellmorphnet.runs.record import RunRecord
 
-    out, images, ref_truths = [], None, []
+    images, ref_truths = reference_set(reference_from, RunRecord.load(reference_from).classes)
+    out = []
     for label, run_dir in runs.items():
         rm = load_run_model(run_dir, "best", device)
-        if images is None:  # the reference run is among them: read its images with its own classes
-            images, ref_truths = reference_set(reference_from, load_run_model(reference_from, "best", device).classes
-                                               if Path(reference_from) != Path(run_dir) else rm.classes)  # fmt: skip
         agree, per = agreement(rm, files, truths)
         out.append(RunScore(label, agree, per, reference_accuracy(rm, images, ref_truths), len(ref_truths)))
     return out

@@ -208,7 +208,7 @@ def build(run_dir: Path, which: str, out: Path) -> None:
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(out) as tmp:
         export_engine(rm, Path(tmp))
-    meta = {"format": ENGINE_FORMAT, "checkpoint_sha256": file_digest(rm.checkpoint), "onnx_sha256": file_digest(out),
+    meta = {"format": ENGINE_FORMAT, "checkpoint_sha256": rm.checkpoint_sha256(), "onnx_sha256": file_digest(out),
             "record": rm.record.to_dict(), "epoch": rm.epoch, "feature_dim": int(rm.model.num_features),
             "torch": torch.__version__, "cellmorphnet": __version__}  # fmt: skip
     with atomic_path(out.with_suffix(".json")) as tmp:
@@ -251,7 +251,7 @@ def load_onnx_run(run_dir: Path, which: str = "best", *, home: Path | None = Non
     mismatch = record_mismatch(run_dir, record, which, accept=accept_mismatch)
     engine = OnnxEngine(onnx, record.image_size)
     reference = trust.load(Path(run_dir), len(record.classes), meta["feature_dim"])
-    return RunModel(engine, record, meta["epoch"], ckpt, "cpu", False, mismatch, reference)
+    return RunModel(engine, record, meta["epoch"], ckpt, "cpu", False, mismatch, reference, sha256=digest)
 
 
 def load_model(run_dir: Path, which: str = "best", device: str = "auto", *, engine: str = "auto",

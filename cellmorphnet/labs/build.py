@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 
-from cellmorphnet._io import file_digest
 from cellmorphnet.errors import InvalidData
 from cellmorphnet.inference.images import Upload, collect_files
 from cellmorphnet.inference.lab import lab_probs, measure_lab
@@ -40,7 +39,7 @@ def create_profile(rm, name: str, folder: Path, *, home: Path | None = None, for
     if not files:
         raise InvalidData(f"{folder} holds no images.", hint="Images end in .jpg, .png, .bmp or .tif.")
     values, cells = measure_lab(rm, files, name=name, workers=workers)
-    p = LabProfile(name, rm.run_dir.name, file_digest(Path(rm.checkpoint)), profiles.now(), cells,
+    p = LabProfile(name, rm.run_dir.name, rm.checkpoint_sha256(), profiles.now(), cells,
                    str(Path(folder).resolve()), values)
     profiles.save(p, home)
     return p

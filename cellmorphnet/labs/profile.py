@@ -15,7 +15,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from cellmorphnet._io import atomic_path, file_digest
+from cellmorphnet._io import atomic_path
 from cellmorphnet.errors import ConfigError, Conflict, InvalidData, NotFound
 from cellmorphnet.inference.options import LabSet
 from cellmorphnet.paths import home_dir
@@ -148,7 +148,7 @@ def import_profile(file: Path, home: Path | None = None, *, name: str | None = N
 
 def for_run(profile: LabProfile, rm) -> LabSet:
     """The profile's values for a loaded run; refused with one line when it was made with another checkpoint."""
-    sha = file_digest(Path(rm.checkpoint))
+    sha = rm.checkpoint_sha256()
     if sha != profile.checkpoint_sha256:
         raise ConfigError(f"The lab profile '{profile.name}' was made for run {profile.run} "
                           f"(checkpoint {profile.checkpoint_sha256[:12]}); this run's checkpoint is {sha[:12]}.",

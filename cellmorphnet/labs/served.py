@@ -14,7 +14,7 @@ from pathlib import Path
 
 from cellmorphnet._io import file_digest
 from cellmorphnet.errors import Conflict, InvalidData
-from cellmorphnet.runtime.database import Database, now
+from cellmorphnet.runtime.database import Database, Stored, now
 
 SCHEMA = 1
 FILENAME = "served.sqlite"
@@ -65,22 +65,13 @@ def _text(value) -> str | None:
     return value if isinstance(value, str) else None
 
 
-class Served:
+class Served(Stored):
     """The switches file at ``path`` (created on open unless ``read_only``)."""
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
         self.path = Path(path)
         self._file = Database(self.path, what="served-model file", schema=SCHEMA, migrations=_MIGRATIONS,
                               marker="switches", read_only=read_only)  # fmt: skip
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> Served:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def history(self, limit: int = 50) -> list[Switch]:
         """The latest switches, newest first (rows that are not ours are left out: the file is read as input)."""

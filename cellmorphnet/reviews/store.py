@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from cellmorphnet.errors import ConfigError, Conflict, InvalidData, NotFound
-from cellmorphnet.runtime.database import Database, now
+from cellmorphnet.runtime.database import Database, Stored, now
 
 SCHEMA = 3
 FILENAME = "reviews.sqlite"
@@ -160,7 +160,7 @@ def check_name(value: str | None, what: str, *, required: bool) -> str | None:
     return value
 
 
-class ReviewStore:
+class ReviewStore(Stored):
     """The review database at ``path`` (created and migrated on open), usable from many threads.
 
     ``read_only`` (``reviews list`` / ``export``): the file must already be a review database; it is opened with
@@ -182,9 +182,6 @@ class ReviewStore:
         # an older schema opened read-only reads as it is (what it lacks reads as None), without being changed
         self._db = self._file.db
         self._write = self._file.write
-
-    def close(self) -> None:
-        self._file.close()
 
     @property
     def schema(self) -> int:

@@ -29,6 +29,15 @@ class RunModel:
     channels_last: bool  # the memory layout the model and its inputs use
     record_mismatch: list[str]  # fields where config.json differs from the checkpoint (accepted)
     trust: Any = None  # runs.trust.TrustReference, or None for a run without one
+    sha256: str | None = None  # the checkpoint's, once read (``checkpoint_sha256``)
+
+    def checkpoint_sha256(self) -> str:
+        """The checkpoint file's SHA-256, read once (profiles, the review store and serve's card all ask for it)."""
+        if self.sha256 is None:
+            from cellmorphnet._io import file_digest
+
+            self.sha256 = file_digest(self.checkpoint)
+        return self.sha256
 
     @property
     def classes(self) -> list[str]:

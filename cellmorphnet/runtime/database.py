@@ -111,3 +111,18 @@ class Database:
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {target}")
+
+
+class Stored:
+    """What keeps its records in a ``Database`` (``self._file``): closed when done, or used as a context manager."""
+
+    _file: Database
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

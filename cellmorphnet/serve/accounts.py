@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cellmorphnet.errors import Conflict, InvalidData, NotFound
 from cellmorphnet.reviews.store import check_name
-from cellmorphnet.runtime.database import Database, now
+from cellmorphnet.runtime.database import Database, Stored, now
 
 SCHEMA = 1
 FILENAME = "accounts.sqlite"
@@ -33,8 +33,8 @@ RIGHTS = {
     "reviewer": frozenset({"read", "classify", "review", "adapt"}),
     "admin": frozenset({"read", "classify", "review", "adapt", "promote"}),
 }
-# scrypt's cost (RFC 7914's interactive setting: 16 MiB, about 40 ms here); a verified token is remembered in memory
-# (as its SHA-256) so each request does not pay it again
+# scrypt's cost (RFC 7914's interactive setting: 16 MiB, 49 ms a hash on the 2-core development machine, docs/serve.md);
+# a verified token is remembered in memory (as its SHA-256) so each request does not pay it again
 SCRYPT = {"n": 2**14, "r": 8, "p": 1, "dklen": 32}
 _TOKEN = re.compile(r"cmn_([0-9a-f]{12})_([A-Za-z0-9_-]{43})")
 _HASHING = threading.BoundedSemaphore(2)  # scrypt calls at once: a burst of wrong tokens costs 2 x 16 MiB, not 40 x
@@ -100,7 +100,7 @@ def _new_token() -> tuple[str, str, bytes, bytes]:
     return f"cmn_{key}_{secret}", key, salt, _hash(secret, salt)
 
 
-class Accounts:
+class Accounts(Stored):
     """The accounts file at ``path`` (created on open unless ``read_only``)."""
 
     def __init__(self, path: Path, *, read_only: bool = False) -> None:
@@ -110,15 +110,6 @@ class Accounts:
                               hint="Accounts are made with: cellmorphnet users add NAME --role reviewer")  # fmt: skip
         self._verified: dict[bytes, bytes] = {}  # SHA-256 of a token -> the stored hash it matched
         self._cache_lock = threading.Lock()
-
-    def close(self) -> None:
-        self._file.close()
-
-    def __enter__(self) -> Accounts:
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
 
     def _row_account(self, row) -> Account | None:
         """A stored row as an account; None where the file holds something else (it is read as input)."""

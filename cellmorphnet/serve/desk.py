@@ -210,7 +210,7 @@ class Desk:
 
         from cellmorphnet import paths
         from cellmorphnet.evaluation.compare import compare_runs
-        from cellmorphnet.reviews.export import EXTENSIONS, export
+        from cellmorphnet.reviews.export import export
         from cellmorphnet.training.finetune import AdaptSettings, adapt, split_held_out
 
         store = self.store
@@ -234,14 +234,11 @@ class Desk:
         tmp = Path(tempfile.mkdtemp(prefix=".desk-", dir=self.home))
         try:
             export(store, tmp / "cells", only={cells[i].id for i in train})
-            files, truths = [], []
-            (tmp / "held").mkdir()
-            for i in held:
-                data, media = store.crop(cells[i].id)
-                f = tmp / "held" / f"{cells[i].id}{EXTENSIONS.get(media, '.png')}"
-                f.write_bytes(data)
-                files.append(f)
-                truths.append(cells[i].reviewed)
+            files = []
+            if len(held):  # the held-out cells written the same way: class folders of their crops
+                export(store, tmp / "held", only={cells[i].id for i in held})
+                files = sorted(f for f in (tmp / "held").glob("*/*") if f.is_file())
+            truths = [f.parent.name for f in files]
             adapt(parent_dir, tmp / "cells", run_dir, home=self.home, settings=settings, device=self.device,
                   events=events)  # fmt: skip
             self._update(run=name, phase="comparing")

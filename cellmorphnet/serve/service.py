@@ -69,7 +69,6 @@ class ModelService:
         self.limits = limits = limits or Limits()
         self.classes = self.rm.classes
         self.ready = False
-        self._checkpoint_sha256: str | None = None
         # Every request's images are decoded on these threads, never on the web server's many: at most this many
         # requests decode at once, and only these threads' memory pools ever hold a decoded canvas (a freed block
         # stays in its thread's pool, so decoding on 40 threads would keep 40 pools' worth).
@@ -279,13 +278,7 @@ class ModelService:
         return cam[0]
 
     def checkpoint_sha256(self) -> str:
-        if self._checkpoint_sha256 is None:
-            h = hashlib.sha256()
-            with open(self.rm.checkpoint, "rb") as f:
-                for chunk in iter(lambda: f.read(1 << 20), b""):
-                    h.update(chunk)
-            self._checkpoint_sha256 = h.hexdigest()
-        return self._checkpoint_sha256
+        return self.rm.checkpoint_sha256()
 
 
 MEDIA_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png", "TIFF": "image/tiff", "BMP": "image/bmp", "WEBP": "image/webp"}

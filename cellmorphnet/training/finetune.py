@@ -133,7 +133,7 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
     if (run_dir / runs.CONFIG).exists() or (run_dir / "checkpoints").exists():
         raise ConfigError(f"{run_dir} already holds a run.", hint="Choose another --name.")
     rm = load_run_model(parent_dir, "best", device)
-    parent_sha = file_digest(rm.checkpoint)
+    parent_sha = rm.checkpoint_sha256()
     emit("adapt_prepare", folder=folder)
     lab = lab_cells(rm, folder, new_classes=settings.new_classes)
     train_idx, held_idx = split_held_out(lab.labels, settings.hold_out, settings.seed)
