@@ -84,7 +84,8 @@ def cli(home):
 
 
 def train_once(tmp_path_factory, name: str, *args: str) -> tuple[Path, Result]:
-    """Train a tiny run on the sample with the real command, once for a test module, in a home of its own.
+    """Train a tiny run on the sample with the real command, once for a test module or session, in a home of
+    its own.
 
     Returns that home and the command's result; ``in_home`` gives each test its own copy.
     """
@@ -96,6 +97,24 @@ def train_once(tmp_path_factory, name: str, *args: str) -> tuple[Path, Result]:
         r = Result(CliRunner().invoke(app, ["train", "--datasets", "sample", "--name", name, *args]))
     assert r.exit_code == 0, r
     return home, r
+
+
+# A tiny run of the sample (the test architecture, 28 px, four batches): what the command tests of eval, infer
+# and the commands that take a run work on.
+TINY_RUN = ["--model", "test_efficientnet", "--no-pretrained", "--batch-size", "16", "--accum-steps", "1",
+            "--limit-batches", "4", "--data-size", "28", "--epochs", "1"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_home(tmp_path_factory) -> Path:
+    """A home with the tiny run ``t`` trained once a session (``TINY_RUN``); tests take copies (``trained``)."""
+    return train_once(tmp_path_factory, "t", *TINY_RUN)[0]
+
+
+@pytest.fixture
+def trained(tiny_home, home) -> Path:
+    """The tiny run ``t``, in this test's own home, free to be changed: its folder."""
+    return in_home(tiny_home, home, "t")
 
 
 def in_home(trained_home: Path, home: Path, name: str) -> Path:

@@ -269,3 +269,8 @@ def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, 
         output.info(f"Held-out reviewed cells ({held['cells']}): accuracy {held['accuracy']:.3f}, balanced "
                      f"{held['balanced_accuracy']:.3f}; temperature {t:.3f}.")  # fmt: skip
     output.info(f"Run: {summary['run_dir']} (use it as any run: cellmorphnet infer {Path(summary['run_dir']).name} …)")
+    if summary.get("lab_profile"):
+        # the held-out cells trained in the final steps: a stated error rate needs cells the run never learned from
+        output.info(f"For a stated error rate, review about 10 more cells of each type that this run did not learn "
+                    f"from, then: cellmorphnet lab calibrate {summary['lab_profile']} --from DB|FOLDER "
+                    f"--run {Path(summary['run_dir']).name}")  # fmt: skip

@@ -36,6 +36,7 @@ def test_init_adapts_the_shipped_model_to_a_lab_folder(cli, lab, tmp_path):
     said = " ".join(r.stderr.split())
     assert "without replay" in said and "New classes: Smudge" in said
     assert "Few reviewed cells of eosinophil 6, lymphocyte 6, neutrophil 6, Smudge 6" in said  # 6 of each, not 20
+    assert "cellmorphnet lab calibrate ours --from DB|FOLDER --run ours" in said  # the next step to an error rate
     run = runs.resolve_run("ours", None)
     record = RunRecord.load(run)
     assert record.classes[:8] == RunRecord.load(runs.packaged_runs()["bloodmnist"]).classes

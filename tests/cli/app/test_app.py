@@ -1,9 +1,13 @@
+"""The command line as a whole: help, version, the home, errors in one line, and "latest" for every command
+that takes a run."""
+
+import json
 import subprocess
 import sys
 import time
 
 import pytest
-from conftest import assert_one_line_error
+from conftest import PBC_TEST_IMAGES, assert_one_line_error
 
 
 def test_help_lists_commands(cli):
@@ -93,9 +97,27 @@ def test_brackets_in_help_and_in_error_hints_are_shown_as_written(cli, capsys):
     assert "needs [bold]coremltools[/bold]." in err and "pip install 'cellmorphnet[coreml]'" in err
 
 
-@pytest.mark.parametrize("command", ["fetch", "prepare", "train", "status", "eval", "infer", "export", "serve",
-                                     "upgrade", "reviews list", "reviews export", "reviews stats", "reviews report",
-                                     "lab calibrate", "lab promote", "users add"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "fetch",
+        "prepare",
+        "train",
+        "status",
+        "eval",
+        "infer",
+        "export",
+        "serve",
+        "upgrade",
+        "reviews list",
+        "reviews export",
+        "reviews stats",
+        "reviews report",
+        "lab calibrate",
+        "lab promote",
+        "users add",
+    ],
+)
 def test_help_reads_as_written_for_the_terminal(cli, command):
     """No '<bool>' after an on/off flag, and the description wrapped by the terminal, not by the source's line
     breaks (an orphan word alone on a line at any other width)."""
@@ -106,3 +128,26 @@ def test_help_reads_as_written_for_the_terminal(cli, command):
     description = lines[start : next(i for i, ln in enumerate(lines) if ln.startswith("╭"))]
     words = [ln for ln in description if ln]
     assert all(len(ln.split()) > 2 for ln in words[:-1]), description  # no line of one or two orphan words
+
+
+@pytest.mark.parametrize("command", [["eval", "latest"], ["status", "latest"], ["infer", "latest", "."],
+                                     ["export", "latest", "--format", "onnx"], ["serve", "latest"],
+                                     ["train", "--resume", "latest"]])  # fmt: skip
+def test_every_command_that_takes_a_run_knows_latest(cli, command):
+    # an empty home: 'latest' means the latest run, of which there is none yet (not a run named 'latest')
+    r = cli(*command)
+    assert_one_line_error(r, "There are no runs yet.")
+    assert "No run 'latest'" not in r.output
+
+
+def test_latest_is_the_latest_run_for_eval_infer_export_and_status(cli, trained, tmp_path):
+    r = cli("eval", "latest", "--json")
+    assert r.exit_code == 0, r
+    assert json.loads(r.stdout)["run"] == str(trained)
+    r = cli("status", "latest", "--json")
+    assert r.exit_code == 0 and json.loads(r.stdout)["run"]["name"] == "t", r
+    out = tmp_path / "p.json"
+    assert cli("infer", "latest", PBC_TEST_IMAGES / "monocyte", "--out", out).exit_code == 0
+    assert json.loads(out.read_text())["summary"]["run"] == str(trained)
+    r = cli("export", "latest", "--format", "onnx", "--out", tmp_path / "m.onnx")
+    assert r.exit_code == 0 and (tmp_path / "m.onnx").exists(), r
