@@ -103,11 +103,16 @@ def root(
             show_default=False,
         ),
     ] = None,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="Print only the result and errors: no messages, warnings or progress.")
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Show the version and exit.")
     ] = False,
 ) -> None:
     from cellmorphnet.paths import home_dir
+
+    output.set_quiet(quiet)
 
     # Pillow warns (three raw lines) when an image has more pixels than it considers safe; cellmorphnet reads
     # such an image on purpose (serve has its own pixel limit) or reports it as too large, one line per file.

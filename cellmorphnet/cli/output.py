@@ -31,9 +31,15 @@ class Output:
         self.rank = rank
         self.err.quiet = self.out.quiet = rank != 0
 
+    def set_quiet(self, quiet: bool) -> None:
+        """``--quiet``: no messages, warnings or progress on stderr; the result (stdout) and errors still come. Set
+        on every invocation, so one command's choice never carries over to the next in the same process."""
+        self.err.quiet = quiet or self.rank != 0
+
     def errors(self) -> Console:
-        """Where an error is printed: stderr, even on a silenced rank (then prefixed with the rank by the caller)."""
-        return self.err if self.rank == 0 else Console(stderr=True, highlight=False)
+        """Where an error is printed: stderr, even when quiet or on a silenced rank (then prefixed with the rank by
+        the caller)."""
+        return Console(stderr=True, highlight=False) if self.err.quiet else self.err
 
     def result(self, data: Any, human: Callable[[], None] | None = None, *, as_json: bool = False) -> None:
         """A command's result: ``data`` as JSON on stdout with ``--json`` (``as_json``), else what ``human`` prints
@@ -71,7 +77,7 @@ class Output:
         """Yield a ``callback(done, total)``: a rich bar on a terminal; nothing otherwise (a log or a script reads
         the result, not the progress)."""
         err = self.err
-        if err.is_terminal:
+        if err.is_terminal and not err.quiet:
             from rich.progress import (
                 BarColumn,
                 DownloadColumn,

@@ -270,10 +270,17 @@ def predict_files(
         parts = group.all_gather(preds)
         parts[group.rank] = preds
         preds = [p for part in parts for p in part]
-    preds += [Prediction(item, error=why) for item, why in refused.items()]
-    preds += [Prediction(i, no_cells=True) for i, info in taken.items() if info.kind == "field" and not info.cells]
+    return in_file_order(preds, files, taken=taken, refused=refused), kept
+
+
+def in_file_order(preds: list[Prediction], files: list[Item], *, taken: dict, refused: dict) -> list[Prediction]:
+    """The cells' predictions with the files refused (``refused``: why) and the fields without a cell added, each
+    told how its image was taken (``taken``), in the files' order and each field's cells in theirs: what
+    ``predict_files`` and serve's requests return."""
+    preds = [*preds, *(Prediction(item, error=why) for item, why in refused.items()),
+             *(Prediction(i, no_cells=True) for i, info in taken.items() if info.kind == "field" and not info.cells)]
     for p in preds:
         p.image = taken.get(p.source)
-    order = {p: i for i, p in enumerate(files)}
+    order = {f: i for i, f in enumerate(files)}
     preds.sort(key=lambda p: (order.get(p.source, -1), p.cell.index if p.cell else 0))
-    return preds, kept
+    return preds

@@ -28,6 +28,7 @@ from cellmorphnet.inference import (
     Upload,
     class_probs,
     find_cells,
+    in_file_order,
     inference_options,
     judged,
     prepare_set,
@@ -197,13 +198,7 @@ class ModelService:
         judged_ = judged(ok, rows[:, :c], rows[:, c:], self.classes, k, trust=self.rm.trust, options=self.options)
         by_item = {x.item: p for x, p in zip(ok, judged_, strict=True)}
         preds = [by_item.get(x.item) or Prediction(x.item, error=x.error) for x in loaded]
-        preds += [Prediction(u, error=why) for u, why in prepared.refused.items()]
-        preds += [Prediction(u, no_cells=True) for u, i in prepared.taken.items() if i.kind == "field" and not i.cells]
-        for p in preds:
-            p.image = prepared.taken.get(p.source)
-        order = {u: i for i, u in enumerate(prepared.uploads)}
-        preds.sort(key=lambda p: (order.get(p.source, -1), p.cell.index if p.cell else 0))
-        return preds
+        return in_file_order(preds, prepared.uploads, taken=prepared.taken, refused=prepared.refused)
 
     def predict(self, files: list[tuple[str, bytes]], top_k: int = 3, min_confidence: float = 0.0
                 ) -> list[Prediction]:  # fmt: skip

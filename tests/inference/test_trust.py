@@ -111,6 +111,9 @@ def test_the_rule_sends_rare_types_off_the_home_lab_and_unlike_cells_to_a_person
     assert verdict(predicted="neutrophil", confidence=0.99, typicality=0.95, **common) == (CLASSIFIED, None)
     assert verdict(predicted="erythroblast", confidence=0.99, typicality=0.95, **common) == (CLASSIFIED, None)
     assert verdict(predicted="erythroblast", confidence=0.99, typicality=0.8, **common)[0] == REVIEW
+    assert verdict(predicted="eosinophil", confidence=0.99, typicality=0.95, **common) == (CLASSIFIED, None)
+    assert verdict(predicted="eosinophil", confidence=0.99, typicality=0.8, **common) == (
+        REVIEW, "a type told by its stain, not vouched for off the home lab")  # granules coloured by another stain
     assert verdict(predicted="neutrophil", confidence=0.99, typicality=0.5, **common)[1] == "unlike the training cells"
     assert verdict(predicted="neutrophil", confidence=0.5, typicality=0.95, **common)[1] == "uncertain"
     assert verdict(predicted="ig", confidence=0.99, typicality=None, cell_found=True, marks=None)[0] == REVIEW

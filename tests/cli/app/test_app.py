@@ -151,3 +151,13 @@ def test_latest_is_the_latest_run_for_eval_infer_export_and_status(cli, trained,
     assert json.loads(out.read_text())["summary"]["run"] == str(trained)
     r = cli("export", "latest", "--format", "onnx", "--out", tmp_path / "m.onnx")
     assert r.exit_code == 0 and (tmp_path / "m.onnx").exists(), r
+
+
+def test_quiet_prints_the_result_and_errors_only(cli):
+    r = cli("--quiet", "fetch", "sample")
+    assert r.exit_code == 0 and r.stderr == "", r
+    r = cli("-q", "prepare", "sample")
+    assert r.exit_code == 0 and r.stderr == "" and "total" in r.stdout, r  # the result stays, the messages go
+    r = cli("prepare", "sample", "--force")
+    assert "prepared" in r.stderr, r  # the next command in the same process is not quiet
+    assert_one_line_error(cli("-q", "infer", "nonexist", "."), "No run 'nonexist'")
