@@ -64,6 +64,12 @@ def command(
                      "model's (repeatable); any other folder must name one of the model's classes.",
                      show_default=False),
     ] = None,
+    calibrate: Annotated[
+        int | None,
+        typer.Option("--calibrate", help="With --init: set N reviewed cells of each type aside from training and fit "
+                     "the lab profile's conformal rule on them, at a 5% error rate (as lab calibrate does).",
+                     show_default=False),
+    ] = None,
     model: Annotated[
         str | None, typer.Option("--model", help="timm architecture. \\[default: tf_efficientnet_lite0]")
     ] = None,
@@ -160,10 +166,10 @@ def command(
             raise ConfigError("train --init runs in one process (a few minutes on a CPU): launch it without torchrun.")
         own = ("datasets", "lr", "seed", "device", "model")
         _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, as_json, model,
-               [k for k, v in flags.items() if v is not None and k not in own], new_class or [])
+               [k for k, v in flags.items() if v is not None and k not in own], new_class or [], calibrate)
         return
-    if replay is not None or steps is not None or new_class:
-        raise ConfigError("--replay, --steps and --new-class go with --init.")
+    if replay is not None or steps is not None or new_class or calibrate is not None:
+        raise ConfigError("--replay, --steps, --new-class and --calibrate go with --init.")
     if sync_bn and not group.active:
         raise ConfigError("--sync-bn is for a distributed job: launch with torchrun --nproc-per-node N -m cellmorphnet "
                           "train ...")  # fmt: skip
@@ -202,7 +208,7 @@ def command(
 
 
 def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, as_json, model, ignored,
-           new_class) -> None:  # fmt: skip
+           new_class, calibrate) -> None:  # fmt: skip
     """train --init: adapt a run to a lab's cells (adapt)."""
     import dataclasses
 
@@ -231,6 +237,8 @@ def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, 
     settings = AdaptSettings()
     changes = {k: v for k, v in {"replay": replay, "steps": steps, "lr": lr, "seed": seed}.items() if v is not None}
     settings = dataclasses.replace(settings, **changes, new_classes=tuple(new_class))
+    if calibrate is not None and calibrate < 1:
+        raise ConfigError("--calibrate takes how many reviewed cells of each type to set aside (10 or so).")
     if settings.steps < 1 or settings.lr <= 0:
         raise ConfigError("--steps must be at least 1 and --lr positive.")
     target = run_dir.expanduser().resolve() if run_dir else runs.new_run_dir(home, name, [f"{parent.name}-adapted"])
@@ -242,7 +250,14 @@ def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, 
             elif kind == "adapt_step":
                 bar(info["step"], info["steps"])
 
-        summary = adapt(parent, folder, target, home=home, settings=settings, device=device or "auto", events=events)
+        if calibrate is None:
+            summary = adapt(parent, folder, target, home=home, settings=settings, device=device or "auto",
+                            events=events)  # fmt: skip
+        else:
+            from cellmorphnet.training.lab_conformal import adapt_and_calibrate
+
+            summary = adapt_and_calibrate(parent, folder, target, per_type=calibrate, alpha=0.05, home=home,
+                                          settings=settings, device=device or "auto", events=events)  # fmt: skip
     if as_json:
         output.print_json(summary)
         return
@@ -269,8 +284,15 @@ def _adapt(ctx, init, datasets, name, run_dir, replay, steps, lr, seed, device, 
         output.info(f"Held-out reviewed cells ({held['cells']}): accuracy {held['accuracy']:.3f}, balanced "
                      f"{held['balanced_accuracy']:.3f}; temperature {t:.3f}.")  # fmt: skip
     output.info(f"Run: {summary['run_dir']} (use it as any run: cellmorphnet infer {Path(summary['run_dir']).name} …)")
-    if summary.get("lab_profile"):
+    conformal = summary.get("conformal")
+    if conformal:
+        right = conformal["classified_right"]
+        output.info(f"Lab profile {summary['lab_profile']} calibrated on {conformal['cells']} cells set aside from "
+                    f"training: at {conformal['alpha']:.0%} error, the sets held the true type for "
+                    f"{conformal['coverage']:.1%}; {conformal['classified']:.0%} of those cells would be classified"
+                    + (f", {right:.1%} of them right." if right is not None else "."))  # fmt: skip
+    elif summary.get("lab_profile"):
         # the held-out cells trained in the final steps: a stated error rate needs cells the run never learned from
         output.info(f"For a stated error rate, review about 10 more cells of each type that this run did not learn "
                     f"from, then: cellmorphnet lab calibrate {summary['lab_profile']} --from DB|FOLDER "
-                    f"--run {Path(summary['run_dir']).name}")  # fmt: skip
+                    f"--run {Path(summary['run_dir']).name} (or adapt with --calibrate 10)")  # fmt: skip

@@ -91,11 +91,23 @@ def labelled_cells(rm, source: Path) -> tuple[list, list[int]]:
 def calibrate_profile(rm, name: str, source: Path, *, alpha: float = DEFAULT_ALPHA, home: Path | None = None,
                       workers: int = 2) -> Calibration:  # fmt: skip
     """Fit the profile's conformal rule on the lab's labelled cells (``labelled_cells``) and store it."""
+    check_alpha(alpha)
+    items, labels = labelled_cells(rm, source)
+    return calibrate_on(rm, name, items, labels, alpha=alpha, source=str(Path(source).resolve()), home=home,
+                        workers=workers)  # fmt: skip
+
+
+def check_alpha(alpha: float) -> None:
     if not 0 < alpha < 0.5:
         raise InvalidData("--alpha must lie between 0 and 0.5 (0.05: 5% of sets may miss).")
+
+
+def calibrate_on(rm, name: str, items: list, labels: list[int], *, alpha: float, source: str,
+                 home: Path | None = None, workers: int = 2) -> Calibration:  # fmt: skip
+    """Fit the profile's conformal rule on these labelled cells (``source`` says where they came from) and store it."""
+    check_alpha(alpha)
     prof = profiles.load(name, home)
     values = profiles.for_run(prof, rm)
-    items, labels = labelled_cells(rm, source)
     probs = lab_probs(rm, items, values, workers=workers)
     keep = [i for i, p in enumerate(probs) if p is not None]
     if len(keep) < MIN_CALIBRATION_CELLS:
@@ -107,7 +119,7 @@ def calibrate_profile(rm, name: str, source: Path, *, alpha: float = DEFAULT_ALP
     sets = conformal.sets(p)
     single = sets.sum(1) == 1
     right = (p.argmax(1) == y)[single]
-    calibrated = {"source": str(Path(source).resolve()), "cells": len(y), "alpha": alpha, "at": profiles.now(),
+    calibrated = {"source": source, "cells": len(y), "alpha": alpha, "at": profiles.now(),
                   "coverage": float(sets[np.arange(len(y)), y].mean())}  # fmt: skip
     prof = replace(prof, values=replace(values, conformal=conformal), calibrated=calibrated)
     profiles.save(prof, home)

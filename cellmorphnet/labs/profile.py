@@ -162,9 +162,32 @@ def now() -> str:
 
 def resolve(name: str | None, rm, home: Path | None = None) -> tuple[LabSet | None, bool]:
     """``--lab``: (the profile's values, False); ``none`` -> (None, True): the run's home preprocessing even for an
-    adapted run; not given -> (None, False): each image on its own, or an adapted run's own lab."""
+    adapted run; not given -> (None, False): each image on its own, or an adapted run's own lab (its profile's
+    values where that profile, named after the run and made with its checkpoint, carries a conformal rule:
+    ``train --init --calibrate`` or ``lab calibrate RUN``)."""
     if name is None:
-        return None, False
+        return _own_calibrated(rm, home), False
     if name == NONE:
         return None, True
     return for_run(load(name, home), rm), False
+
+
+def _own_calibrated(rm, home: Path | None) -> LabSet | None:
+    """An adapted run's own profile (named after the run, made with this checkpoint) where it has been calibrated."""
+    if getattr(rm.record.inference, "lab_set", None) is None or not _exists(rm.run_dir.name, home):
+        return None
+    try:
+        profile = load(rm.run_dir.name, home)
+    except (InvalidData, NotFound):
+        return None
+    if profile.values.conformal is None or profile.checkpoint_sha256 != rm.checkpoint_sha256():
+        return None
+    return profile.values
+
+
+def _exists(name: str, home: Path | None) -> bool:
+    """Whether ``name`` can name a profile and one of that name exists."""
+    try:
+        return path_of(check_name(name), home).exists()
+    except ConfigError:
+        return False

@@ -120,9 +120,9 @@ def _adapted_model(rm, classes: list[str]) -> torch.nn.Module:
 
 
 def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = None,
-          settings: AdaptSettings = AdaptSettings(), device: str = "auto",
-          events: Events | None = None) -> dict[str, Any]:  # fmt: skip
-    """Fine-tune the run in ``parent_dir`` on ``folder``'s cells into a new run in ``run_dir``; its summary."""
+          settings: AdaptSettings = AdaptSettings(), device: str = "auto", events: Events | None = None,
+          exclude: frozenset[Path] = frozenset()) -> dict[str, Any]:  # fmt: skip
+    """Fine-tune the run in ``parent_dir`` on ``folder``'s cells (but ``exclude``) into a new run in ``run_dir``."""
     from cellmorphnet.data.loader import eval_transform, normalise
     from cellmorphnet.runs.load import load_run_model
     from cellmorphnet.training.augment import AUGMENTATIONS, Augment
@@ -135,7 +135,7 @@ def adapt(parent_dir: Path, folder: Path, run_dir: Path, *, home: Path | None = 
     rm = load_run_model(parent_dir, "best", device)
     parent_sha = rm.checkpoint_sha256()
     emit("adapt_prepare", folder=folder)
-    lab = lab_cells(rm, folder, new_classes=settings.new_classes)
+    lab = lab_cells(rm, folder, new_classes=settings.new_classes, exclude=exclude)
     train_idx, held_idx = split_held_out(lab.labels, settings.hold_out, settings.seed)
     if len(train_idx) == 0:
         raise InvalidData(f"{folder} has too few cells to adapt on.")

@@ -65,15 +65,17 @@ def match_folders(folder: Path, folder_names: list[str], counts: dict[str, int],
     return mapping, list(dict.fromkeys(new))
 
 
-def lab_cells(rm, folder: Path, workers: int = 2, new_classes: tuple[str, ...] = ()) -> LabCells:
+def lab_cells(rm, folder: Path, workers: int = 2, new_classes: tuple[str, ...] = (), *,
+              exclude: frozenset[Path] = frozenset()) -> LabCells:  # fmt: skip
     """Read ``folder``'s class sub-folders through the parent's inference pipeline, labels matched by name
-    (``match_folders``)."""
+    (``match_folders``); the files in ``exclude`` (set aside to calibrate on) are left out."""
     from cellmorphnet.data.sources.folder import list_images
     from cellmorphnet.inference import inference_options, prepare_set
     from cellmorphnet.inference.lab import measure_lab
     from cellmorphnet.inference.predict import one_view_probs
 
     folder_names, items = list_images(folder)
+    items = [(p, i) for p, i in items if p not in exclude]
     parent = list(rm.record.classes)
     counts = Counter(folder_names[i] for _, i in items)
     mapping, new = match_folders(folder, folder_names, counts, parent, new_classes)

@@ -143,3 +143,25 @@ def test_too_few_cells_to_hold_out_keep_the_parents_temperature(cli, lab, tmp_pa
     parent = RunRecord.load(runs.packaged_runs()["bloodmnist"])
     assert summary["calibration"]["temperature"] == round(parent.temperature, 4)
     assert "parent's temperature" in summary["calibration"]["fitted_on"]
+
+
+@pytest.mark.slow  # the full path twice over (adapt, then the calibration cells read with every view)
+def test_init_with_calibrate_sets_cells_aside_and_fits_the_profiles_conformal_rule(cli, lab):
+    r = cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--steps", "4", "--name", "cal",
+            "--new-class", "Smudge", "--calibrate", "5")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    said = " ".join(r.stderr.split())
+    assert "calibrated on 20 cells set aside from training" in said and "lab calibrate" not in said
+    record = RunRecord.load(runs.resolve_run("cal", None))
+    assert record.adaptation.cells == 4  # 6 of each type, 5 set aside: the run never learned from those 20
+    profile = json.loads(cli("lab", "show", "cal", "--json").stdout)
+    assert profile["values"]["conformal"] == {"alpha": 0.05, "qhat": profile["values"]["conformal"]["qhat"],
+                                              "cells": 20}  # fmt: skip
+    assert "set aside from training" in profile["calibrated"]["source"]
+    r = cli("infer", "cal", lab / "lymphocyte", "--json")  # the run's own calibrated profile, without --lab
+    assert r.exit_code == 0, r
+    reasons = {p["review_reason"] for p in json.loads(r.stdout)["predictions"] if p["verdict"] == "review"}
+    assert all(why.startswith("prediction set") for why in reasons), reasons
+    assert_one_line_error(cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--name", "cal2",
+                              "--new-class", "Smudge", "--calibrate", "6"), "sets aside 0 cells")  # fmt: skip
+    assert_one_line_error(cli("train", "--datasets", "sample", "--calibrate", "5"), "go with --init")
