@@ -69,6 +69,8 @@ def test_init_adapts_the_shipped_model_to_a_lab_folder(cli, lab, tmp_path):
     assert {r["stain_contrast"] for r in rows} == {"" if lab_set["contrast"] is None else f"{lab_set['contrast']:.3f}"}
     assert cli("infer", "ours", lab / "Smudge", "--no-stain-norm", "--out", out).exit_code == 0
     assert {r["colour_step"] for r in csv.DictReader(out.open())} == {""}  # the switch still turns it off
+    r = cli("infer", "ours", lab / "Smudge", "--json")
+    assert json.loads(r.stdout)["summary"]["lab"] == "the run's own (adapted)"  # not calibrated: its record's values
     profile = json.loads(cli("lab", "show", "ours", "--json").stdout)  # the lab it adapted to, as a profile
     assert profile["run"] == "ours" and profile["values"]["stain"] == lab_set["stain"]
     assert cli("infer", "ours", lab / "Smudge", "--lab", "none", "--out", out).exit_code == 0
@@ -160,7 +162,9 @@ def test_init_with_calibrate_sets_cells_aside_and_fits_the_profiles_conformal_ru
     assert "set aside from training" in profile["calibrated"]["source"]
     r = cli("infer", "cal", lab / "lymphocyte", "--json")  # the run's own calibrated profile, without --lab
     assert r.exit_code == 0, r
-    reasons = {p["review_reason"] for p in json.loads(r.stdout)["predictions"] if p["verdict"] == "review"}
+    answer = json.loads(r.stdout)
+    assert answer["summary"]["lab"] == "cal"  # its calibrated profile, not the record's own values
+    reasons = {p["review_reason"] for p in answer["predictions"] if p["verdict"] == "review"}
     assert all(why.startswith("prediction set") for why in reasons), reasons
     assert_one_line_error(cli("train", "--init", "bloodmnist", "--datasets", f"folder:{lab}", "--name", "cal2",
                               "--new-class", "Smudge", "--calibrate", "6"), "sets aside 0 cells")  # fmt: skip
