@@ -73,10 +73,10 @@ def choose(engine: str, device: str) -> str:
 def resize_matrix(n_in: int, n_out: int) -> np.ndarray:
     """(n_out, n_in) weights of ``F.interpolate(mode="bilinear", align_corners=False)`` along one axis, with
     ``antialias`` when shrinking (PIL's triangle filter, as torch computes it)."""
-    w = np.zeros((n_out, n_in), np.float64)
-    scale = n_in / n_out
     if n_in == n_out:
         return np.eye(n_in, dtype=np.float32)
+    w = np.zeros((n_out, n_in), np.float64)
+    scale = n_in / n_out
     if scale < 1.0:  # enlarging: two taps, half-pixel centres, clamped at the edges
         for i in range(n_out):
             src = max((i + 0.5) * scale - 0.5, 0.0)

@@ -174,20 +174,13 @@ def resolve(name: str | None, rm, home: Path | None = None) -> tuple[LabSet | No
 
 def _own_calibrated(rm, home: Path | None) -> LabSet | None:
     """An adapted run's own profile (named after the run, made with this checkpoint) where it has been calibrated."""
-    if getattr(rm.record.inference, "lab_set", None) is None or not _exists(rm.run_dir.name, home):
+    if rm.record.inference.lab_set is None:
         return None
     try:
-        profile = load(rm.run_dir.name, home)
-    except (InvalidData, NotFound):
+        path = path_of(rm.run_dir.name, home)  # (a run name a profile cannot take has none)
+        profile = read(path) if path.is_file() else None
+    except (ConfigError, InvalidData, NotFound):
         return None
-    if profile.values.conformal is None or profile.checkpoint_sha256 != rm.checkpoint_sha256():
+    if profile is None or profile.values.conformal is None or profile.checkpoint_sha256 != rm.checkpoint_sha256():
         return None
     return profile.values
-
-
-def _exists(name: str, home: Path | None) -> bool:
-    """Whether ``name`` can name a profile and one of that name exists."""
-    try:
-        return path_of(check_name(name), home).exists()
-    except ConfigError:
-        return False

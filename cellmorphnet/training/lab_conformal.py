@@ -26,9 +26,12 @@ def set_aside(folder: Path, per_type: int, seed: int) -> dict[Path, str]:
 
     names, items = list_images(folder)
     rng = np.random.default_rng(seed)
+    by_folder: dict[int, list[Path]] = {}
+    for p, i in items:
+        by_folder.setdefault(i, []).append(p)
     picked: dict[Path, str] = {}
     for i, name in enumerate(names):
-        files = sorted(p for p, j in items if j == i)
+        files = sorted(by_folder.get(i, []))
         if len(files) > per_type:
             picked.update({files[k]: name for k in sorted(rng.permutation(len(files))[:per_type])})
     if len(picked) < MIN_CALIBRATION_CELLS:
@@ -61,6 +64,5 @@ def adapt_and_calibrate(parent_dir: Path, folder: Path, run_dir: Path, *, per_ty
     calibration = calibrate_on(rm, summary["lab_profile"], [p for p, _ in cells],
                                [rm.classes.index(c) for _, c in cells], alpha=alpha, home=home,
                                source=f"{Path(folder).resolve()}: {per_type} of each type, set aside from training")
-    summary["conformal"] = {k: v for k, v in calibration.to_dict().items() if k != "profile"}
-    summary["conformal"]["alpha"] = alpha
+    summary["conformal"] = {**{k: v for k, v in calibration.to_dict().items() if k != "profile"}, "alpha": alpha}
     return summary
